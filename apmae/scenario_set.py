@@ -1,0 +1,105 @@
+"""A set of mined FIM scenarios: the hand-over between mining and extraction.
+
+Glossary: N scenarios, S prompt tokens (``seq_len``), T longest label.
+
+Stored as one ``.npz`` file (plain numpy arrays + a JSON metadata string) so
+that any project can read it without apmae.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ScenarioSet:
+    """Column-wise scenarios; row ``i`` of every array is scenario ``i``."""
+
+    input_ids: np.ndarray  # (N, S) int32, FIM prompt ending with <fim_middle>
+    label_ids: np.ndarray  # (N, T) int32, the hole's tokens, padded with 0
+    label_len: np.ndarray  # (N,) int32, valid entries of label_ids (>= 1)
+    middle_pos: np.ndarray  # (N,) int32, position of <fim_middle> in input_ids
+    task: np.ndarray  # (N,) int16, index into task_names
+    source_id: np.ndarray  # (N,) str, stable id of the source file ("" for noise)
+    span_start: np.ndarray  # (N,) int64, byte offset of the hole in the file (-1 for noise)
+    span_end: np.ndarray  # (N,) int64, byte offset after the hole (-1 for noise)
+    split: np.ndarray  # (N,) int8, index into SPLITS
+    task_names: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)  # tokenizer, seq_len, seed, ...
+
+    def __post_init__(self) -> None:
+        n = len(self.input_ids)
+        for name in ("label_ids", "label_len", "middle_pos", "task", "source_id",
+                     "span_start", "span_end", "split"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"ScenarioSet column {name!r} has {len(getattr(self, name))} rows, expected {n}")
+        if self.input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be (N, S), got shape {self.input_ids.shape}")
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    def labels(self, i: int) -> list[int]:
+        """The hole's token ids of scenario ``i``."""
+        return self.label_ids[i, : self.label_len[i]].tolist()
+
+    def split_indices(self, name: str) -> np.ndarray:
+        """Row indices of one split (``train``, ``val`` or ``test``)."""
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
+        return np.flatnonzero(self.split == SPLITS.index(name))
+
+    def subset(self, index: np.ndarray) -> "ScenarioSet":
+        """A new set holding the given rows, in that order."""
+        cols = {k: getattr(self, k)[index] for k in _COLUMNS}
+        return ScenarioSet(**cols, task_names=list(self.task_names), meta=dict(self.meta))
+
+    def fingerprint(self) -> str:
+        """A content hash identifying this exact scenario set (used by caches)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for k in _COLUMNS:
+            h.update(np.ascontiguousarray(getattr(self, k)).tobytes())
+        h.update(json.dumps(self.task_names).encode())
+        return h.hexdigest()[:16]
+
+    def save(self, path: str | Path) -> Path:
+        """Write to ``path`` (``.npz``) atomically: a crash never leaves half a file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        header = json.dumps({"format_version": FORMAT_VERSION, "task_names": self.task_names, "meta": self.meta})
+        np.savez(tmp, header=np.array(header), **{k: getattr(self, k) for k in _COLUMNS})
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ScenarioSet":
+        """Read a set written by :meth:`save`; a damaged file raises ``ValueError``."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                header = json.loads(str(z["header"]))
+                cols = {k: z[k] for k in _COLUMNS}
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read scenario set {path}: {e}; delete it and mine again") from e
+        if header.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"scenario set {path} has format {header.get('format_version')}, expected {FORMAT_VERSION}")
+        return cls(**cols, task_names=header["task_names"], meta=header["meta"])
+
+
+_COLUMNS = ("input_ids", "label_ids", "label_len", "middle_pos", "task", "source_id",
+            "span_start", "span_end", "split")
