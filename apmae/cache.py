@@ -1,0 +1,478 @@
+"""The HDF5 attention cache: one file per (target model, scenario set, rank).
+
+Glossary: N scenarios, S tokens, L layers, H query heads,
+T = S(S+1)/2 entries of a causal lower triangle (diagonal included).
+
+Layout of one file::
+
+    patterns      (N, L, H, T) uint16   bfloat16 bit patterns of the packed lower triangles
+    scenario_index (N,) int64            row of the scenario in its ScenarioSet
+    input_ids (N, S) int32, label_ids (N, K) int32, label_len, prediction (int32),
+    probability, loss (float32), correct (uint8), task (int16), source_id (str),
+    span_start, span_end (int64), split (int8)
+    attrs: schema_version, encoding, target (JSON), seq_len, n_layers, n_heads,
+           scenario_fingerprint, scenario_meta, task_names, n_scenarios,
+           shard_rank, shard_world_size, shard_rows, apmae_version, created,
+           compression, committed
+
+Why bfloat16 bit patterns: attention probabilities live in [0, 1] and span
+many decades; bfloat16 keeps float32's exponent range, so its relative error
+is at most 2**-8 (0.4 %) on every normal float32 and no probability flushes to
+zero (float16 of probabilities underflows below 6e-8; float16 of
+log-probabilities loses ~3 % relative precision below 1e-28). The packed
+triangle halves the bytes again; byte-shuffle + compression take the rest.
+
+``committed`` is written only after a batch's rows are flushed, so a run
+killed at any point resumes exactly where it stopped. The reader needs only
+numpy and h5py and opens its file handles lazily per process, so DataLoader
+workers can share one :class:`AttentionCache` object.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import glob as globlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import h5py
+import numpy as np
+
+SCHEMA_VERSION = 1
+ENCODING = "bfloat16-bits"
+COMPRESSIONS = ("none", "lzf", "gzip")
+DEFAULT_COMPRESSION = "lzf"
+_CHUNK_BYTES = 1 << 16  # a chunk holds about one S=256 head: one head read touches one chunk
+
+# Scenario columns copied from the ScenarioSet, then the per-scenario results of the target.
+_SCENARIO_COLUMNS = ("input_ids", "label_ids", "label_len", "task", "source_id", "span_start", "span_end", "split")
+_RESULT_COLUMNS = {"prediction": np.int32, "probability": np.float32, "correct": np.uint8, "loss": np.float32}
+# Attributes that must agree before a file is appended to.
+_IDENTITY = ("model", "n_layers", "n_heads", "seq_len", "dtype", "scenario_fingerprint", "n_scenarios",
+             "shard_rank", "shard_world_size")
+
+
+class CacheError(ValueError):
+    """A cache file cannot be used (corrupt, truncated, incomplete or foreign)."""
+
+
+class CacheMismatchError(CacheError):
+    """A cache file was written for another model, sequence length, scenario set or sharding."""
+
+
+def shard_path(cache_dir: str | Path, name: str, rank: int) -> Path:
+    """``<cache_dir>/<name>.rank<k>.h5``: the file rank ``k`` writes."""
+    return Path(cache_dir) / f"{name}.rank{rank}.h5"
+
+
+def shard_rows(n_scenarios: int, rank: int, world_size: int) -> np.ndarray:
+    """Scenario rows that rank ``rank`` of ``world_size`` extracts (strided, so shards are balanced)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    return np.arange(rank, n_scenarios, world_size, dtype=np.int64)
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def encode_patterns(values: Any) -> np.ndarray:
+    """Float patterns (torch tensor on any device) -> bfloat16 bit patterns as uint16 numpy.
+
+    Rounds to nearest on the tensor's device; a non-zero value that would round
+    to zero (only float32 subnormals below 2**-133) becomes the smallest
+    positive bfloat16, so zero in the cache always means zero in float32.
+    """
+    import torch
+
+    x = values.float()
+    y = x.to(torch.bfloat16)
+    tiny = torch.tensor(torch.finfo(torch.bfloat16).smallest_normal / 128, dtype=torch.bfloat16, device=y.device)
+    y = torch.where((y == 0) & (x != 0), tiny * torch.sign(x).to(torch.bfloat16), y)
+    return y.view(torch.int16).cpu().numpy().view(np.uint16)
+
+
+def decode_patterns(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) -> float32, exactly (bfloat16 is float32's top half)."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _flat_tril(seq_len: int) -> np.ndarray:
+    rows, cols = np.tril_indices(seq_len)
+    return rows * seq_len + cols  # (T,) row-major, the same order as apmae.target.lower_triangle_index
+
+
+def triangle_size(seq_len: int) -> int:
+    return seq_len * (seq_len + 1) // 2
+
+
+def pack(full: np.ndarray) -> np.ndarray:
+    """(..., S, S) -> (..., T): the lower triangle, row-major."""
+    seq_len = full.shape[-1]
+    return full.reshape(*full.shape[:-2], seq_len * seq_len)[..., _flat_tril(seq_len)]
+
+
+def unpack(packed: np.ndarray, seq_len: int) -> np.ndarray:
+    """(..., T) -> (..., S, S) float32 with zeros above the diagonal (vectorised over leading dims)."""
+    if packed.shape[-1] != triangle_size(seq_len):
+        raise ValueError(f"packed size {packed.shape[-1]} does not match S={seq_len} (expected {triangle_size(seq_len)})")
+    out = np.zeros((*packed.shape[:-1], seq_len * seq_len), dtype=np.float32)
+    out[..., _flat_tril(seq_len)] = packed
+    return out.reshape(*packed.shape[:-1], seq_len, seq_len)
+
+
+# ---------------------------------------------------------------- writing
+
+
+@dataclass
+class CacheSpec:
+    """Everything that identifies a shard file before any row is written."""
+
+    target: dict[str, Any]  # apmae.target.Target.summary()
+    seq_len: int
+    scenario_fingerprint: str
+    n_scenarios: int  # rows of the whole scenario set
+    shard_rank: int = 0
+    shard_world_size: int = 1
+    compression: str = DEFAULT_COMPRESSION
+
+    def identity(self) -> dict[str, Any]:
+        t = self.target
+        return {"model": t["model"], "n_layers": t["n_layers"], "n_heads": t["n_heads"], "seq_len": self.seq_len,
+                "dtype": t["dtype"], "scenario_fingerprint": self.scenario_fingerprint,
+                "n_scenarios": self.n_scenarios, "shard_rank": self.shard_rank,
+                "shard_world_size": self.shard_world_size}
+
+
+def _open_h5(path: Path, mode: str) -> h5py.File:
+    try:
+        return h5py.File(path, mode)
+    except OSError as e:
+        raise CacheError(f"attention cache {path} is truncated or corrupt ({e}); delete it to rebuild") from e
+
+
+def _file_identity(f: h5py.File) -> dict[str, Any]:
+    a = f.attrs
+    target = json.loads(a["target"])
+    return {"model": target["model"], "n_layers": int(a["n_layers"]), "n_heads": int(a["n_heads"]),
+            "seq_len": int(a["seq_len"]), "dtype": target["dtype"],
+            "scenario_fingerprint": str(a["scenario_fingerprint"]), "n_scenarios": int(a["n_scenarios"]),
+            "shard_rank": int(a["shard_rank"]), "shard_world_size": int(a["shard_world_size"])}
+
+
+def _check_schema(f: h5py.File, path: Path) -> None:
+    try:
+        version = int(f.attrs["schema_version"])
+        _file_identity(f)
+        committed = int(f.attrs["committed"])
+        rows = f["patterns"].shape[0]
+    except (KeyError, OSError, ValueError, json.JSONDecodeError) as e:
+        raise CacheError(f"{path} is not a complete apmae attention cache ({e}); delete it to rebuild") from e
+    if version != SCHEMA_VERSION:
+        raise CacheError(f"{path} has cache schema {version}, this apmae reads {SCHEMA_VERSION}; delete it to rebuild")
+    if not 0 <= committed <= rows:
+        raise CacheError(f"{path} claims {committed} committed rows but holds {rows}; delete it to rebuild")
+
+
+class CacheWriter:
+    """Appends scenario rows of one shard in a fixed order; resumes after a kill.
+
+    Use :meth:`open`; then :meth:`append` the results for :meth:`pending`
+    rows in order, a batch at a time.
+    """
+
+    def __init__(self, path: Path, file: h5py.File, scenarios: Any, rows: np.ndarray) -> None:
+        self.path, self._f, self._scenarios, self.rows = path, file, scenarios, rows
+        self.committed = int(file.attrs["committed"])
+
+    @classmethod
+    def open(cls, path: str | Path, spec: CacheSpec, scenarios: Any) -> "CacheWriter":
+        """Create the shard file or reopen it to resume.
+
+        Raises:
+            CacheMismatchError: the existing file was written for another
+                model, S, scenario set or sharding (names every difference).
+            CacheError: the existing file is corrupt or truncated.
+        """
+        path = Path(path)
+        if spec.compression not in COMPRESSIONS:
+            raise ValueError(f"compression={spec.compression!r}; use one of {COMPRESSIONS}")
+        rows = shard_rows(spec.n_scenarios, spec.shard_rank, spec.shard_world_size)
+        if path.exists():
+            f = _open_h5(path, "r+")
+            try:
+                _check_schema(f, path)
+                _check_identity(_file_identity(f), spec.identity(), path)
+            except CacheError:
+                f.close()
+                raise
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = _create(path, spec, scenarios, len(rows))
+        return cls(path, f, scenarios, rows)
+
+    @property
+    def complete(self) -> bool:
+        return self.committed == len(self.rows)
+
+    def pending(self) -> np.ndarray:
+        """Scenario rows still to extract, in the order they must be appended."""
+        return self.rows[self.committed:]
+
+    def append(self, patterns: np.ndarray, prediction: Any, probability: Any, correct: Any, loss: Any) -> None:
+        """Write the next ``B`` rows: packed uint16 patterns (B, L, H, T) plus their outcomes.
+
+        The rows are flushed before ``committed`` moves, so a kill in between
+        leaves them uncommitted and the resumed run rewrites them.
+        """
+        b = len(patterns)
+        lo, hi = self.committed, self.committed + b
+        if hi > len(self.rows):
+            raise ValueError(f"appending {b} rows overruns the shard's {len(self.rows)} rows")
+        f, idx = self._f, self.rows[lo:hi]
+        f["patterns"][lo:hi] = patterns
+        f["scenario_index"][lo:hi] = idx
+        for name in _SCENARIO_COLUMNS:
+            f[name][lo:hi] = getattr(self._scenarios, name)[idx]
+        for name, value in zip(_RESULT_COLUMNS, (prediction, probability, correct, loss)):
+            f[name][lo:hi] = np.asarray(value).astype(_RESULT_COLUMNS[name])
+        f.flush()
+        f.attrs["committed"] = hi
+        f.flush()
+        self.committed = hi
+
+    def close(self) -> None:
+        if self._f.id.valid:
+            self._f.close()
+
+    def __enter__(self) -> "CacheWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _check_identity(found: dict[str, Any], expected: dict[str, Any], path: Path) -> None:
+    diffs = [f"{k}: file has {found[k]!r}, this run {expected[k]!r}" for k in _IDENTITY if found[k] != expected[k]]
+    if diffs:
+        raise CacheMismatchError(
+            f"attention cache {path} was written for a different run ({'; '.join(diffs)}); "
+            "it is never appended to: delete it or choose another cache_dir/name"
+        )
+
+
+def chunk_heads(n_heads: int, seq_len: int) -> int:
+    """Heads per chunk: the largest divisor of H whose chunk stays within ~64 KiB (at least 1)."""
+    per_head = triangle_size(seq_len) * 2
+    fitting = [d for d in range(1, n_heads + 1) if n_heads % d == 0 and d * per_head <= _CHUNK_BYTES]
+    return max(fitting, default=1)
+
+
+def _compression_kwargs(name: str) -> dict[str, Any]:
+    if name == "none":
+        return {}
+    # shuffle groups the high (exponent) bytes together: they repeat and compress well
+    return {"compression": name, "shuffle": True, **({"compression_opts": 4} if name == "gzip" else {})}
+
+
+def _create(path: Path, spec: CacheSpec, scenarios: Any, n_rows: int) -> h5py.File:
+    """A new shard file with every dataset at its final size; ``committed`` = 0."""
+    t = spec.target
+    n_layers, n_heads, s = t["n_layers"], t["n_heads"], spec.seq_len
+    tmp = path.with_name(path.name + ".creating")
+    f = h5py.File(tmp, "w")
+    f.create_dataset("patterns", shape=(n_rows, n_layers, n_heads, triangle_size(s)), dtype=np.uint16,
+                     chunks=(1, 1, chunk_heads(n_heads, s), triangle_size(s)), **_compression_kwargs(spec.compression))
+    f.create_dataset("scenario_index", shape=(n_rows,), dtype=np.int64)
+    for name in _SCENARIO_COLUMNS:
+        col = getattr(scenarios, name)
+        dtype = h5py.string_dtype() if col.dtype.kind in "UO" else col.dtype
+        f.create_dataset(name, shape=(n_rows, *col.shape[1:]), dtype=dtype)
+    for name, dtype in _RESULT_COLUMNS.items():
+        f.create_dataset(name, shape=(n_rows,), dtype=dtype)
+    _write_attrs(f, spec, scenarios, n_rows)
+    f.close()
+    tmp.replace(path)  # a kill during creation never leaves a half-made file under the real name
+    return _open_h5(path, "r+")
+
+
+def _write_attrs(f: h5py.File, spec: CacheSpec, scenarios: Any, n_rows: int) -> None:
+    from apmae import __version__
+
+    t = spec.target
+    attrs = {
+        "schema_version": SCHEMA_VERSION, "encoding": ENCODING, "target": json.dumps(t),
+        "seq_len": spec.seq_len, "n_layers": t["n_layers"], "n_heads": t["n_heads"],
+        "scenario_fingerprint": spec.scenario_fingerprint, "scenario_meta": json.dumps(scenarios.meta, default=str),
+        "task_names": json.dumps(list(scenarios.task_names)), "n_scenarios": spec.n_scenarios,
+        "shard_rank": spec.shard_rank, "shard_world_size": spec.shard_world_size, "shard_rows": n_rows,
+        "apmae_version": __version__, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "compression": spec.compression, "committed": 0,
+    }
+    f.attrs.update(attrs)
+
+
+# ---------------------------------------------------------------- reading
+
+
+@dataclass
+class _Shard:
+    path: Path
+    committed: int
+
+
+class AttentionCache:
+    """Read-only view of one cache: a file, a list of shard files, or a glob merging them.
+
+    Rows are ordered by scenario index, whatever the sharding. Metadata columns
+    are numpy arrays; patterns are read on demand through handles opened lazily
+    in each process (safe to pickle into DataLoader workers).
+    """
+
+    def __init__(self, paths: str | Path | Sequence[str | Path], *, require_complete: bool = True) -> None:
+        self.paths = _expand(paths)
+        self.attrs: dict[str, Any] = {}
+        self._shards: list[_Shard] = []
+        self._handles: dict[int, h5py.File] = {}
+        self._pid = os.getpid()
+        self._load_metadata(require_complete)
+
+    # -- opening
+    def _load_metadata(self, require_complete: bool) -> None:
+        columns: dict[str, list[np.ndarray]] = {}
+        shard_of, local = [], []
+        for k, path in enumerate(self.paths):
+            with _open_h5(path, "r") as f:
+                _check_schema(f, path)
+                self._check_shard(f, path, k == 0, require_complete)
+                n = int(f.attrs["committed"])
+                self._shards.append(_Shard(path, n))
+                try:
+                    for name in ("scenario_index", *_SCENARIO_COLUMNS, *_RESULT_COLUMNS):
+                        columns.setdefault(name, []).append(f[name][:n])
+                except (KeyError, OSError) as e:
+                    raise CacheError(f"attention cache {path} is corrupt ({e}); delete it to rebuild") from e
+                shard_of.append(np.full(n, k))
+                local.append(np.arange(n))
+        order = np.argsort(np.concatenate(columns["scenario_index"]), kind="stable")
+        self._shard_of = np.concatenate(shard_of)[order]
+        self._local = np.concatenate(local)[order]
+        self.columns = {k: np.concatenate(v)[order] for k, v in columns.items()}
+        self.columns["source_id"] = self.columns["source_id"].astype(str)
+        self.columns["correct"] = self.columns["correct"].astype(bool)
+
+    def _check_shard(self, f: h5py.File, path: Path, first: bool, require_complete: bool) -> None:
+        ident = _file_identity(f)
+        if first:
+            self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+            self.attrs.pop("committed")
+            self._identity = ident
+            world = ident["shard_world_size"]
+            if require_complete and len(self.paths) != world:
+                raise CacheError(f"cache {path} is one of {world} shards but {len(self.paths)} were given; "
+                                 "pass every <name>.rank<k>.h5 file")
+        else:
+            expect = {**self._identity, "shard_rank": ident["shard_rank"]}
+            _check_identity(ident, expect, path)
+        if require_complete and int(f.attrs["committed"]) != int(f.attrs["shard_rows"]):
+            raise CacheError(f"cache {path} is incomplete ({int(f.attrs['committed'])} of "
+                             f"{int(f.attrs['shard_rows'])} rows); run the extraction again to resume it")
+
+    def _file(self, shard: int) -> h5py.File:
+        if self._pid != os.getpid():  # forked into a worker: never share the parent's HDF5 handles
+            self._handles, self._pid = {}, os.getpid()
+        if shard not in self._handles:
+            self._handles[shard] = _open_h5(self._shards[shard].path, "r")
+        return self._handles[shard]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_handles"] = {}
+        return state
+
+    def close(self) -> None:
+        for f in self._handles.values():
+            if f.id.valid:
+                f.close()
+        self._handles = {}
+
+    # -- facts
+    def __len__(self) -> int:
+        return len(self._local)
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.attrs["seq_len"])
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.attrs["n_layers"])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.attrs["n_heads"])
+
+    @property
+    def target(self) -> dict[str, Any]:
+        return json.loads(self.attrs["target"])
+
+    @property
+    def task_names(self) -> list[str]:
+        return json.loads(self.attrs["task_names"])
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        columns = self.__dict__.get("columns", {})
+        if name in columns:
+            return columns[name]
+        raise AttributeError(name)
+
+    # -- patterns
+    def _read(self, i: int, key: tuple) -> np.ndarray:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"row {i} is outside the cache's {len(self)} rows")
+        shard, local = int(self._shard_of[i]), int(self._local[i])
+        try:
+            return self._file(shard)["patterns"][(local, *key)]
+        except (OSError, KeyError) as e:
+            raise CacheError(f"cannot read row {i} of {self._shards[shard].path} ({e}); the file is "
+                             "corrupt: delete it to rebuild") from e
+
+    def packed(self, i: int) -> np.ndarray:
+        """(L, H, T) float32 lower triangles of row ``i``."""
+        return decode_patterns(self._read(i, ()))
+
+    def pattern(self, i: int, layer: int, head: int) -> np.ndarray:
+        """(S, S) float32 pattern of one head of row ``i``."""
+        return unpack(decode_patterns(self._read(i, (layer, head))), self.seq_len)
+
+    def scenario(self, i: int) -> np.ndarray:
+        """(L, H, S, S) float32 patterns of every head of row ``i``."""
+        return unpack(self.packed(i), self.seq_len)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(len(self)):
+            yield self.scenario(i)
+
+
+def _expand(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    if isinstance(paths, (str, Path)):
+        text = str(paths)
+        found = sorted(globlib.glob(text)) if any(c in text for c in "*?[") else [text]
+    else:
+        found = [str(p) for p in paths]
+    if not found:
+        raise CacheError(f"no attention cache files match {paths!r}")
+    missing = [p for p in found if not Path(p).is_file()]
+    if missing:
+        raise CacheError(f"attention cache file(s) {missing} do not exist; build the cache first")
+    return [Path(p) for p in found]
+
+
+def cache_files(cache_dir: str | Path, name: str) -> list[Path]:
+    """Every shard file of cache ``name`` in ``cache_dir``, in rank order."""
+    files = list(Path(cache_dir).glob(f"{name}.rank*.h5"))
+    return sorted(files, key=lambda p: int(p.name[len(name) + 5:-3]) if p.name[len(name) + 5:-3].isdigit() else -1)

@@ -1,0 +1,267 @@
+"""Target-model access: load a causal LM, run scenarios, zero heads.
+
+Glossary: B scenarios in a batch, S prompt tokens, L layers, H query heads,
+hd head width, V vocabulary, T = S(S+1)/2 lower-triangle entries.
+
+Any Hugging Face causal LM works (hub name or local directory); attention is
+read with eager attention because the fused kernels return no patterns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# Per-layer attention output projections: the module whose input is the
+# concatenation of the heads' outputs, (B, S, H*hd).
+_OUTPUT_PROJECTIONS = (
+    re.compile(r"(?:^|\.)layers\.(\d+)\.self_attn\.o_proj$"),  # StarCoder2, Llama, Mistral, Qwen
+    re.compile(r"(?:^|\.)h\.(\d+)\.attn\.c_proj$"),  # GPT-2 (Conv1D)
+    re.compile(r"(?:^|\.)h\.(\d+)\.attn\.out_proj$"),  # GPT-J, CodeGen
+    re.compile(r"(?:^|\.)layers\.(\d+)\.attention\.dense$"),  # GPT-NeoX
+    re.compile(r"(?:^|\.)h\.(\d+)\.self_attention\.dense$"),  # Falcon, Bloom
+)
+
+
+@dataclass
+class Target:
+    """A loaded target model with its tokenizer and the facts the cache records."""
+
+    model: Any  # transformers PreTrainedModel, eval mode, eager attention
+    tokenizer: Any  # transformers tokenizer (None when loaded without one)
+    name: str  # hub name or directory it was loaded from
+    n_layers: int
+    n_heads: int  # query heads (GQA key/value heads already expanded in patterns)
+    head_dim: int
+    dtype: str  # one of DTYPES
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def summary(self) -> dict[str, Any]:
+        """What identifies this target in a cache's attributes."""
+        tok = self.tokenizer
+        return {
+            "model": self.name,
+            "model_type": str(getattr(self.model.config, "model_type", "")),
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "head_dim": self.head_dim,
+            "vocab_size": int(self.model.config.vocab_size),
+            "dtype": self.dtype,
+            "tokenizer": "" if tok is None else str(getattr(tok, "name_or_path", "")),
+            "tokenizer_vocab": 0 if tok is None else len(tok),
+        }
+
+
+@dataclass
+class TargetOutput:
+    """Per-scenario results of one batched forward pass."""
+
+    attentions: torch.Tensor  # (B, L, H, S, S) float, or (B, L, H, T) when packed
+    prediction: torch.Tensor  # (B,) long, argmax at <fim_middle>
+    probability: torch.Tensor  # (B,) float32, softmax probability of the prediction
+    label: torch.Tensor  # (B,) long, the hole's first token
+    correct: torch.Tensor  # (B,) bool, prediction == label
+    loss: torch.Tensor  # (B,) float32, cross-entropy of the label's first token
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` means the first CUDA device when there is one, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_target(name_or_path: str | Path, *, dtype: str = "float32", device: str = "auto") -> Target:
+    """Load a causal LM (hub name or local directory) with eager attention.
+
+    Raises:
+        ValueError: unknown dtype, unloadable model, or a model without a
+            recognisable per-layer attention output projection.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(DTYPES)}")
+    name = str(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES[dtype], attn_implementation="eager")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot load target model {name!r}: {e}") from e
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError):
+        tokenizer = None  # patterns need only ids; the scenario set carries the tokenizer facts
+    model.to(resolve_device(device)).eval()
+    return wrap_model(model, tokenizer=tokenizer, name=name, dtype=dtype)
+
+
+def wrap_model(model: Any, *, tokenizer: Any = None, name: str = "", dtype: str = "float32") -> Target:
+    """A :class:`Target` around an already loaded model (switched to eager attention)."""
+    if getattr(model.config, "_attn_implementation", "eager") != "eager":
+        model.set_attn_implementation("eager")
+    n_layers = len(output_projections(model))
+    cfg = model.config
+    n_heads = int(cfg.num_attention_heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads)
+    return Target(model=model, tokenizer=tokenizer, name=name or str(getattr(cfg, "name_or_path", "")),
+                  n_layers=n_layers, n_heads=n_heads, head_dim=head_dim, dtype=dtype)
+
+
+def output_projections(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Each layer's attention output projection, in layer order.
+
+    Raises:
+        ValueError: no module matches a known layout (StarCoder2/Llama
+            ``self_attn.o_proj``, GPT-2 ``attn.c_proj``, NeoX, Falcon, GPT-J).
+    """
+    for pattern in _OUTPUT_PROJECTIONS:
+        found = {}
+        for name, module in model.named_modules():
+            m = pattern.search(name)
+            if m:
+                found[int(m.group(1))] = module
+        if found:
+            if sorted(found) != list(range(len(found))):
+                raise ValueError(f"attention output projections of layers {sorted(found)} are not contiguous")
+            return [found[i] for i in range(len(found))]
+    raise ValueError(
+        f"{type(model).__name__} has no recognisable per-layer attention output projection "
+        "(expected e.g. layers.<i>.self_attn.o_proj or h.<i>.attn.c_proj); head interventions need one"
+    )
+
+
+def lower_triangle_index(seq_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Flat indices (T,) of the causal lower triangle (diagonal included) of an S x S matrix, row-major."""
+    rows, cols = torch.tril_indices(seq_len, seq_len, device=device)
+    return rows * seq_len + cols  # (T,)
+
+
+def _accepts(model: Any, arg: str) -> bool:
+    return arg in inspect.signature(model.forward).parameters
+
+
+@torch.inference_mode()
+def run_batch(
+    target: Target,
+    input_ids: torch.Tensor,
+    label_first: torch.Tensor,
+    *,
+    middle_pos: torch.Tensor | None = None,
+    pack: bool = False,
+) -> TargetOutput:
+    """One forward pass over ``input_ids`` (B, S) returning attentions and the first-token outcome.
+
+    ``label_first`` (B,) is the first token of each hole; ``middle_pos`` (B,)
+    the ``<fim_middle>`` position (default: the last one). With ``pack`` the
+    patterns come back as their lower triangles (B, L, H, T), gathered on the
+    model's device so the full (B, L, H, S, S) stack is never built.
+
+    Raises:
+        ValueError: the model returned no attention patterns.
+    """
+    model, device = target.model, target.device
+    input_ids = input_ids.to(device=device, dtype=torch.long)
+    seq_len = input_ids.shape[1]
+    pos = torch.full((len(input_ids),), seq_len - 1, device=device) if middle_pos is None else middle_pos.to(device)
+    kwargs: dict[str, Any] = {"output_attentions": True, "use_cache": False}
+    all_last = bool((pos == seq_len - 1).all())
+    if all_last and _accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = 1  # the lm_head over all S positions would cost more than the layers
+    out = model(input_ids=input_ids, **kwargs)
+    if not out.attentions:
+        raise ValueError(
+            f"target {target.name!r} returned no attention patterns; load it with "
+            "attn_implementation='eager' (fused sdpa/flash kernels do not return them)"
+        )
+    logits = out.logits[:, -1] if out.logits.shape[1] == 1 else out.logits[torch.arange(len(pos), device=device), pos]
+    return _outcome(logits.float(), label_first.to(device=device, dtype=torch.long),
+                    _stack_patterns(out.attentions, seq_len, pack))
+
+
+def _stack_patterns(attentions: Sequence[torch.Tensor], seq_len: int, pack: bool) -> torch.Tensor:
+    if not pack:
+        return torch.stack(attentions, dim=1)  # (B, L, H, S, S)
+    index = lower_triangle_index(seq_len, attentions[0].device)
+    return torch.stack([a.flatten(-2)[..., index] for a in attentions], dim=1)  # (B, L, H, T)
+
+
+def _outcome(logits: torch.Tensor, label: torch.Tensor, attentions: torch.Tensor) -> TargetOutput:
+    """First-token prediction, its probability, correctness and the label's cross-entropy."""
+    logp = torch.log_softmax(logits, dim=-1)  # (B, V)
+    prediction = logp.argmax(dim=-1)
+    return TargetOutput(
+        attentions=attentions,
+        prediction=prediction,
+        probability=logp.gather(1, prediction[:, None])[:, 0].exp(),
+        label=label,
+        correct=prediction == label,
+        loss=-logp.gather(1, label[:, None])[:, 0],
+    )
+
+
+def validate_heads(target_or_model: Target | torch.nn.Module, heads: Mapping[int, Sequence[int]]) -> dict[int, list[int]]:
+    """Check ``{layer: [heads]}`` against the model; returns it with plain ints.
+
+    Raises:
+        ValueError: a layer or head index out of range.
+    """
+    target = target_or_model if isinstance(target_or_model, Target) else wrap_model(target_or_model)
+    clean: dict[int, list[int]] = {}
+    for layer, hs in heads.items():
+        if not 0 <= int(layer) < target.n_layers:
+            raise ValueError(f"layer {layer} is out of range: the model has layers 0..{target.n_layers - 1}")
+        bad = [h for h in hs if not 0 <= int(h) < target.n_heads]
+        if bad:
+            raise ValueError(f"heads {bad} of layer {layer} are out of range: the model has heads 0..{target.n_heads - 1}")
+        clean[int(layer)] = sorted({int(h) for h in hs})
+    return clean
+
+
+@contextlib.contextmanager
+def zero_heads(target_or_model: Target | torch.nn.Module, heads: Mapping[int, Sequence[int]]) -> Iterator[None]:
+    """Zero chosen heads' outputs, ``{layer: [heads]}``, inside the ``with`` block.
+
+    A head's output is its slice ``[h*hd:(h+1)*hd]`` of the input to the
+    layer's attention output projection; a forward pre-hook multiplies that
+    input by a 0/1 mask. Works with grouped-query attention because the
+    projection's input has one slice per query head. Hooks are removed on exit,
+    also when the block raises.
+
+    Raises:
+        ValueError: a layer or head index out of range.
+    """
+    target = target_or_model if isinstance(target_or_model, Target) else wrap_model(target_or_model)
+    clean = validate_heads(target, heads)
+    projections = output_projections(target.model)
+    handles = []
+    try:
+        for layer, hs in clean.items():
+            if hs:
+                handles.append(projections[layer].register_forward_pre_hook(_head_mask_hook(hs, target)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _head_mask_hook(heads: list[int], target: Target):
+    mask = torch.ones(target.n_heads, target.head_dim)
+    mask[heads] = 0.0
+    flat = mask.flatten()  # (H*hd,) 0 on the zeroed heads' slices
+
+    def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x = args[0]  # (B, S, H*hd)
+        return (x * flat.to(device=x.device, dtype=x.dtype), *args[1:])
+
+    return hook
