@@ -1,0 +1,388 @@
+"""AttentionCacheDataModule: head images or per-scenario stacks from attention caches.
+
+Glossary: B batch, S tokens, L layers, H query heads.
+
+``prepare_data`` mines the scenarios (when given a scenario DataModule) and
+builds or resumes one cache per target model; under DDP every rank extracts
+its own shard in ``setup`` and the reader merges the shards. Batches are dicts:
+
+- ``mode="heads"``: ``images`` (B, 1, S, S) scaled, and ``scenario``, ``layer``,
+  ``head``, ``task``, ``correct`` (B,);
+- ``mode="scenarios"``: ``images`` (B, L*H, 1, S, S) scaled, and ``scenario``,
+  ``task``, ``correct`` (B,).
+
+The first validation/test dataloader reads the training target's cache; one
+more follows per ``extra_targets`` entry (cross-model generalisation).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from apmae.cache import (DEFAULT_COMPRESSION, AttentionCache, CacheError, CacheMismatchError, cache_files,
+                         shard_path)
+from apmae.scenario_set import SPLITS, ScenarioSet
+
+try:  # mined scenarios; a path to a saved ScenarioSet works without it
+    from datamodules.java_scenarios import JavaScenarioDataModule
+except ImportError:  # pragma: no cover - only while the scenario DataModule is absent
+    JavaScenarioDataModule = Any  # type: ignore[misc,assignment]
+
+MODES = ("heads", "scenarios")
+
+
+def target_short_name(name_or_path: str) -> str:
+    """A metric-key-safe short name: the last path component (``artifacts/demo/target-a`` -> ``target-a``)."""
+    base = Path(str(name_or_path).rstrip("/")).name or str(name_or_path)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", base)
+
+
+# ---------------------------------------------------------------- head selection
+
+
+@dataclass(frozen=True)
+class HeadSelection:
+    """Which heads of each scenario become samples; the same heads every epoch.
+
+    ``all``: every head; ``layerwise:<f>``: round(f*H) random heads per layer
+    per scenario (seeded by scenario index and layer); an explicit list of
+    ``(layer, head)`` pairs.
+    """
+
+    n_layers: int
+    n_heads: int
+    fraction: float | None = None  # layerwise fraction; None for all / explicit
+    pairs: tuple[tuple[int, int], ...] = ()  # explicit (layer, head) pairs
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, spec: str | Sequence[Sequence[int]], *, n_layers: int, n_heads: int, seed: int = 0) -> "HeadSelection":
+        """Raises ``ValueError`` for an unknown spec, a fraction outside (0, 1] or a pair out of range."""
+        if isinstance(spec, str):
+            if spec == "all":
+                return cls(n_layers, n_heads, seed=seed)
+            m = re.fullmatch(r"layerwise:([0-9.]+)", spec)
+            if not m or not 0 < float(m.group(1)) <= 1:
+                raise ValueError(f"head_selection={spec!r}; use 'all', 'layerwise:<fraction in (0, 1]>' "
+                                 "or a list of [layer, head] pairs")
+            return cls(n_layers, n_heads, fraction=float(m.group(1)), seed=seed)
+        pairs = tuple((int(p[0]), int(p[1])) for p in spec)
+        bad = [p for p in pairs if not (0 <= p[0] < n_layers and 0 <= p[1] < n_heads)]
+        if not pairs or bad:
+            raise ValueError(f"head_selection pairs {bad or 'empty'} are invalid: layers 0..{n_layers - 1}, "
+                             f"heads 0..{n_heads - 1}")
+        return cls(n_layers, n_heads, pairs=pairs, seed=seed)
+
+    @property
+    def per_layer(self) -> int:
+        return max(1, round(self.fraction * self.n_heads)) if self.fraction is not None else self.n_heads
+
+    @property
+    def per_scenario(self) -> int:
+        """Samples per scenario."""
+        return len(self.pairs) if self.pairs else self.n_layers * self.per_layer
+
+    def head(self, scenario: int, k: int) -> tuple[int, int]:
+        """The ``k``-th (layer, head) of scenario ``scenario`` (its index in the scenario set)."""
+        if self.pairs:
+            return self.pairs[k]
+        layer, j = divmod(k, self.per_layer)
+        if self.fraction is None:
+            return layer, j
+        order = np.random.default_rng([self.seed, scenario, layer]).permutation(self.n_heads)
+        return layer, int(np.sort(order[: self.per_layer])[j])
+
+
+# ---------------------------------------------------------------- datasets
+
+
+class HeadImageDataset(Dataset):
+    """One sample per selected head of each row: raw (1, S, S) float32 pattern plus labels."""
+
+    def __init__(self, cache: AttentionCache, rows: np.ndarray, selection: HeadSelection) -> None:
+        self.cache, self.rows, self.selection = cache, np.asarray(rows, dtype=np.int64), selection
+
+    def __len__(self) -> int:
+        return len(self.rows) * self.selection.per_scenario
+
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        i, k = divmod(int(j), self.selection.per_scenario)
+        row = int(self.rows[i])
+        scenario = int(self.cache.scenario_index[row])
+        layer, head = self.selection.head(scenario, k)
+        return {"images": self.cache.pattern(row, layer, head)[None], "scenario": scenario, "layer": layer,
+                "head": head, "task": int(self.cache.task[row]), "correct": bool(self.cache.correct[row])}
+
+
+class ScenarioStackDataset(Dataset):
+    """One sample per row: every head's raw pattern, (L*H, 1, S, S) float32."""
+
+    def __init__(self, cache: AttentionCache, rows: np.ndarray) -> None:
+        self.cache, self.rows = cache, np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        row = int(self.rows[j])
+        c = self.cache
+        stack = c.scenario(row).reshape(c.n_layers * c.n_heads, 1, c.seq_len, c.seq_len)
+        return {"images": stack, "scenario": int(c.scenario_index[row]), "task": int(c.task[row]),
+                "correct": bool(c.correct[row])}
+
+
+class ScaledCollate:
+    """Stacks samples and scales the whole batch at once (runs inside the workers)."""
+
+    def __init__(self, scaler: str) -> None:
+        self.scaler = scaler
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        from apmae.scaling import scale
+
+        images = torch.from_numpy(np.stack([s["images"] for s in samples]))
+        batch = {"images": scale(images, self.scaler).contiguous()}
+        for key in samples[0]:
+            if key != "images":
+                dtype = torch.bool if key == "correct" else torch.long
+                batch[key] = torch.tensor([s[key] for s in samples], dtype=dtype)
+        return batch
+
+
+def select_rows(cache: AttentionCache, split: str, *, tasks: Sequence[str] | None = None,
+                correct_only: bool = False, balance: bool = False, seed: int = 0) -> np.ndarray:
+    """Cache rows of one split after the task / correctness filters, optionally class-balanced per task.
+
+    Balancing keeps, per task, as many correct as incorrect rows (a seeded
+    random subset of the larger class), in cache order.
+    """
+    keep = cache.split == SPLITS.index(split)
+    if tasks is not None:
+        names = cache.task_names
+        unknown = sorted(set(tasks) - set(names))
+        if unknown:
+            raise ValueError(f"tasks {unknown} are not in the cache's tasks {names}")
+        keep &= np.isin(cache.task, [names.index(t) for t in tasks])
+    if correct_only:
+        keep &= cache.correct
+    rows = np.flatnonzero(keep)
+    if balance:
+        rows = _balance(rows, cache.task[rows], cache.correct[rows], np.random.default_rng(seed))
+    return rows
+
+
+def _balance(rows: np.ndarray, task: np.ndarray, correct: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    kept = []
+    for t in np.unique(task):
+        pos, neg = rows[(task == t) & correct], rows[(task == t) & ~correct]
+        n = min(len(pos), len(neg))
+        kept += [rng.choice(pos, n, replace=False), rng.choice(neg, n, replace=False)]
+    return np.sort(np.concatenate(kept)) if kept else rows[:0]
+
+
+# ---------------------------------------------------------------- the DataModule
+
+
+class AttentionCacheDataModule(L.LightningDataModule):
+    """Attention-pattern samples of one target model (plus extra targets for cross-model evaluation)."""
+
+    def __init__(
+        self,
+        *,
+        target: str,
+        scenarios: JavaScenarioDataModule | str,
+        cache_dir: str = "artifacts/cache",
+        scaler: str = "log_normalize",
+        mode: str = "heads",
+        head_selection: str | list[list[int]] = "all",
+        balance: bool = False,
+        correct_only: bool = False,
+        tasks: list[str] | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        extra_targets: list[str] | None = None,
+        extraction_batch_size: int = 8,
+        dtype: str = "float32",
+        device: str = "auto",
+        compression: str = DEFAULT_COMPRESSION,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        """
+        Args:
+            target: hub name or directory of the target causal LM whose patterns train/validate.
+            scenarios: a scenario DataModule (``JavaScenarioDataModule``) or the path of a saved ScenarioSet ``.npz``.
+            cache_dir: directory of the cache files ``<target short name>.rank<k>.h5``.
+            scaler: ``none``, ``log``, ``log_standardize`` or ``log_normalize`` (the paper's).
+            mode: ``heads`` (one head image per sample) or ``scenarios`` (all heads of a scenario).
+            head_selection: ``all``, ``layerwise:<fraction>`` (paper: 0.25) or ``[[layer, head], ...]``; mode ``heads`` only.
+            balance: keep as many correct as incorrect scenarios per task (the paper's probe setting).
+            correct_only: only scenarios the target completed correctly (the paper trains AP-MAE on these).
+            tasks: only these task names (default: all).
+            batch_size: samples per batch.
+            num_workers: DataLoader worker processes (HDF5 handles open lazily in each).
+            extra_targets: more target models; their caches (same scenarios) become extra val/test dataloaders.
+            extraction_batch_size: scenarios per forward pass while building a cache.
+            dtype: target model dtype while extracting (``float32``, ``bfloat16``, ``float16``).
+            device: extraction device, ``auto`` = this rank's GPU if any, else CPU.
+            compression: cache compression, ``lzf``, ``gzip`` or ``none``.
+            seed: seeds the layerwise head choice and class balancing.
+            progress: show a progress bar (scenarios/s) while extracting.
+        """
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}; use one of {MODES}")
+        if mode == "scenarios" and head_selection != "all":
+            raise ValueError("head_selection applies to mode='heads'; mode='scenarios' always stacks every head")
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(f"batch_size={batch_size} must be >= 1 and num_workers={num_workers} >= 0")
+        from apmae.scaling import get_scaler
+
+        get_scaler(scaler)  # fail at construction on a misspelt scaler
+        self.target, self.scenarios, self.cache_dir = str(target), scenarios, Path(cache_dir)
+        self.scaler, self.mode, self.head_selection = scaler, mode, head_selection
+        self.balance, self.correct_only, self.tasks = balance, correct_only, tasks
+        self.batch_size, self.num_workers, self.seed, self.progress = batch_size, num_workers, seed, progress
+        self.extra_targets = [str(t) for t in (extra_targets or [])]
+        self.extraction = {"batch_size": extraction_batch_size, "dtype": dtype, "device": device,
+                           "compression": compression}
+        self.train_target_name = target_short_name(self.target)
+        self.val_target_names = [self.train_target_name, *map(target_short_name, self.extra_targets)]
+        if len(set(self.val_target_names)) != len(self.val_target_names):
+            raise ValueError(f"target short names {self.val_target_names} collide; their caches would share "
+                             "files: give the models distinct directory names")
+        self.test_target_names = list(self.val_target_names)
+        self.seq_len = self._scenario_seq_len()
+        self.caches: dict[str, AttentionCache] = {}
+
+    # -- scenarios
+    def _scenario_seq_len(self) -> int:
+        if not isinstance(self.scenarios, (str, Path)):
+            return int(self.scenarios.seq_len)
+        path = Path(self.scenarios)
+        if not path.is_file():
+            raise ValueError(f"scenarios={str(path)!r} is not a file; pass a ScenarioSet .npz or a scenario DataModule")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return int(z["input_ids"].shape[1])
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"cannot read scenario set {path}: {e}") from e
+
+    def scenario_set(self) -> ScenarioSet:
+        if isinstance(self.scenarios, (str, Path)):
+            return ScenarioSet.load(self.scenarios)
+        return self.scenarios.scenario_set()
+
+    # -- building
+    def _world(self) -> tuple[int, int, int]:
+        """(global rank, world size, local rank) from the trainer, or a single process."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1, 0
+        return int(trainer.global_rank), int(trainer.world_size), int(trainer.local_rank)
+
+    def prepare_data(self) -> None:
+        """Mine scenarios if needed; build or resume the caches (single process; DDP shards in ``setup``)."""
+        if not isinstance(self.scenarios, (str, Path)):
+            self.scenarios.prepare_data()
+        _, world, _ = self._world()
+        if world == 1:
+            self._build(0, 1, 0)
+
+    def _build(self, rank: int, world: int, local_rank: int) -> None:
+        scenarios = None
+        for model in [self.target, *self.extra_targets]:
+            name = target_short_name(model)
+            scenarios = scenarios or self.scenario_set()
+            if self._complete(name, model, scenarios):
+                continue
+            self._extract(model, name, scenarios, rank, world, local_rank)
+
+    def _complete(self, name: str, model: str, scenarios: ScenarioSet) -> bool:
+        """True when a complete cache for this model and scenario set exists (built with any world size)."""
+        files = cache_files(self.cache_dir, name)
+        if not files:
+            return False
+        try:
+            cache = AttentionCache(files)
+        except CacheMismatchError:
+            raise
+        except CacheError:
+            return False  # incomplete: resume it
+        found = {"model": cache.target["model"], "seq_len": cache.seq_len,
+                 "scenario_fingerprint": cache.attrs["scenario_fingerprint"]}
+        expected = {"model": model, "seq_len": scenarios.seq_len, "scenario_fingerprint": scenarios.fingerprint()}
+        diffs = [f"{k}: cache has {found[k]!r}, this run {expected[k]!r}" for k in found if found[k] != expected[k]]
+        if diffs:
+            raise CacheMismatchError(f"cache {name!r} in {self.cache_dir} was built for a different run "
+                                     f"({'; '.join(diffs)}); delete it or choose another cache_dir")
+        return True
+
+    def _extract(self, model: str, name: str, scenarios: ScenarioSet, rank: int, world: int, local_rank: int) -> None:
+        from apmae.extract import extract
+        from apmae.target import load_target
+
+        device = self.extraction["device"]
+        if device == "auto" and torch.cuda.is_available():
+            device = f"cuda:{local_rank}"
+        target = load_target(model, dtype=self.extraction["dtype"], device=device)
+        extract(target, scenarios, shard_path(self.cache_dir, name, rank), rank=rank, world_size=world,
+                batch_size=self.extraction["batch_size"], compression=self.extraction["compression"],
+                progress=self.progress)
+        del target
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # -- setup
+    def setup(self, stage: str | None = None) -> None:
+        """Extract this rank's shards under DDP, then open every cache (metadata only; patterns load lazily)."""
+        rank, world, local_rank = self._world()
+        if world > 1:
+            self._build(rank, world, local_rank)
+            self.trainer.strategy.barrier("attention-cache")
+        elif not self.caches:
+            self._build(0, 1, 0)  # no-op when prepare_data already built them
+        for model in [self.target, *self.extra_targets]:
+            name = target_short_name(model)
+            if name not in self.caches:
+                self.caches[name] = AttentionCache(cache_files(self.cache_dir, name))
+        cache = self.caches[self.train_target_name]
+        if cache.seq_len != self.seq_len:
+            raise CacheMismatchError(f"cache {self.train_target_name!r} has S={cache.seq_len}, the scenarios S={self.seq_len}")
+
+    def dataset(self, name: str, split: str) -> Dataset:
+        """The samples of one target's cache and split after the filters."""
+        cache = self.caches[name]
+        rows = select_rows(cache, split, tasks=self.tasks, correct_only=self.correct_only,
+                           balance=self.balance, seed=self.seed)
+        if self.mode == "scenarios":
+            return ScenarioStackDataset(cache, rows)
+        selection = HeadSelection.parse(self.head_selection, n_layers=cache.n_layers, n_heads=cache.n_heads,
+                                        seed=self.seed)
+        return HeadImageDataset(cache, rows, selection)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=ScaledCollate(self.scaler), persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset(self.train_target_name, "train"), shuffle=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(self.dataset(n, "val"), shuffle=False) for n in self.val_target_names]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(self.dataset(n, "test"), shuffle=False) for n in self.test_target_names]
+
+    def teardown(self, stage: str | None = None) -> None:
+        for cache in self.caches.values():
+            cache.close()
