@@ -153,22 +153,29 @@ class FileMiner:
         if len(enc.ids) < cfg.seq_len - 3 and not cfg.pad:
             result.skip = "too_short"
             return result
-        tree = self.parser.parse(file.data)
-        spans = self._query_spans(tree, file.data)
         chosen: list[tuple[int, Span]] = []
-        for ti, task in enumerate(self.tasks):
-            if not task.needs_source:
-                continue
-            rng = random.Random(_stable_int(cfg.seed, file.source_id, task.name))
-            if task.fn is not None:
-                ctx = FileContext(file.source_id, file.data, file.text, tree, enc.offsets, rng)
-                spans[ti] = [tuple(s) for s in task.fn(ctx)]
-            cands = sorted(set(spans.get(ti, ())))
+        for ti, cands in self.candidates(file, enc).items():
+            rng = random.Random(_stable_int(cfg.seed, file.source_id, self.tasks[ti].name, "pick"))
             result.candidates[ti] = len(cands)
             picked = rng.sample(cands, min(cfg.max_per_file, len(cands)))
             chosen.extend((ti, span) for span in sorted(picked))
         self._assemble_all(file, enc, chosen, result)
         return result
+
+    def candidates(self, file: SourceFile, enc: Any) -> dict[int, list[Span]]:
+        """Sorted, distinct candidate byte spans per task index (tasks with a source only)."""
+        tree = self.parser.parse(file.data)
+        spans = self._query_spans(tree, file.data)
+        out = {}
+        for ti, task in enumerate(self.tasks):
+            if not task.needs_source:
+                continue
+            if task.fn is not None:
+                rng = random.Random(_stable_int(self.config.seed, file.source_id, task.name))
+                ctx = FileContext(file.source_id, file.data, file.text, tree, enc.offsets, rng)
+                spans[ti] = [(int(s), int(e)) for s, e in task.fn(ctx)]
+            out[ti] = sorted(set(spans.get(ti, ())))
+        return out
 
     def _query_spans(self, tree: Any, data: bytes) -> dict[int, list[Span]]:
         """Candidate byte spans per task index from one pass of the combined query."""
@@ -298,6 +305,17 @@ def _balance(budget: int, left: _Side, right: _Side) -> tuple[int, int]:
         if 0 <= a <= left.available and 0 <= b <= right.available and left.clean_cut(a) and right.clean_cut(b):
             return a, b
     return n_left, n_right
+
+
+def candidate_spans(text: str, tokenizer: Any, tasks: Sequence[str] | None = None, *,
+                    seed: int = 0) -> dict[str, list[Span]]:
+    """Every candidate hole of each task in one Java text, as byte spans (to inspect a task)."""
+    _, tok_json, fim = _load_tokenizer(tokenizer)
+    task_objs = get_tasks(tasks)
+    miner = FileMiner(MiningConfig(seed=seed, fim=fim), task_objs, tok_json)
+    file = SourceFile("text", text.encode("utf-8"), text)
+    found = miner.candidates(file, miner.tokenizer.encode(text, add_special_tokens=False))
+    return {t.name: found.get(ti, []) for ti, t in enumerate(task_objs) if t.needs_source}
 
 
 def _outside(spans: list[Span], regions: list[Span]) -> list[Span]:

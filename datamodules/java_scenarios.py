@@ -1,0 +1,244 @@
+"""JavaScenarioDataModule: mined FIM completion scenarios as batches, reusable without AP-MAE.
+
+Glossary: B batch, S prompt tokens (``seq_len``), T longest hole in tokens.
+
+Batches are dicts of tensors:
+
+- ``input_ids`` (B, S) long: ``<fim_prefix> prefix <fim_suffix> suffix <fim_middle>``
+- ``label_ids`` (B, T) long, the hole's tokens padded with 0; ``label_mask`` (B, T) bool
+- ``task`` (B,) long: index into ``task_names``
+- ``index`` (B,) long: row in the :class:`~apmae.scenario_set.ScenarioSet`
+- ``source`` (B,) long: index into ``source_ids`` (-1 for noise scenarios)
+
+In a notebook::
+
+    dm = JavaScenarioDataModule(sources="path/to/java", tokenizer="bigcode/starcoder2-3b", n_per_task=100)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from apmae.scenario_set import FORMAT_VERSION, SPLITS, ScenarioSet
+from apmae.scenarios import mine_scenarios
+from apmae.sources import JavaSources
+from apmae.tasks import get_tasks
+
+MINER_VERSION = 1  # bump when mining changes what a cached set would contain
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "added_tokens.json")
+
+
+class ScenarioDataset(Dataset):
+    """Rows ``indices`` of a scenario set, as dicts of tensors."""
+
+    def __init__(self, scenarios: ScenarioSet, indices: np.ndarray, source_index: np.ndarray) -> None:
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.input_ids = torch.from_numpy(scenarios.input_ids.astype(np.int64))  # (N, S)
+        self.label_ids = torch.from_numpy(scenarios.label_ids.astype(np.int64))  # (N, T)
+        width = scenarios.label_ids.shape[1]
+        self.label_mask = torch.from_numpy(np.arange(width)[None, :] < scenarios.label_len[:, None])  # (N, T)
+        self.task = torch.from_numpy(scenarios.task.astype(np.int64))
+        self.source = torch.from_numpy(source_index.astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        row = int(self.indices[i])
+        return {
+            "input_ids": self.input_ids[row],
+            "label_ids": self.label_ids[row],
+            "label_mask": self.label_mask[row],
+            "task": self.task[row],
+            "index": torch.tensor(row),
+            "source": self.source[row],
+        }
+
+
+class JavaScenarioDataModule(pl.LightningDataModule):
+    """Mines FIM scenarios once (cached by a hash of the inputs) and serves them per split.
+
+    Args:
+        sources: Java sources: directories, ``.zip``/``.tar(.gz)`` archives, JSONL/Parquet files with a
+            ``content`` column, or ``hf:NAME?split=train`` Hugging Face datasets.
+        tokenizer: hub name or local directory of a fast tokenizer with FIM tokens.
+        tasks: task names (see ``apmae.tasks.task_names()``); None for all registered tasks.
+        seq_len: tokens per prompt.
+        n_per_task: scenarios per task (or a mapping task -> count).
+        max_per_file: at most this many scenarios per task from one file.
+        max_label_tokens: holes longer than this are rejected.
+        splits: train/val/test fractions, by source file.
+        seed: sampling seed; also shuffles the training loader.
+        batch_size: scenarios per batch.
+        num_workers: DataLoader worker processes.
+        mining_workers: processes for mining (None: same as ``num_workers``).
+        cache_dir: where mined sets are stored (default ``artifacts/scenarios`` under the working directory).
+        pad: left-pad short files instead of skipping them.
+        max_files: read at most this many source files.
+        shuffle: shuffle the training split each epoch.
+        progress: show a progress bar and the mining summary.
+    """
+
+    def __init__(
+        self,
+        *,
+        sources: str | list[str],
+        tokenizer: str,
+        tasks: list[str] | None = None,
+        seq_len: int = 256,
+        n_per_task: int | dict[str, int] = 1000,
+        max_per_file: int = 2,
+        max_label_tokens: int = 32,
+        splits: tuple[float, float, float] = (0.8, 0.1, 0.1),
+        seed: int = 0,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        mining_workers: int | None = None,
+        cache_dir: str | None = None,
+        pad: bool = False,
+        max_files: int | None = None,
+        shuffle: bool = True,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0 or (mining_workers is not None and mining_workers < 0):
+            raise ValueError("num_workers and mining_workers must be >= 0")
+        self.sources = [sources] if isinstance(sources, str) else list(sources)
+        self.tokenizer = str(tokenizer)
+        self.tasks = list(tasks) if tasks is not None else None
+        get_tasks(self.tasks)  # unknown task names fail now, not after loading a tokenizer
+        self.seq_len = seq_len
+        self.n_per_task = n_per_task
+        self.max_per_file = max_per_file
+        self.max_label_tokens = max_label_tokens
+        self.splits = tuple(splits)
+        self.seed = seed
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.mining_workers = num_workers if mining_workers is None else mining_workers
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else Path("artifacts") / "scenarios"
+        self.pad = pad
+        self.max_files = max_files
+        self.shuffle = shuffle
+        self.progress = progress
+        self._scenarios: ScenarioSet | None = None
+        self.datasets: dict[str, ScenarioDataset] = {}
+        self.source_ids: list[str] = []
+
+    # --- mining and cache ------------------------------------------------------------------
+
+    def cache_key(self) -> str:
+        """A hash of everything that decides the mined set.
+
+        Single files and tokenizer directories are keyed by content/size; a source
+        directory only by its path, so delete the cache file after editing one.
+        """
+        task_defs = [(t.name, t.query, _qualname(t.fn), _qualname(t.refine), t.code_only, t.label_tokens)
+                     for t in get_tasks(self.tasks)]
+        inputs = {
+            "sources": [_source_key(s) for s in self.sources],
+            "tokenizer": _tokenizer_key(self.tokenizer),
+            "tasks": task_defs,
+            "seq_len": self.seq_len, "n_per_task": self.n_per_task, "max_per_file": self.max_per_file,
+            "max_label_tokens": self.max_label_tokens, "splits": list(self.splits), "seed": self.seed,
+            "pad": self.pad, "max_files": self.max_files,
+            "format": FORMAT_VERSION, "miner": MINER_VERSION,
+        }
+        return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @property
+    def scenario_path(self) -> Path:
+        """The cache file of this configuration's scenario set."""
+        return self.cache_dir / f"scenarios-{self.cache_key()}.npz"
+
+    def prepare_data(self) -> None:
+        """Mine the scenarios unless this configuration's cache file exists (written atomically)."""
+        path = self.scenario_path
+        if path.exists():
+            return
+        result = mine_scenarios(
+            JavaSources(self.sources), self.tokenizer, tasks=self.tasks, seq_len=self.seq_len,
+            n_per_task=self.n_per_task, max_per_file=self.max_per_file, max_label_tokens=self.max_label_tokens,
+            splits=self.splits, seed=self.seed, num_workers=self.mining_workers, progress=self.progress,
+            pad=self.pad, max_files=self.max_files)
+        result.scenarios.meta["mining_report"] = result.report.summary()
+        result.scenarios.save(path)
+
+    def scenario_set(self) -> ScenarioSet:
+        """The mined scenarios (mining first when no cache file exists)."""
+        if self._scenarios is None:
+            self.prepare_data()
+            self._scenarios = ScenarioSet.load(self.scenario_path)
+        return self._scenarios
+
+    @property
+    def task_names(self) -> list[str]:
+        return self.scenario_set().task_names
+
+    # --- datasets and loaders --------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        scenarios = self.scenario_set()
+        self.source_ids = sorted(set(scenarios.source_id.tolist()) - {""})
+        lookup = {s: i for i, s in enumerate(self.source_ids)}
+        source_index = np.array([lookup.get(s, -1) for s in scenarios.source_id.tolist()], dtype=np.int64)
+        self.datasets = {name: ScenarioDataset(scenarios, scenarios.split_indices(name), source_index)
+                         for name in SPLITS}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if not self.datasets:
+            self.setup()
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, generator=generator,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.shuffle)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+
+def _qualname(fn: Any) -> str | None:
+    return None if fn is None else f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _source_key(source: str) -> Any:
+    """A source's identity: its path, plus size and mtime for a single file (an edited file re-mines)."""
+    path = Path(source).expanduser()
+    if source.startswith("hf:") or not path.exists():
+        return source
+    stat = path.stat()
+    return [str(path.resolve())] + ([stat.st_size, stat.st_mtime_ns] if path.is_file() else [])
+
+
+def _tokenizer_key(tokenizer: str) -> Any:
+    """A tokenizer's identity: the hash of its files for a local directory, else its hub name."""
+    path = Path(tokenizer).expanduser()
+    if not path.is_dir():
+        return tokenizer
+    digest = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        if (path / name).exists():
+            digest.update(name.encode() + (path / name).read_bytes())
+    return [str(path.resolve()), digest.hexdigest()]
+
+
+__all__: Sequence[str] = ("JavaScenarioDataModule", "ScenarioDataset")
