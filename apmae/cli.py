@@ -3,23 +3,52 @@
 Every class a run uses is named in its YAML config (``class_path`` /
 ``init_args``); configs stack (``--config base.yaml --config overlay.yaml``)
 and may use omegaconf interpolation with relative paths (``${..seq_len}``).
-Each run logs its resolved config as an artifact and its flattened values as
-params, so runs compare side by side in the MLflow UI (``make ui``).
+
+Shared values are linked once: the DataModule's ``seq_len`` becomes the
+model's ``seq_len`` (image size for AP-MAE, context for a target LM), so a
+config cannot state two different lengths; setting ``model.init_args.seq_len``
+is an error that says so.
+
+MLflow: the store is ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlruns/mlflow.db``;
+artifacts go next to the sqlite file (``mlruns/<experiment>/<run id>/artifacts``).
+The experiment and run names come from the config's top-level ``experiment``
+and ``run_name`` (default: the last ``--config`` file's name). Each run logs
+its resolved config as the artifact ``config.yaml`` and its flattened values
+as params, so runs compare side by side in the MLflow UI (``make ui``).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import re
+import sys
+from pathlib import Path
+from typing import Any, Optional
 
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+DEFAULT_EXPERIMENT = "apmae"
+MLFLOW_LOGGER = "lightning.pytorch.loggers.MLFlowLogger"
+LINKED = {"seq_len": ("data.seq_len", "model.init_args.seq_len")}
 
 
 def tracking_uri() -> str:
     """The MLflow store: ``$MLFLOW_TRACKING_URI`` or the project's sqlite store."""
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+
+
+def artifact_location(uri: str, experiment: str) -> Optional[str]:
+    """Artifact folder of ``experiment`` for a sqlite store: beside the database file.
+
+    ``sqlite:///mlruns/mlflow.db`` -> ``<abs>/mlruns/<experiment>``. Other stores
+    (servers, databases) choose their own artifact location: None.
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = Path(uri[len("sqlite:///"):]).resolve().parent
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment) or DEFAULT_EXPERIMENT
+    return (folder / safe).as_uri()
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -38,21 +67,32 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 class LogConfigToMLflow(SaveConfigCallback):
-    """Logs the resolved config to every MLflow logger of the trainer."""
+    """Logs the resolved config (artifact + flattened params) to every MLflow logger of the trainer."""
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
         from lightning.pytorch.loggers import MLFlowLogger
 
-        text = self.parser.dump(self.config, skip_none=False)
-        params = _flatten(self.config.as_dict())
+        config = _with_linked_values(self.config, trainer)
+        text = self.parser.dump(config, skip_none=False, skip_link_targets=False)
+        params = _flatten(config.as_dict())
+        params.pop("config", None)
         for logger in trainer.loggers:
             if isinstance(logger, MLFlowLogger):
                 logger.experiment.log_text(logger.run_id, text, self.config_filename)
                 logger.log_hyperparams({k: ("" if v is None else v) for k, v in params.items()})
 
 
+def _with_linked_values(config: Any, trainer: Any) -> Any:
+    """A copy of ``config`` with the values the CLI linked at instantiation written in."""
+    config = config.clone()
+    seq_len = getattr(getattr(trainer, "datamodule", None), "seq_len", None)
+    if seq_len is not None and config.get("model") is not None and config.get("model.init_args") is not None:
+        config["model.init_args.seq_len"] = seq_len
+    return config
+
+
 class APMAECLI(LightningCLI):
-    """LightningCLI for apmae runs: subclass mode for models and data modules."""
+    """LightningCLI for apmae runs: subclass mode, linked seq_len, MLflow naming, clear config errors."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("subclass_mode_model", True)
@@ -63,13 +103,95 @@ class APMAECLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", default_trainer_settings())
         super().__init__(*args, **kwargs)
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--experiment", type=Optional[str], default=None,
+                            help="MLflow experiment name (default: the logger's, 'apmae').")
+        parser.add_argument("--run_name", type=Optional[str], default=None,
+                            help="MLflow run name (default: the name of the last --config file).")
+        source, target = LINKED["seq_len"]
+        parser.link_arguments(source, target, apply_on="instantiate")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        _reject_linked_keys(parser, args)
+        super().parse_arguments(parser, args)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        _name_mlflow_run(config)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            # A class refused its arguments (e.g. a net built for another seq_len): show the
+            # class's own reason, not a traceback through the instantiation machinery.
+            sys.stderr.write(f"error: invalid configuration: {_root_cause(err)}\n")
+            raise SystemExit(2) from err
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost message of a chain of wrapped exceptions (jsonargparse wraps the class's own)."""
+    while (err.__cause__ or err.__context__) is not None:
+        err = err.__cause__ or err.__context__
+    return str(err)
+
+
+def _reject_linked_keys(parser: LightningArgumentParser, args: Any) -> None:
+    """Fail early and clearly when a config or argument sets a value the CLI links itself."""
+    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+    texts = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--model.init_args.seq_len") or arg.startswith("--model.seq_len"):
+            texts.append(f"command line `{arg}`")
+        if arg in ("--config", "-c") and i + 1 < len(argv) and Path(argv[i + 1]).is_file():
+            if _config_sets_model_seq_len(Path(argv[i + 1])):
+                texts.append(f"config file {argv[i + 1]}")
+    if texts:
+        parser.error(
+            f"model seq_len is set in {', '.join(texts)}, but it is linked from data.seq_len "
+            "(the DataModule's sequence length) so the two cannot disagree: remove it and set "
+            "the data's seq_len instead"
+        )
+
+
+def _config_sets_model_seq_len(path: Path) -> bool:
+    import yaml
+
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return False  # jsonargparse reports malformed YAML itself
+    model = tree.get("model") if isinstance(tree, dict) else None
+    if not isinstance(model, dict):
+        return False
+    init_args = model.get("init_args") if isinstance(model.get("init_args"), dict) else model
+    return "seq_len" in init_args
+
+
+def _name_mlflow_run(config: Any) -> None:
+    """Put the experiment/run names and the artifact location into a default MLflow logger."""
+    logger = config.get("trainer", {}).get("logger") if hasattr(config, "get") else None
+    if logger is None or not hasattr(logger, "get") or logger.get("class_path") != MLFLOW_LOGGER:
+        return
+    init = logger.init_args
+    if config.get("experiment"):
+        init.experiment_name = config.experiment
+    configs = config.get("config") or []
+    if config.get("run_name"):
+        init.run_name = config.run_name
+    elif not init.get("run_name") and configs:
+        init.run_name = Path(str(configs[-1])).stem
+    uri = init.get("tracking_uri") or tracking_uri()
+    if not init.get("artifact_location"):
+        init.artifact_location = artifact_location(uri, init.get("experiment_name") or DEFAULT_EXPERIMENT)
+
 
 def default_trainer_settings() -> dict[str, Any]:
     """Trainer defaults: MLflow logging to the project's store."""
     return {
         "logger": {
-            "class_path": "lightning.pytorch.loggers.MLFlowLogger",
-            "init_args": {"experiment_name": "apmae", "tracking_uri": tracking_uri()},
+            "class_path": MLFLOW_LOGGER,
+            "init_args": {"experiment_name": DEFAULT_EXPERIMENT, "tracking_uri": tracking_uri()},
         }
     }
 

@@ -1,0 +1,341 @@
+"""LitAPMAE: AP-MAE reconstruction training, trivial baseline and cross-model evaluation.
+
+Glossary: B batch, S image side (tokens), P patch side, G = S / P grid side,
+T = G (G + 1) / 2 lower-triangular patches, P2 = P * P pixels per patch.
+
+The network is the plain ``apmae.model.APMAE``; this module only adds the
+optimiser recipe of the paper, metrics and export. Metrics, per validation
+(or test) dataloader, i.e. per target model whose attention cache it reads:
+
+- ``val/<target>/mse``: MSE over the valid pixels of masked patches;
+- ``val/<target>/baseline_mse``: the same pixels predicted by the per-pixel
+  mean pattern of the training set (a trivial reconstruction), same masks;
+- ``val/<target>/mse_over_baseline``: AP-MAE error / trivial error (< 1 is better);
+- ``val/<target>/mse_over_train``: error on this target / error on the training
+  target (the paper's "minimal degradation on unseen models", measured);
+- ``val/loss``: ``val/<training target>/mse``, the value checkpoints monitor.
+
+Validation masks are drawn from a generator seeded by (dataloader, batch), so
+epochs and runs are compared on the very same masked patches.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from apmae.model import APMAE, APMAEConfig, APMAEOutput
+
+OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+@dataclass
+class MaskedError:
+    """Sum of squared errors over masked valid pixels, and how many pixels that is."""
+
+    sse: torch.Tensor  # () float
+    count: torch.Tensor  # () float
+
+    @property
+    def mse(self) -> torch.Tensor:
+        return self.sse / self.count.clamp_min(1.0)
+
+
+def masked_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> MaskedError:
+    """Squared error of ``pred`` (B or 1, T, P2) against ``target`` (B, T, P2) on masked valid pixels.
+
+    ``mask`` (B, T) is 1 for masked patches, ``valid`` (T, P2) False for pixels
+    above the causal diagonal; this is the pixel set AP-MAE's loss uses.
+    """
+    weight = mask.to(target.dtype).unsqueeze(-1) * valid.to(target.dtype).unsqueeze(0)  # (B, T, P2)
+    sse = ((pred.to(target.dtype) - target) ** 2 * weight).sum()
+    return MaskedError(sse=sse, count=weight.sum())
+
+
+def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """LR multiplier: linear warmup to 1 over ``warmup_steps``, then cosine down to ``min_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class LitAPMAE(LightningModule):
+    """Trains AP-MAE on scaled attention images and evaluates it across target models.
+
+    Args:
+        seq_len: image side S. The CLI links it from the DataModule's ``seq_len``.
+        preset: ``APMAEConfig`` preset the network is built from ("tiny", "paper").
+        net_overrides: ``APMAEConfig`` fields replacing the preset's (e.g. ``{enc_depth: 4}``);
+            ``seq_len`` is always taken from ``seq_len``.
+        net: a ready ``APMAE`` (Python use, or ``class_path: apmae.model.APMAE`` in YAML); replaces
+            ``preset``/``net_overrides`` and must have ``config.seq_len == seq_len``.
+        base_lr: learning rate per ``lr_reference_batch`` images (paper: 1.5e-4 per 50).
+        lr_reference_batch: batch size ``base_lr`` refers to; the run's LR is
+            ``base_lr * effective_batch / lr_reference_batch`` (batch x devices x accumulation).
+        lr: absolute learning rate; when set, no batch-size scaling happens.
+        betas: AdamW betas.
+        weight_decay: AdamW weight decay, not applied to norms, biases, embeddings and tokens.
+        warmup_fraction: share of all optimiser steps spent in linear warmup.
+        min_lr_ratio: the cosine schedule ends at ``min_lr_ratio * lr``.
+        optimizer: optional factory ``params -> Optimizer`` replacing AdamW; it receives the
+            weight-decay parameter groups and keeps its own learning rate (no scaling).
+        scheduler: optional factory ``optimizer -> LRScheduler`` stepped every optimiser step,
+            replacing warmup + cosine.
+        baseline_batches: training batches averaged into the mean-pattern baseline.
+        export_dir: where the trained net is saved (``APMAE.save``) at the end of fit;
+            default: ``apmae_net/`` next to the checkpoint directory.
+    """
+
+    def __init__(
+        self,
+        *,
+        seq_len: int,
+        preset: str = "tiny",
+        net_overrides: Optional[dict[str, Any]] = None,
+        net: Optional[APMAE] = None,
+        base_lr: float = 1.5e-4,
+        lr_reference_batch: int = 50,
+        lr: Optional[float] = None,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.05,
+        warmup_fraction: float = 0.05,
+        min_lr_ratio: float = 0.0,
+        optimizer: Optional[OptimizerFactory] = None,
+        scheduler: Optional[SchedulerFactory] = None,
+        baseline_batches: int = 32,
+        export_dir: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
+        if baseline_batches < 1:
+            raise ValueError(f"baseline_batches must be >= 1, got {baseline_batches}")
+        self.net = _build_net(seq_len=seq_len, preset=preset, overrides=net_overrides, net=net)
+        self._optimizer_factory = optimizer
+        self._scheduler_factory = scheduler
+        # Mean scaled training image: the trivial reconstruction every run is compared with.
+        self.register_buffer("baseline_mean", torch.zeros(1, 1, seq_len, seq_len))
+        self.register_buffer("baseline_images", torch.zeros((), dtype=torch.long))
+        self._metrics = nn.ModuleDict()
+
+    @property
+    def config(self) -> APMAEConfig:
+        return self.net.config
+
+    # ----------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images = batch["images"]
+        out = self.net(images)
+        self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=images.shape[0])
+        return out.loss
+
+    def configure_optimizers(self) -> Any:
+        groups = self.net.param_groups(self.hparams.weight_decay)
+        if self._optimizer_factory is not None:
+            optimizer = self._optimizer_factory(groups)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=self.learning_rate(), betas=tuple(self.hparams.betas))
+        if self._scheduler_factory is not None:
+            scheduler = self._scheduler_factory(optimizer)
+        else:
+            total = self._total_steps()
+            warmup = max(1, int(self.hparams.warmup_fraction * total)) if self.hparams.warmup_fraction > 0 else 0
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer,
+                lambda step: warmup_cosine(
+                    step, warmup_steps=warmup, total_steps=total, min_ratio=self.hparams.min_lr_ratio
+                ),
+            )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def learning_rate(self) -> float:
+        """The run's peak LR: ``lr`` if given, else ``base_lr`` scaled by the effective batch size."""
+        if self.hparams.lr is not None:
+            return float(self.hparams.lr)
+        return self.hparams.base_lr * self.effective_batch_size() / self.hparams.lr_reference_batch
+
+    def effective_batch_size(self) -> int:
+        """Images per optimiser step over all devices (batch x world size x accumulation)."""
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        batch = getattr(datamodule, "batch_size", None)
+        if batch is None:
+            warnings.warn("the DataModule has no `batch_size`: LR is not scaled; set `lr` to choose it", stacklevel=2)
+            return self.hparams.lr_reference_batch
+        return int(batch) * trainer.world_size * trainer.accumulate_grad_batches
+
+    def _total_steps(self) -> int:
+        steps = self.trainer.estimated_stepping_batches
+        return int(steps) if math.isfinite(steps) and steps > 0 else 1
+
+    # --------------------------------------------------------------- evaluation
+    def on_fit_start(self) -> None:
+        self._ensure_baseline()
+
+    def on_validation_start(self) -> None:
+        self._ensure_baseline()
+
+    def on_test_start(self) -> None:
+        self._ensure_baseline()
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_metrics("val", self.trainer.val_dataloaders)
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_metrics("test", self.trainer.test_dataloaders)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate("val", batch, batch_idx, dataloader_idx)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate("test", batch, batch_idx, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def fixed_noise(self, batch_size: int, batch_idx: int, dataloader_idx: int) -> torch.Tensor:
+        """(B, T) masking noise that is the same every epoch for this (dataloader, batch)."""
+        generator = torch.Generator().manual_seed(1_000_003 * dataloader_idx + batch_idx)
+        noise = torch.rand(batch_size, self.net.num_patches, generator=generator)
+        return noise.to(self.device)
+
+    def baseline_patches(self) -> torch.Tensor:
+        """(1, T, P2) patches of the mean training pattern."""
+        return self.net.patchify(self.baseline_mean)
+
+    def _evaluate(self, stage: str, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int) -> APMAEOutput:
+        images = batch["images"]
+        out = self.net(images, noise=self.fixed_noise(images.shape[0], batch_idx, dataloader_idx))
+        model_err = masked_error(out.pred, out.target, out.mask, out.valid)
+        base_err = masked_error(self.baseline_patches(), out.target, out.mask, out.valid)
+        metrics = self._metrics[f"{stage}_{dataloader_idx}"]
+        metrics["mse"].update(model_err.mse, model_err.count)
+        metrics["baseline"].update(base_err.mse, base_err.count)
+        return out
+
+    def _reset_metrics(self, stage: str, dataloaders: Any) -> None:
+        from torchmetrics import MeanMetric
+
+        count = len(dataloaders) if isinstance(dataloaders, (list, tuple)) else 1
+        for key in [k for k in self._metrics if k.startswith(f"{stage}_")]:
+            del self._metrics[key]
+        for idx in range(count):
+            pair = nn.ModuleDict({"mse": MeanMetric(), "baseline": MeanMetric()})
+            self._metrics[f"{stage}_{idx}"] = pair.to(self.device)
+
+    def target_names(self, stage: str) -> tuple[list[str], str]:
+        """Names of the evaluated targets (dataloader order) and of the training target."""
+        count = sum(1 for k in self._metrics if k.startswith(f"{stage}_"))
+        datamodule = getattr(self.trainer, "datamodule", None)
+        names = list(getattr(datamodule, f"{stage}_target_names", None) or getattr(datamodule, "val_target_names", []))
+        if len(names) != count:
+            names = ["target"] if count == 1 else [f"target{i}" for i in range(count)]
+        train_name = getattr(datamodule, "train_target_name", None)
+        return names, train_name if train_name in names else names[0]
+
+    def _log_epoch(self, stage: str) -> None:
+        names, train_name = self.target_names(stage)
+        errors = {}
+        for idx, name in enumerate(names):
+            metrics = self._metrics[f"{stage}_{idx}"]
+            errors[name] = (metrics["mse"].compute(), metrics["baseline"].compute())
+        train_mse = errors[train_name][0]
+        values = {f"{stage}/loss": train_mse}
+        for name, (mse, baseline) in errors.items():
+            values[f"{stage}/{name}/mse"] = mse
+            values[f"{stage}/{name}/baseline_mse"] = baseline
+            values[f"{stage}/{name}/mse_over_baseline"] = mse / baseline.clamp_min(1e-12)
+            values[f"{stage}/{name}/mse_over_train"] = mse / train_mse.clamp_min(1e-12)
+        self.log_dict(values, sync_dist=True, add_dataloader_idx=False)
+
+    # ----------------------------------------------------------------- baseline
+    def _ensure_baseline(self) -> None:
+        if int(self.baseline_images) > 0:
+            return
+        loader = _train_loader(self.trainer)
+        if loader is None:
+            raise ValueError(
+                "LitAPMAE needs training images for its mean-pattern baseline: use a DataModule with a "
+                "train split, or load a checkpoint of a fitted run"
+            )
+        total = torch.zeros_like(self.baseline_mean)
+        count = torch.zeros((), dtype=torch.long, device=self.device)
+        for i, batch in enumerate(loader):
+            if i >= self.hparams.baseline_batches:
+                break
+            images = batch["images"].to(self.device, torch.float32)
+            total += images.sum(dim=0, keepdim=True)
+            count += images.shape[0]
+        total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        count = self.trainer.strategy.reduce(count, reduce_op="sum")
+        if int(count) == 0:
+            raise ValueError("the training dataloader is empty: the DataModule selected no training images")
+        self.baseline_mean.copy_(total / count)
+        self.baseline_images.fill_(int(count))
+
+    # ------------------------------------------------------------------- export
+    def on_fit_end(self) -> None:
+        target = self.export_path()
+        if self.trainer.is_global_zero:
+            self.net.save(target)
+            for logger in self.trainer.loggers:
+                experiment = getattr(logger, "experiment", None)
+                if hasattr(experiment, "log_artifacts") and getattr(logger, "run_id", None):
+                    experiment.log_artifacts(logger.run_id, str(target), "apmae_net")
+
+    def export_path(self) -> Path:
+        """Directory the trained net is saved to at the end of fit."""
+        if self.hparams.export_dir:
+            return Path(self.hparams.export_dir)
+        callback = self.trainer.checkpoint_callback
+        if callback is not None and getattr(callback, "dirpath", None):
+            return Path(callback.dirpath).parent / "apmae_net"
+        return Path(self.trainer.default_root_dir) / "apmae_net"
+
+
+def _build_net(*, seq_len: int, preset: str, overrides: Optional[dict[str, Any]], net: Optional[APMAE]) -> APMAE:
+    """The network from a ready instance or from preset + overrides, checked against ``seq_len``."""
+    if net is not None:
+        if overrides:
+            raise ValueError("give either `net` or `net_overrides`, not both: overrides apply to presets only")
+        if net.config.seq_len != seq_len:
+            raise ValueError(
+                f"the net is configured for seq_len {net.config.seq_len} but the data has seq_len {seq_len}: "
+                f"set the net's seq_len to {seq_len} (or leave `net` out and use `preset`)"
+            )
+        return net
+    overrides = dict(overrides or {})
+    if overrides.pop("seq_len", seq_len) != seq_len:
+        raise ValueError(
+            f"net_overrides.seq_len contradicts seq_len {seq_len} (linked from the data): "
+            "remove seq_len from net_overrides"
+        )
+    return APMAE(APMAEConfig.preset(preset, seq_len=seq_len, **overrides))
+
+
+def _train_loader(trainer: Any) -> Optional[Iterable[dict[str, torch.Tensor]]]:
+    """The DataModule's training dataloader (set up for fit if it is not yet)."""
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is None:
+        return None
+    try:
+        return datamodule.train_dataloader()
+    except Exception:  # a DataModule set up for validate only: build its train split too
+        datamodule.setup("fit")
+        return datamodule.train_dataloader()
+
+
+__all__ = ["LitAPMAE", "MaskedError", "masked_error", "warmup_cosine"]

@@ -1,0 +1,131 @@
+"""The CLI: MLflow run contents, checkpoint reload and resume, interpolation, linking, config errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from apmae.cli import APMAECLI, cli_main
+
+
+def _fit(config: Path, tmp_path: Path, *extra: str):
+    return cli_main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path / "runs"), *extra])
+
+
+def _artifacts(client, run_id: str, path: str | None = None) -> list[str]:
+    found = []
+    for item in client.list_artifacts(run_id, path):
+        found += _artifacts(client, run_id, item.path) if item.is_dir else [item.path]
+    return found
+
+
+def _config_error(capsys, args: list[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        cli_main(args)
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_fit_logs_a_complete_mlflow_run_and_validate_reloads_the_checkpoint(synth_config, tmp_path, tracking_uri):
+    from mlflow import MlflowClient
+
+    cli = _fit(synth_config, tmp_path, "--run_name", "micro")
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("synthetic-tests")
+    assert experiment.artifact_location == (tmp_path / "synthetic-tests").as_uri()
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "micro" and run.info.status == "FINISHED"
+
+    params = run.data.params
+    assert params["model.class_path"] == "lit_models.apmae_module.LitAPMAE"
+    assert params["data.init_args.seq_len"] == "32" and params["experiment"] == "synthetic-tests"
+    metrics = run.data.metrics
+    for name in ("synth-a", "synth-b"):
+        for key in ("mse", "baseline_mse", "mse_over_baseline", "mse_over_train"):
+            assert f"val/{name}/{key}" in metrics
+    assert metrics["val/loss"] == metrics["val/synth-a/mse"]
+    assert metrics["val/synth-b/mse_over_train"] == pytest.approx(
+        metrics["val/synth-b/mse"] / metrics["val/synth-a/mse"], rel=1e-5)
+    assert "train/loss_step" in metrics
+
+    artifacts = _artifacts(client, run.info.run_id)
+    assert "config.yaml" in artifacts
+    assert {"figures/epoch_0000/grid.png", "figures/epoch_0001/grid.png"} <= set(artifacts)
+    assert {"apmae_net/config.json", "apmae_net/model.safetensors"} <= set(artifacts)
+    logged_config = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "config.yaml")).read_text())
+    assert logged_config["model"]["init_args"]["seq_len"] == 32  # the linked value is recorded too
+    assert logged_config["data"]["init_args"]["extra_targets"] == ["synth-b"]
+
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    assert Path(ckpt).is_file()
+    again = cli_main(["validate", "--config", str(synth_config), "--ckpt_path", ckpt,
+                      "--trainer.default_root_dir", str(tmp_path / "runs")])
+    assert float(again.trainer.callback_metrics["val/loss"]) == pytest.approx(metrics["val/loss"], rel=1e-6)
+    assert len(client.search_runs([experiment.experiment_id])) == 2  # validate is a run of its own
+
+
+def test_resume_from_checkpoint_continues_the_step_count(synth_config, tmp_path):
+    first = _fit(synth_config, tmp_path, "--trainer.max_epochs", "1")
+    assert first.trainer.global_step == 4  # 32 images / batch 8
+    ckpt = first.trainer.checkpoint_callback.last_model_path
+    second = _fit(synth_config, tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", ckpt)
+    assert second.trainer.global_step == 8
+    assert second.trainer.current_epoch == 2
+
+
+def test_interpolation_resolves_after_overrides_and_seq_len_is_linked(synth_config, tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(
+        "model:\n  init_args:\n    lr_reference_batch: ${...data.init_args.batch_size}\n"
+        "    baseline_batches: ${.lr_reference_batch}\n"
+        "data:\n  init_args:\n    n_val: ${.batch_size}\n    seq_len: 16\n"
+    )
+    cli = APMAECLI(args=["--config", str(synth_config), "--config", str(overlay),
+                         "--data.init_args.batch_size", "4"], run=False)
+    assert cli.model.hparams.lr_reference_batch == 4 and cli.model.hparams.baseline_batches == 4
+    assert cli.datamodule.n_val == 4
+    assert cli.model.net.config.seq_len == 16 == cli.datamodule.seq_len
+
+
+def test_print_config_shows_the_resolved_config(synth_config, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli_main(["fit", "--config", str(synth_config), "--data.init_args.batch_size", "4", "--print_config"])
+    assert info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["init_args"]["batch_size"] == 4
+    assert printed["model"]["init_args"]["net_overrides"]["enc_depth"] == 1
+
+
+def test_setting_model_seq_len_is_refused_clearly(synth_config, tmp_path, capsys):
+    err = _config_error(capsys, ["fit", "--config", str(synth_config), "--model.init_args.seq_len", "64"])
+    assert "linked from data.seq_len" in err
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text("model:\n  init_args:\n    seq_len: 64\n")
+    err = _config_error(capsys, ["fit", "--config", str(synth_config), "--config", str(overlay)])
+    assert f"config file {overlay}" in err and "linked from data.seq_len" in err
+
+
+def test_net_built_for_another_seq_len_is_a_clear_error(synth_config, tmp_path, capsys):
+    overlay = tmp_path / "net.yaml"
+    overlay.write_text(
+        "model:\n  init_args:\n    net_overrides: null\n    net:\n      class_path: apmae.model.APMAE\n"
+        "      init_args:\n        config: {seq_len: 64, patch_size: 8, enc_dim: 32, enc_depth: 1, enc_heads: 2,\n"
+        "                 enc_mlp: 64, dec_dim: 32, dec_depth: 1, dec_heads: 2, dec_mlp: 64}\n"
+    )
+    err = _config_error(capsys, ["fit", "--config", str(synth_config), "--config", str(overlay)])
+    assert err.strip().splitlines()[-1] == (
+        "error: invalid configuration: the net is configured for seq_len 64 but the data has seq_len 32: "
+        "set the net's seq_len to 32 (or leave `net` out and use `preset`)"
+    )
+
+
+def test_unknown_keys_are_named_in_the_error(synth_config, tmp_path, capsys):
+    overlay = tmp_path / "typo.yaml"
+    overlay.write_text("model:\n  init_args:\n    warmup_fractoin: 0.2\n")
+    err = _config_error(capsys, ["fit", "--config", str(synth_config), "--config", str(overlay)])
+    assert "warmup_fractoin" in err and "not accepted" in err
+    err = _config_error(capsys, ["fit", "--config", str(synth_config),
+                                 "--model.init_args.net_overrides", "{enc_dept: 2}"])
+    assert "unknown APMAEConfig fields ['enc_dept']" in err

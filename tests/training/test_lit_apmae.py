@@ -1,0 +1,132 @@
+"""LitAPMAE: loss bookkeeping, baseline, cross-target ratios, optimiser recipe, export."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from apmae.model import APMAE, APMAEConfig
+from lit_models.apmae_module import LitAPMAE, masked_error, warmup_cosine
+from tests.training.conftest import MICRO_NET
+from tests.training.synthetic import SyntheticAttentionDataModule, causal_patterns
+
+
+def _module(seq_len: int = 32, **kwargs) -> LitAPMAE:
+    return LitAPMAE(seq_len=seq_len, net_overrides=dict(MICRO_NET), **kwargs)
+
+
+def _trainer(tmp_path, **kwargs) -> Trainer:
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                    enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    return Trainer(**{**defaults, **kwargs})
+
+
+def test_masked_error_agrees_with_model_loss():
+    module = _module()
+    images = causal_patterns(4, 32, seed=3)["images"]
+    out = module.net(images, noise=module.fixed_noise(4, 0, 0))
+    err = masked_error(out.pred, out.target, out.mask, out.valid)
+    assert torch.allclose(err.mse, out.loss, rtol=1e-6)
+    # Masked valid pixels: half the 10 patches of a 4x4 grid, minus the upper halves of diagonal ones.
+    valid_per_image = (out.mask.unsqueeze(-1) * out.valid).sum((1, 2))
+    assert err.count == valid_per_image.sum()
+
+
+def test_fixed_noise_repeats_per_batch_and_differs_between_batches():
+    module = _module()
+    assert torch.equal(module.fixed_noise(3, 5, 1), module.fixed_noise(3, 5, 1))
+    assert not torch.equal(module.fixed_noise(3, 5, 1), module.fixed_noise(3, 6, 1))
+    assert not torch.equal(module.fixed_noise(3, 5, 0), module.fixed_noise(3, 5, 1))
+
+
+def test_warmup_cosine_schedule_values():
+    kw = dict(warmup_steps=4, total_steps=104, min_ratio=0.1)
+    assert warmup_cosine(0, **kw) == pytest.approx(0.25)
+    assert warmup_cosine(3, **kw) == pytest.approx(1.0)
+    assert warmup_cosine(4, **kw) == pytest.approx(1.0)
+    assert warmup_cosine(54, **kw) == pytest.approx(0.55)  # half way down the cosine
+    assert warmup_cosine(104, **kw) == pytest.approx(0.1)
+    assert warmup_cosine(0, warmup_steps=0, total_steps=10, min_ratio=0.0) == pytest.approx(1.0)
+
+
+def test_net_seq_len_mismatch_is_a_clear_error():
+    net = APMAE(APMAEConfig.preset("tiny", seq_len=64, **MICRO_NET))
+    with pytest.raises(ValueError, match="seq_len 64 but the data has seq_len 32"):
+        LitAPMAE(seq_len=32, net=net)
+    with pytest.raises(ValueError, match="remove seq_len from net_overrides"):
+        LitAPMAE(seq_len=32, net_overrides={**MICRO_NET, "seq_len": 64})
+    assert LitAPMAE(seq_len=64, net=net).net is net
+    assert _module(seq_len=48).net.config.seq_len == 48
+
+
+def test_lr_scales_with_effective_batch_and_norms_get_no_decay(tmp_path):
+    data = SyntheticAttentionDataModule(seq_len=32, n_train=16, n_val=8, batch_size=4)
+    module = _module(base_lr=1e-3, lr_reference_batch=16, weight_decay=0.05)
+    trainer = _trainer(tmp_path, max_steps=1, accumulate_grad_batches=2, limit_val_batches=0)
+    trainer.fit(module, datamodule=data)
+    groups = trainer.optimizers[0].param_groups
+    assert [g["initial_lr"] for g in groups] == pytest.approx([1e-3 * 4 * 2 / 16] * 2)
+    decay = {id(p) for p in groups[0]["params"]}
+    assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
+    assert all(id(p) not in decay for n, p in module.net.named_parameters() if p.ndim < 2)
+    assert module.learning_rate() == pytest.approx(5e-4)
+
+
+def test_validation_metrics_match_independent_computation(tmp_path):
+    data = SyntheticAttentionDataModule(seq_len=32, n_train=24, n_val=12, batch_size=8, extra_targets=["synth-b"])
+    module = _module(lr=1e-3)
+    trainer = _trainer(tmp_path, max_epochs=1, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=data)
+    metrics = trainer.callback_metrics
+
+    # The baseline is the mean of all 24 training images (3 batches < baseline_batches).
+    mean = data.train.data["images"].mean(dim=0, keepdim=True)
+    assert torch.allclose(module.baseline_mean, mean, atol=1e-6)
+    assert int(module.baseline_images) == 24
+
+    module.eval()
+    with torch.no_grad():
+        for idx, name in enumerate(["synth-a", "synth-b"]):
+            sse = base_sse = count = 0.0
+            for b, batch in enumerate(data.val_dataloader()[idx]):
+                out = module.net(batch["images"], noise=module.fixed_noise(batch["images"].shape[0], b, idx))
+                err = masked_error(out.pred, out.target, out.mask, out.valid)
+                base = masked_error(module.net.patchify(mean), out.target, out.mask, out.valid)
+                sse, base_sse, count = sse + err.sse, base_sse + base.sse, count + err.count
+            assert float(metrics[f"val/{name}/mse"]) == pytest.approx(float(sse / count), rel=1e-5)
+            assert float(metrics[f"val/{name}/baseline_mse"]) == pytest.approx(float(base_sse / count), rel=1e-5)
+    a, b = float(metrics["val/synth-a/mse"]), float(metrics["val/synth-b/mse"])
+    assert float(metrics["val/loss"]) == a
+    assert float(metrics["val/synth-a/mse_over_train"]) == pytest.approx(1.0)
+    assert float(metrics["val/synth-b/mse_over_train"]) == pytest.approx(b / a, rel=1e-5)
+    assert float(metrics["val/synth-b/mse_over_baseline"]) == pytest.approx(
+        b / float(metrics["val/synth-b/baseline_mse"]), rel=1e-5)
+
+
+def test_training_lowers_validation_error_and_exports_net(tmp_path):
+    data = SyntheticAttentionDataModule(seq_len=32, n_train=64, n_val=16, batch_size=8)
+    module = _module(lr=3e-3, warmup_fraction=0.0, export_dir=str(tmp_path / "export"))
+    before = _trainer(tmp_path).validate(module, datamodule=data, verbose=False)[0]["val/loss"]
+    trainer = _trainer(tmp_path, max_epochs=4, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=data)
+    after = float(trainer.callback_metrics["val/loss"])
+    assert after < 0.5 * before
+
+    loaded = APMAE.load(tmp_path / "export")
+    images = causal_patterns(2, 32, seed=9)["images"]
+    noise = module.fixed_noise(2, 0, 0)
+    module.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(images, noise=noise).pred, module.net(images, noise=noise).pred)
+
+
+def test_validate_without_training_data_explains_what_is_missing(tmp_path):
+    module = _module()
+    loader = SyntheticAttentionDataModule(seq_len=32)
+    loader.setup("validate")
+    with pytest.raises(ValueError, match="mean-pattern baseline"):
+        _trainer(tmp_path).validate(module, dataloaders=loader.val_dataloader()[0], verbose=False)
+    assert not math.isnan(float(module.baseline_mean.sum()))
