@@ -88,10 +88,11 @@ def encode_patterns(values: Any) -> np.ndarray:
     """
     import torch
 
-    x = values.float()
-    y = x.to(torch.bfloat16)
-    tiny = torch.tensor(torch.finfo(torch.bfloat16).smallest_normal / 128, dtype=torch.bfloat16, device=y.device)
-    y = torch.where((y == 0) & (x != 0), tiny * torch.sign(x).to(torch.bfloat16), y)
+    y = values.to(torch.bfloat16)
+    lost = (y == 0) & (values != 0)
+    if bool(lost.any()):  # rare: only for values below 2**-133
+        tiny = torch.finfo(torch.bfloat16).smallest_normal / 128  # smallest positive subnormal
+        y = torch.where(lost, torch.where(values > 0, tiny, -tiny).to(torch.bfloat16), y)
     return y.view(torch.int16).cpu().numpy().view(np.uint16)
 
 

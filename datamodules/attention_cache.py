@@ -30,11 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from apmae.cache import (DEFAULT_COMPRESSION, AttentionCache, CacheError, CacheMismatchError, cache_files,
                          shard_path)
 from apmae.scenario_set import SPLITS, ScenarioSet
-
-try:  # mined scenarios; a path to a saved ScenarioSet works without it
-    from datamodules.java_scenarios import JavaScenarioDataModule
-except ImportError:  # pragma: no cover - only while the scenario DataModule is absent
-    JavaScenarioDataModule = Any  # type: ignore[misc,assignment]
+from datamodules.java_scenarios import JavaScenarioDataModule
 
 MODES = ("heads", "scenarios")
 

@@ -214,3 +214,27 @@ def test_ddp_ranks_extract_disjoint_shards_that_merge(cache_dir, target_dir, sce
     np.testing.assert_array_equal(merged.scenario_index, single.scenario_index)
     for i in (0, 7, 29):
         np.testing.assert_array_equal(merged.packed(i), single.packed(i))
+
+
+def test_a_scenario_datamodule_is_mined_then_extracted(tmp_path, tiny_tokenizer, target_dir):
+    from datamodules.java_scenarios import JavaScenarioDataModule
+    from tests.conftest import JAVA_SNIPPETS
+
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    (tmp_path / "src").mkdir()
+    for i in range(12):
+        (tmp_path / "src" / f"F{i}.java").write_text(JAVA_SNIPPETS[i % 3].replace("demo", f"demo{i}"))
+    mined = JavaScenarioDataModule(sources=str(tmp_path / "src"), tokenizer=str(tmp_path / "tok"), seq_len=24,
+                                   max_label_tokens=8, n_per_task=4, tasks=["identifiers", "closing_bracket"],
+                                   cache_dir=str(tmp_path / "scenarios"), progress=False)
+    dm = AttentionCacheDataModule(target=str(target_dir), scenarios=mined, cache_dir=str(tmp_path / "cache"),
+                                  device="cpu", progress=False, batch_size=1000)
+    assert dm.seq_len == 24
+    dm.prepare_data()
+    dm.setup("fit")
+    scenarios = mined.scenario_set()
+    cache = dm.caches[dm.train_target_name]
+    np.testing.assert_array_equal(cache.input_ids, scenarios.input_ids)
+    assert cache.attrs["scenario_fingerprint"] == scenarios.fingerprint()
+    n_train = len(scenarios.split_indices("train"))
+    assert n_train > 0 and len(dm.train_dataloader().dataset) == n_train * 2 * 4

@@ -1,0 +1,240 @@
+"""Attention extraction: scenarios/s and bytes against a naive baseline; prints JSON.
+
+    python benchmarks/bench_extraction.py [--model DIR] [--scenarios NPZ] [--n 256]
+    python benchmarks/bench_extraction.py --starcoder2-3b        # GPU: a StarCoder2-3B-sized random model
+
+Without --model / --scenarios it uses a random-init StarCoder2 of the demo
+target's size (4 layers, 8 heads, 2 kv heads, hidden 256, vocab 4096) and
+random scenarios at S=256.
+
+Measured in one run over the same scenarios:
+
+- ``cache``: apmae's extraction (batched forward, packed bfloat16 triangles
+  gathered on the model's device, one HDF5 write per batch, compression);
+- ``baseline``: batch of 1, full float32 S x S per head, one HDF5 row per
+  head, no compression (the public reproduction's approach);
+- ``compression``: bytes per head and write/read speed of none / lzf / gzip
+  on the same real patterns;
+- ``precision``: bfloat16 of probabilities against float16 of log-probabilities.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from apmae.cache import (COMPRESSIONS, AttentionCache, CacheSpec, CacheWriter, decode_patterns,  # noqa: E402
+                         encode_patterns, shard_path)
+from apmae.extract import extract  # noqa: E402
+from apmae.scenario_set import ScenarioSet  # noqa: E402
+from apmae.target import Target, load_target, run_batch, wrap_model  # noqa: E402
+
+DEMO = {"layers": 4, "heads": 8, "kv_heads": 2, "hidden": 256, "vocab": 4096}
+STARCODER2_3B = {"layers": 30, "heads": 24, "kv_heads": 2, "hidden": 3072, "vocab": 49152}
+
+
+def random_target(size: dict, *, dtype: str, device: str) -> Target:
+    """A random-init StarCoder2 of the given size, wrapped like a loaded target."""
+    from transformers import Starcoder2Config, Starcoder2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Starcoder2Config(vocab_size=size["vocab"], hidden_size=size["hidden"], intermediate_size=4 * size["hidden"],
+                           num_hidden_layers=size["layers"], num_attention_heads=size["heads"],
+                           num_key_value_heads=size["kv_heads"], max_position_embeddings=4096,
+                           bos_token_id=0, eos_token_id=0, pad_token_id=0, attn_implementation="eager")
+    dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    model = Starcoder2ForCausalLM(cfg).to(device=device, dtype=dt).eval()
+    return wrap_model(model, name=f"random-starcoder2-{size['layers']}x{size['heads']}", dtype=dtype)
+
+
+def random_scenarios(n: int, seq_len: int, vocab: int, seed: int = 0) -> ScenarioSet:
+    """Random prompts whose last token stands in for <fim_middle> (id 2)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, vocab, size=(n, seq_len), dtype=np.int32)
+    ids[:, -1] = 2
+    return ScenarioSet(input_ids=ids, label_ids=rng.integers(5, vocab, size=(n, 1), dtype=np.int32),
+                       label_len=np.ones(n, np.int32), middle_pos=np.full(n, seq_len - 1, np.int32),
+                       task=np.zeros(n, np.int16), source_id=np.array([f"f{i % 50}" for i in range(n)]),
+                       span_start=np.zeros(n, np.int64), span_end=np.ones(n, np.int64),
+                       split=np.zeros(n, np.int8), task_names=["random"], meta={"seq_len": seq_len, "random": True})
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_cache(target: Target, scenarios: ScenarioSet, out: Path, *, batch_size: int, compression: str) -> dict:
+    """apmae's extraction into a fresh cache file."""
+    warm = scenarios.subset(np.arange(min(batch_size, len(scenarios))))
+    extract(target, warm, out / "warmup.rank0.h5", batch_size=batch_size, progress=False, compression=compression)
+    path = shard_path(out, "bench", 0)
+    result = extract(target, scenarios, path, batch_size=batch_size, progress=False, compression=compression)
+    n, heads = len(scenarios), target.n_layers * target.n_heads
+    with h5py.File(path, "r") as f:
+        pattern_bytes = f["patterns"].id.get_storage_size()
+    return {"scenarios_per_s": round(result.scenarios_per_s, 2), "seconds": round(result.seconds, 2),
+            "file_mb_per_1000_scenarios": round(result.bytes / n * 1000 / 1e6, 2),
+            "bytes_per_head_pattern": round(pattern_bytes / (n * heads), 1),
+            "batch_size": batch_size, "compression": compression, "path": path}
+
+
+def bench_baseline(target: Target, scenarios: ScenarioSet, out: Path) -> dict:
+    """Batch of 1, full float32 S x S per head, one HDF5 row per head, no compression."""
+    model, device, s = target.model, target.device, scenarios.seq_len
+    heads = target.n_layers * target.n_heads
+    path = out / "baseline.h5"
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("patterns", shape=(len(scenarios) * heads, s, s), dtype=np.float32)
+        correct = f.create_dataset("correct", shape=(len(scenarios),), dtype=np.uint8)
+        _baseline_one(model, scenarios, 0, ds, correct, heads, device)  # warm-up, overwritten below
+        start = time.perf_counter()
+        for i in range(len(scenarios)):
+            _baseline_one(model, scenarios, i, ds, correct, heads, device)
+        f.flush()
+        seconds = time.perf_counter() - start
+    size = path.stat().st_size
+    return {"scenarios_per_s": round(len(scenarios) / seconds, 2), "seconds": round(seconds, 2),
+            "file_mb_per_1000_scenarios": round(size / len(scenarios) * 1000 / 1e6, 2),
+            "bytes_per_head_pattern": round(size / (len(scenarios) * heads), 1)}
+
+
+def _baseline_one(model, scenarios: ScenarioSet, i: int, ds, correct, heads: int, device) -> None:
+    ids = torch.from_numpy(scenarios.input_ids[i:i + 1]).long().to(device)
+    with torch.no_grad():
+        out = model(input_ids=ids, output_attentions=True)
+    correct[i] = int(out.logits[0, -1].argmax()) == int(scenarios.label_ids[i, 0])
+    for layer, att in enumerate(out.attentions):
+        pats = att[0].float().cpu().numpy()  # (H, S, S)
+        for h in range(len(pats)):
+            ds[i * heads + layer * len(pats) + h] = pats[h]
+
+
+def bench_compression(target: Target, scenarios: ScenarioSet, out: Path, *, n: int, batch_size: int) -> dict:
+    """Bytes per head and write/read speed of each compression on the same real patterns."""
+    sample = scenarios.subset(np.arange(min(n, len(scenarios))))
+    batches = [_packed_batch(target, sample, lo, batch_size) for lo in range(0, len(sample), batch_size)]
+    heads = target.n_layers * target.n_heads
+    report = {}
+    for name in COMPRESSIONS:
+        path = shard_path(out / f"compress-{name}", "bench", 0)
+        spec = CacheSpec(target=target.summary(), seq_len=sample.seq_len, scenario_fingerprint=sample.fingerprint(),
+                         n_scenarios=len(sample), compression=name)
+        start = time.perf_counter()
+        with CacheWriter.open(path, spec, sample) as writer:
+            for bits, outc in batches:
+                writer.append(bits, outc.prediction.cpu(), outc.probability.cpu(), outc.correct.cpu(),
+                              outc.loss.cpu())
+        write_s = time.perf_counter() - start
+        with h5py.File(path, "r") as f:
+            stored = f["patterns"].id.get_storage_size()
+        report[name] = {"bytes_per_head_pattern": round(stored / (len(sample) * heads), 1),
+                        "write_mb_per_s": round(stored / write_s / 1e6, 1), **_read_speed(path, target)}
+    return report
+
+
+def _packed_batch(target: Target, scenarios: ScenarioSet, lo: int, batch_size: int):
+    idx = np.arange(lo, min(lo + batch_size, len(scenarios)))
+    out = run_batch(target, torch.from_numpy(scenarios.input_ids[idx]), torch.from_numpy(scenarios.label_ids[idx, 0]),
+                    pack=True)
+    return encode_patterns(out.attentions), out
+
+
+def _read_speed(path: Path, target: Target) -> dict:
+    """Random single-head reads and whole-scenario reads, decoded to (S, S) float32."""
+    cache = AttentionCache(path)
+    rng = np.random.default_rng(0)
+    picks = [(int(rng.integers(len(cache))), int(rng.integers(cache.n_layers)), int(rng.integers(cache.n_heads)))
+             for _ in range(300)]
+    start = time.perf_counter()
+    for i, layer, head in picks:
+        cache.pattern(i, layer, head)
+    heads_s = len(picks) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    n = min(len(cache), 16)
+    for i in range(n):
+        cache.scenario(i)
+    cache.close()
+    return {"head_reads_per_s": round(heads_s, 1), "scenario_reads_per_s": round(n / (time.perf_counter() - start), 1)}
+
+
+def bench_precision(target: Target, scenarios: ScenarioSet, n: int) -> dict:
+    """bfloat16 of probabilities against float16 of log-probabilities, on real packed patterns."""
+    idx = np.arange(min(n, len(scenarios)))
+    with torch.no_grad():
+        out = run_batch(target, torch.from_numpy(scenarios.input_ids[idx]),
+                        torch.from_numpy(scenarios.label_ids[idx, 0]), pack=True)
+    x = out.attentions.float().cpu()
+    nz = x > 0
+    bf16 = torch.from_numpy(decode_patterns(encode_patterns(x)))
+    logs = torch.log(torch.where(nz, x, torch.ones_like(x))).half().float().exp()
+    f16 = x.half().float()
+
+    def stats(y: torch.Tensor) -> dict:
+        rel = ((y - x).abs() / x.clamp_min(1e-45))[nz]
+        return {"max_rel_err": float(rel.max()), "mean_rel_err": float(rel.mean()),
+                "nonzero_became_zero": int((nz & (y == 0)).sum())}
+
+    return {"values": int(nz.sum()), "min_nonzero": float(x[nz].min()), "bfloat16": stats(bf16),
+            "float16_log": stats(torch.where(nz, logs, torch.zeros_like(x))), "float16": stats(f16)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="target model directory or hub name (default: random demo-size StarCoder2)")
+    p.add_argument("--scenarios", help="ScenarioSet .npz (default: random scenarios at --seq-len)")
+    p.add_argument("--n", type=int, default=256, help="scenarios to extract")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--compression", default="lzf", choices=COMPRESSIONS)
+    p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--starcoder2-3b", action="store_true", help="random StarCoder2-3B-sized target (GPU, bfloat16)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default=None, help="default float32 on CPU, bfloat16 with --starcoder2-3b")
+    args = p.parse_args(argv)
+    from apmae.target import resolve_device
+
+    device = str(resolve_device(args.device))
+    dtype = args.dtype or ("bfloat16" if args.starcoder2_3b else "float32")
+    if args.model:
+        target = load_target(args.model, dtype=dtype, device=device)
+    else:
+        target = random_target(STARCODER2_3B if args.starcoder2_3b else DEMO, dtype=dtype, device=device)
+    if args.scenarios:
+        scenarios = ScenarioSet.load(args.scenarios)
+        scenarios = scenarios.subset(np.arange(min(args.n, len(scenarios))))
+    else:
+        scenarios = random_scenarios(args.n, args.seq_len, int(target.model.config.vocab_size))
+    torch.set_grad_enabled(False)
+    report = {"device": device, "host": platform.node(), "torch_threads": torch.get_num_threads(),
+              "target": target.summary(), "scenarios": len(scenarios), "seq_len": scenarios.seq_len,
+              "scenario_source": args.scenarios or "random"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        if not args.starcoder2_3b:
+            report["precision"] = bench_precision(target, scenarios, 8)
+            report["compression"] = bench_compression(target, scenarios, out, n=64, batch_size=args.batch_size)
+        report["cache"] = bench_cache(target, scenarios, out, batch_size=args.batch_size, compression=args.compression)
+        report["cache"].pop("path")
+        if not args.no_baseline:
+            report["baseline"] = bench_baseline(target, scenarios, out)
+            report["speedup"] = round(report["cache"]["scenarios_per_s"] / report["baseline"]["scenarios_per_s"], 2)
+            report["bytes_ratio"] = round(report["baseline"]["bytes_per_head_pattern"]
+                                          / report["cache"]["bytes_per_head_pattern"], 2)
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
