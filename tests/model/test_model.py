@@ -55,17 +55,28 @@ def _one_patch(mask_row: torch.Tensor, value: float) -> int:
     return int((mask_row == value).nonzero()[0])
 
 
-def test_visible_pixels_reach_the_masked_predictions(small_model: APMAE) -> None:
-    images = causal_patterns(1, 64)
-    noise = torch.rand(1, small_model.num_patches, generator=torch.Generator().manual_seed(2))
-    base = small_model(images, noise=noise)
-    masked = base.mask[0].bool()
-    # perturb one visible patch (its valid pixels) and rebuild the image
-    target = base.target.clone()
-    target[0, _one_patch(base.mask[0], 0.0)] += 0.5
-    changed = small_model.unpatchify(target)
-    after = small_model(changed, noise=noise)
+def _blank_decoder_cls(module, args):
+    x = args[0]
+    return (torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:]], dim=1),)
+
+
+@pytest.mark.parametrize("blank_cls", [False, True])
+def test_visible_pixels_reach_the_masked_predictions(small_model: APMAE, blank_cls: bool) -> None:
+    # With the CLS token blanked in the decoder, the visible tokens are the only way for the
+    # input to reach the decoder: a decoder that overwrote them with mask tokens fails here.
+    handle = small_model.decoder.register_forward_pre_hook(_blank_decoder_cls) if blank_cls else None
+    try:
+        images = causal_patterns(1, 64)
+        noise = torch.rand(1, small_model.num_patches, generator=torch.Generator().manual_seed(2))
+        base = small_model(images, noise=noise)
+        target = base.target.clone()
+        target[0, _one_patch(base.mask[0], 0.0)] += 0.5  # perturb one visible patch
+        after = small_model(small_model.unpatchify(target), noise=noise)
+    finally:
+        if handle is not None:
+            handle.remove()
     assert torch.equal(after.mask, base.mask)
+    masked = base.mask[0].bool()
     diff = (after.pred[0, masked] - base.pred[0, masked]).abs().amax(dim=-1)
     assert bool((diff > 1e-6).all()), "a masked patch's prediction ignored the visible patches"
 
