@@ -1,0 +1,67 @@
+"""Every config under configs/ instantiates (model, data, trainer; no training), so none rots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from apmae.cli import APMAECLI
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+PAPER_BASE = CONFIGS / "paper" / "base.yaml"
+# Paper model files are overlays on the paper base (which every one of them exercises);
+# everything else stands alone.
+STACKS = [[PAPER_BASE, p] if p.parent.name == "paper" else [p]
+          for p in sorted(CONFIGS.rglob("*.yaml")) if p != PAPER_BASE]
+PAPER = {"starcoder2_3b.yaml": ("bigcode/starcoder2-3b", "bigcode/starcoder2-7b"),
+         "starcoder2_7b.yaml": ("bigcode/starcoder2-7b", "bigcode/starcoder2-3b"),
+         "starcoder2_15b.yaml": ("bigcode/starcoder2-15b", "bigcode/starcoder2-3b")}
+# The GPU settings of the paper configs, swapped for a CPU without changing anything else.
+ON_CPU = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tiny_tokenizer, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tokenizer")
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+def _instantiate(stack: list[Path], extra: list[str]) -> APMAECLI:
+    args = [a for p in stack for a in ("--config", str(p))]
+    return APMAECLI(args=[*args, *ON_CPU, *extra], run=False)
+
+
+def test_every_config_is_covered():
+    names = {str(p.relative_to(CONFIGS)) for s in STACKS for p in s}
+    assert {"smoke.yaml", "demo/apmae.yaml", "paper/base.yaml", "paper/starcoder2_3b.yaml",
+            "paper/starcoder2_7b.yaml", "paper/starcoder2_15b.yaml"} <= names
+
+
+@pytest.mark.parametrize("stack", STACKS, ids=lambda s: str(s[-1].relative_to(CONFIGS)))
+def test_config_instantiates_with_linked_seq_len(stack, tokenizer_dir):
+    extra = []
+    if stack[-1].name.startswith("target_lm"):  # the target LM reads its tokenizer when built
+        extra = ["--model.init_args.tokenizer_dir", str(tokenizer_dir),
+                 "--data.init_args.tokenizer_dir", str(tokenizer_dir)]
+    cli = _instantiate(stack, extra)
+    assert cli.model.hparams.seq_len == cli.datamodule.seq_len
+    if hasattr(cli.model, "net"):
+        assert cli.model.net.config.seq_len == cli.datamodule.seq_len
+    if stack[-1].name in PAPER:
+        _check_paper_settings(cli, stack[-1].name)
+
+
+def _check_paper_settings(cli: APMAECLI, name: str) -> None:
+    target, extra_target = PAPER[name]
+    net = cli.model.net.config
+    assert (net.seq_len, net.patch_size, net.enc_depth, net.enc_dim, net.dec_depth, net.mask_ratio) == (
+        256, 32, 24, 512, 8, 0.5)
+    data = cli.datamodule
+    assert (data.target, data.extra_targets, data.scenarios.tokenizer) == (target, [extra_target], target)
+    assert (data.head_selection, data.correct_only, data.scaler) == ("layerwise:0.25", True, "log_normalize")
+    assert cli.config.trainer.precision == "bf16-mixed"
+    assert cli.config.run_name == "starcoder2-" + name.split("_")[1].split(".")[0]
+    hp = cli.model.hparams
+    assert (hp.base_lr, hp.lr_reference_batch, tuple(hp.betas), hp.weight_decay) == (1.5e-4, 50, (0.9, 0.95), 0.05)
