@@ -193,7 +193,7 @@ def _stack_patterns(attentions: Sequence[torch.Tensor], seq_len: int, pack: bool
     if not pack:
         return torch.stack(attentions, dim=1)  # (B, L, H, S, S)
     index = lower_triangle_index(seq_len, attentions[0].device)
-    return torch.stack([a.flatten(-2)[..., index] for a in attentions], dim=1)  # (B, L, H, T)
+    return torch.stack([a.flatten(-2).index_select(-1, index) for a in attentions], dim=1)  # (B, L, H, T)
 
 
 def _outcome(logits: torch.Tensor, label: torch.Tensor, attentions: torch.Tensor) -> TargetOutput:

@@ -169,6 +169,33 @@ def _read_speed(path: Path, target: Target) -> dict:
     return {"head_reads_per_s": round(heads_s, 1), "scenario_reads_per_s": round(n / (time.perf_counter() - start), 1)}
 
 
+def bench_chunks(target: Target, scenarios: ScenarioSet, out: Path, *, n: int, batch_size: int) -> dict:
+    """Head reads/s and scenario reads/s (lzf) for three chunk shapes over the same patterns."""
+    sample = scenarios.subset(np.arange(min(n, len(scenarios))))
+    bits = np.concatenate([_packed_batch(target, sample, lo, batch_size)[0]
+                           for lo in range(0, len(sample), batch_size)])  # (N, L, H, T)
+    n_rows, n_layers, n_heads, t = bits.shape
+    shapes = {"one_head": (1, 1, 1, t), "one_layer": (1, 1, n_heads, t), "one_scenario": (1, n_layers, n_heads, t)}
+    rng = np.random.default_rng(0)
+    picks = [tuple(int(rng.integers(k)) for k in (n_rows, n_layers, n_heads)) for _ in range(300)]
+    report = {}
+    for name, chunks in shapes.items():
+        with h5py.File(out / f"chunks-{name}.h5", "w") as f:
+            f.create_dataset("p", data=bits, chunks=chunks, compression="lzf", shuffle=True)
+        with h5py.File(out / f"chunks-{name}.h5", "r") as f:
+            ds = f["p"]
+            start = time.perf_counter()
+            for i, layer, head in picks:
+                decode_patterns(ds[i, layer, head])
+            heads_s = len(picks) / (time.perf_counter() - start)
+            start = time.perf_counter()
+            for i in range(n_rows):
+                decode_patterns(ds[i])
+            report[name] = {"chunk_kib": round(np.prod(chunks) * 2 / 1024, 1), "head_reads_per_s": round(heads_s, 1),
+                            "scenario_reads_per_s": round(n_rows / (time.perf_counter() - start), 1)}
+    return report
+
+
 def bench_precision(target: Target, scenarios: ScenarioSet, n: int) -> dict:
     """bfloat16 of probabilities against float16 of log-probabilities, on real packed patterns."""
     idx = np.arange(min(n, len(scenarios)))
@@ -225,6 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.starcoder2_3b:
             report["precision"] = bench_precision(target, scenarios, 8)
             report["compression"] = bench_compression(target, scenarios, out, n=64, batch_size=args.batch_size)
+            report["chunks"] = bench_chunks(target, scenarios, out, n=32, batch_size=args.batch_size)
         report["cache"] = bench_cache(target, scenarios, out, batch_size=args.batch_size, compression=args.compression)
         report["cache"].pop("path")
         if not args.no_baseline:
