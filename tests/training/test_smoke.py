@@ -24,23 +24,35 @@ def _java_sources(folder: Path, copies: int = 6) -> Path:
 
 
 @pytest.fixture
-def smoke_args(tmp_path, tiny_tokenizer) -> list[str]:
-    """CLI overrides pointing configs/smoke.yaml at micro targets and sources in tmp_path."""
-    a = save_target(micro_starcoder2(len(tiny_tokenizer), seed=0), tiny_tokenizer, tmp_path / "target-a")
-    b = save_target(micro_starcoder2(len(tiny_tokenizer), seed=1), tiny_tokenizer, tmp_path / "target-b")
+def smoke_paths(tmp_path, tiny_tokenizer) -> dict[str, Path]:
+    """Micro targets a and b (random StarCoder2, different seeds) and Java sources in tmp_path."""
+    return {
+        "target_a": save_target(micro_starcoder2(len(tiny_tokenizer), seed=0), tiny_tokenizer, tmp_path / "target-a"),
+        "target_b": save_target(micro_starcoder2(len(tiny_tokenizer), seed=1), tiny_tokenizer, tmp_path / "target-b"),
+        "sources": _java_sources(tmp_path / "src"),
+        "cache": tmp_path / "cache",
+        "scenarios": tmp_path / "scenarios",
+        "runs": tmp_path / "runs",
+    }
+
+
+@pytest.fixture
+def smoke_args(smoke_paths) -> list[str]:
+    """CLI overrides pointing configs/smoke.yaml at the micro targets and sources."""
+    p = smoke_paths
     return [
         "--config", str(SMOKE),
-        "--trainer.default_root_dir", str(tmp_path / "runs"),
-        "--data.init_args.target", str(a),
-        "--data.init_args.extra_targets", f"[{b}]",
-        "--data.init_args.cache_dir", str(tmp_path / "cache"),
-        "--data.init_args.scenarios.init_args.sources", str(_java_sources(tmp_path / "src")),
-        "--data.init_args.scenarios.init_args.tokenizer", str(a),
-        "--data.init_args.scenarios.init_args.cache_dir", str(tmp_path / "scenarios"),
+        "--trainer.default_root_dir", str(p["runs"]),
+        "--data.init_args.target", str(p["target_a"]),
+        "--data.init_args.extra_targets", f"[{p['target_b']}]",
+        "--data.init_args.cache_dir", str(p["cache"]),
+        "--data.init_args.scenarios.init_args.sources", str(p["sources"]),
+        "--data.init_args.scenarios.init_args.tokenizer", str(p["target_a"]),
+        "--data.init_args.scenarios.init_args.cache_dir", str(p["scenarios"]),
     ]
 
 
-def test_smoke_config_runs_the_real_chain_into_mlflow(smoke_args, tmp_path, tracking_uri):
+def test_smoke_config_runs_the_real_chain_into_mlflow(smoke_args, smoke_paths, tmp_path, tracking_uri):
     from mlflow import MlflowClient
 
     cli = cli_main(["fit", *smoke_args])
@@ -54,7 +66,7 @@ def test_smoke_config_runs_the_real_chain_into_mlflow(smoke_args, tmp_path, trac
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.run_name == "smoke"
     params, metrics = run.data.params, run.data.metrics
-    assert params["data.init_args.target"] == smoke_args[5]
+    assert params["data.init_args.target"] == str(smoke_paths["target_a"])
     assert params["data.init_args.scenarios.init_args.seq_len"] == "32"
     for name in ("target-a", "target-b"):
         assert metrics[f"val/{name}/mse"] > 0 and metrics[f"val/{name}/baseline_mse"] > 0
