@@ -441,7 +441,9 @@ def _collect(files: JavaSources, miner_args: tuple, quotas: dict[str, int], repo
 
     tasks: tuple[Task, ...] = miner_args[1]
     heaps: list[list] = [[] for _ in tasks]
-    mined = [ti for ti, t in enumerate(tasks) if t.needs_source]
+    mined = [ti for ti, t in enumerate(tasks) if t.needs_source and quotas[t.name] > 0]
+    if not mined:  # only source-less tasks (noise): nothing to read
+        return heaps
     file_iter = _limit(iter(files), max_files)
     bar = tqdm(desc="mining scenarios", unit="file", disable=not progress, mininterval=0.5)
     results = _results(file_iter, miner_args, num_workers)
@@ -452,7 +454,7 @@ def _collect(files: JavaSources, miner_args: tuple, quotas: dict[str, int], repo
             _add_file(res, heaps, tasks, quotas, report, miner_args[0].seed)
             if n % 64 == 0:
                 bar.set_postfix(kept=sum(len(h) for h in heaps), refresh=False)
-            if not exhaustive and mined and all(len(heaps[ti]) >= quotas[tasks[ti].name] for ti in mined):
+            if not exhaustive and all(len(heaps[ti]) >= quotas[tasks[ti].name] for ti in mined):
                 report.stopped_early = True
                 break
     finally:
