@@ -18,9 +18,11 @@ Layout of one file::
 Why bfloat16 bit patterns: attention probabilities live in [0, 1] and span
 many decades; bfloat16 keeps float32's exponent range, so its relative error
 is at most 2**-8 (0.4 %) on every normal float32 and no probability flushes to
-zero (float16 of probabilities underflows below 6e-8; float16 of
-log-probabilities loses ~3 % relative precision below 1e-28). The packed
-triangle halves the bytes again; byte-shuffle + compression take the rest.
+zero. float16 of probabilities loses precision below 6e-5 and flushes to zero
+below 3e-8; float16 of log-probabilities exceeds 1 % relative error below
+1e-14 (its absolute step grows with |log p|). The packed triangle halves the
+bytes again; byte-shuffle + LZF take the rest (gzip saves ~12 % more but
+writes and reads slower: see benchmarks/bench_extraction.py).
 
 ``committed`` is written only after a batch's rows are flushed, so a run
 killed at any point resumes exactly where it stopped. The reader needs only

@@ -5,8 +5,8 @@ Glossary: B scenarios per batch, S tokens, L layers, H query heads, T = S(S+1)/2
 Per batch: one eager forward pass, lower triangles gathered and rounded to
 bfloat16 on the model's device (only 2T bytes per head cross to the host),
 then one HDF5 write per column for the whole batch. Writing batch k runs in a
-background thread while the model computes batch k+1 (h5py and the model both
-release the GIL for their heavy work).
+background thread while the model computes batch k+1 (the model's kernels
+release the GIL, so compression and writing overlap them on a spare core).
 """
 
 from __future__ import annotations
