@@ -36,5 +36,33 @@ ui: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_model.py
 
+# The demo, end to end: each input is a file target (built once, reused by reruns);
+# `apmae.demo.run` then mines scenarios and extracts both targets' attention caches
+# (cached under $(DEMO_DIR) too), trains AP-MAE, and prints where the results are.
+DEMO_FILES ?= 2000
+DEMO_EVAL_FILES ?= 300
+
+$(DEMO_DIR)/corpus/MANIFEST.json: | $(VENV)/.installed
+	$(PY) -m apmae.demo.build corpus --out $(DEMO_DIR)/corpus --n-files $(DEMO_FILES) --seed 0
+
+# Held-out files (another seed) the scenarios are mined from: the targets never trained on them.
+$(DEMO_DIR)/eval-corpus/MANIFEST.json: | $(VENV)/.installed
+	$(PY) -m apmae.demo.build corpus --out $(DEMO_DIR)/eval-corpus --n-files $(DEMO_EVAL_FILES) --seed 1
+
+$(DEMO_DIR)/tokenizer/tokenizer.json: $(DEMO_DIR)/corpus/MANIFEST.json
+	$(PY) -m apmae.demo.build tokenizer --corpus $(DEMO_DIR)/corpus --out $(DEMO_DIR)/tokenizer
+
+$(DEMO_DIR)/target-a/model.safetensors: $(DEMO_DIR)/tokenizer/tokenizer.json
+	$(PY) -m apmae.demo.build target --config configs/demo/target_lm.yaml \
+	  --corpus $(DEMO_DIR)/corpus --tokenizer $(DEMO_DIR)/tokenizer --out $(DEMO_DIR)/target-a
+
+$(DEMO_DIR)/target-b/model.safetensors: $(DEMO_DIR)/tokenizer/tokenizer.json
+	$(PY) -m apmae.demo.build target --config configs/demo/target_lm_b.yaml \
+	  --corpus $(DEMO_DIR)/corpus --tokenizer $(DEMO_DIR)/tokenizer --out $(DEMO_DIR)/target-b
+
+demo: $(VENV)/.installed $(DEMO_DIR)/eval-corpus/MANIFEST.json \
+      $(DEMO_DIR)/target-a/model.safetensors $(DEMO_DIR)/target-b/model.safetensors
+	$(PY) -m apmae.demo.run --demo-dir $(DEMO_DIR)
+
 clean-demo:
 	rm -rf $(DEMO_DIR)

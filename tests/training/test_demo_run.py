@@ -1,0 +1,46 @@
+"""The demo runner: where it points the demo config, what it reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from apmae.cli import APMAECLI
+from apmae.demo.run import DEFAULT_CONFIG, DemoSummary, demo_overrides, main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_overrides_point_every_demo_path_at_the_demo_dir(tmp_path):
+    cli = APMAECLI(args=["--config", str(ROOT / DEFAULT_CONFIG), *demo_overrides(str(tmp_path)),
+                         "--trainer.logger", "false"], run=False)
+    data = cli.datamodule
+    assert data.target == str(tmp_path / "target-a") and data.extra_targets == [str(tmp_path / "target-b")]
+    assert data.val_target_names == ["target-a", "target-b"]
+    assert Path(data.cache_dir) == tmp_path / "cache"
+    assert data.scenarios.sources == [str(tmp_path / "eval-corpus")]
+    assert data.scenarios.tokenizer == str(tmp_path / "tokenizer")
+    assert data.scenarios.cache_dir == tmp_path / "scenarios"
+    assert cli.model.hparams.export_dir == str(tmp_path / "apmae")
+    assert cli.model.net.config.seq_len == 256
+
+
+def test_summary_reports_baseline_and_cross_model_ratios():
+    metrics = {"val/loss": 0.02}
+    for name, mse, base in (("target-a", 0.02, 0.08), ("target-b", 0.03, 0.09)):
+        metrics |= {f"val/{name}/mse": mse, f"val/{name}/baseline_mse": base,
+                    f"val/{name}/mse_over_baseline": mse / base, f"val/{name}/mse_over_train": mse / 0.02}
+    summary = DemoSummary(train_target="target-a", metrics=metrics, run_id="abc", experiment="demo-apmae",
+                          tracking_uri="sqlite:///mlruns/mlflow.db", artifact_uri="file:///x", export_dir="out")
+    text = "\n".join(summary.lines())
+    assert ("training target target-a: AP-MAE 0.0200 | trivial mean pattern 0.0800 | AP-MAE/trivial 0.250"
+            " | vs target-a x1.000") in text
+    assert "unseen target   target-b: AP-MAE 0.0300 | trivial mean pattern 0.0900 | AP-MAE/trivial 0.333" in text
+    assert "vs target-a x1.500" in text and "make ui" in text and "abc" in text
+    assert summary.ratio_to_baseline("target-a") == pytest.approx(0.25)
+
+
+def test_missing_inputs_are_named(tmp_path):
+    with pytest.raises(SystemExit, match="eval-corpus is missing"):
+        main(["--demo-dir", str(tmp_path)])
