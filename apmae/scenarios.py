@@ -26,7 +26,7 @@ import random
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 

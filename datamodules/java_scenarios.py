@@ -12,9 +12,9 @@ Batches are dicts of tensors:
 
 In a notebook::
 
+    from datamodules.java_scenarios import JavaScenarioDataModule
     dm = JavaScenarioDataModule(sources="path/to/java", tokenizer="bigcode/starcoder2-3b", n_per_task=100)
-    dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.train_dataloader()))  # mines on first use, then reads the cache
 """
 
 from __future__ import annotations
@@ -40,30 +40,31 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 class ScenarioDataset(Dataset):
-    """Rows ``indices`` of a scenario set, as dicts of tensors."""
+    """Rows ``indices`` of a scenario set, as dicts of tensors (columns shared between splits)."""
 
-    def __init__(self, scenarios: ScenarioSet, indices: np.ndarray, source_index: np.ndarray) -> None:
+    def __init__(self, columns: dict[str, torch.Tensor], indices: np.ndarray) -> None:
+        self.columns = columns
         self.indices = np.asarray(indices, dtype=np.int64)
-        self.input_ids = torch.from_numpy(scenarios.input_ids.astype(np.int64))  # (N, S)
-        self.label_ids = torch.from_numpy(scenarios.label_ids.astype(np.int64))  # (N, T)
+
+    @staticmethod
+    def columns_of(scenarios: ScenarioSet, source_index: np.ndarray) -> dict[str, torch.Tensor]:
+        """The set's columns as tensors, converted once for all splits."""
         width = scenarios.label_ids.shape[1]
-        self.label_mask = torch.from_numpy(np.arange(width)[None, :] < scenarios.label_len[:, None])  # (N, T)
-        self.task = torch.from_numpy(scenarios.task.astype(np.int64))
-        self.source = torch.from_numpy(source_index.astype(np.int64))
+        return {
+            "input_ids": torch.from_numpy(scenarios.input_ids.astype(np.int64)),  # (N, S)
+            "label_ids": torch.from_numpy(scenarios.label_ids.astype(np.int64)),  # (N, T)
+            "label_mask": torch.from_numpy(np.arange(width)[None, :] < scenarios.label_len[:, None]),  # (N, T)
+            "task": torch.from_numpy(scenarios.task.astype(np.int64)),  # (N,)
+            "index": torch.arange(len(scenarios)),  # (N,)
+            "source": torch.from_numpy(source_index.astype(np.int64)),  # (N,)
+        }
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         row = int(self.indices[i])
-        return {
-            "input_ids": self.input_ids[row],
-            "label_ids": self.label_ids[row],
-            "label_mask": self.label_mask[row],
-            "task": self.task[row],
-            "index": torch.tensor(row),
-            "source": self.source[row],
-        }
+        return {name: column[row] for name, column in self.columns.items()}
 
 
 class JavaScenarioDataModule(pl.LightningDataModule):
@@ -76,6 +77,7 @@ class JavaScenarioDataModule(pl.LightningDataModule):
         tasks: task names (see ``apmae.tasks.task_names()``); None for all registered tasks.
         seq_len: tokens per prompt.
         n_per_task: scenarios per task (or a mapping task -> count).
+        proportions: task -> weight; then ``n_per_task x len(tasks)`` scenarios are shared out by weight.
         max_per_file: at most this many scenarios per task from one file.
         max_label_tokens: holes longer than this are rejected.
         splits: train/val/test fractions, by source file.
@@ -98,6 +100,7 @@ class JavaScenarioDataModule(pl.LightningDataModule):
         tasks: list[str] | None = None,
         seq_len: int = 256,
         n_per_task: int | dict[str, int] = 1000,
+        proportions: dict[str, float] | None = None,
         max_per_file: int = 2,
         max_label_tokens: int = 32,
         splits: tuple[float, float, float] = (0.8, 0.1, 0.1),
@@ -112,6 +115,7 @@ class JavaScenarioDataModule(pl.LightningDataModule):
         progress: bool = True,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers < 0 or (mining_workers is not None and mining_workers < 0):
@@ -122,6 +126,7 @@ class JavaScenarioDataModule(pl.LightningDataModule):
         get_tasks(self.tasks)  # unknown task names fail now, not after loading a tokenizer
         self.seq_len = seq_len
         self.n_per_task = n_per_task
+        self.proportions = proportions
         self.max_per_file = max_per_file
         self.max_label_tokens = max_label_tokens
         self.splits = tuple(splits)
@@ -152,7 +157,8 @@ class JavaScenarioDataModule(pl.LightningDataModule):
             "sources": [_source_key(s) for s in self.sources],
             "tokenizer": _tokenizer_key(self.tokenizer),
             "tasks": task_defs,
-            "seq_len": self.seq_len, "n_per_task": self.n_per_task, "max_per_file": self.max_per_file,
+            "seq_len": self.seq_len, "n_per_task": self.n_per_task,
+            "proportions": self.proportions, "max_per_file": self.max_per_file,
             "max_label_tokens": self.max_label_tokens, "splits": list(self.splits), "seed": self.seed,
             "pad": self.pad, "max_files": self.max_files,
             "format": FORMAT_VERSION, "miner": MINER_VERSION,
@@ -171,7 +177,8 @@ class JavaScenarioDataModule(pl.LightningDataModule):
             return
         result = mine_scenarios(
             JavaSources(self.sources), self.tokenizer, tasks=self.tasks, seq_len=self.seq_len,
-            n_per_task=self.n_per_task, max_per_file=self.max_per_file, max_label_tokens=self.max_label_tokens,
+            n_per_task=self.n_per_task, proportions=self.proportions, max_per_file=self.max_per_file,
+            max_label_tokens=self.max_label_tokens,
             splits=self.splits, seed=self.seed, num_workers=self.mining_workers, progress=self.progress,
             pad=self.pad, max_files=self.max_files)
         result.scenarios.meta["mining_report"] = result.report.summary()
@@ -195,8 +202,8 @@ class JavaScenarioDataModule(pl.LightningDataModule):
         self.source_ids = sorted(set(scenarios.source_id.tolist()) - {""})
         lookup = {s: i for i, s in enumerate(self.source_ids)}
         source_index = np.array([lookup.get(s, -1) for s in scenarios.source_id.tolist()], dtype=np.int64)
-        self.datasets = {name: ScenarioDataset(scenarios, scenarios.split_indices(name), source_index)
-                         for name in SPLITS}
+        columns = ScenarioDataset.columns_of(scenarios, source_index)
+        self.datasets = {name: ScenarioDataset(columns, scenarios.split_indices(name)) for name in SPLITS}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if not self.datasets:
