@@ -143,6 +143,9 @@ class FileMiner:
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
         self.tokenizer.no_truncation()  # a saved tokenizer may carry truncation/padding settings
         self.tokenizer.no_padding()
+        # Without special tokens a post-processor changes no ids, but ByteLevel(trim_offsets=True)
+        # (StarCoder-style tokenizers) would shift offsets off the real token starts.
+        self.tokenizer.post_processor = None
         self.parser = Parser(java_language())
         self.query, self.pattern_task = _combined_query(self.tasks)
 

@@ -74,6 +74,34 @@ def test_round_trip_and_agreement_with_direct_tokenization(mined, corpus, tiny_t
     assert checked == len(sc) - 6  # every scenario but the noise ones
 
 
+def test_agreement_with_a_starcoder_style_tokenizer(tmp_path):
+    """Digits split one by one + byte-level BPE + offset-trimming post-processor, as StarCoder2's."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from apmae.demo.tokenizer import SPECIAL_TOKENS
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    raw.post_processor = processors.ByteLevel(trim_offsets=True)
+    raw.train_from_iterator([LEDGER] * 5, trainers.BpeTrainer(
+        vocab_size=500, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, additional_special_tokens=SPECIAL_TOKENS[1:])
+    text = LEDGER.replace("10_000L", "10_000L + 1234567890").replace("    private", "\t private  ")
+    (tmp_path / "L.java").write_text(text)
+    res = mine_scenarios(tmp_path, tok, tasks=["identifiers", "numeric_literals", "eol", "random"], seq_len=S,
+                         n_per_task=25, max_per_file=25, progress=False)
+    sc, fim, data = res.scenarios, FimTokens.from_tokenizer(tok), text.encode()
+    assert len(sc) > 60
+    for i in range(len(sc)):
+        before, after = data[: sc.span_start[i]].decode(), data[sc.span_end[i]:].decode()
+        prefix, suffix = _parts(sc.input_ids[i], fim)
+        assert prefix == _encode(tok, before)[len(_encode(tok, before)) - len(prefix):]
+        assert suffix == _encode(tok, after)[: len(suffix)]
+
+
 def test_context_is_balanced_or_keeps_the_short_side_whole(mined, corpus, tiny_tokenizer):
     sc, fim, tok = mined.scenarios, FimTokens.from_tokenizer(tiny_tokenizer), tiny_tokenizer
     kinds = Counter()
