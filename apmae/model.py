@@ -57,7 +57,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class APMAEConfig:
-    """Architecture of an AP-MAE; defaults are the ``paper`` preset."""
+    """Architecture of an AP-MAE.
+
+    The defaults are the paper's sizes with heads of width ``dim // heads``;
+    ``APMAEConfig.preset("paper")`` is the published architecture (64-wide heads).
+    """
 
     seq_len: int = 256  # S, side of the (S, S) attention image
     patch_size: int = 32  # P, side of a square patch; must divide seq_len
@@ -72,8 +76,8 @@ class APMAEConfig:
     dec_mlp: int = 2048  # hidden width of the decoder MLPs
     dropout: float = 0.0  # dropout on attention weights and residual branches
     pos_embed: str = "learned"  # "learned" or "sincos" (fixed 2-D sine-cosine) position embedding
-    enc_head_dim: int | None = 64  # width of one encoder head; None = enc_dim // enc_heads
-    dec_head_dim: int | None = 64  # width of one decoder head; None = dec_dim // dec_heads
+    enc_head_dim: int | None = None  # width of one encoder head; None = enc_dim // enc_heads
+    dec_head_dim: int | None = None  # width of one decoder head; None = dec_dim // dec_heads
 
     def __post_init__(self) -> None:
         grid = grid_side(self.seq_len, self.patch_size)
