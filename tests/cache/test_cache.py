@@ -156,3 +156,18 @@ def test_a_shard_cannot_be_resumed_under_another_world_size(target, scenarios, t
     CacheWriter.open(path, spec, scenarios).close()
     with pytest.raises(CacheMismatchError, match="shard_world_size: file has 2, this run 1"):
         extract(target, scenarios, path, progress=False)
+
+
+def test_every_compression_stores_the_same_patterns(cache_path, target, scenarios, tmp_path):
+    """gzip chunks are deflated in Python threads and written raw: HDF5's own filters must read them back."""
+    with h5py.File(cache_path, "r") as f:
+        assert (f["patterns"].compression, f["patterns"].shuffle) == ("gzip", True)
+    reference = AttentionCache(cache_path)
+    for compression in ("none", "lzf"):
+        path = shard_path(tmp_path / compression, "target-a", 0)
+        extract(target, scenarios, path, batch_size=7, progress=False, compression=compression)
+        with h5py.File(path, "r") as f:
+            assert f["patterns"].compression == (None if compression == "none" else compression)
+        _assert_same_cache(AttentionCache(path), reference)
+    with pytest.raises(ValueError, match="compression='zstd'"):
+        extract(target, scenarios, tmp_path / "z.rank0.h5", progress=False, compression="zstd")
