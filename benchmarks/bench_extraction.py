@@ -54,7 +54,8 @@ def random_target(size: dict, *, dtype: str, device: str) -> Target:
                            num_key_value_heads=size["kv_heads"], max_position_embeddings=4096,
                            bos_token_id=0, eos_token_id=0, pad_token_id=0, attn_implementation="eager")
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    model = Starcoder2ForCausalLM(cfg).to(device=device, dtype=dt).eval()
+    with torch.device(device):  # initialise on the device: a 3B model initialises slowly on a CPU
+        model = Starcoder2ForCausalLM(cfg).to(dtype=dt).eval()
     return wrap_model(model, name=f"random-starcoder2-{size['layers']}x{size['heads']}", dtype=dtype)
 
 
