@@ -40,6 +40,7 @@ import functools
 import glob as globlib
 import json
 import os
+import re
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -510,5 +511,6 @@ def _expand(paths: str | Path | Sequence[str | Path]) -> list[Path]:
 
 def cache_files(cache_dir: str | Path, name: str) -> list[Path]:
     """Every shard file of cache ``name`` in ``cache_dir``, in rank order."""
-    files = list(Path(cache_dir).glob(f"{name}.rank*.h5"))
-    return sorted(files, key=lambda p: int(p.name[len(name) + 5:-3]) if p.name[len(name) + 5:-3].isdigit() else -1)
+    pattern = re.compile(re.escape(name) + r"\.rank(\d+)\.h5")
+    ranked = [(int(m.group(1)), p) for p in Path(cache_dir).glob(f"{name}.rank*.h5") if (m := pattern.fullmatch(p.name))]
+    return [p for _, p in sorted(ranked)]

@@ -294,10 +294,9 @@ class AttentionCacheDataModule(L.LightningDataModule):
             self._build(0, 1, 0)
 
     def _build(self, rank: int, world: int, local_rank: int) -> None:
-        scenarios = None
+        scenarios = self.scenario_set()
         for model in [self.target, *self.extra_targets]:
             name = target_short_name(model)
-            scenarios = scenarios or self.scenario_set()
             if self._complete(name, model, scenarios):
                 continue
             self._extract(model, name, scenarios, rank, world, local_rank)
