@@ -13,7 +13,13 @@ matmul-softmax-matmul. Its widths, depths and heads are AP-MAE's.
 
     python benchmarks/bench_model.py                 # paper and tiny, batch 8
     python benchmarks/bench_model.py --presets tiny --batch 32 --rounds 10
-    python benchmarks/bench_model.py --threads 1     # on a busy machine: 2 threads contend badly
+    python benchmarks/bench_model.py --threads 2     # all cores only
+
+One thread is timed first by default: on a machine busy with other work, two
+intra-op threads wait on each other at every op and the timings mostly measure
+the scheduler; the single-thread speed-up still measures the models.
+``OMP_WAIT_POLICY=PASSIVE`` in the environment also makes the multi-thread
+timings far less sensitive to such load.
 """
 
 from __future__ import annotations
@@ -129,24 +135,41 @@ def _step_fn(model: nn.Module, images: torch.Tensor, batch: int):
         optimizer.step()
         return time.perf_counter() - start
 
+    step.batch = batch
     return step
 
 
-def bench_preset(name: str, *, batch: int, warmup: int, rounds: int, steps: int) -> dict:
+def _time_models(steps_of: dict, *, threads: int, warmup: int, rounds: int, steps: int) -> dict:
+    """Median step time of each model at one intra-op thread count."""
+    torch.set_num_threads(threads)
+    for step in steps_of.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {k: [] for k in steps_of}
+    load_before = os.getloadavg()[0]
+    for _ in range(rounds):  # interleaved so background load hits both models alike
+        for k, step in steps_of.items():
+            times[k].extend(step() for _ in range(steps))
+    median = {k: statistics.median(v) for k, v in times.items()}
+    batch = steps_of["apmae"].batch
+    return {
+        "threads": threads,
+        # 1-minute load average before and after: above the core count the timings are contended
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "median_step_s": {k: round(v, 4) for k, v in median.items()},
+        "images_per_s": {k: round(batch / v, 2) for k, v in median.items()},
+        "speedup": round(median["baseline"] / median["apmae"], 3),
+        "timed_steps": rounds * steps,
+    }
+
+
+def bench_preset(name: str, *, batch: int, threads: list[int], warmup: int, rounds: int, steps: int) -> dict:
     torch.manual_seed(0)
     config = APMAEConfig.preset(name)
     models = {"apmae": APMAE(config).train(), "baseline": FullGridMAE(config).train()}
     images = causal_images(batch, config.seq_len)
     steps_of = {k: _step_fn(m, images, batch) for k, m in models.items()}
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for k in models:
-        for _ in range(warmup):
-            steps_of[k]()
-    for _ in range(rounds):  # interleaved so background load hits both models alike
-        for k in models:
-            times[k].extend(steps_of[k]() for _ in range(steps))
-    median = {k: statistics.median(v) for k, v in times.items()}
-    result = {
+    return {
         "config": name,
         "batch": batch,
         "params": {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()},
@@ -154,13 +177,8 @@ def bench_preset(name: str, *, batch: int, warmup: int, rounds: int, steps: int)
                    "apmae_decoder": config.num_patches + 1,
                    "baseline_encoder": num_visible(config.grid**2, config.mask_ratio) + 1,
                    "baseline_decoder": config.grid**2 + 1},
-        "median_step_s": {k: round(v, 4) for k, v in median.items()},
-        "images_per_s": {k: round(batch / v, 2) for k, v in median.items()},
-        "speedup": round(median["baseline"] / median["apmae"], 3),
-        "timed_steps": rounds * steps,
+        "runs": [_time_models(steps_of, threads=t, warmup=warmup, rounds=rounds, steps=steps) for t in threads],
     }
-    del models, steps_of
-    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -168,25 +186,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--presets", nargs="+", default=["paper", "tiny"], choices=sorted(PRESETS),
                         help="AP-MAE presets to time")
     parser.add_argument("--batch", type=int, default=8, help="images per training step")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model before timing")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, torch.get_num_threads()],
+                        help="intra-op thread counts to time (default: 1, then all cores)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model and thread count")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--steps", type=int, default=1, help="timed steps per model per round")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     args = parser.parse_args(argv)
-    if args.batch < 1 or args.rounds < 1 or args.steps < 1 or args.warmup < 0:
-        parser.error("--batch, --rounds and --steps must be >= 1 and --warmup >= 0")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]
-    results = [bench_preset(p, batch=args.batch, warmup=args.warmup, rounds=args.rounds, steps=args.steps)
-               for p in args.presets]
+    if args.batch < 1 or args.rounds < 1 or args.steps < 1 or args.warmup < 0 or min(args.threads) < 1:
+        parser.error("--batch, --threads, --rounds and --steps must be >= 1 and --warmup >= 0")
+    threads = list(dict.fromkeys(args.threads))
+    results = [bench_preset(p, batch=args.batch, threads=threads, warmup=args.warmup, rounds=args.rounds,
+                            steps=args.steps) for p in args.presets]
     print(json.dumps({
         "benchmark": "apmae_training_throughput",
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
-        # 1-minute load average before and after: above the core count, timings are contended
-        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "cpus": os.cpu_count(),
         "target": "paper preset at batch 8: speedup >= 1.5",
         "results": results,
