@@ -424,7 +424,7 @@ class JavaFileWriter:
         if self.rng.random() < 0.4:
             return
         self.emit(1, "/**")
-        self.emit(1, f" * {name[:1].upper()}{name[1:]} for the given {self.rng.choice(NOUNS)}.")
+        self.emit(1, f" * Implements {name} for the given {self.rng.choice(NOUNS)}.")
         for _, p in params:
             self.emit(1, f" * @param {p} the {self.rng.choice(NOUNS)}")
         if returns != "void":

@@ -1,0 +1,276 @@
+"""Language-model batches (FIM and left-to-right) from a directory of Java files.
+
+Glossary: B batch, T ``seq_len`` (tokens per training row), C FIM context
+tokens (``context_len``, prefix + suffix + the three FIM tokens).
+
+A FIM row is ``<fim_prefix> prefix <fim_suffix> suffix <fim_middle> middle
+<|endoftext|>`` built by :func:`apmae.fim.fim_sequence`, the function the
+scenario miner uses, with the same context cut: up to C tokens balanced around
+the hole, the shorter side kept whole. Holes start and end on lexeme
+boundaries (identifiers, literals, operators, brackets, ``;\\n``) or on token
+boundaries, which covers the spans scenario tasks cut. Every other row is a
+plain window of a file (left-to-right LM). Row ``i`` is a pure function of
+``(seed, i)``, so runs repeat exactly and workers need no coordination.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from apmae.fim import FimTokens, fim_sequence
+
+# one lexeme: a word, a number, a string or char literal, an operator, or one other symbol
+LEXEME = re.compile(
+    r"[A-Za-z_]\w*|\d[\w.]*|\"[^\"\n]*\"|'[^'\n]*'"
+    r"|>>>=|<<=|>>=|&&|\|\||\+\+|--|[-+*/%&|^!=<>]=|\S"
+)
+IGNORE = -100  # label of padding; cross entropy skips it
+
+
+@dataclass(frozen=True)
+class Document:
+    """One source file, tokenized once."""
+
+    text: str
+    ids: list[int]
+    offsets: list[tuple[int, int]]  # character span of each token
+
+
+@dataclass(frozen=True)
+class FimExample:
+    """A FIM row and where its hole is."""
+
+    ids: list[int]  # <fim_prefix> ... <fim_middle> middle <eos>
+    middle_pos: int  # index of <fim_middle> in ids
+    middle_ids: list[int]
+
+
+class FimSampler:
+    """Builds FIM and left-to-right rows from tokenized documents."""
+
+    def __init__(self, tokenizer, *, seq_len: int, context_len: int, token_span_rate: float = 0.3,
+                 max_middle_tokens: int = 24) -> None:
+        if context_len < 8 or context_len > seq_len:
+            raise ValueError(f"context_len={context_len} must be in [8, seq_len={seq_len}]")
+        self.tokenizer = tokenizer
+        self.fim = FimTokens.from_tokenizer(tokenizer)
+        if self.fim.eos is None:
+            raise ValueError("the tokenizer has no <|endoftext|> token; build it with apmae.demo.tokenizer")
+        self.seq_len = seq_len
+        self.context_len = context_len
+        self.token_span_rate = token_span_rate
+        self.max_middle_tokens = max_middle_tokens
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def document(self, text: str) -> Document:
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return Document(text, list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]])
+
+    def span(self, doc: Document, rng: random.Random) -> tuple[int, int]:
+        """Character span of a hole: 1-10 tokens starting a word, or 1-8 whole lexemes.
+
+        A lone string literal loses its quotes most of the time (string-literal
+        scenarios hide the content); no hole starts with whitespace.
+        """
+        if rng.random() < self.token_span_rate:
+            for _ in range(20):
+                first = rng.randrange(len(doc.ids))
+                if not doc.text[doc.offsets[first][0]].isspace():
+                    last = min(len(doc.ids), first + rng.randint(1, 10)) - 1
+                    return doc.offsets[first][0], doc.offsets[last][1]
+        lexemes = [m.span() for m in LEXEME.finditer(doc.text)]
+        first = rng.randrange(len(lexemes))
+        if rng.random() < 0.6:
+            start, end = lexemes[first]
+            if doc.text[start] in "\"'" and end - start > 2 and rng.random() < 0.7:
+                return start + 1, end - 1
+            return start, end
+        return lexemes[first][0], lexemes[min(len(lexemes), first + rng.randint(2, 8)) - 1][1]
+
+    def fim_example(self, doc: Document, rng: random.Random, shrink: int = 0) -> FimExample:
+        """A FIM row with ``context_len - shrink`` context tokens (at most ``seq_len - shrink`` in all)."""
+        start, end = self.span(doc, rng)
+        context_len, seq_len = self.context_len - shrink, self.seq_len - shrink
+        # tokenize a generous window only: tokens far from the hole are cut anyway
+        window = 8 * context_len
+        prefix = self.encode(doc.text[max(0, start - window):start])
+        suffix = self.encode(doc.text[end:end + window])
+        middle = self.encode(doc.text[start:end])[: self.max_middle_tokens]
+        n_left, n_right = balanced_context(len(prefix), len(suffix), context_len - 3)
+        ids = fim_sequence(prefix[len(prefix) - n_left:], suffix[:n_right], self.fim, [*middle, self.fim.eos])
+        return FimExample(ids=ids[:seq_len], middle_pos=n_left + n_right + 2, middle_ids=middle)
+
+    def plain_example(self, doc: Document, rng: random.Random, shrink: int = 0) -> list[int]:
+        """A window of ``seq_len - shrink`` tokens of the file (ending with end of text at the file's end)."""
+        ids, seq_len = doc.ids + [self.fim.eos], self.seq_len - shrink
+        start = rng.randrange(max(1, len(ids) - seq_len + 1))
+        return ids[start:start + seq_len]
+
+
+def balanced_context(n_prefix: int, n_suffix: int, budget: int) -> tuple[int, int]:
+    """Tokens kept left and right of a hole: half each, the short side whole, the rest to the other."""
+    left = min(n_prefix, max(budget // 2, budget - n_suffix))
+    right = min(n_suffix, budget - left)
+    return left, right
+
+
+class JavaLMDataset(Dataset):
+    """``length`` rows; row ``i`` is FIM with probability ``fim_rate``, else a file window.
+
+    With ``min_context_len``, each run of ``batch_size`` consecutive rows (one
+    batch: the loader does not shuffle, rows are random already) shares a
+    context length drawn in ``[min_context_len, context_len]``: short rows are
+    cheap FIM practice, and a batch never pads one length up to another.
+    Files are tokenized on first use (a run touches only the files it samples).
+    """
+
+    def __init__(self, texts: list[str], sampler: FimSampler, *, length: int, fim_rate: float, seed: int,
+                 min_context_len: int | None = None, batch_size: int = 1) -> None:
+        if not texts:
+            raise ValueError("no documents: the corpus directory holds no *.java files")
+        self.texts, self.sampler = texts, sampler
+        self.length, self.fim_rate, self.seed = length, fim_rate, seed
+        self.min_context_len, self.batch_size = min_context_len, batch_size
+        self._docs: dict[int, Document] = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def document(self, k: int) -> Document:
+        if k not in self._docs:
+            self._docs[k] = self.sampler.document(self.texts[k])
+        return self._docs[k]
+
+    def shrink(self, i: int) -> int:
+        """Context tokens row ``i`` gives up (the same for every row of its batch)."""
+        if self.min_context_len is None:
+            return 0
+        batch_rng = random.Random(self.seed * 7_000_003 + i // self.batch_size)
+        return self.sampler.context_len - batch_rng.randint(self.min_context_len, self.sampler.context_len)
+
+    def __getitem__(self, i: int) -> tuple[list[int], int]:
+        """Token ids of row ``i`` and the position of its ``<fim_middle>`` (-1 for a plain row)."""
+        rng = random.Random(self.seed * 1_000_003 + i)
+        doc = self.document(rng.randrange(len(self.texts)))
+        if rng.random() < self.fim_rate:
+            example = self.sampler.fim_example(doc, rng, self.shrink(i))
+            return example.ids, example.middle_pos
+        return self.sampler.plain_example(doc, rng, self.shrink(i)), -1
+
+
+def collate_rows(rows: list[tuple[list[int], int]], *, pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad rows into ``input_ids``/``attention_mask``/``labels`` (B, T_max) and ``middle_pos`` (B,).
+
+    Padding is never learned (label -100).
+    """
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, (ids, _) in enumerate(rows):
+        input_ids[b, : len(ids)] = torch.tensor(ids)
+        mask[b, : len(ids)] = 1
+    labels = input_ids.masked_fill(mask == 0, IGNORE)
+    middle_pos = torch.tensor([pos for _, pos in rows], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "middle_pos": middle_pos}
+
+
+class JavaLMDataModule(pl.LightningDataModule):
+    """FIM / left-to-right LM batches from ``*.java`` files under ``corpus_dir``.
+
+    The last ``val_fraction`` of the files (sorted by path) are held out for
+    validation, where every row is FIM so ``val/first_token_acc`` measures the
+    scenario criterion.
+    """
+
+    def __init__(
+        self,
+        *,
+        corpus_dir: str,
+        tokenizer_dir: str,
+        seq_len: int = 320,
+        context_len: int = 256,
+        min_context_len: int | None = None,
+        fim_rate: float = 0.7,
+        token_span_rate: float = 0.3,
+        train_samples: int = 16384,
+        val_samples: int = 256,
+        val_fraction: float = 0.05,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        max_files: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            corpus_dir: directory searched recursively for ``*.java`` files.
+            tokenizer_dir: Hugging Face tokenizer directory with the FIM special tokens.
+            seq_len: tokens per training row (FIM rows: context + hole + end of text).
+            context_len: tokens of a FIM prompt (prefix + suffix + 3 FIM tokens), as the scenarios use.
+            min_context_len: when set, each training batch draws its context length in
+                ``[min_context_len, context_len]`` (rows shrink by as much); validation keeps ``context_len``.
+            fim_rate: fraction of training rows in FIM format; the rest are plain file windows.
+            token_span_rate: fraction of holes cut on token rather than lexeme boundaries.
+            train_samples: rows per training epoch.
+            val_samples: FIM rows of the validation set.
+            val_fraction: fraction of files held out for validation.
+            batch_size: rows per batch.
+            num_workers: DataLoader worker processes.
+            max_files: use only the first files (sorted by path); None uses all.
+            seed: seed of the row sampling.
+        """
+        super().__init__()
+        if not 0.0 <= fim_rate <= 1.0:
+            raise ValueError(f"fim_rate={fim_rate} must be a probability in [0, 1]")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction={val_fraction} must be in (0, 1) so both splits have files")
+        if context_len > seq_len:
+            raise ValueError(f"context_len={context_len} exceeds seq_len={seq_len}; raise seq_len")
+        if min_context_len is not None and not 8 <= min_context_len <= context_len:
+            raise ValueError(f"min_context_len={min_context_len} must be in [8, context_len={context_len}]")
+        self.save_hyperparameters()
+        self.corpus_dir, self.tokenizer_dir = corpus_dir, tokenizer_dir
+        self.seq_len, self.context_len = seq_len, context_len
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.train_set: JavaLMDataset | None = None
+        self.val_set: JavaLMDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        from transformers import AutoTokenizer
+
+        hp = self.hparams
+        files = sorted(Path(self.corpus_dir).rglob("*.java"))[: hp.max_files]
+        if len(files) < 2:
+            raise ValueError(f"{self.corpus_dir} holds {len(files)} *.java files; build the demo corpus first")
+        tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir)
+        sampler = FimSampler(tokenizer, seq_len=self.seq_len, context_len=self.context_len,
+                             token_span_rate=hp.token_span_rate)
+        self.pad_id = sampler.fim.pad if sampler.fim.pad is not None else sampler.fim.eos
+        texts = [f.read_text(encoding="utf-8") for f in files]
+        n_val = max(1, round(len(texts) * hp.val_fraction))
+        self.train_set = JavaLMDataset(texts[:-n_val], sampler, length=hp.train_samples, fim_rate=hp.fim_rate,
+                                       seed=hp.seed, min_context_len=hp.min_context_len, batch_size=self.batch_size)
+        self.val_set = JavaLMDataset(texts[-n_val:], sampler, length=hp.val_samples, fim_rate=1.0,
+                                     seed=hp.seed + 1)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        from functools import partial
+
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=partial(collate_rows, pad_id=self.pad_id))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=False)  # rows are random functions of their index
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)

@@ -1,0 +1,207 @@
+"""TargetLM: trains the tiny StarCoder2 target of the embedded demo and exports it.
+
+Glossary: B batch, T tokens per row, V vocabulary.
+
+The network is a plain ``transformers.Starcoder2ForCausalLM`` (same
+architecture family as ``bigcode/starcoder2-3b``, GQA, RoPE); this module adds
+the optimiser, metrics and the export at the end of fit: model and tokenizer
+saved with ``save_pretrained`` into one directory, with
+``"attn_implementation": "eager"`` written into ``config.json`` so that
+``AutoModelForCausalLM.from_pretrained(dir)`` loads a model whose attentions
+can be read, exactly like a hub model.
+
+Metrics: ``train/loss``, ``val/loss`` (next-token cross entropy over all real
+tokens, the hole's first token weighted by ``middle_loss_weight``) and ``val/first_token_acc`` (FIM rows: argmax at ``<fim_middle>`` ==
+first token of the hole, the scenarios' correctness criterion).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_only
+
+EXPORT_ATTN = "eager"
+
+
+def starcoder2_config(*, vocab_size: int, special_id: int, hidden_size: int, num_layers: int, num_heads: int,
+                      num_kv_heads: int, intermediate_size: int, max_positions: int):
+    """A small ``Starcoder2Config``; ``special_id`` (end of text) is bos, eos and pad."""
+    from transformers import Starcoder2Config
+
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size={hidden_size} is not a multiple of num_heads={num_heads}")
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+    return Starcoder2Config(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_positions, bos_token_id=special_id, eos_token_id=special_id,
+        pad_token_id=special_id, initializer_range=0.02, attn_implementation=EXPORT_ATTN,
+    )
+
+
+def export_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
+    """Save ``model`` + ``tokenizer`` into ``out_dir`` atomically (a temp dir renamed at the end).
+
+    ``config.json`` records ``attn_implementation: eager``. An existing
+    ``out_dir`` is replaced.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    config_path = tmp / "config.json"
+    config = json.loads(config_path.read_text())
+    config["attn_implementation"] = EXPORT_ATTN
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+class TargetLM(LightningModule):
+    """Trains a tiny ``Starcoder2ForCausalLM`` on FIM / left-to-right batches of ``JavaLMDataModule``."""
+
+    def __init__(
+        self,
+        *,
+        tokenizer_dir: str,
+        seq_len: int = 320,
+        hidden_size: int = 192,
+        num_layers: int = 4,
+        num_heads: int = 8,
+        num_kv_heads: int = 2,
+        intermediate_size: int = 768,
+        lr: float = 3e-3,
+        min_lr_ratio: float = 0.1,
+        weight_decay: float = 0.1,
+        warmup_steps: int = 50,
+        middle_loss_weight: float = 1.0,
+        total_steps: int = 1000,
+        export_dir: str | None = None,
+        num_threads: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            tokenizer_dir: the tokenizer directory (vocabulary size and special ids come from it;
+                it is exported next to the model).
+            seq_len: longest row trained on; the model's context (max positions) is at least this.
+            hidden_size: model width.
+            num_layers: transformer blocks.
+            num_heads: query heads per layer (the heads whose patterns are studied).
+            num_kv_heads: key/value heads (grouped-query attention, as in StarCoder2).
+            intermediate_size: MLP width.
+            lr: peak AdamW learning rate.
+            min_lr_ratio: final learning rate as a fraction of ``lr`` (cosine decay).
+            weight_decay: AdamW weight decay on matrices (not on biases, norms).
+            warmup_steps: linear warm-up steps.
+            middle_loss_weight: weight of the hole's first token (predicted at ``<fim_middle>``, the
+                scenarios' criterion) relative to every other token; > 1 spends more of a short
+                training on the infilling skill itself.
+            total_steps: steps of the cosine schedule (set it to the trainer's ``max_steps``).
+            export_dir: where ``on_fit_end`` saves model + tokenizer; None skips the export.
+            num_threads: CPU threads of torch during fit (None keeps torch's default). On a
+                busy machine 1 thread can beat 2: spinning thread pools lose to preemption.
+            seed: seed of the weight initialisation.
+        """
+        super().__init__()
+        if seq_len < 8:
+            raise ValueError(f"seq_len={seq_len} is too short for FIM rows; use at least 8")
+        if middle_loss_weight <= 0:
+            raise ValueError(f"middle_loss_weight={middle_loss_weight} must be positive")
+        if total_steps <= warmup_steps:
+            raise ValueError(f"total_steps={total_steps} must exceed warmup_steps={warmup_steps}")
+        self.save_hyperparameters()
+        from transformers import AutoTokenizer, Starcoder2ForCausalLM
+
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        special = self.tokenizer.convert_tokens_to_ids(self.tokenizer.eos_token)
+        config = starcoder2_config(
+            vocab_size=len(self.tokenizer), special_id=special, hidden_size=hidden_size, num_layers=num_layers,
+            num_heads=num_heads, num_kv_heads=num_kv_heads, intermediate_size=intermediate_size,
+            max_positions=seq_len,
+        )
+        # training uses the fused kernel; the export records eager for attention reading
+        config._attn_implementation = "sdpa"
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.model = Starcoder2ForCausalLM(config)
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.num_threads:
+            torch.set_num_threads(self.hparams.num_threads)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V)."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def lm_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weighted next-token cross entropy and the logits (B, T, V).
+
+        Position t predicts token t + 1; the ``<fim_middle>`` position predicts
+        the hole's first token and weighs ``middle_loss_weight``; padding weighs 0.
+        """
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        targets = batch["labels"][:, 1:]  # (B, T-1)
+        ce = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none"
+        ).view_as(targets)  # (B, T-1)
+        positions = torch.arange(targets.shape[1], device=targets.device)  # (T-1,)
+        pos = batch["middle_pos"].unsqueeze(1)  # (B, 1), -1 for plain rows
+        first = positions == pos  # (B, T-1), never true for plain rows
+        weight = (targets != -100).float() * torch.where(first, self.hparams.middle_loss_weight, 1.0)
+        return (ce * weight).sum() / weight.sum().clamp_min(1.0), logits
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _ = self.lm_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, logits = self.lm_loss(batch)
+        n = len(batch["input_ids"])
+        self.log("val/loss", loss, prog_bar=True, batch_size=n)
+        rows = torch.nonzero(batch["middle_pos"] >= 0).squeeze(-1)  # (F,) FIM rows
+        if len(rows):
+            pos = batch["middle_pos"][rows]
+            predicted = logits[rows, pos].argmax(-1)  # (F,)
+            correct = (predicted == batch["input_ids"][rows, pos + 1]).float().mean()
+            self.log("val/first_token_acc", correct, prog_bar=True, batch_size=len(rows))
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "norm" not in n]
+        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2 or "norm" in n]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.lr, betas=(0.9, 0.95),
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _lr_factor(self, step: int) -> float:
+        """Linear warm-up, then cosine from 1 down to ``min_lr_ratio``."""
+        hp = self.hparams
+        if step < hp.warmup_steps:
+            return (step + 1) / hp.warmup_steps
+        progress = min(1.0, (step - hp.warmup_steps) / (hp.total_steps - hp.warmup_steps))
+        return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def on_fit_end(self) -> None:
+        if self.hparams.export_dir:
+            self.export(self.hparams.export_dir)
+
+    @rank_zero_only
+    def export(self, out_dir: str | Path) -> Path:
+        """Save model + tokenizer loadable with ``AutoModelForCausalLM.from_pretrained(out_dir)``."""
+        return export_pretrained(self.model, self.tokenizer, out_dir)

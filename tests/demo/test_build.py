@@ -1,0 +1,80 @@
+"""``python -m apmae.demo.build``: idempotent steps, atomic outputs, the CLI fit + export of a target."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from apmae.demo.build import build_corpus, build_tokenizer_dir, is_complete, main
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_corpus_step_is_idempotent_and_replaces_an_incomplete_directory(tmp_path):
+    out = tmp_path / "corpus"
+    out.mkdir()
+    (out / "half-written.java").write_text("class")  # an interrupted earlier attempt: no marker
+    assert build_corpus(out, n_files=5, seed=1) is True
+    first = _snapshot(out)
+    assert "half-written.java" not in first
+    assert json.loads(first["MANIFEST.json"])["n_files"] == 5
+    assert build_corpus(out, n_files=5, seed=1) is False
+    assert _snapshot(out) == first
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_tokenizer_step_needs_a_complete_corpus_and_skips_when_done(tmp_path, corpus_dir, capsys):
+    with pytest.raises(ValueError, match="corpus"):
+        build_tokenizer_dir(tmp_path / "missing", tmp_path / "tok", vocab_size=400)
+    assert main(["tokenizer", "--corpus", str(corpus_dir), "--out", str(tmp_path / "tok"), "--vocab-size", "400"]) == 0
+    assert is_complete("tokenizer", tmp_path / "tok")
+    assert main(["tokenizer", "--corpus", str(corpus_dir), "--out", str(tmp_path / "tok")]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"tokenizer: built -> {tmp_path / 'tok'}",
+                                                    f"tokenizer: already complete -> {tmp_path / 'tok'}"]
+
+
+def test_demo_configs_differ_in_size_and_seed():
+    import yaml
+
+    a = yaml.safe_load((CONFIGS / "target_lm.yaml").read_text())
+    b = yaml.safe_load((CONFIGS / "target_lm_b.yaml").read_text())
+    assert a["model"]["class_path"] == b["model"]["class_path"] == "lit_models.target_lm.TargetLM"
+    size = ("hidden_size", "num_layers", "num_heads")
+    assert [a["model"]["init_args"][k] for k in size] != [b["model"]["init_args"][k] for k in size]
+    assert a["model"]["init_args"]["seed"] != b["model"]["init_args"]["seed"]
+    assert a["data"]["init_args"]["context_len"] == b["data"]["init_args"]["context_len"] == 256
+
+
+@pytest.mark.slow
+def test_target_step_trains_through_the_cli_and_exports(tmp_path, corpus_dir, tokenizer_dir, monkeypatch):
+    """`apmae fit` with the demo config (shrunk to a micro model) exports a loadable model, logged to MLflow."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(sys, "argv", ["python -m apmae.demo.build"])
+    out = tmp_path / "target"
+    overrides = ["--trainer.max_steps=4", "--trainer.val_check_interval=4", "--trainer.limit_val_batches=1",
+                 "--model.init_args.hidden_size=32", "--model.init_args.num_layers=2",
+                 "--model.init_args.num_heads=4", "--model.init_args.intermediate_size=64",
+                 "--model.init_args.warmup_steps=1", "--data.init_args.seq_len=160",
+                 "--data.init_args.context_len=128", "--data.init_args.batch_size=2"]
+    args = ["target", "--config", str(CONFIGS / "target_lm.yaml"), "--corpus", str(corpus_dir),
+            "--tokenizer", str(tokenizer_dir), "--out", str(out), *overrides]
+    assert main(args) == 0
+    assert is_complete("target", out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_hidden_layers == 2 and model.config._attn_implementation == "eager"
+    assert model.config.max_position_embeddings >= 160
+    before = _snapshot(out)
+    assert main(args) == 0  # already complete: nothing retrained
+    assert _snapshot(out) == before
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["demo-target"])
+    assert len(runs) == 1 and "metrics.val/first_token_acc" in runs.columns

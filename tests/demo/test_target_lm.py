@@ -1,0 +1,96 @@
+"""TargetLM: a few steps lower the loss; the export reloads offline with identical logits and attentions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.demo.conftest import MICRO
+
+
+@pytest.fixture()
+def micro(tokenizer_dir):
+    from lit_models.target_lm import TargetLM
+
+    return TargetLM(tokenizer_dir=str(tokenizer_dir), seq_len=160, lr=1e-2, warmup_steps=2, total_steps=20, **MICRO)
+
+
+@pytest.fixture()
+def batch(corpus_dir, tokenizer_dir):
+    from datamodules.java_lm import JavaLMDataModule
+
+    dm = JavaLMDataModule(corpus_dir=str(corpus_dir), tokenizer_dir=str(tokenizer_dir), seq_len=160,
+                          context_len=128, batch_size=8, train_samples=8, val_samples=8)
+    dm.setup("fit")
+    return next(iter(dm.train_dataloader()))
+
+
+def test_a_few_steps_lower_the_loss(micro, batch):
+    optimizer = micro.configure_optimizers()["optimizer"]
+    rows = {k: v[:4] for k, v in batch.items()}
+    losses = []
+    for _ in range(10):
+        loss = micro.model(input_ids=rows["input_ids"], attention_mask=rows["attention_mask"],
+                           labels=rows["labels"]).loss
+        losses.append(loss.item())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_unweighted_loss_equals_the_hugging_face_loss_and_weights_move_it(micro, batch):
+    with torch.no_grad():
+        reference = micro.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                labels=batch["labels"]).loss
+        loss, logits = micro.lm_loss(batch)
+        assert logits.shape == (*batch["input_ids"].shape, len(micro.tokenizer))
+        assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+        micro.hparams.middle_loss_weight = 50.0
+        weighted, _ = micro.lm_loss(batch)
+    assert (batch["middle_pos"] >= 0).any()
+    assert weighted.item() != pytest.approx(loss.item(), rel=1e-3)
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor(micro):
+    factors = [micro._lr_factor(s) for s in range(0, 25)]
+    assert factors[0] == pytest.approx(0.5) and factors[1] == pytest.approx(1.0)
+    assert factors[2] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[2:], factors[3:]))
+    assert factors[20] == pytest.approx(0.1) and factors[24] == pytest.approx(0.1)
+
+
+def test_export_reloads_offline_with_identical_logits_and_eager_attentions(micro, batch, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = micro.export(tmp_path / "target")
+    config = json.loads((out / "config.json").read_text())
+    assert config["attn_implementation"] == "eager" and config["model_type"] == "starcoder2"
+    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert loaded.config._attn_implementation == "eager"
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == micro.tokenizer.get_vocab()
+    original = micro.model.eval()
+    original.set_attn_implementation("eager")
+    ids = batch["input_ids"][:2, :64]
+    with torch.no_grad():
+        a = original(input_ids=ids, output_attentions=True)
+        b = loaded(input_ids=ids, output_attentions=True)
+    assert torch.equal(a.logits, b.logits)
+    assert len(b.attentions) == MICRO["num_layers"]
+    assert b.attentions[0].shape == (2, MICRO["num_heads"], 64, 64)
+    for x, y in zip(a.attentions, b.attentions):
+        assert torch.equal(x, y)
+    assert torch.allclose(b.attentions[1].sum(-1), torch.ones(2, MICRO["num_heads"], 64), atol=1e-5)
+
+
+def test_bad_model_shapes_raise(tokenizer_dir):
+    from lit_models.target_lm import TargetLM
+
+    with pytest.raises(ValueError, match="num_heads"):
+        TargetLM(tokenizer_dir=str(tokenizer_dir), hidden_size=30, num_heads=4)
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        TargetLM(tokenizer_dir=str(tokenizer_dir), hidden_size=32, num_heads=4, num_kv_heads=3)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        TargetLM(tokenizer_dir=str(tokenizer_dir), warmup_steps=10, total_steps=5)
