@@ -49,6 +49,7 @@ class FimExample:
 
     ids: list[int]  # <fim_prefix> ... <fim_middle> middle <eos>
     middle_pos: int  # index of <fim_middle> in ids
+    suffix_pos: int  # index of <fim_suffix> in ids (right after the prefix)
     middle_ids: list[int]
 
 
@@ -57,8 +58,8 @@ class FimSampler:
 
     def __init__(self, tokenizer, *, seq_len: int, context_len: int, token_span_rate: float = 0.3,
                  max_middle_tokens: int = 24) -> None:
-        if context_len < 8 or context_len > seq_len:
-            raise ValueError(f"context_len={context_len} must be in [8, seq_len={seq_len}]")
+        if context_len < 8 or context_len >= seq_len:
+            raise ValueError(f"context_len={context_len} must be in [8, seq_len={seq_len}) so the hole fits")
         self.tokenizer = tokenizer
         self.fim = FimTokens.from_tokenizer(tokenizer)
         if self.fim.eos is None:
@@ -107,7 +108,8 @@ class FimSampler:
         middle = self.encode(doc.text[start:end])[: self.max_middle_tokens]
         n_left, n_right = balanced_context(len(prefix), len(suffix), context_len - 3)
         ids = fim_sequence(prefix[len(prefix) - n_left:], suffix[:n_right], self.fim, [*middle, self.fim.eos])
-        return FimExample(ids=ids[:seq_len], middle_pos=n_left + n_right + 2, middle_ids=middle)
+        return FimExample(ids=ids[:seq_len], middle_pos=n_left + n_right + 2, suffix_pos=n_left + 1,
+                          middle_ids=middle)
 
     def plain_example(self, doc: Document, rng: random.Random, shrink: int = 0) -> list[int]:
         """A window of ``seq_len - shrink`` tokens of the file (ending with end of text at the file's end)."""
@@ -157,30 +159,33 @@ class JavaLMDataset(Dataset):
         batch_rng = random.Random(self.seed * 7_000_003 + i // self.batch_size)
         return self.sampler.context_len - batch_rng.randint(self.min_context_len, self.sampler.context_len)
 
-    def __getitem__(self, i: int) -> tuple[list[int], int]:
-        """Token ids of row ``i`` and the position of its ``<fim_middle>`` (-1 for a plain row)."""
+    def __getitem__(self, i: int) -> tuple[list[int], int, int]:
+        """Token ids of row ``i``, positions of its ``<fim_middle>`` and ``<fim_suffix>`` (-1, -1 for a plain row)."""
         rng = random.Random(self.seed * 1_000_003 + i)
         doc = self.document(rng.randrange(len(self.texts)))
         if rng.random() < self.fim_rate:
             example = self.sampler.fim_example(doc, rng, self.shrink(i))
-            return example.ids, example.middle_pos
-        return self.sampler.plain_example(doc, rng, self.shrink(i)), -1
+            return example.ids, example.middle_pos, example.suffix_pos
+        return self.sampler.plain_example(doc, rng, self.shrink(i)), -1, -1
 
 
-def collate_rows(rows: list[tuple[list[int], int]], *, pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad rows into ``input_ids``/``attention_mask``/``labels`` (B, T_max) and ``middle_pos`` (B,).
+def collate_rows(rows: list[tuple[list[int], int, int]], *, pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad rows into ``input_ids``/``attention_mask``/``labels`` (B, T_max), ``middle_pos`` and
+    ``suffix_pos`` (B,).
 
     Padding is never learned (label -100).
     """
-    width = max(len(ids) for ids, _ in rows)
+    width = max(len(row[0]) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, (ids, _) in enumerate(rows):
+    for b, (ids, *_) in enumerate(rows):
         input_ids[b, : len(ids)] = torch.tensor(ids)
         mask[b, : len(ids)] = 1
     labels = input_ids.masked_fill(mask == 0, IGNORE)
-    middle_pos = torch.tensor([pos for _, pos in rows], dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "middle_pos": middle_pos}
+    middle_pos = torch.tensor([row[1] for row in rows], dtype=torch.long)
+    suffix_pos = torch.tensor([row[2] for row in rows], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "middle_pos": middle_pos,
+            "suffix_pos": suffix_pos}
 
 
 class JavaLMDataModule(pl.LightningDataModule):
@@ -232,8 +237,9 @@ class JavaLMDataModule(pl.LightningDataModule):
             raise ValueError(f"fim_rate={fim_rate} must be a probability in [0, 1]")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction={val_fraction} must be in (0, 1) so both splits have files")
-        if context_len > seq_len:
-            raise ValueError(f"context_len={context_len} exceeds seq_len={seq_len}; raise seq_len")
+        if context_len >= seq_len:
+            raise ValueError(f"context_len={context_len} leaves no room for the hole in seq_len={seq_len}; "
+                             "raise seq_len")
         if min_context_len is not None and not 8 <= min_context_len <= context_len:
             raise ValueError(f"min_context_len={min_context_len} must be in [8, context_len={context_len}]")
         self.save_hyperparameters()

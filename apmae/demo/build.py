@@ -108,7 +108,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     tok = steps.add_parser("tokenizer", help="train the BPE tokenizer on a corpus")
     tok.add_argument("--corpus", required=True)
     tok.add_argument("--out", required=True)
-    tok.add_argument("--vocab-size", type=int, default=4096)
+    tok.add_argument("--vocab-size", type=int, default=2048)
     target = steps.add_parser("target", help="train and export a demo target (extra args go to `apmae fit`)")
     target.add_argument("--config", required=True)
     target.add_argument("--corpus", required=True)
@@ -118,6 +118,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import time
+
+    start = time.perf_counter()
     args, extra = parse_args(argv)
     if extra and args.step != "target":
         raise SystemExit(f"unknown arguments for `{args.step}`: {' '.join(extra)}")
@@ -128,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         built = build_target(args.config, corpus_dir=args.corpus, tokenizer_dir=args.tokenizer, out_dir=args.out,
                              extra_args=extra)
-    print(f"{args.step}: {'built' if built else 'already complete'} -> {args.out}")
+    done = f"built in {time.perf_counter() - start:.0f} s" if built else "already complete"
+    print(f"{args.step}: {done} -> {args.out}")
     return 0
 
 

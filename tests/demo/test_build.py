@@ -36,8 +36,9 @@ def test_tokenizer_step_needs_a_complete_corpus_and_skips_when_done(tmp_path, co
     assert main(["tokenizer", "--corpus", str(corpus_dir), "--out", str(tmp_path / "tok"), "--vocab-size", "400"]) == 0
     assert is_complete("tokenizer", tmp_path / "tok")
     assert main(["tokenizer", "--corpus", str(corpus_dir), "--out", str(tmp_path / "tok")]) == 0
-    assert capsys.readouterr().out.splitlines() == [f"tokenizer: built -> {tmp_path / 'tok'}",
-                                                    f"tokenizer: already complete -> {tmp_path / 'tok'}"]
+    built, skipped = capsys.readouterr().out.splitlines()
+    assert built.startswith("tokenizer: built in ") and built.endswith(f" s -> {tmp_path / 'tok'}")
+    assert skipped == f"tokenizer: already complete -> {tmp_path / 'tok'}"
 
 
 def test_demo_configs_differ_in_size_and_seed():
@@ -78,3 +79,15 @@ def test_target_step_trains_through_the_cli_and_exports(tmp_path, corpus_dir, to
 
     runs = mlflow.search_runs(experiment_names=["demo-target"])
     assert len(runs) == 1 and "metrics.val/first_token_acc" in runs.columns
+
+
+def test_a_failing_step_leaves_no_output_and_no_temp_dir(tmp_path):
+    from apmae.demo.build import atomic_dir, build_target
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "partial.bin").write_bytes(b"x")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="run the `corpus` step first"):
+        build_target("unused.yaml", corpus_dir=tmp_path / "c", tokenizer_dir=tmp_path / "t", out_dir=tmp_path / "m")

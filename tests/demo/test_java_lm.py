@@ -35,6 +35,7 @@ def test_fim_rows_reassemble_the_text_around_the_hole(sampler, corpus_dir, demo_
         example = sampler.fim_example(doc, random.Random(seed))
         ids, m = example.ids, example.middle_pos
         assert ids[0] == fim.prefix and ids[m] == fim.middle and len(ids) <= 160
+        assert ids[example.suffix_pos] == fim.suffix
         s = ids.index(fim.suffix)
         assert m == 127  # 128 context tokens: prefix + suffix + 3 FIM tokens, hole not counted
         assert ids == fim_sequence(ids[1:s], ids[s + 1:m], fim, ids[m + 1:])[:160]
@@ -69,10 +70,13 @@ def test_rows_are_deterministic_and_collated_with_ignored_padding(corpus_dir, to
     assert all(dm.val_set[i][1] >= 0 for i in range(8))  # validation rows are all FIM
     rows = [dm.train_set[i] for i in range(4)]
     batch = collate_rows(rows, pad_id=dm.pad_id)
-    width = max(len(ids) for ids, _ in rows)
+    width = max(len(ids) for ids, _, _ in rows)
     assert batch["input_ids"].shape == (4, width)
-    for b, (ids, pos) in enumerate(rows):
+    fim = FimTokens.from_tokenizer(dm.train_set.sampler.tokenizer)
+    for b, (ids, pos, suffix_pos) in enumerate(rows):
         assert batch["input_ids"][b, :len(ids)].tolist() == ids
+        assert batch["suffix_pos"][b] == suffix_pos
+        assert suffix_pos == pos == -1 or (ids[suffix_pos] == fim.suffix and ids[pos] == fim.middle)
         assert batch["attention_mask"][b].sum() == len(ids)
         assert (batch["labels"][b, len(ids):] == IGNORE).all()
         assert batch["middle_pos"][b] == pos
@@ -81,7 +85,7 @@ def test_rows_are_deterministic_and_collated_with_ignored_padding(corpus_dir, to
 
 def test_bad_arguments_raise(corpus_dir, tokenizer_dir, tmp_path):
     with pytest.raises(ValueError, match="context_len"):
-        JavaLMDataModule(corpus_dir=str(corpus_dir), tokenizer_dir=str(tokenizer_dir), seq_len=100, context_len=128)
+        JavaLMDataModule(corpus_dir=str(corpus_dir), tokenizer_dir=str(tokenizer_dir), seq_len=128, context_len=128)
     with pytest.raises(ValueError, match="fim_rate"):
         JavaLMDataModule(corpus_dir=str(corpus_dir), tokenizer_dir=str(tokenizer_dir), fim_rate=1.5)
     empty = JavaLMDataModule(corpus_dir=str(tmp_path), tokenizer_dir=str(tokenizer_dir))

@@ -54,6 +54,24 @@ def test_unweighted_loss_equals_the_hugging_face_loss_and_weights_move_it(micro,
     assert weighted.item() != pytest.approx(loss.item(), rel=1e-3)
 
 
+def test_suffix_aux_loss_adds_the_first_hole_token_at_fim_suffix(micro, batch):
+    """Second computation of the auxiliary term: per FIM row, CE of the <fim_suffix> logits vs the hole's first token."""
+    with torch.no_grad():
+        plain, logits = micro.lm_loss(batch)
+        targets = batch["labels"][:, 1:]
+        n_tokens = (targets != -100).sum().item()
+        micro.hparams.suffix_aux_weight = 3.0
+        with_aux, _ = micro.lm_loss(batch)
+        aux = []
+        for b in range(len(batch["input_ids"])):
+            m, s = batch["middle_pos"][b].item(), batch["suffix_pos"][b].item()
+            if m >= 0:
+                first = batch["input_ids"][b, m + 1]
+                aux.append(torch.nn.functional.cross_entropy(logits[b, s][None], first[None]).item())
+    expected = (plain.item() * n_tokens + 3.0 * sum(aux)) / (n_tokens + 3.0 * len(aux))
+    assert aux and with_aux.item() == pytest.approx(expected, rel=1e-4)
+
+
 def test_lr_schedule_warms_up_then_decays_to_the_floor(micro):
     factors = [micro._lr_factor(s) for s in range(0, 25)]
     assert factors[0] == pytest.approx(0.5) and factors[1] == pytest.approx(1.0)
@@ -92,5 +110,7 @@ def test_bad_model_shapes_raise(tokenizer_dir):
         TargetLM(tokenizer_dir=str(tokenizer_dir), hidden_size=30, num_heads=4)
     with pytest.raises(ValueError, match="num_kv_heads"):
         TargetLM(tokenizer_dir=str(tokenizer_dir), hidden_size=32, num_heads=4, num_kv_heads=3)
+    with pytest.raises(ValueError, match="suffix_aux_weight"):
+        TargetLM(tokenizer_dir=str(tokenizer_dir), suffix_aux_weight=-1.0)
     with pytest.raises(ValueError, match="warmup_steps"):
         TargetLM(tokenizer_dir=str(tokenizer_dir), warmup_steps=10, total_steps=5)
