@@ -136,12 +136,13 @@ class JavaLMDataset(Dataset):
     """
 
     def __init__(self, texts: list[str], sampler: FimSampler, *, length: int, fim_rate: float, seed: int,
-                 min_context_len: int | None = None, batch_size: int = 1) -> None:
+                 min_context_len: int | None = None, batch_size: int = 1, context_ramp_rows: int = 0) -> None:
         if not texts:
             raise ValueError("no documents: the corpus directory holds no *.java files")
         self.texts, self.sampler = texts, sampler
         self.length, self.fim_rate, self.seed = length, fim_rate, seed
         self.min_context_len, self.batch_size = min_context_len, batch_size
+        self.context_ramp_rows = context_ramp_rows
         self._docs: dict[int, Document] = {}
 
     def __len__(self) -> int:
@@ -153,11 +154,19 @@ class JavaLMDataset(Dataset):
         return self._docs[k]
 
     def shrink(self, i: int) -> int:
-        """Context tokens row ``i`` gives up (the same for every row of its batch)."""
+        """Context tokens row ``i`` gives up (the same for every row of its batch).
+
+        With ``context_ramp_rows`` the longest context drawn grows linearly from
+        ``min_context_len`` (row 0) to ``context_len`` (that row on): the hole's
+        first token must be read from the end of the prefix, and that attention
+        is found far sooner when the prefix end is a few tokens away.
+        """
         if self.min_context_len is None:
             return 0
         batch_rng = random.Random(self.seed * 7_000_003 + i // self.batch_size)
-        return self.sampler.context_len - batch_rng.randint(self.min_context_len, self.sampler.context_len)
+        full, low = self.sampler.context_len, self.min_context_len
+        high = full if not self.context_ramp_rows else low + round((full - low) * min(1.0, i / self.context_ramp_rows))
+        return full - batch_rng.randint(low, high)
 
     def __getitem__(self, i: int) -> tuple[list[int], int, int]:
         """Token ids of row ``i``, positions of its ``<fim_middle>`` and ``<fim_suffix>`` (-1, -1 for a plain row)."""
@@ -204,6 +213,7 @@ class JavaLMDataModule(pl.LightningDataModule):
         seq_len: int = 320,
         context_len: int = 256,
         min_context_len: int | None = None,
+        context_ramp_rows: int = 0,
         fim_rate: float = 0.7,
         token_span_rate: float = 0.3,
         train_samples: int = 16384,
@@ -222,6 +232,8 @@ class JavaLMDataModule(pl.LightningDataModule):
             context_len: tokens of a FIM prompt (prefix + suffix + 3 FIM tokens), as the scenarios use.
             min_context_len: when set, each training batch draws its context length in
                 ``[min_context_len, context_len]`` (rows shrink by as much); validation keeps ``context_len``.
+            context_ramp_rows: with ``min_context_len``, a curriculum: the longest context drawn grows
+                linearly from ``min_context_len`` to ``context_len`` over this many training rows (0: no ramp).
             fim_rate: fraction of training rows in FIM format; the rest are plain file windows.
             token_span_rate: fraction of holes cut on token rather than lexeme boundaries.
             train_samples: rows per training epoch.
@@ -242,6 +254,8 @@ class JavaLMDataModule(pl.LightningDataModule):
                              "raise seq_len")
         if min_context_len is not None and not 8 <= min_context_len <= context_len:
             raise ValueError(f"min_context_len={min_context_len} must be in [8, context_len={context_len}]")
+        if context_ramp_rows < 0:
+            raise ValueError(f"context_ramp_rows={context_ramp_rows} must be >= 0 (0: no ramp)")
         self.save_hyperparameters()
         self.corpus_dir, self.tokenizer_dir = corpus_dir, tokenizer_dir
         self.seq_len, self.context_len = seq_len, context_len
@@ -265,7 +279,8 @@ class JavaLMDataModule(pl.LightningDataModule):
         texts = [f.read_text(encoding="utf-8") for f in files]
         n_val = max(1, round(len(texts) * hp.val_fraction))
         self.train_set = JavaLMDataset(texts[:-n_val], sampler, length=hp.train_samples, fim_rate=hp.fim_rate,
-                                       seed=hp.seed, min_context_len=hp.min_context_len, batch_size=self.batch_size)
+                                       seed=hp.seed, min_context_len=hp.min_context_len, batch_size=self.batch_size,
+                                       context_ramp_rows=hp.context_ramp_rows)
         self.val_set = JavaLMDataset(texts[-n_val:], sampler, length=hp.val_samples, fim_rate=1.0,
                                      seed=hp.seed + 1)
 

@@ -31,7 +31,7 @@ EXPORT_ATTN = "eager"
 
 
 def starcoder2_config(*, vocab_size: int, special_id: int, hidden_size: int, num_layers: int, num_heads: int,
-                      num_kv_heads: int, intermediate_size: int, max_positions: int):
+                      num_kv_heads: int, intermediate_size: int, max_positions: int, rope_theta: float = 10000.0):
     """A small ``Starcoder2Config``; ``special_id`` (end of text) is bos, eos and pad."""
     from transformers import Starcoder2Config
 
@@ -44,6 +44,7 @@ def starcoder2_config(*, vocab_size: int, special_id: int, hidden_size: int, num
         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
         max_position_embeddings=max_positions, bos_token_id=special_id, eos_token_id=special_id,
         pad_token_id=special_id, initializer_range=0.02, attn_implementation=EXPORT_ATTN,
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
     )
 
 
@@ -81,6 +82,7 @@ class TargetLM(LightningModule):
         num_heads: int = 8,
         num_kv_heads: int = 2,
         intermediate_size: int = 768,
+        rope_theta: float = 10000.0,
         lr: float = 3e-3,
         min_lr_ratio: float = 0.1,
         weight_decay: float = 0.1,
@@ -102,6 +104,8 @@ class TargetLM(LightningModule):
             num_heads: query heads per layer (the heads whose patterns are studied).
             num_kv_heads: key/value heads (grouped-query attention, as in StarCoder2).
             intermediate_size: MLP width.
+            rope_theta: RoPE base; a larger base leaves more slowly rotating dimensions, which
+                match keys by content (e.g. ``<fim_suffix>``) at any distance.
             lr: peak AdamW learning rate.
             min_lr_ratio: final learning rate as a fraction of ``lr`` (cosine decay).
             weight_decay: AdamW weight decay on matrices (not on biases, norms).
@@ -136,7 +140,7 @@ class TargetLM(LightningModule):
         config = starcoder2_config(
             vocab_size=len(self.tokenizer), special_id=special, hidden_size=hidden_size, num_layers=num_layers,
             num_heads=num_heads, num_kv_heads=num_kv_heads, intermediate_size=intermediate_size,
-            max_positions=seq_len,
+            max_positions=seq_len, rope_theta=rope_theta,
         )
         # training uses the fused kernel; the export records eager for attention reading
         config._attn_implementation = "sdpa"

@@ -105,3 +105,17 @@ def test_min_context_len_shrinks_whole_batches_alike(corpus_dir, tokenizer_dir):
     long_files = [b for b in batches if len(set(b)) == 1]
     assert len(long_files) >= 8  # a batch of long-enough files shares one length
     assert all(dm.val_set[i][1] == 127 for i in range(4))
+
+
+def test_context_ramp_starts_short_and_reaches_the_full_context(corpus_dir, tokenizer_dir):
+    dm = JavaLMDataModule(corpus_dir=str(corpus_dir), tokenizer_dir=str(tokenizer_dir), seq_len=160,
+                          context_len=128, min_context_len=16, context_ramp_rows=64, fim_rate=1.0, batch_size=4,
+                          train_samples=256, val_samples=4)
+    dm.setup("fit")
+    shrinks = [dm.train_set.shrink(i) for i in range(256)]
+    assert shrinks[0] == 128 - 16  # row 0: the ramp allows min_context_len only
+    assert all(128 - s <= 16 + (128 - 16) * i / 64 + 1 for i, s in enumerate(shrinks[:64]))
+    assert max(128 - s for s in shrinks[64:]) > 112  # past the ramp the full range is drawn
+    with pytest.raises(ValueError, match="context_ramp_rows"):
+        JavaLMDataModule(corpus_dir=str(corpus_dir), tokenizer_dir=str(tokenizer_dir), min_context_len=32,
+                         context_ramp_rows=-1)
