@@ -114,3 +114,13 @@ def test_bad_model_shapes_raise(tokenizer_dir):
         TargetLM(tokenizer_dir=str(tokenizer_dir), suffix_aux_weight=-1.0)
     with pytest.raises(ValueError, match="warmup_steps"):
         TargetLM(tokenizer_dir=str(tokenizer_dir), warmup_steps=10, total_steps=5)
+
+
+def test_rope_theta_reaches_the_exported_config(tokenizer_dir, tmp_path):
+    from transformers import AutoConfig
+
+    from lit_models.target_lm import TargetLM
+
+    module = TargetLM(tokenizer_dir=str(tokenizer_dir), seq_len=64, rope_theta=123456.0, **MICRO)
+    config = AutoConfig.from_pretrained(module.export(tmp_path / "target"))
+    assert config.rope_parameters["rope_theta"] == 123456.0
