@@ -11,11 +11,13 @@ release the GIL, so compression and writing overlap them on a spare core).
 
 from __future__ import annotations
 
+import os
 import time
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -66,7 +68,7 @@ def extract(
                      n_scenarios=len(scenarios), shard_rank=rank, shard_world_size=world_size,
                      compression=compression)
     start = time.perf_counter()
-    with CacheWriter.open(path, spec, scenarios) as writer:
+    with CacheWriter.open(path, spec, scenarios) as writer, _core_for_writer(target):
         before = writer.committed
         _run(target, scenarios, writer, batch_size, progress, on_batch)
         written, rows = writer.committed - before, len(writer.rows)
@@ -102,6 +104,26 @@ def _run(target, scenarios: ScenarioSet, writer: CacheWriter, batch_size: int, p
             if in_flight is not None:
                 in_flight.exception()  # never close the file under a running write
             bar.close()
+
+
+@contextmanager
+def _core_for_writer(target) -> Iterator[None]:
+    """On CPU, leave one core to the background writer while the model runs.
+
+    Compression runs in a thread beside the forward pass; with torch's intra-op
+    pool on every core the two contend and torch's spinning threads stall
+    (measured on 2 cores: 6.4 -> 9.4 scenarios/s with one torch thread).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    on_cpu = target.device.type == "cpu"
+    if on_cpu and threads > 1 and threads >= (os.cpu_count() or 1):
+        torch.set_num_threads(threads - 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _finish(in_flight: Future | None, bar, on_batch: Callable[[int], None] | None, writer: CacheWriter) -> None:
