@@ -33,8 +33,15 @@ ui: $(VENV)/.installed
 	  --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns \
 	  --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
+# Speed figures as JSON; extraction and target quality use the demo's target and scenarios when built.
+DEMO_TARGET := $(wildcard $(DEMO_DIR)/target-a/model.safetensors)
+DEMO_SCENARIOS := $(firstword $(wildcard $(DEMO_DIR)/scenarios/scenarios-*.npz))
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_model.py
+	$(PY) benchmarks/bench_mining.py
+	$(PY) benchmarks/bench_extraction.py $(if $(DEMO_TARGET),--model $(DEMO_DIR)/target-a) \
+	  $(if $(DEMO_SCENARIOS),--scenarios $(DEMO_SCENARIOS))
+	$(if $(DEMO_TARGET),$(PY) benchmarks/eval_demo_target.py --target $(DEMO_DIR)/target-a)
 
 # The demo, end to end: each input is a file target (built once, reused by reruns);
 # `apmae.demo.run` then mines scenarios and extracts both targets' attention caches
