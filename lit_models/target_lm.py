@@ -11,7 +11,8 @@ saved with ``save_pretrained`` into one directory, with
 can be read, exactly like a hub model.
 
 Metrics: ``train/loss``, ``val/loss`` (next-token cross entropy over all real
-tokens, the hole's first token weighted by ``middle_loss_weight``) and ``val/first_token_acc`` (FIM rows: argmax at ``<fim_middle>`` ==
+tokens, the hole's first token weighted by ``middle_loss_weight``) and
+``val/first_token_acc`` (FIM rows: argmax at ``<fim_middle>`` ==
 first token of the hole, the scenarios' correctness criterion).
 """
 
