@@ -32,6 +32,7 @@ from lightning.pytorch import LightningModule
 from torch import nn
 
 from apmae.model import APMAE, APMAEConfig, APMAEOutput
+from apmae.schedules import warmup_cosine
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -58,14 +59,6 @@ def masked_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, v
     weight = mask.to(target.dtype).unsqueeze(-1) * valid.to(target.dtype).unsqueeze(0)  # (B, T, P2)
     sse = ((pred.to(target.dtype) - target) ** 2 * weight).sum()
     return MaskedError(sse=sse, count=weight.sum())
-
-
-def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """LR multiplier: linear warmup to 1 over ``warmup_steps``, then cosine down to ``min_ratio``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class LitAPMAE(LightningModule):

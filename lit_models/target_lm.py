@@ -19,7 +19,6 @@ first token of the hole, the scenarios' correctness criterion).
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,6 +26,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_only
+
+from apmae.schedules import warmup_cosine
 
 EXPORT_ATTN = "eager"
 
@@ -211,10 +212,8 @@ class TargetLM(LightningModule):
     def _lr_factor(self, step: int) -> float:
         """Linear warm-up, then cosine from 1 down to ``min_lr_ratio``."""
         hp = self.hparams
-        if step < hp.warmup_steps:
-            return (step + 1) / hp.warmup_steps
-        progress = min(1.0, (step - hp.warmup_steps) / (hp.total_steps - hp.warmup_steps))
-        return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return warmup_cosine(step, warmup_steps=hp.warmup_steps, total_steps=hp.total_steps,
+                             min_ratio=hp.min_lr_ratio)
 
     def on_fit_end(self) -> None:
         if self.hparams.export_dir:
