@@ -5,7 +5,7 @@ T = S(S+1)/2 entries of a causal lower triangle (diagonal included).
 
 Layout of one file::
 
-    patterns      (N, L, H, T) uint16   bfloat16 bit patterns of the packed lower triangles
+    patterns      (N, L, H, P) uint8    the packed lower triangles, 14 bits per value (below)
     scenario_index (N,) int64            row of the scenario in its ScenarioSet
     input_ids (N, S) int32, label_ids (N, K) int32, label_len, prediction (int32),
     probability, loss (float32), correct (uint8), task (int16), source_id (str),
@@ -15,17 +15,26 @@ Layout of one file::
            shard_rank, shard_world_size, shard_rows, apmae_version, created,
            compression, committed
 
-Why bfloat16 bit patterns: attention probabilities live in [0, 1] and span
+Values: bfloat16 bit patterns. Attention probabilities live in [0, 1] and span
 many decades; bfloat16 keeps float32's exponent range, so its relative error
 is at most 2**-8 (0.4 %) on every normal float32 and no probability flushes to
-zero. float16 of probabilities loses precision below 6e-5 and flushes to zero
-below 3e-8; float16 of log-probabilities exceeds 1 % relative error below
-1e-14 (its absolute step grows with |log p|). The packed triangle halves the
-bytes again; byte-shuffle + deflate (gzip level 1) take the rest: ~12 % smaller
-than LZF on attention patterns, and compressed in parallel threads (HDF5 runs
-its own filters in one thread, which would bottleneck a GPU extraction). LZF
-reads ~20 % faster; choose it with ``compression="lzf"``. Figures in
-benchmarks/bench_extraction.py.
+zero (the rare float32 subnormal that would round to zero is stored as the
+smallest positive bfloat16). float16 of probabilities loses precision below
+6e-5 and flushes to zero below 3e-8; float16 of log-probabilities exceeds 1 %
+relative error below 1e-14 (its absolute step grows with |log p|).
+
+Encoding ``bfloat16-14bit`` (the default): for every value in [0, 2) the two
+leading bits of its bfloat16 pattern (sign and the exponent's top bit) are 0,
+so the 14 others are stored, four values in 7 bytes (little-endian, value k
+of a group in bits 14k..14k+13), P = 7 * ceil(T / 4) bytes per head: exactly
+bfloat16, in 12.5 % fewer bytes than ``bfloat16-bits`` (uint16, P = T), the
+encoding to choose for models whose "attention" leaves [0, 2). With the packed
+triangle a head costs 57.6 KB at S=256 instead of 262 KB of float32.
+Compression stays optional: byte-level codecs (deflate, LZF) gain only
+~1.1-1.3x on these near-random mantissa bits and run at ~40-70 MB/s per core
+here, slower than the model produces patterns (benchmarks/bench_extraction.py);
+``compression="gzip"`` deflates chunks in parallel threads when disk matters
+more than time.
 
 ``committed`` is written only after a batch's rows are flushed, so a run
 killed at any point resumes exactly where it stopped. The reader needs only
@@ -50,10 +59,11 @@ from typing import Any, Iterator, Sequence
 import h5py
 import numpy as np
 
-SCHEMA_VERSION = 1
-ENCODING = "bfloat16-bits"
+SCHEMA_VERSION = 2
+ENCODINGS = ("bfloat16-14bit", "bfloat16-bits")
+DEFAULT_ENCODING = "bfloat16-14bit"
 COMPRESSIONS = ("none", "lzf", "gzip")
-DEFAULT_COMPRESSION = "gzip"
+DEFAULT_COMPRESSION = "none"
 _CHUNK_BYTES = 1 << 16  # a chunk holds about one S=256 head: one head read touches one chunk
 _GZIP_LEVEL = 1  # level 4 saves only ~2 % more on attention patterns and compresses much slower
 
@@ -62,7 +72,7 @@ _SCENARIO_COLUMNS = ("input_ids", "label_ids", "label_len", "task", "source_id",
 _RESULT_COLUMNS = {"prediction": np.int32, "probability": np.float32, "correct": np.uint8, "loss": np.float32}
 # Attributes that must agree before a file is appended to.
 _IDENTITY = ("model", "n_layers", "n_heads", "seq_len", "dtype", "scenario_fingerprint", "n_scenarios",
-             "shard_rank", "shard_world_size")
+             "shard_rank", "shard_world_size", "encoding")
 
 
 class CacheError(ValueError):
@@ -110,6 +120,104 @@ def decode_patterns(bits: np.ndarray) -> np.ndarray:
     return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
+def encode_attentions(attentions: Sequence[Any]) -> np.ndarray:
+    """Per-layer attention tensors (B, H, S, S) -> bfloat16 bits of their lower triangles (B, L, H, T) uint16.
+
+    Each layer is rounded to bfloat16 on its device first, so only half the
+    bytes are gathered (with numpy's ``take`` on CPU, several times faster
+    than a torch gather there; on the device otherwise). Non-zero values that
+    round to zero are repaired as in :func:`encode_patterns`.
+    """
+    import torch
+
+    first = attentions[0]
+    b, h, s, _ = first.shape
+    idx = _flat_tril(s)
+    out = np.empty((b, len(attentions), h, len(idx)), dtype=np.uint16)
+    for layer, a in enumerate(attentions):
+        y = a.to(torch.bfloat16).view(torch.int16).flatten(-2)  # (B, H, S*S)
+        if y.device.type == "cpu":
+            out[:, layer] = np.take(y.numpy().view(np.uint16), idx, axis=-1, mode="clip")
+        else:
+            out[:, layer] = y.index_select(-1, torch.from_numpy(idx).to(y.device)).cpu().numpy().view(np.uint16)
+        zeros = np.flatnonzero(out[:, layer] == 0)  # true zeros are rare in a causal triangle
+        if len(zeros):
+            bi, hi, ti = np.unravel_index(zeros, (b, h, len(idx)))
+            original = a.flatten(-2)[torch.from_numpy(bi), torch.from_numpy(hi), torch.from_numpy(idx[ti])]
+            lost = (original != 0).cpu().numpy()
+            out[bi[lost], layer, hi[lost], ti[lost]] = np.where(original[torch.from_numpy(lost)].cpu().numpy() > 0,
+                                                                0x0001, 0x8001)
+    return out
+
+
+_MASK14 = np.uint64(0x3FFF)
+_U64 = [np.uint64(k) for k in range(65)]
+
+
+def packed_width(n_values: int, encoding: str = DEFAULT_ENCODING) -> int:
+    """Stored elements per head for ``n_values`` triangle entries (bytes for 14-bit, uint16 values otherwise)."""
+    return 7 * -(-n_values // 4) if encoding == "bfloat16-14bit" else n_values
+
+
+def to_14bit(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (..., T) uint16 of values in [0, 2) -> (..., 7 * ceil(T / 4)) uint8.
+
+    The result is a little-endian bit stream with value i in bits 14i..14i+13
+    (zero-padded to whole 7-byte groups of four values). Four values read as
+    one 64-bit word hold their payload at bits 0, 16, 32 and 48; shifts close
+    the gaps to 56 bits and the empty top byte is dropped.
+
+    Raises:
+        ValueError: a value is negative, >= 2 or not finite (its two leading bits are not 0).
+    """
+    bits = np.asarray(bits, dtype=np.uint16)
+    if bits.size and int(bits.max()) >= 0x4000:
+        raise ValueError("attention values outside [0, 2) (negative, >= 2 or NaN) cannot be stored with "
+                         "encoding='bfloat16-14bit'; use encoding='bfloat16-bits'")
+    lead, n = bits.shape[:-1], bits.shape[-1]
+    groups = -(-n // 4)
+    if n % 4 or not bits.flags.c_contiguous or bits.dtype.byteorder == ">":
+        padded = np.zeros((*lead, groups * 4), dtype="<u2")
+        padded[..., :n] = bits
+        bits = padded
+    word = bits.view("<u8")  # (..., groups)
+    out, tmp = word & _MASK14, np.empty_like(word)
+    for k in (1, 2, 3):  # in place: no temporaries per step
+        np.right_shift(word, _U64[2 * k], out=tmp)
+        np.bitwise_and(tmp, _MASK14 << _U64[14 * k], out=tmp)
+        np.bitwise_or(out, tmp, out=out)
+    return np.ascontiguousarray(out.view(np.uint8).reshape(*lead, groups, 8)[..., :7]).reshape(*lead, groups * 7)
+
+
+def from_14bit(data: np.ndarray, n_values: int) -> np.ndarray:
+    """Inverse of :func:`to_14bit`: (..., 7 * ceil(T / 4)) uint8 -> (..., T) uint16."""
+    data = np.asarray(data, dtype=np.uint8)
+    lead = data.shape[:-1]
+    if data.shape[-1] % 7 or data.shape[-1] // 7 * 4 < n_values:
+        raise ValueError(f"{data.shape[-1]} bytes per head do not hold {n_values} 14-bit values")
+    groups = data.shape[-1] // 7
+    padded = np.zeros((*lead, groups, 8), dtype=np.uint8)
+    padded[..., :7] = data.reshape(*lead, groups, 7)
+    packed = padded.view("<u8")[..., 0]  # (..., groups)
+    word, tmp = packed & _MASK14, np.empty_like(packed)
+    for k in (1, 2, 3):
+        np.left_shift(packed, _U64[2 * k], out=tmp)
+        np.bitwise_and(tmp, _MASK14 << _U64[16 * k], out=tmp)
+        np.bitwise_or(word, tmp, out=word)
+    return word.view("<u2").reshape(*lead, groups * 4)[..., :n_values]
+
+
+def encode_stored(bits: np.ndarray, encoding: str) -> np.ndarray:
+    """bfloat16 bits (..., T) -> what a cache with ``encoding`` stores."""
+    return to_14bit(bits) if encoding == "bfloat16-14bit" else np.asarray(bits, dtype=np.uint16)
+
+
+def decode_stored(stored: np.ndarray, encoding: str, n_values: int) -> np.ndarray:
+    """What a cache with ``encoding`` stores -> float32 values (..., T)."""
+    bits = from_14bit(stored, n_values) if encoding == "bfloat16-14bit" else stored
+    return decode_patterns(bits)
+
+
 @functools.lru_cache(maxsize=8)
 def _flat_tril(seq_len: int) -> np.ndarray:
     rows, cols = np.tril_indices(seq_len)
@@ -149,13 +257,14 @@ class CacheSpec:
     shard_rank: int = 0
     shard_world_size: int = 1
     compression: str = DEFAULT_COMPRESSION
+    encoding: str = DEFAULT_ENCODING
 
     def identity(self) -> dict[str, Any]:
         t = self.target
         return {"model": t["model"], "n_layers": t["n_layers"], "n_heads": t["n_heads"], "seq_len": self.seq_len,
                 "dtype": t["dtype"], "scenario_fingerprint": self.scenario_fingerprint,
                 "n_scenarios": self.n_scenarios, "shard_rank": self.shard_rank,
-                "shard_world_size": self.shard_world_size}
+                "shard_world_size": self.shard_world_size, "encoding": self.encoding}
 
 
 def _open_h5(path: Path, mode: str) -> h5py.File:
@@ -171,7 +280,8 @@ def _file_identity(f: h5py.File) -> dict[str, Any]:
     return {"model": target["model"], "n_layers": int(a["n_layers"]), "n_heads": int(a["n_heads"]),
             "seq_len": int(a["seq_len"]), "dtype": target["dtype"],
             "scenario_fingerprint": str(a["scenario_fingerprint"]), "n_scenarios": int(a["n_scenarios"]),
-            "shard_rank": int(a["shard_rank"]), "shard_world_size": int(a["shard_world_size"])}
+            "shard_rank": int(a["shard_rank"]), "shard_world_size": int(a["shard_world_size"]),
+            "encoding": str(a["encoding"])}
 
 
 def _check_schema(f: h5py.File, path: Path) -> None:
@@ -198,6 +308,7 @@ class CacheWriter:
     def __init__(self, path: Path, file: h5py.File, scenarios: Any, rows: np.ndarray) -> None:
         self.path, self._f, self._scenarios, self.rows = path, file, scenarios, rows
         self.committed = int(file.attrs["committed"])
+        self.encoding = str(file.attrs["encoding"])
         # HDF5 runs its filters in one thread; deflate in Python threads (zlib releases the GIL) scales
         self._pool = ThreadPoolExecutor(_compress_threads()) if file["patterns"].compression == "gzip" else None
 
@@ -213,6 +324,8 @@ class CacheWriter:
         path = Path(path)
         if spec.compression not in COMPRESSIONS:
             raise ValueError(f"compression={spec.compression!r}; use one of {COMPRESSIONS}")
+        if spec.encoding not in ENCODINGS:
+            raise ValueError(f"encoding={spec.encoding!r}; use one of {ENCODINGS}")
         rows = shard_rows(spec.n_scenarios, spec.shard_rank, spec.shard_world_size)
         if path.exists():
             f = _open_h5(path, "r+")
@@ -235,16 +348,27 @@ class CacheWriter:
         """Scenario rows still to extract, in the order they must be appended."""
         return self.rows[self.committed:]
 
+    def encode(self, bits: np.ndarray) -> np.ndarray:
+        """bfloat16 bits of packed triangles (B, L, H, T) -> this file's stored form (thread-safe, no I/O)."""
+        return encode_stored(bits, self.encoding)
+
     def append(self, patterns: np.ndarray, prediction: Any, probability: Any, correct: Any, loss: Any) -> None:
-        """Write the next ``B`` rows: packed uint16 patterns (B, L, H, T) plus their outcomes.
+        """Write the next ``B`` rows: patterns as :meth:`encode` returns them, plus their outcomes.
 
         The rows are flushed before ``committed`` moves, so a kill in between
         leaves them uncommitted and the resumed run rewrites them.
+
+        Raises:
+            ValueError: the rows overrun the shard or the patterns have the wrong shape or type.
         """
         b = len(patterns)
         lo, hi = self.committed, self.committed + b
         if hi > len(self.rows):
             raise ValueError(f"appending {b} rows overruns the shard's {len(self.rows)} rows")
+        ds = self._f["patterns"]
+        if patterns.shape[1:] != ds.shape[1:] or patterns.dtype != ds.dtype:
+            raise ValueError(f"patterns of shape {patterns.shape[1:]} {patterns.dtype} do not fit this cache's "
+                             f"{ds.shape[1:]} {ds.dtype} ({self.encoding}); encode them with CacheWriter.encode")
         f, idx = self._f, self.rows[lo:hi]
         _write_patterns(f["patterns"], lo, patterns, self._pool)
         f["scenario_index"][lo:hi] = idx
@@ -279,18 +403,18 @@ def _check_identity(found: dict[str, Any], expected: dict[str, Any], path: Path)
         )
 
 
-def chunk_heads(n_heads: int, seq_len: int) -> int:
+def chunk_heads(n_heads: int, head_bytes: int) -> int:
     """Heads per chunk: the largest divisor of H whose chunk stays within ~64 KiB (at least 1)."""
-    per_head = triangle_size(seq_len) * 2
+    per_head = head_bytes
     fitting = [d for d in range(1, n_heads + 1) if n_heads % d == 0 and d * per_head <= _CHUNK_BYTES]
     return max(fitting, default=1)
 
 
 def _compression_kwargs(name: str) -> dict[str, Any]:
-    if name == "none":
-        return {}
-    # shuffle groups the high (exponent) bytes together: they repeat and compress well
-    return {"compression": name, "shuffle": True, **({"compression_opts": _GZIP_LEVEL} if name == "gzip" else {})}
+    if name == "gzip":  # chunks are deflated by apmae (zlib's Adler-32 detects damage)
+        return {"compression": name, "shuffle": True, "compression_opts": _GZIP_LEVEL}
+    # a Fletcher-32 checksum per chunk makes damaged data an error instead of wrong values
+    return {"fletcher32": True, **({"compression": name, "shuffle": True} if name == "lzf" else {})}
 
 
 def _compress_threads() -> int:
@@ -311,8 +435,10 @@ def _write_patterns(ds: h5py.Dataset, lo: int, patterns: np.ndarray, pool: Threa
 
 
 def _shuffle_deflate(block: np.ndarray) -> bytes:
-    """What HDF5's shuffle + deflate filters store for one uint16 chunk: low bytes, then high bytes, zlib."""
-    shuffled = np.ascontiguousarray(block, dtype="<u2").view(np.uint8).reshape(-1, 2).T  # (2, elements)
+    """What HDF5's shuffle + deflate filters store for one chunk: byte k of every element together, zlib."""
+    size = block.dtype.itemsize
+    flat = np.ascontiguousarray(block, dtype=block.dtype.newbyteorder("<")).view(np.uint8)
+    shuffled = flat.reshape(-1, size).T if size > 1 else flat  # (itemsize, elements)
     return zlib.compress(shuffled.tobytes(), _GZIP_LEVEL)
 
 
@@ -322,8 +448,11 @@ def _create(path: Path, spec: CacheSpec, scenarios: Any, n_rows: int) -> h5py.Fi
     n_layers, n_heads, s = t["n_layers"], t["n_heads"], spec.seq_len
     tmp = path.with_name(path.name + ".creating")
     f = h5py.File(tmp, "w")
-    f.create_dataset("patterns", shape=(n_rows, n_layers, n_heads, triangle_size(s)), dtype=np.uint16,
-                     chunks=(1, 1, chunk_heads(n_heads, s), triangle_size(s)), **_compression_kwargs(spec.compression))
+    width = packed_width(triangle_size(s), spec.encoding)
+    dtype = np.uint8 if spec.encoding == "bfloat16-14bit" else np.uint16
+    f.create_dataset("patterns", shape=(n_rows, n_layers, n_heads, width), dtype=dtype,
+                     chunks=(1, 1, chunk_heads(n_heads, width * np.dtype(dtype).itemsize), width),
+                     **_compression_kwargs(spec.compression))
     f.create_dataset("scenario_index", shape=(n_rows,), dtype=np.int64)
     for name in _SCENARIO_COLUMNS:
         col = getattr(scenarios, name)
@@ -342,7 +471,7 @@ def _write_attrs(f: h5py.File, spec: CacheSpec, scenarios: Any, n_rows: int) -> 
 
     t = spec.target
     attrs = {
-        "schema_version": SCHEMA_VERSION, "encoding": ENCODING, "target": json.dumps(t),
+        "schema_version": SCHEMA_VERSION, "encoding": spec.encoding, "target": json.dumps(t),
         "seq_len": spec.seq_len, "n_layers": t["n_layers"], "n_heads": t["n_heads"],
         "scenario_fingerprint": spec.scenario_fingerprint, "scenario_meta": json.dumps(scenarios.meta, default=str),
         "task_names": json.dumps(list(scenarios.task_names)), "n_scenarios": spec.n_scenarios,
@@ -478,13 +607,16 @@ class AttentionCache:
             raise CacheError(f"cannot read row {i} of {self._shards[shard].path} ({e}); the file is "
                              "corrupt: delete it to rebuild") from e
 
+    def _decode(self, stored: np.ndarray) -> np.ndarray:
+        return decode_stored(stored, str(self.attrs["encoding"]), triangle_size(self.seq_len))
+
     def packed(self, i: int) -> np.ndarray:
         """(L, H, T) float32 lower triangles of row ``i``."""
-        return decode_patterns(self._read(i, ()))
+        return self._decode(self._read(i, ()))
 
     def pattern(self, i: int, layer: int, head: int) -> np.ndarray:
         """(S, S) float32 pattern of one head of row ``i``."""
-        return unpack(decode_patterns(self._read(i, (layer, head))), self.seq_len)
+        return unpack(self._decode(self._read(i, (layer, head))), self.seq_len)
 
     def scenario(self, i: int) -> np.ndarray:
         """(L, H, S, S) float32 patterns of every head of row ``i``."""

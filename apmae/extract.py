@@ -2,17 +2,22 @@
 
 Glossary: B scenarios per batch, S tokens, L layers, H query heads, T = S(S+1)/2.
 
-Per batch: one eager forward pass, lower triangles gathered and rounded to
-bfloat16 on the model's device (only 2T bytes per head cross to the host),
-then one HDF5 write per column for the whole batch. Writing batch k runs in a
-background thread while the model computes batch k+1 (the model's kernels
-release the GIL, so compression and writing overlap them on a spare core).
+Per batch: one eager forward pass, each layer rounded to bfloat16 on the
+model's device and its lower triangles gathered (only 2T bytes per head cross
+to the host), encoded into the cache's stored form, then one HDF5 write per
+column for the whole batch. ``workers`` batches are computed at once in
+threads (the model's kernels and numpy release the GIL) while the main thread
+writes finished batches strictly in order. On CPU each worker gets an equal
+share of torch's threads: for the small matrices of a small model, two
+single-threaded forward passes side by side beat one two-threaded pass.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
+from collections import deque
 from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +26,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from apmae.cache import DEFAULT_COMPRESSION, CacheSpec, CacheWriter, encode_patterns
+from apmae.cache import DEFAULT_COMPRESSION, DEFAULT_ENCODING, CacheSpec, CacheWriter
 from apmae.scenario_set import ScenarioSet
 
 
@@ -49,92 +54,111 @@ def extract(
     rank: int = 0,
     world_size: int = 1,
     compression: str = DEFAULT_COMPRESSION,
+    encoding: str = DEFAULT_ENCODING,
+    workers: int = 2,
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> ExtractionResult:
     """Extract (or resume) rank ``rank``'s shard of ``scenarios`` into ``path``.
 
-    ``target`` is an :class:`apmae.target.Target`. ``on_batch(committed)`` is
-    called after each batch is committed.
+    ``target`` is an :class:`apmae.target.Target`. ``workers`` batches are in
+    flight at once (computed in threads, written in order). ``on_batch(committed)``
+    is called after each batch is committed.
 
     Raises:
-        ValueError: bad batch size, or scenarios whose length differs from an
+        ValueError: bad batch size or workers, or scenarios whose length differs from an
             existing cache's (see :class:`apmae.cache.CacheMismatchError`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; it must be at least 1")
+    if workers < 1:
+        raise ValueError(f"workers={workers}; it must be at least 1")
     check_scenarios(scenarios)
     spec = CacheSpec(target=target.summary(), seq_len=scenarios.seq_len, scenario_fingerprint=scenarios.fingerprint(),
                      n_scenarios=len(scenarios), shard_rank=rank, shard_world_size=world_size,
-                     compression=compression)
+                     compression=compression, encoding=encoding)
     start = time.perf_counter()
-    with CacheWriter.open(path, spec, scenarios) as writer, _core_for_writer(target):
+    with CacheWriter.open(path, spec, scenarios) as writer, _threads_per_worker(target, workers):
         before = writer.committed
-        _run(target, scenarios, writer, batch_size, progress, on_batch)
+        _run(target, scenarios, writer, batch_size, workers, progress, on_batch)
         written, rows = writer.committed - before, len(writer.rows)
     return ExtractionResult(path=Path(path), rows=rows, written=written,
                             seconds=time.perf_counter() - start, bytes=Path(path).stat().st_size)
 
 
-def _run(target, scenarios: ScenarioSet, writer: CacheWriter, batch_size: int, progress: bool,
+def _run(target, scenarios: ScenarioSet, writer: CacheWriter, batch_size: int, workers: int, progress: bool,
          on_batch: Callable[[int], None] | None) -> None:
-    import torch
     from tqdm.auto import tqdm
 
-    from apmae.target import run_batch
-
     pending = writer.pending()
+    batches = [pending[lo:lo + batch_size] for lo in range(0, len(pending), batch_size)]
     bar = tqdm(total=len(writer.rows), initial=writer.committed, unit="scenario", disable=not progress,
                desc=f"attentions -> {writer.path.name}", smoothing=0.1)
-    in_flight: Future | None = None
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    in_flight: deque[Future] = deque()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         try:
-            for lo in range(0, len(pending), batch_size):
-                idx = pending[lo:lo + batch_size]
-                out = run_batch(target, torch.from_numpy(scenarios.input_ids[idx]),
-                                torch.from_numpy(scenarios.label_ids[idx, 0]),
-                                middle_pos=torch.from_numpy(scenarios.middle_pos[idx]), pack=True)
-                columns = (encode_patterns(out.attentions), out.prediction.cpu().numpy(),
-                           out.probability.cpu().numpy(), out.correct.cpu().numpy(), out.loss.cpu().numpy())
-                _finish(in_flight, bar, on_batch, writer)
-                in_flight = pool.submit(writer.append, *columns)
-            _finish(in_flight, bar, on_batch, writer)
-            in_flight = None
+            for idx in batches:
+                in_flight.append(pool.submit(_compute, target, scenarios, writer, idx))
+                if len(in_flight) > workers:
+                    _commit(in_flight.popleft(), writer, bar, on_batch)
+            while in_flight:
+                _commit(in_flight.popleft(), writer, bar, on_batch)
         finally:
-            if in_flight is not None:
-                in_flight.exception()  # never close the file under a running write
+            for future in in_flight:  # an error or interrupt: drop what is not written yet
+                future.cancel()
             bar.close()
 
 
-@contextmanager
-def _core_for_writer(target) -> Iterator[None]:
-    """On CPU, leave one core to the background writer while the model runs.
+def _compute(target, scenarios: ScenarioSet, writer: CacheWriter, idx: np.ndarray) -> tuple:
+    """One batch's stored patterns and outcomes (runs in a worker thread; no file access)."""
+    import torch
 
-    Compression runs in a thread beside the forward pass; with torch's intra-op
-    pool on every core the two contend and torch's spinning threads stall
-    (measured on 2 cores: 6.4 -> 9.4 scenarios/s with one torch thread).
+    from apmae.target import run_batch
+
+    out = run_batch(target, torch.from_numpy(scenarios.input_ids[idx]), torch.from_numpy(scenarios.label_ids[idx, 0]),
+                    middle_pos=torch.from_numpy(scenarios.middle_pos[idx]), bits=True)
+    return (writer.encode(out.attentions), out.prediction.cpu().numpy(), out.probability.cpu().numpy(),
+            out.correct.cpu().numpy(), out.loss.cpu().numpy())
+
+
+def _commit(future: Future, writer: CacheWriter, bar, on_batch: Callable[[int], None] | None) -> None:
+    """Write a computed batch (the next one in order) and report it."""
+    writer.append(*future.result())
+    bar.n = writer.committed
+    bar.refresh()
+    if on_batch is not None:
+        on_batch(writer.committed)
+
+
+@contextmanager
+def _threads_per_worker(target, workers: int) -> Iterator[None]:
+    """On CPU, split torch's threads between the workers and keep freed activations mapped.
+
+    Each batch allocates (B, H, S, S) attention tensors of several MB per
+    layer; glibc returns such blocks to the OS on free and the next batch
+    page-faults them back in, which costs more than the arithmetic of a small
+    model. Raising glibc's mmap and trim thresholds (process-wide, a no-op
+    elsewhere) keeps them in the heap (measured: 16 -> 10 ms per scenario).
     """
     import torch
 
     threads = torch.get_num_threads()
-    on_cpu = target.device.type == "cpu"
-    if on_cpu and threads > 1 and threads >= (os.cpu_count() or 1):
-        torch.set_num_threads(threads - 1)
+    if target.device.type == "cpu":
+        torch.set_num_threads(max(1, threads // workers))
+        _keep_freed_memory()
     try:
         yield
     finally:
         torch.set_num_threads(threads)
 
 
-def _finish(in_flight: Future | None, bar, on_batch: Callable[[int], None] | None, writer: CacheWriter) -> None:
-    """Wait for the previous batch's write; report it."""
-    if in_flight is None:
-        return
-    in_flight.result()
-    bar.n = writer.committed
-    bar.refresh()
-    if on_batch is not None:
-        on_batch(writer.committed)
+def _keep_freed_memory() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 1 << 25)  # M_MMAP_THRESHOLD (glibc's maximum: 32 MiB)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def check_scenarios(scenarios: ScenarioSet) -> None:

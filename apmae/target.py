@@ -67,7 +67,7 @@ class Target:
 class TargetOutput:
     """Per-scenario results of one batched forward pass."""
 
-    attentions: torch.Tensor  # (B, L, H, S, S) float, or (B, L, H, T) when packed
+    attentions: Any  # (B, L, H, S, S) float, (B, L, H, T) when packed, numpy uint16 bits with ``bits``
     prediction: torch.Tensor  # (B,) long, argmax at <fim_middle>
     probability: torch.Tensor  # (B,) float32, softmax probability of the prediction
     label: torch.Tensor  # (B,) long, the hole's first token
@@ -159,13 +159,17 @@ def run_batch(
     *,
     middle_pos: torch.Tensor | None = None,
     pack: bool = False,
+    bits: bool = False,
 ) -> TargetOutput:
     """One forward pass over ``input_ids`` (B, S) returning attentions and the first-token outcome.
 
     ``label_first`` (B,) is the first token of each hole; ``middle_pos`` (B,)
     the ``<fim_middle>`` position (default: the last one). With ``pack`` the
     patterns come back as their lower triangles (B, L, H, T), gathered on the
-    model's device so the full (B, L, H, S, S) stack is never built.
+    model's device so the full (B, L, H, S, S) stack is never built. With
+    ``bits`` they come back as the bfloat16 bit patterns of those triangles, a
+    (B, L, H, T) uint16 numpy array (:func:`apmae.cache.encode_attentions`),
+    what the attention cache stores.
 
     Raises:
         ValueError: the model returned no attention patterns.
@@ -185,8 +189,13 @@ def run_batch(
             "attn_implementation='eager' (fused sdpa/flash kernels do not return them)"
         )
     logits = out.logits[:, -1] if out.logits.shape[1] == 1 else out.logits[torch.arange(len(pos), device=device), pos]
-    return _outcome(logits.float(), label_first.to(device=device, dtype=torch.long),
-                    _stack_patterns(out.attentions, seq_len, pack))
+    if bits:
+        from apmae.cache import encode_attentions
+
+        patterns = encode_attentions(out.attentions)
+    else:
+        patterns = _stack_patterns(out.attentions, seq_len, pack)
+    return _outcome(logits.float(), label_first.to(device=device, dtype=torch.long), patterns)
 
 
 def _stack_patterns(attentions: Sequence[torch.Tensor], seq_len: int, pack: bool) -> torch.Tensor:

@@ -9,12 +9,13 @@ random scenarios at S=256.
 
 Measured in one run over the same scenarios:
 
-- ``cache``: apmae's extraction (batched forward, packed bfloat16 triangles
-  gathered on the model's device, one HDF5 write per batch, compression);
-- ``baseline``: batch of 1, full float32 S x S per head, one HDF5 row per
-  head, no compression (the public reproduction's approach);
-- ``compression``: bytes per head and write/read speed of none / lzf / gzip
-  on the same real patterns;
+- ``baseline`` (run first, before anything of apmae's extraction touches the
+  process): batch of 1, full float32 S x S per head, one HDF5 row per head,
+  no compression (the public reproduction's approach);
+- ``cache``: apmae's extraction (batched forwards in worker threads, packed
+  bfloat16 triangles in the default encoding, one HDF5 write per batch);
+- ``compression``: bytes per head and write/read speed of each encoding with
+  none / lzf / gzip on the same real patterns;
 - ``precision``: bfloat16 of probabilities against float16 of log-probabilities.
 """
 
@@ -34,8 +35,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from apmae.cache import (COMPRESSIONS, DEFAULT_COMPRESSION, AttentionCache, CacheSpec, CacheWriter,  # noqa: E402
-                         decode_patterns, encode_patterns, shard_path)
+from apmae.cache import (COMPRESSIONS, DEFAULT_COMPRESSION, DEFAULT_ENCODING, ENCODINGS,  # noqa: E402
+                         AttentionCache, CacheSpec, CacheWriter, decode_patterns, decode_stored, encode_patterns,
+                         encode_stored, shard_path, triangle_size)
 from apmae.extract import extract  # noqa: E402
 from apmae.scenario_set import ScenarioSet  # noqa: E402
 from apmae.target import Target, load_target, run_batch, wrap_model  # noqa: E402
@@ -76,19 +78,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_cache(target: Target, scenarios: ScenarioSet, out: Path, *, batch_size: int, compression: str) -> dict:
+def bench_cache(target: Target, scenarios: ScenarioSet, out: Path, *, batch_size: int, compression: str,
+                encoding: str, workers: int) -> dict:
     """apmae's extraction into a fresh cache file."""
-    warm = scenarios.subset(np.arange(min(batch_size, len(scenarios))))
-    extract(target, warm, out / "warmup.rank0.h5", batch_size=batch_size, progress=False, compression=compression)
+    kwargs = {"batch_size": batch_size, "progress": False, "compression": compression, "encoding": encoding,
+              "workers": workers}
+    warm = scenarios.subset(np.arange(min(batch_size * workers, len(scenarios))))
+    extract(target, warm, out / "warmup.rank0.h5", **kwargs)
     path = shard_path(out, "bench", 0)
-    result = extract(target, scenarios, path, batch_size=batch_size, progress=False, compression=compression)
+    result = extract(target, scenarios, path, **kwargs)
     n, heads = len(scenarios), target.n_layers * target.n_heads
     with h5py.File(path, "r") as f:
         pattern_bytes = f["patterns"].id.get_storage_size()
     return {"scenarios_per_s": round(result.scenarios_per_s, 2), "seconds": round(result.seconds, 2),
             "file_mb_per_1000_scenarios": round(result.bytes / n * 1000 / 1e6, 2),
             "bytes_per_head_pattern": round(pattern_bytes / (n * heads), 1),
-            "batch_size": batch_size, "compression": compression, "path": path}
+            "batch_size": batch_size, "workers": workers, "compression": compression, "encoding": encoding,
+            "path": path}
 
 
 def bench_baseline(target: Target, scenarios: ScenarioSet, out: Path) -> dict:
@@ -123,33 +129,41 @@ def _baseline_one(model, scenarios: ScenarioSet, i: int, ds, correct, heads: int
 
 
 def bench_compression(target: Target, scenarios: ScenarioSet, out: Path, *, n: int, batch_size: int) -> dict:
-    """Bytes per head and write/read speed of each compression on the same real patterns."""
+    """Bytes per head, encode + write speed and read speed of each encoding and compression on the same patterns.
+
+    ``encode_write_mb_per_s`` counts the raw bfloat16 triangles (2T bytes per head) encoded and written per
+    second in one thread, so the rows compare CPU cost directly.
+    """
     sample = scenarios.subset(np.arange(min(n, len(scenarios))))
     batches = [_packed_batch(target, sample, lo, batch_size) for lo in range(0, len(sample), batch_size)]
     heads = target.n_layers * target.n_heads
+    raw = len(sample) * heads * triangle_size(sample.seq_len) * 2
     report = {}
-    for name in COMPRESSIONS:
-        path = shard_path(out / f"compress-{name}", "bench", 0)
-        spec = CacheSpec(target=target.summary(), seq_len=sample.seq_len, scenario_fingerprint=sample.fingerprint(),
-                         n_scenarios=len(sample), compression=name)
-        start = time.perf_counter()
-        with CacheWriter.open(path, spec, sample) as writer:
-            for bits, outc in batches:
-                writer.append(bits, outc.prediction.cpu(), outc.probability.cpu(), outc.correct.cpu(),
-                              outc.loss.cpu())
-        write_s = time.perf_counter() - start
-        with h5py.File(path, "r") as f:
-            stored = f["patterns"].id.get_storage_size()
-        report[name] = {"bytes_per_head_pattern": round(stored / (len(sample) * heads), 1),
-                        "write_mb_per_s": round(stored / write_s / 1e6, 1), **_read_speed(path, target)}
+    for encoding in ENCODINGS:
+        for name in COMPRESSIONS:
+            path = shard_path(out / f"compress-{encoding}-{name}", "bench", 0)
+            spec = CacheSpec(target=target.summary(), seq_len=sample.seq_len,
+                             scenario_fingerprint=sample.fingerprint(), n_scenarios=len(sample), compression=name,
+                             encoding=encoding)
+            start = time.perf_counter()
+            with CacheWriter.open(path, spec, sample) as writer:
+                for bits, outc in batches:
+                    writer.append(writer.encode(bits), outc.prediction.cpu(), outc.probability.cpu(),
+                                  outc.correct.cpu(), outc.loss.cpu())
+            write_s = time.perf_counter() - start
+            with h5py.File(path, "r") as f:
+                stored = f["patterns"].id.get_storage_size()
+            report[f"{encoding}/{name}"] = {"bytes_per_head_pattern": round(stored / (len(sample) * heads), 1),
+                                            "encode_write_mb_per_s": round(raw / write_s / 1e6, 1),
+                                            **_read_speed(path, target)}
     return report
 
 
 def _packed_batch(target: Target, scenarios: ScenarioSet, lo: int, batch_size: int):
     idx = np.arange(lo, min(lo + batch_size, len(scenarios)))
     out = run_batch(target, torch.from_numpy(scenarios.input_ids[idx]), torch.from_numpy(scenarios.label_ids[idx, 0]),
-                    pack=True)
-    return encode_patterns(out.attentions), out
+                    bits=True)
+    return out.attentions, out
 
 
 def _read_speed(path: Path, target: Target) -> dict:
@@ -171,28 +185,31 @@ def _read_speed(path: Path, target: Target) -> dict:
 
 
 def bench_chunks(target: Target, scenarios: ScenarioSet, out: Path, *, n: int, batch_size: int) -> dict:
-    """Head reads/s and scenario reads/s (lzf, the faster reader) for three chunk shapes over the same patterns."""
+    """Head reads/s and scenario reads/s (default encoding, uncompressed) for three chunk shapes."""
     sample = scenarios.subset(np.arange(min(n, len(scenarios))))
     bits = np.concatenate([_packed_batch(target, sample, lo, batch_size)[0]
                            for lo in range(0, len(sample), batch_size)])  # (N, L, H, T)
-    n_rows, n_layers, n_heads, t = bits.shape
+    values = bits.shape[-1]
+    stored = encode_stored(bits, DEFAULT_ENCODING)  # (N, L, H, P)
+    n_rows, n_layers, n_heads, t = stored.shape
     shapes = {"one_head": (1, 1, 1, t), "one_layer": (1, 1, n_heads, t), "one_scenario": (1, n_layers, n_heads, t)}
     rng = np.random.default_rng(0)
     picks = [tuple(int(rng.integers(k)) for k in (n_rows, n_layers, n_heads)) for _ in range(300)]
     report = {}
     for name, chunks in shapes.items():
         with h5py.File(out / f"chunks-{name}.h5", "w") as f:
-            f.create_dataset("p", data=bits, chunks=chunks, compression="lzf", shuffle=True)
+            f.create_dataset("p", data=stored, chunks=chunks)
         with h5py.File(out / f"chunks-{name}.h5", "r") as f:
             ds = f["p"]
             start = time.perf_counter()
             for i, layer, head in picks:
-                decode_patterns(ds[i, layer, head])
+                decode_stored(ds[i, layer, head], DEFAULT_ENCODING, values)
             heads_s = len(picks) / (time.perf_counter() - start)
             start = time.perf_counter()
             for i in range(n_rows):
-                decode_patterns(ds[i])
-            report[name] = {"chunk_kib": round(np.prod(chunks) * 2 / 1024, 1), "head_reads_per_s": round(heads_s, 1),
+                decode_stored(ds[i], DEFAULT_ENCODING, values)
+            report[name] = {"chunk_kib": round(np.prod(chunks) * stored.itemsize / 1024, 1),
+                            "head_reads_per_s": round(heads_s, 1),
                             "scenario_reads_per_s": round(n_rows / (time.perf_counter() - start), 1)}
     return report
 
@@ -205,7 +222,9 @@ def bench_precision(target: Target, scenarios: ScenarioSet, n: int) -> dict:
                         torch.from_numpy(scenarios.label_ids[idx, 0]), pack=True)
     x = out.attentions.float().cpu()
     nz = x > 0
-    bf16 = torch.from_numpy(decode_patterns(encode_patterns(x)))
+    bits = encode_patterns(x)
+    bf16 = torch.from_numpy(decode_patterns(bits))
+    bf14 = decode_stored(encode_stored(bits, "bfloat16-14bit"), "bfloat16-14bit", bits.shape[-1])
     logs = torch.log(torch.where(nz, x, torch.ones_like(x))).half().float().exp()
     f16 = x.half().float()
 
@@ -215,6 +234,7 @@ def bench_precision(target: Target, scenarios: ScenarioSet, n: int) -> dict:
                 "nonzero_became_zero": int((nz & (y == 0)).sum())}
 
     return {"values": int(nz.sum()), "min_nonzero": float(x[nz].min()), "bfloat16": stats(bf16),
+            "bfloat16_14bit_equals_bfloat16": bool(np.array_equal(bf14, bf16.numpy())),
             "float16_log": stats(torch.where(nz, logs, torch.zeros_like(x))), "float16": stats(f16)}
 
 
@@ -226,6 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--compression", default=DEFAULT_COMPRESSION, choices=COMPRESSIONS)
+    p.add_argument("--encoding", default=DEFAULT_ENCODING, choices=ENCODINGS)
+    p.add_argument("--workers", type=int, default=2, help="batches in flight (apmae.extract.extract)")
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--starcoder2-3b", action="store_true", help="random StarCoder2-3B-sized target (GPU, bfloat16)")
     p.add_argument("--device", default="auto")
@@ -250,14 +272,16 @@ def main(argv: list[str] | None = None) -> dict:
               "scenario_source": args.scenarios or "random"}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
+        if not args.no_baseline:  # first: apmae's extraction tunes the process's allocator
+            report["baseline"] = bench_baseline(target, scenarios, out)
         if not args.starcoder2_3b:
             report["precision"] = bench_precision(target, scenarios, 8)
             report["compression"] = bench_compression(target, scenarios, out, n=64, batch_size=args.batch_size)
             report["chunks"] = bench_chunks(target, scenarios, out, n=32, batch_size=args.batch_size)
-        report["cache"] = bench_cache(target, scenarios, out, batch_size=args.batch_size, compression=args.compression)
+        report["cache"] = bench_cache(target, scenarios, out, batch_size=args.batch_size, compression=args.compression,
+                                      encoding=args.encoding, workers=args.workers)
         report["cache"].pop("path")
         if not args.no_baseline:
-            report["baseline"] = bench_baseline(target, scenarios, out)
             report["speedup"] = round(report["cache"]["scenarios_per_s"] / report["baseline"]["scenarios_per_s"], 2)
             report["bytes_ratio"] = round(report["baseline"]["bytes_per_head_pattern"]
                                           / report["cache"]["bytes_per_head_pattern"], 2)

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from apmae.cache import (DEFAULT_COMPRESSION, AttentionCache, CacheError, CacheMismatchError, cache_files,
-                         shard_path)
+from apmae.cache import (DEFAULT_COMPRESSION, DEFAULT_ENCODING, AttentionCache, CacheError, CacheMismatchError,
+                         cache_files, shard_path)
 from apmae.scenario_set import SPLITS, ScenarioSet
 from datamodules.java_scenarios import JavaScenarioDataModule
 
@@ -209,6 +209,8 @@ class AttentionCacheDataModule(L.LightningDataModule):
         dtype: str = "float32",
         device: str = "auto",
         compression: str = DEFAULT_COMPRESSION,
+        encoding: str = DEFAULT_ENCODING,
+        extraction_workers: int = 2,
         seed: int = 0,
         progress: bool = True,
     ) -> None:
@@ -229,7 +231,10 @@ class AttentionCacheDataModule(L.LightningDataModule):
             extraction_batch_size: scenarios per forward pass while building a cache.
             dtype: target model dtype while extracting (``float32``, ``bfloat16``, ``float16``).
             device: extraction device, ``auto`` = this rank's GPU if any, else CPU.
-            compression: cache compression, ``lzf``, ``gzip`` or ``none``.
+            compression: cache compression, ``none`` (default), ``lzf`` or ``gzip``.
+            encoding: stored form of the patterns, ``bfloat16-14bit`` (default) or ``bfloat16-bits``
+                (for models whose attention values can leave [0, 2)); see :mod:`apmae.cache`.
+            extraction_workers: batches in flight while extracting (threads; on CPU they share torch's threads).
             seed: seeds the layerwise head choice and class balancing.
             progress: show a progress bar (scenarios/s) while extracting.
         """
@@ -249,7 +254,7 @@ class AttentionCacheDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.seed, self.progress = batch_size, num_workers, seed, progress
         self.extra_targets = [str(t) for t in (extra_targets or [])]
         self.extraction = {"batch_size": extraction_batch_size, "dtype": dtype, "device": device,
-                           "compression": compression}
+                           "compression": compression, "encoding": encoding, "workers": extraction_workers}
         self.train_target_name = target_short_name(self.target)
         self.val_target_names = [self.train_target_name, *map(target_short_name, self.extra_targets)]
         if len(set(self.val_target_names)) != len(self.val_target_names):
@@ -331,7 +336,7 @@ class AttentionCacheDataModule(L.LightningDataModule):
         target = load_target(model, dtype=self.extraction["dtype"], device=device)
         extract(target, scenarios, shard_path(self.cache_dir, name, rank), rank=rank, world_size=world,
                 batch_size=self.extraction["batch_size"], compression=self.extraction["compression"],
-                progress=self.progress)
+                encoding=self.extraction["encoding"], workers=self.extraction["workers"], progress=self.progress)
         del target
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -84,7 +84,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(cache_path, target, scenar
         extract(target, scenarios, path, batch_size=7, progress=False, on_batch=kill_after_two)
     with h5py.File(path, "r+") as f:
         assert f.attrs["committed"] == 14
-        f["patterns"][14:21] = 12345  # a batch written but never committed: must be rewritten
+        f["patterns"][14:21] = 255  # a batch written but never committed: must be rewritten
         f["scenario_index"][14:21] = 99
     with pytest.raises(CacheError, match="incomplete"):
         AttentionCache(path)
@@ -124,12 +124,16 @@ def test_truncated_or_foreign_files_give_a_clear_error(cache_path, target, scena
         AttentionCache(tmp_path / "missing.rank0.h5")
 
 
-def test_damaged_pattern_chunk_gives_a_clear_error(cache_path, tmp_path):
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_damaged_pattern_chunk_gives_a_clear_error(target, scenarios, compression, tmp_path):
+    """Uncompressed chunks carry a Fletcher-32 checksum, deflated ones zlib's Adler-32: damage is detected."""
+    path = shard_path(tmp_path, "target-a", 0)
+    extract(target, scenarios.subset(np.arange(4)), path, progress=False, compression=compression)
     damaged = tmp_path / "damaged.rank0.h5"
-    data = bytearray(cache_path.read_bytes())
-    with h5py.File(cache_path, "r") as f:
-        offset = f["patterns"].id.get_chunk_info(0).byte_offset  # first compressed chunk
-    data[offset:offset + 64] = b"\xff" * 64
+    data = bytearray(path.read_bytes())
+    with h5py.File(path, "r") as f:
+        offset = f["patterns"].id.get_chunk_info(0).byte_offset  # first chunk
+    data[offset + 16:offset + 80] = b"\x13" * 64
     damaged.write_bytes(bytes(data))
     cache = AttentionCache(damaged)
     with pytest.raises(CacheError, match="corrupt"):
@@ -158,16 +162,47 @@ def test_a_shard_cannot_be_resumed_under_another_world_size(target, scenarios, t
         extract(target, scenarios, path, progress=False)
 
 
-def test_every_compression_stores_the_same_patterns(cache_path, target, scenarios, tmp_path):
+def test_every_encoding_and_compression_stores_the_same_patterns(cache_path, target, scenarios, tmp_path):
     """gzip chunks are deflated in Python threads and written raw: HDF5's own filters must read them back."""
-    with h5py.File(cache_path, "r") as f:
-        assert (f["patterns"].compression, f["patterns"].shuffle) == ("gzip", True)
+    with h5py.File(cache_path, "r") as f:  # the defaults
+        assert f["patterns"].dtype == np.uint8 and f["patterns"].compression is None
+        assert f.attrs["encoding"] == "bfloat16-14bit"
     reference = AttentionCache(cache_path)
-    for compression in ("none", "lzf"):
-        path = shard_path(tmp_path / compression, "target-a", 0)
-        extract(target, scenarios, path, batch_size=7, progress=False, compression=compression)
+    for encoding, compression in [("bfloat16-14bit", "gzip"), ("bfloat16-14bit", "lzf"), ("bfloat16-bits", "none"),
+                                  ("bfloat16-bits", "gzip")]:
+        path = shard_path(tmp_path / f"{encoding}-{compression}", "target-a", 0)
+        extract(target, scenarios, path, batch_size=7, progress=False, compression=compression, encoding=encoding)
         with h5py.File(path, "r") as f:
             assert f["patterns"].compression == (None if compression == "none" else compression)
+            assert f["patterns"].dtype == (np.uint8 if encoding == "bfloat16-14bit" else np.uint16)
         _assert_same_cache(AttentionCache(path), reference)
     with pytest.raises(ValueError, match="compression='zstd'"):
         extract(target, scenarios, tmp_path / "z.rank0.h5", progress=False, compression="zstd")
+    with pytest.raises(ValueError, match="encoding='float8'"):
+        extract(target, scenarios, tmp_path / "e.rank0.h5", progress=False, encoding="float8")
+
+
+def test_a_cache_is_never_resumed_in_another_encoding(cache_path, target, scenarios):
+    with pytest.raises(CacheMismatchError, match="encoding: file has 'bfloat16-14bit', this run 'bfloat16-bits'"):
+        extract(target, scenarios, cache_path, progress=False, encoding="bfloat16-bits")
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_any_number_of_workers_writes_the_same_rows_in_order(cache_path, target, scenarios, workers, tmp_path):
+    path = shard_path(tmp_path, "target-a", 0)
+    extract(target, scenarios, path, batch_size=4, workers=workers, progress=False)
+    _assert_same_cache(AttentionCache(path), AttentionCache(cache_path))
+    with pytest.raises(ValueError, match="workers=0"):
+        extract(target, scenarios, tmp_path / "w.rank0.h5", workers=0, progress=False)
+
+
+def test_append_rejects_patterns_of_the_wrong_shape(target, scenarios, tmp_path):
+    spec = CacheSpec(target=target.summary(), seq_len=scenarios.seq_len, scenario_fingerprint=scenarios.fingerprint(),
+                     n_scenarios=len(scenarios))
+    with CacheWriter.open(shard_path(tmp_path, "x", 0), spec, scenarios) as writer:
+        raw = np.zeros((2, target.n_layers, target.n_heads, scenarios.seq_len * (scenarios.seq_len + 1) // 2),
+                       np.uint16)
+        with pytest.raises(ValueError, match="encode them with CacheWriter.encode"):
+            writer.append(raw, [0, 0], [0.0, 0.0], [0, 0], [0.0, 0.0])
+        writer.append(writer.encode(raw), [0, 0], [0.0, 0.0], [0, 0], [0.0, 0.0])
+        assert writer.committed == 2

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from apmae.cache import decode_patterns, encode_patterns, pack, triangle_size, unpack
+from apmae.cache import (decode_patterns, decode_stored, encode_attentions, encode_patterns, encode_stored,
+                         from_14bit, pack, packed_width, to_14bit, triangle_size, unpack)
 from apmae.target import lower_triangle_index
 
 
@@ -50,3 +51,47 @@ def test_bfloat16_values_round_trip_exactly():
     bits = np.arange(0, 0x7F80, 37, dtype=np.uint16)  # every finite positive bfloat16 sampled
     values = decode_patterns(bits)
     np.testing.assert_array_equal(encode_patterns(torch.from_numpy(values)), bits)
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 31, 32, 33, 528])
+def test_14bit_packing_is_a_lossless_little_endian_bit_stream(n):
+    bits = np.random.default_rng(n).integers(0, 0x4000, size=(2, 3, n)).astype(np.uint16)
+    bits[0, 0, 0] = 0x3F80  # 1.0
+    bits[0, 0, -1] = 0x3FFF  # every payload bit set
+    stored = to_14bit(bits)
+    assert stored.dtype == np.uint8 and stored.shape == (2, 3, packed_width(n)) == (2, 3, 7 * -(-n // 4))
+    np.testing.assert_array_equal(from_14bit(stored, n), bits)
+    stream = int.from_bytes(stored[1, 2].tobytes(), "little")
+    assert [(stream >> (14 * i)) & 0x3FFF for i in range(n)] == bits[1, 2].tolist()
+
+
+def test_14bit_packing_refuses_values_outside_zero_to_two():
+    for value in (2.0, -0.5, float("nan")):
+        bits = encode_patterns(torch.tensor([0.5, value]))
+        with pytest.raises(ValueError, match="outside \\[0, 2\\).*bfloat16-bits"):
+            to_14bit(bits)
+    with pytest.raises(ValueError, match="do not hold"):
+        from_14bit(np.zeros(8, np.uint8), 4)
+
+
+@pytest.mark.parametrize("encoding", ["bfloat16-14bit", "bfloat16-bits"])
+def test_both_encodings_decode_to_the_same_bfloat16_values(encoding):
+    x = torch.softmax(torch.randn(3, 2, 36) * 8, dim=-1)
+    bits = encode_patterns(x)
+    np.testing.assert_array_equal(decode_stored(encode_stored(bits, encoding), encoding, 36), decode_patterns(bits))
+
+
+def test_encode_attentions_gathers_and_rounds_like_the_reference():
+    seq_len = 9
+    causal = torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1)
+    layers = [torch.softmax(torch.randn(2, 3, seq_len, seq_len).masked_fill(causal, float("-inf")), -1)
+              for _ in range(2)]
+    layers[1][1, 2, 5, 3] = 1e-44  # a float32 subnormal that bfloat16 rounding would flush to zero
+    layers[0][0, 1, 6, 0] = 0.0  # a true zero stays zero
+    bits = encode_attentions(layers)
+    index = lower_triangle_index(seq_len)
+    reference = encode_patterns(torch.stack([a.flatten(-2)[..., index] for a in layers], dim=1))
+    np.testing.assert_array_equal(bits, reference)
+    packed = decode_patterns(bits)
+    assert packed[1, 1, 2, index.tolist().index(5 * seq_len + 3)] > 0
+    assert packed[0, 0, 1, index.tolist().index(6 * seq_len + 0)] == 0
