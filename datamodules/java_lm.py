@@ -41,6 +41,7 @@ class Document:
     text: str
     ids: list[int]
     offsets: list[tuple[int, int]]  # character span of each token
+    task_spans: tuple[tuple[tuple[int, int], ...], ...] = ()  # character spans per scenario task with any
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,12 @@ class FimSampler:
     """Builds FIM and left-to-right rows from tokenized documents."""
 
     def __init__(self, tokenizer, *, seq_len: int, context_len: int, token_span_rate: float = 0.3,
-                 max_middle_tokens: int = 24) -> None:
+                 task_span_rate: float = 0.0, max_middle_tokens: int = 24) -> None:
         if context_len < 8 or context_len >= seq_len:
             raise ValueError(f"context_len={context_len} must be in [8, seq_len={seq_len}) so the hole fits")
+        for name, rate in (("token_span_rate", token_span_rate), ("task_span_rate", task_span_rate)):
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name}={rate} must be a probability in [0, 1]")
         self.tokenizer = tokenizer
         self.fim = FimTokens.from_tokenizer(tokenizer)
         if self.fim.eos is None:
@@ -67,21 +71,50 @@ class FimSampler:
         self.seq_len = seq_len
         self.context_len = context_len
         self.token_span_rate = token_span_rate
+        self.task_span_rate = task_span_rate
         self.max_middle_tokens = max_middle_tokens
+        self._miner = None  # built on first use (tree-sitter objects do not pickle to workers)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def document(self, text: str) -> Document:
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return Document(text, list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]])
+        spans = self.task_spans(text) if self.task_span_rate > 0 else ()
+        return Document(text, list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]], spans)
+
+    def task_spans(self, text: str) -> tuple[tuple[tuple[int, int], ...], ...]:
+        """Character spans of every scenario task's candidate holes in ``text`` (tasks without any left out).
+
+        The scenario miner's own tree-sitter queries find them, so these holes
+        are the syntactic units the scenarios cut (AST-aware FIM); a file that
+        does not parse simply contributes fewer spans.
+        """
+        from apmae.scenarios import FileMiner, MiningConfig, _byte_to_char
+        from apmae.sources import SourceFile
+        from apmae.tasks import get_tasks
+
+        if self._miner is None:
+            tasks = [t for t in get_tasks() if t.needs_source]
+            self._miner = FileMiner(MiningConfig(fim=self.fim), tasks, self.tokenizer.backend_tokenizer.to_str())
+        data = text.encode("utf-8")
+        enc = self._miner.tokenizer.encode(text, add_special_tokens=False)
+        to_char = _byte_to_char(data, text)
+        found = self._miner.candidates(SourceFile("lm", data, text), enc)
+        return tuple(tuple((to_char(s), to_char(e)) for s, e in spans if e > s)
+                     for spans in found.values() if spans)
 
     def span(self, doc: Document, rng: random.Random) -> tuple[int, int]:
-        """Character span of a hole: 1-10 tokens starting a word, or 1-8 whole lexemes.
+        """Character span of a hole.
 
-        A lone string literal loses its quotes most of the time (string-literal
-        scenarios hide the content); no hole starts with whitespace.
+        With probability ``task_span_rate`` a candidate hole of a scenario task
+        (a task drawn uniformly among those the file has, then one of its
+        holes); otherwise 1-10 tokens starting a word, or 1-8 whole lexemes,
+        where a lone string literal loses its quotes most of the time
+        (string-literal scenarios hide the content). No hole starts with whitespace.
         """
+        if doc.task_spans and rng.random() < self.task_span_rate:
+            return rng.choice(rng.choice(doc.task_spans))
         if rng.random() < self.token_span_rate:
             for _ in range(20):
                 first = rng.randrange(len(doc.ids))
@@ -216,6 +249,7 @@ class JavaLMDataModule(pl.LightningDataModule):
         context_ramp_rows: int = 0,
         fim_rate: float = 0.7,
         token_span_rate: float = 0.3,
+        task_span_rate: float = 0.0,
         train_samples: int = 16384,
         val_samples: int = 256,
         val_fraction: float = 0.05,
@@ -235,7 +269,10 @@ class JavaLMDataModule(pl.LightningDataModule):
             context_ramp_rows: with ``min_context_len``, a curriculum: the longest context drawn grows
                 linearly from ``min_context_len`` to ``context_len`` over this many training rows (0: no ramp).
             fim_rate: fraction of training rows in FIM format; the rest are plain file windows.
-            token_span_rate: fraction of holes cut on token rather than lexeme boundaries.
+            token_span_rate: fraction of the other holes cut on token rather than lexeme boundaries.
+            task_span_rate: fraction of FIM holes cut where the scenario tasks cut (a candidate hole of
+                a task drawn uniformly: identifiers, literals, calls, brackets, operators, ...);
+                0 keeps random lexeme/token spans only.
             train_samples: rows per training epoch.
             val_samples: FIM rows of the validation set.
             val_fraction: fraction of files held out for validation.
@@ -274,7 +311,7 @@ class JavaLMDataModule(pl.LightningDataModule):
             raise ValueError(f"{self.corpus_dir} holds {len(files)} *.java files; build the demo corpus first")
         tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir)
         sampler = FimSampler(tokenizer, seq_len=self.seq_len, context_len=self.context_len,
-                             token_span_rate=hp.token_span_rate)
+                             token_span_rate=hp.token_span_rate, task_span_rate=hp.task_span_rate)
         self.pad_id = sampler.fim.pad if sampler.fim.pad is not None else sampler.fim.eos
         texts = [f.read_text(encoding="utf-8") for f in files]
         n_val = max(1, round(len(texts) * hp.val_fraction))

@@ -119,3 +119,24 @@ def test_context_ramp_starts_short_and_reaches_the_full_context(corpus_dir, toke
     with pytest.raises(ValueError, match="context_ramp_rows"):
         JavaLMDataModule(corpus_dir=str(corpus_dir), tokenizer_dir=str(tokenizer_dir), min_context_len=32,
                          context_ramp_rows=-1)
+
+
+def test_task_spans_are_the_scenario_miners_candidate_holes(demo_tokenizer, corpus_dir):
+    from apmae.scenarios import candidate_spans
+
+    sampler = FimSampler(demo_tokenizer, seq_len=160, context_len=128, task_span_rate=1.0)
+    text = max((p.read_text() for p in sorted(corpus_dir.rglob("*.java"))), key=len)
+    doc = sampler.document(text)
+    mined = candidate_spans(text, demo_tokenizer)  # ASCII text: byte spans = character spans
+    assert len(doc.task_spans) == sum(1 for spans in mined.values() if spans) >= 10
+    for name, spans in mined.items():
+        if name != "random":  # the random task's spans are seeded by the file's id
+            assert tuple(spans) in doc.task_spans, name
+    holes = {sampler.span(doc, random.Random(i)) for i in range(300)}
+    assert holes <= {span for spans in doc.task_spans for span in spans} and len(holes) > 50
+    kinds = {doc.text[a:b] for a, b in holes}
+    assert {"true", "false"} & kinds and {"(", ")", "{", "}", ";"} & kinds  # literals and brackets among them
+    plain = FimSampler(demo_tokenizer, seq_len=160, context_len=128)
+    assert plain.document(text).task_spans == ()  # parsed only when used
+    with pytest.raises(ValueError, match="task_span_rate=1.5"):
+        FimSampler(demo_tokenizer, seq_len=160, context_len=128, task_span_rate=1.5)
