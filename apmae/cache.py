@@ -30,11 +30,14 @@ of a group in bits 14k..14k+13), P = 7 * ceil(T / 4) bytes per head: exactly
 bfloat16, in 12.5 % fewer bytes than ``bfloat16-bits`` (uint16, P = T), the
 encoding to choose for models whose "attention" leaves [0, 2). With the packed
 triangle a head costs 57.6 KB at S=256 instead of 262 KB of float32.
-Compression stays optional: byte-level codecs (deflate, LZF) gain only
-~1.1-1.3x on these near-random mantissa bits and run at ~40-70 MB/s per core
-here, slower than the model produces patterns (benchmarks/bench_extraction.py);
-``compression="gzip"`` deflates chunks in parallel threads when disk matters
-more than time.
+Compression stays optional. Measured on the demo target's patterns
+(benchmarks/bench_extraction.py): on 14-bit data LZF gains nothing and deflate
+1 %; on uint16 bit patterns deflate gains 1.28x and LZF 1.09x, but either
+encodes and writes ~50-60 MB/s per core against ~170 MB/s for the 14-bit
+packing, so on a CPU machine it costs more time than the model's forward
+pass. ``compression="gzip"`` (chunks deflated in parallel threads) with
+``encoding="bfloat16-bits"`` is the smallest option when disk matters more
+than time.
 
 ``committed`` is written only after a batch's rows are flushed, so a run
 killed at any point resumes exactly where it stopped. The reader needs only

@@ -50,7 +50,10 @@ def test_demo_configs_differ_in_size_and_seed():
     size = ("hidden_size", "num_layers", "num_heads")
     assert [a["model"]["init_args"][k] for k in size] != [b["model"]["init_args"][k] for k in size]
     assert a["model"]["init_args"]["seed"] != b["model"]["init_args"]["seed"]
-    assert a["data"]["init_args"]["context_len"] == b["data"]["init_args"]["context_len"] == 256
+    apmae = yaml.safe_load((CONFIGS / "apmae.yaml").read_text())
+    scenario_len = apmae["data"]["init_args"]["scenarios"]["init_args"]["seq_len"]
+    # both targets are trained for exactly the FIM prompt length the demo's scenarios have
+    assert a["data"]["init_args"]["context_len"] == b["data"]["init_args"]["context_len"] == scenario_len == 128
 
 
 @pytest.mark.slow

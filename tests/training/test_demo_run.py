@@ -23,7 +23,8 @@ def test_overrides_point_every_demo_path_at_the_demo_dir(tmp_path):
     assert data.scenarios.tokenizer == str(tmp_path / "tokenizer")
     assert data.scenarios.cache_dir == tmp_path / "scenarios"
     assert cli.model.hparams.export_dir == str(tmp_path / "apmae")
-    assert cli.model.net.config.seq_len == 256
+    assert (cli.model.net.config.seq_len, cli.model.net.config.patch_size) == (128, 16)  # linked from the scenarios
+    assert cli.model.net.config.num_patches == 36  # the paper's 8 x 8 grid
 
 
 def test_summary_reports_baseline_and_cross_model_ratios():
