@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--heldout-seed", type=int, default=987654, help="corpus seed of the held-out files")
     parser.add_argument("--n-files", type=int, default=400, help="held-out files to generate")
     parser.add_argument("--n-per-task", type=int, default=150)
-    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--seq-len", type=int, default=128, help="scenario length (the demo targets are trained for 128)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
