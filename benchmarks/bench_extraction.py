@@ -4,8 +4,8 @@
     python benchmarks/bench_extraction.py --starcoder2-3b        # GPU: a StarCoder2-3B-sized random model
 
 Without --model / --scenarios it uses a random-init StarCoder2 of the demo
-target's size (4 layers, 8 heads, 2 kv heads, hidden 256, vocab 4096) and
-random scenarios at S=256.
+target's size (4 layers, 8 heads, 2 kv heads, hidden 128, vocab 2048) and
+random scenarios at S=128 (the demo's length; --seq-len 256 for the paper's).
 
 Measured in one run over the same scenarios:
 
@@ -42,7 +42,7 @@ from apmae.extract import extract  # noqa: E402
 from apmae.scenario_set import ScenarioSet  # noqa: E402
 from apmae.target import Target, load_target, run_batch, wrap_model  # noqa: E402
 
-DEMO = {"layers": 4, "heads": 8, "kv_heads": 2, "hidden": 256, "vocab": 4096}
+DEMO = {"layers": 4, "heads": 8, "kv_heads": 2, "hidden": 128, "vocab": 2048}
 STARCODER2_3B = {"layers": 30, "heads": 24, "kv_heads": 2, "hidden": 3072, "vocab": 49152}
 
 
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--model", help="target model directory or hub name (default: random demo-size StarCoder2)")
     p.add_argument("--scenarios", help="ScenarioSet .npz (default: random scenarios at --seq-len)")
     p.add_argument("--n", type=int, default=256, help="scenarios to extract")
-    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--seq-len", type=int, default=None, help="random scenarios: default 128, 256 with --starcoder2-3b")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--compression", default=DEFAULT_COMPRESSION, choices=COMPRESSIONS)
     p.add_argument("--encoding", default=DEFAULT_ENCODING, choices=ENCODINGS)
@@ -265,7 +265,8 @@ def main(argv: list[str] | None = None) -> dict:
         scenarios = ScenarioSet.load(args.scenarios)
         scenarios = scenarios.subset(np.arange(min(args.n, len(scenarios))))
     else:
-        scenarios = random_scenarios(args.n, args.seq_len, int(target.model.config.vocab_size))
+        seq_len = args.seq_len or (256 if args.starcoder2_3b else 128)
+        scenarios = random_scenarios(args.n, seq_len, int(target.model.config.vocab_size))
     torch.set_grad_enabled(False)
     report = {"device": device, "host": platform.node(), "torch_threads": torch.get_num_threads(),
               "target": target.summary(), "scenarios": len(scenarios), "seq_len": scenarios.seq_len,
