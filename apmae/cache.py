@@ -154,6 +154,7 @@ def encode_attentions(attentions: Sequence[Any]) -> np.ndarray:
 
 
 _MASK14 = np.uint64(0x3FFF)
+_MASK56 = np.uint64((1 << 56) - 1)
 _U64 = [np.uint64(k) for k in range(65)]
 
 
@@ -189,7 +190,16 @@ def to_14bit(bits: np.ndarray) -> np.ndarray:
         np.right_shift(word, _U64[2 * k], out=tmp)
         np.bitwise_and(tmp, _MASK14 << _U64[14 * k], out=tmp)
         np.bitwise_or(out, tmp, out=out)
-    return np.ascontiguousarray(out.view(np.uint8).reshape(*lead, groups, 8)[..., :7]).reshape(*lead, groups * 7)
+    # Store the 56-bit words 7 bytes apart as overlapping 8-byte writes. Each word's top byte
+    # first gets the next word's lowest byte, so the overlapping bytes agree and the result
+    # does not depend on the order the writes happen in (a strided byte copy is ~3x slower).
+    flat, nxt = out.reshape(-1), tmp.reshape(-1)
+    np.left_shift(flat[1:], _U64[56], out=nxt[:-1])
+    nxt[-1:] = 0
+    np.bitwise_or(flat, nxt, out=flat)
+    buf = np.empty(flat.size * 7 + 1, dtype=np.uint8)
+    np.ndarray((flat.size,), dtype="<u8", buffer=buf, strides=(7,))[...] = flat
+    return buf[:-1].reshape(*lead, groups * 7)
 
 
 def from_14bit(data: np.ndarray, n_values: int) -> np.ndarray:
@@ -199,9 +209,11 @@ def from_14bit(data: np.ndarray, n_values: int) -> np.ndarray:
     if data.shape[-1] % 7 or data.shape[-1] // 7 * 4 < n_values:
         raise ValueError(f"{data.shape[-1]} bytes per head do not hold {n_values} 14-bit values")
     groups = data.shape[-1] // 7
-    padded = np.zeros((*lead, groups, 8), dtype=np.uint8)
-    padded[..., :7] = data.reshape(*lead, groups, 7)
-    packed = padded.view("<u8")[..., 0]  # (..., groups)
+    buf = np.empty(data.size + 1, dtype=np.uint8)  # one spare byte: the last 8-byte read
+    buf[:-1] = data.reshape(-1)
+    buf[-1] = 0
+    packed = np.ndarray((data.size // 7,), dtype="<u8", buffer=buf, strides=(7,)) & _MASK56
+    packed = packed.reshape(*lead, groups)
     word, tmp = packed & _MASK14, np.empty_like(packed)
     for k in (1, 2, 3):
         np.left_shift(packed, _U64[2 * k], out=tmp)
