@@ -144,18 +144,19 @@ def encode_attentions(attentions: Sequence[Any]) -> np.ndarray:
         else:
             out[:, layer] = y.index_select(-1, torch.from_numpy(idx).to(y.device)).cpu().numpy().view(np.uint16)
         zeros = np.flatnonzero(out[:, layer] == 0)  # true zeros are rare in a causal triangle
-        if len(zeros):
+        if len(zeros):  # re-encode those values alone: encode_patterns repairs any that were not zero
             bi, hi, ti = np.unravel_index(zeros, (b, h, len(idx)))
             original = a.flatten(-2)[torch.from_numpy(bi), torch.from_numpy(hi), torch.from_numpy(idx[ti])]
-            lost = (original != 0).cpu().numpy()
-            out[bi[lost], layer, hi[lost], ti[lost]] = np.where(original[torch.from_numpy(lost)].cpu().numpy() > 0,
-                                                                0x0001, 0x8001)
+            out[bi, layer, hi, ti] = encode_patterns(original)
     return out
 
 
 _MASK14 = np.uint64(0x3FFF)
 _MASK56 = np.uint64((1 << 56) - 1)
 _U64 = [np.uint64(k) for k in range(65)]
+
+
+_STORED_DTYPE = {"bfloat16-14bit": np.dtype(np.uint8), "bfloat16-bits": np.dtype(np.uint16)}
 
 
 def packed_width(n_values: int, encoding: str = DEFAULT_ENCODING) -> int:
@@ -174,13 +175,13 @@ def to_14bit(bits: np.ndarray) -> np.ndarray:
     Raises:
         ValueError: a value is negative, >= 2 or not finite (its two leading bits are not 0).
     """
-    bits = np.asarray(bits, dtype=np.uint16)
+    bits = np.asarray(bits, dtype="<u2")  # little-endian, so four values read as one "<u8" word
     if bits.size and int(bits.max()) >= 0x4000:
         raise ValueError("attention values outside [0, 2) (negative, >= 2 or NaN) cannot be stored with "
                          "encoding='bfloat16-14bit'; use encoding='bfloat16-bits'")
     lead, n = bits.shape[:-1], bits.shape[-1]
     groups = -(-n // 4)
-    if n % 4 or not bits.flags.c_contiguous or bits.dtype.byteorder == ">":
+    if n % 4 or not bits.flags.c_contiguous:
         padded = np.zeros((*lead, groups * 4), dtype="<u2")
         padded[..., :n] = bits
         bits = padded
@@ -463,10 +464,9 @@ def _create(path: Path, spec: CacheSpec, scenarios: Any, n_rows: int) -> h5py.Fi
     n_layers, n_heads, s = t["n_layers"], t["n_heads"], spec.seq_len
     tmp = path.with_name(path.name + ".creating")
     f = h5py.File(tmp, "w")
-    width = packed_width(triangle_size(s), spec.encoding)
-    dtype = np.uint8 if spec.encoding == "bfloat16-14bit" else np.uint16
+    width, dtype = packed_width(triangle_size(s), spec.encoding), _STORED_DTYPE[spec.encoding]
     f.create_dataset("patterns", shape=(n_rows, n_layers, n_heads, width), dtype=dtype,
-                     chunks=(1, 1, chunk_heads(n_heads, width * np.dtype(dtype).itemsize), width),
+                     chunks=(1, 1, chunk_heads(n_heads, width * dtype.itemsize), width),
                      **_compression_kwargs(spec.compression))
     f.create_dataset("scenario_index", shape=(n_rows,), dtype=np.int64)
     for name in _SCENARIO_COLUMNS:

@@ -15,7 +15,6 @@ single-threaded forward passes side by side beat one two-threaded pass.
 from __future__ import annotations
 
 import ctypes
-import os
 import time
 from collections import deque
 from contextlib import contextmanager
