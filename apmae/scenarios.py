@@ -180,6 +180,12 @@ class FileMiner:
             out[ti] = sorted(set(spans.get(ti, ())))
         return out
 
+    def text_candidates(self, text: str, source_id: str = "text") -> dict[str, list[Span]]:
+        """:meth:`candidates` of one Java text, by task name (byte spans; ``source_id`` seeds the random task)."""
+        file = SourceFile(source_id, text.encode("utf-8"), text)
+        found = self.candidates(file, self.tokenizer.encode(text, add_special_tokens=False))
+        return {self.tasks[ti].name: spans for ti, spans in found.items()}
+
     def _query_spans(self, tree: Any, data: bytes) -> dict[int, list[Span]]:
         """Candidate byte spans per task index from one pass of the combined query."""
         from tree_sitter import QueryCursor
@@ -315,10 +321,7 @@ def candidate_spans(text: str, tokenizer: Any, tasks: Sequence[str] | None = Non
     """Every candidate hole of each task in one Java text, as byte spans (to inspect a task)."""
     _, tok_json, fim = _load_tokenizer(tokenizer)
     task_objs = get_tasks(tasks)
-    miner = FileMiner(MiningConfig(seed=seed, fim=fim), task_objs, tok_json)
-    file = SourceFile("text", text.encode("utf-8"), text)
-    found = miner.candidates(file, miner.tokenizer.encode(text, add_special_tokens=False))
-    return {t.name: found.get(ti, []) for ti, t in enumerate(task_objs) if t.needs_source}
+    return FileMiner(MiningConfig(seed=seed, fim=fim), task_objs, tok_json).text_candidates(text)
 
 
 def _outside(spans: list[Span], regions: list[Span]) -> list[Span]:

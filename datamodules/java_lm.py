@@ -91,16 +91,13 @@ class FimSampler:
         does not parse simply contributes fewer spans.
         """
         from apmae.scenarios import FileMiner, MiningConfig, _byte_to_char
-        from apmae.sources import SourceFile
         from apmae.tasks import get_tasks
 
         if self._miner is None:
             tasks = [t for t in get_tasks() if t.needs_source]
             self._miner = FileMiner(MiningConfig(fim=self.fim), tasks, self.tokenizer.backend_tokenizer.to_str())
-        data = text.encode("utf-8")
-        enc = self._miner.tokenizer.encode(text, add_special_tokens=False)
-        to_char = _byte_to_char(data, text)
-        found = self._miner.candidates(SourceFile("lm", data, text), enc)
+        to_char = _byte_to_char(text.encode("utf-8"), text)
+        found = self._miner.text_candidates(text, source_id="lm")
         return tuple(tuple((to_char(s), to_char(e)) for s, e in spans if e > s)
                      for spans in found.values() if spans)
 
