@@ -1,7 +1,7 @@
 """Plain-text progress lines for runs whose output goes to a log or shares a terminal.
 
-Lightning's progress bars redraw one terminal line; two trainings side by side
-(the demo trains both targets at once) or a batch job's log file turn them
+Lightning's progress bars redraw one terminal line; in a log file (``make
+demo > demo.log``, a batch job) or a terminal shared by two trainings they turn
 into noise. ``ProgressLines`` prints one line every ``every_n_steps`` optimizer
 steps instead::
 
@@ -47,8 +47,7 @@ class ProgressLines(Callback):
     @rank_zero_only
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start, self._start_step = time.perf_counter(), trainer.global_step
-        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else trainer.estimated_stepping_batches
-        self._emit(f"[{self._prefix(trainer, pl_module)}] training for {total} steps")
+        self._emit(f"[{self._prefix(trainer, pl_module)}] training for {_total_steps(trainer)} steps")
 
     @rank_zero_only
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
@@ -56,7 +55,7 @@ class ProgressLines(Callback):
         step = trainer.global_step
         if step == 0 or step % self.every_n_steps or self._start is None:
             return
-        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else trainer.estimated_stepping_batches
+        total = _total_steps(trainer)
         elapsed = time.perf_counter() - self._start
         rate = (step - self._start_step) / elapsed if elapsed > 0 else 0.0
         parts = [f"[{self._prefix(trainer, pl_module)}] step {step}/{total} ({100 * step / max(total, 1):.0f}%)"]
@@ -79,6 +78,11 @@ class ProgressLines(Callback):
     @staticmethod
     def _emit(line: str) -> None:
         print(line, file=sys.stdout, flush=True)
+
+
+def _total_steps(trainer: Trainer) -> int:
+    """Optimizer steps of the whole fit: ``max_steps`` when set, else Lightning's estimate from the epochs."""
+    return trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else trainer.estimated_stepping_batches
 
 
 def _duration(seconds: float) -> str:
