@@ -335,9 +335,12 @@ class APMAE(nn.Module):
         batch, dim = x.shape[0], x.shape[-1]
         # Start from mask tokens everywhere and write the visible tokens into their own slots,
         # so the decoder always sees what the encoder saw.
+        # Under autocast x is in the autocast dtype while parameters stay float32: scatter and
+        # cat need one dtype, so the mask token and position embedding follow x's.
         slots = ids_keep.unsqueeze(-1).expand(-1, -1, dim)  # (B, N, Dd)
-        tokens = self.mask_token.expand(batch, self.num_patches, dim).scatter(1, slots, x[:, 1:])  # (B, T, Dd)
-        tokens = torch.cat([x[:, :1], tokens + self.dec_pos_embed], dim=1)  # (B, 1 + T, Dd)
+        mask_tokens = self.mask_token.to(x.dtype).expand(batch, self.num_patches, dim)  # (B, T, Dd)
+        tokens = mask_tokens.scatter(1, slots, x[:, 1:])  # (B, T, Dd)
+        tokens = torch.cat([x[:, :1], tokens + self.dec_pos_embed.to(x.dtype)], dim=1)  # (B, 1 + T, Dd)
         return self.dec_pred(self.dec_norm(self.decoder(tokens))[:, 1:])
 
     def forward(

@@ -185,3 +185,19 @@ def test_wrong_image_size_is_a_clear_error(small_model: APMAE) -> None:
         small_model(torch.zeros(1, 1, 32, 32))
     with pytest.raises(ValueError, match="mask_ratio"):
         small_model(causal_patterns(1, 64), mask_ratio=1.0)
+
+
+def test_forward_and_backward_under_bfloat16_autocast(small_model: APMAE) -> None:
+    """The paper configs train under bf16-mixed: the decoder's scatter once failed on mixed dtypes."""
+    from apmae.scaling import scale
+
+    model = small_model.train()
+    images = scale(causal_patterns(4, 64), "log_normalize")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images)
+    assert out.pred.dtype == torch.bfloat16
+    assert torch.isfinite(out.loss)
+    out.loss.float().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert model.mask_token.grad.abs().sum() > 0  # masked slots reach the loss through the mask token
