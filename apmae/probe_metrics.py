@@ -1,0 +1,111 @@
+"""Scores of a correctness predictor, per task and pooled, for every probe and baseline.
+
+Glossary: N scenarios. ``p`` (N,) is a predicted probability that the target's
+completion is correct, ``y`` (N,) the truth (bool), ``task`` (N,) an index into
+``task_names``.
+
+One function computes every reported number, so the AP-MAE probe, its
+baselines (majority, pattern statistics, target confidence) and the
+cluster-id probe are scored identically and their metric names line up in the
+MLflow UI: ``<stage>/<predictor>/<task>/<metric>``, ``<task>`` = ``all`` for
+the pooled scenarios.
+
+- ``accuracy``: share of scenarios with ``(p >= threshold) == y``;
+- ``balanced_accuracy``: mean of the recall of correct and of incorrect scenarios
+  (0.5 for any constant predictor, whatever the class balance);
+- ``auroc``: probability that a random correct scenario gets a higher ``p`` than a
+  random incorrect one (ties count half); NaN when one class is absent;
+- ``f1``: F1 of the "correct" class; ``n``: scenarios scored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+METRICS = ("accuracy", "balanced_accuracy", "auroc", "f1", "n")
+POOLED = "all"
+
+
+@dataclass(frozen=True)
+class BinaryScores:
+    """The scores of one predictor on one set of scenarios."""
+
+    accuracy: float
+    balanced_accuracy: float
+    auroc: float  # NaN when only one class is present
+    f1: float
+    n: int
+
+
+def auroc(p: np.ndarray, y: np.ndarray) -> float:
+    """Mann-Whitney AUROC of scores ``p`` for labels ``y``; ties count half; NaN with one class."""
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(p, kind="mergesort")
+    ranks = np.empty(len(p), dtype=np.float64)
+    sorted_p = p[order]
+    # average ranks over tied scores (1-based)
+    _, first, counts = np.unique(sorted_p, return_index=True, return_counts=True)
+    mean_rank = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(mean_rank, counts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def binary_scores(p: np.ndarray, y: np.ndarray, *, threshold: float = 0.5) -> BinaryScores:
+    """Scores of probabilities ``p`` (N,) against truth ``y`` (N,)."""
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=bool)
+    if p.shape != y.shape or p.ndim != 1:
+        raise ValueError(f"p and y must be matching 1-D arrays, got {p.shape} and {y.shape}")
+    if len(p) == 0:
+        nan = float("nan")
+        return BinaryScores(nan, nan, nan, nan, 0)
+    pred = p >= threshold
+    tp, tn = int((pred & y).sum()), int((~pred & ~y).sum())
+    fp, fn = int((pred & ~y).sum()), int((~pred & y).sum())
+    recalls = [tp / (tp + fn)] if tp + fn else []
+    recalls += [tn / (tn + fp)] if tn + fp else []
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    return BinaryScores(accuracy=(tp + tn) / len(p), balanced_accuracy=float(np.mean(recalls)),
+                        auroc=auroc(p, y), f1=f1, n=len(p))
+
+
+def per_task_scores(p: np.ndarray, y: np.ndarray, task: np.ndarray, task_names: Sequence[str], *,
+                    threshold: float = 0.5) -> dict[str, BinaryScores]:
+    """Scores for every task present in ``task`` (by name) and for all scenarios pooled (``all``)."""
+    p, y, task = np.asarray(p), np.asarray(y, dtype=bool), np.asarray(task)
+    out = {}
+    for t in np.unique(task):
+        keep = task == t
+        out[task_names[int(t)]] = binary_scores(p[keep], y[keep], threshold=threshold)
+    out[POOLED] = binary_scores(p, y, threshold=threshold)
+    return out
+
+
+def metric_dict(prefix: str, scores: dict[str, BinaryScores]) -> dict[str, float]:
+    """``{"<prefix>/<task>/<metric>": value}`` for logging, e.g. prefix ``test/probe``."""
+    return {f"{prefix}/{task}/{name}": float(value)
+            for task, s in scores.items() for name, value in asdict(s).items()}
+
+
+def best_threshold(p: np.ndarray, y: np.ndarray) -> float:
+    """The threshold on ``p`` with the highest balanced accuracy (ties: the one closest to 0.5).
+
+    Fitted on validation scenarios only; the test split is then scored with it.
+    """
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=bool)
+    if len(p) == 0 or y.all() or not y.any():
+        return 0.5
+    values = np.unique(p)
+    candidates = np.concatenate([[values[0] - 1e-9], (values[1:] + values[:-1]) / 2, [values[-1] + 1e-9]])
+    scores = np.array([binary_scores(p, y, threshold=c).balanced_accuracy for c in candidates])
+    best = np.flatnonzero(scores >= scores.max() - 1e-12)
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
+
+
+__all__ = ["BinaryScores", "METRICS", "POOLED", "auroc", "best_threshold", "binary_scores", "metric_dict",
+           "per_task_scores"]
