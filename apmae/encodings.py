@@ -409,6 +409,11 @@ def ensure_encodings(net: Any, cache: Any, path: str | Path, *, scaler: str = "l
     from tqdm.auto import tqdm
 
     spec = encodings_spec(net, cache, scaler)
+    if Path(path).exists():  # complete files are only read, never reopened for writing
+        existing = EncodingSet(path, require_complete=False)
+        check_identity(existing.identity, spec.identity(), Path(path))
+        if len(existing) == spec.n_rows:
+            return existing
     was_training = net.training
     net.eval()
     try:

@@ -8,8 +8,13 @@ its own shard in ``setup`` and the reader merges the shards. Batches are dicts:
 
 - ``mode="heads"``: ``images`` (B, 1, S, S) scaled, and ``scenario``, ``layer``,
   ``head``, ``task``, ``correct`` (B,);
-- ``mode="scenarios"``: ``images`` (B, L*H, 1, S, S) scaled, and ``scenario``,
-  ``task``, ``correct`` (B,).
+- ``mode="scenarios"``: ``images`` (B, L*H, 1, S, S) scaled, ``stats`` (B, L, H, F)
+  raw-pattern statistics (:func:`apmae.encodings.pattern_stats`), and ``scenario``,
+  ``row``, ``task``, ``correct``, ``probability`` (B,);
+- ``mode="scenarios"`` with an ``encoder``: no images; ``cls`` and ``mean``
+  (B, L, H, D) AP-MAE encodings of every head, computed once per cache and
+  encoder into ``<encodings_dir>/<target>.<encoder hash>.encodings.h5`` and read
+  back by later runs (:mod:`apmae.encodings`), with the same ``stats`` and columns.
 
 The first validation/test dataloader reads the training target's cache; one
 more follows per ``extra_targets`` entry (cross-model generalisation).
@@ -33,6 +38,32 @@ from apmae.scenario_set import SPLITS, ScenarioSet
 from datamodules.java_scenarios import JavaScenarioDataModule
 
 MODES = ("heads", "scenarios")
+NET_CONFIG_KEY = "apmae_net_config"  # where LitAPMAE checkpoints record their net's APMAEConfig
+# autocast dtype of each encoder precision (None: float32)
+ENCODER_PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def load_encoder(path: str | Path) -> Any:
+    """The AP-MAE net of an export directory (``APMAE.save``) or of a LitAPMAE checkpoint file.
+
+    Raises:
+        ValueError: the path is neither, or the checkpoint holds no AP-MAE net.
+    """
+    from apmae.model import APMAE, APMAEConfig
+
+    path = Path(path)
+    if path.is_dir():
+        return APMAE.load(path)
+    if not path.is_file():
+        raise ValueError(f"encoder {str(path)!r} does not exist; give an exported AP-MAE directory "
+                         "(the run's apmae_net/, e.g. artifacts/demo/apmae) or a LitAPMAE .ckpt file")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    state = {k[len("net."):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")}
+    if NET_CONFIG_KEY not in checkpoint or not state:
+        raise ValueError(f"checkpoint {path} holds no AP-MAE net; give a LitAPMAE checkpoint or an export directory")
+    net = APMAE(APMAEConfig.from_dict(checkpoint[NET_CONFIG_KEY]))
+    net.load_state_dict(state)
+    return net
 
 
 def target_short_name(name_or_path: str) -> str:
@@ -128,11 +159,35 @@ class ScenarioStackDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, j: int) -> dict[str, Any]:
+        from apmae.encodings import pattern_stats
+
         row = int(self.rows[j])
         c = self.cache
-        stack = c.scenario(row).reshape(c.n_layers * c.n_heads, 1, c.seq_len, c.seq_len)
-        return {"images": stack, "scenario": int(c.scenario_index[row]), "task": int(c.task[row]),
-                "correct": bool(c.correct[row])}
+        patterns = c.scenario(row)  # (L, H, S, S)
+        return {"images": patterns.reshape(c.n_layers * c.n_heads, 1, c.seq_len, c.seq_len),
+                "stats": pattern_stats(patterns).numpy(), **_row_columns(c, row)}
+
+
+class EncodingRowsDataset(Dataset):
+    """One sample per row of an encodings file: ``cls``, ``mean`` (L, H, D) float32 and ``stats`` (L, H, F)."""
+
+    def __init__(self, encodings: Any, rows: np.ndarray) -> None:
+        self.encodings, self.rows = encodings, np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        row, e = int(self.rows[j]), self.encodings
+        arrays = {name: e.rows([row], name)[0].astype(np.float32) for name in ("cls", "mean", "stats")}
+        return {**arrays, **_row_columns(e, row)}
+
+
+def _row_columns(source: Any, row: int) -> dict[str, Any]:
+    """The per-scenario labels every scenario sample carries (cache and encodings alike)."""
+    cols = source.columns
+    return {"scenario": int(cols["scenario_index"][row]), "row": row, "task": int(cols["task"][row]),
+            "correct": bool(cols["correct"][row]), "probability": float(cols["probability"][row])}
 
 
 class ScaledCollate:
@@ -141,15 +196,19 @@ class ScaledCollate:
     def __init__(self, scaler: str) -> None:
         self.scaler = scaler
 
+    _DTYPES = {"correct": torch.bool, "probability": torch.float32}
+
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         from apmae.scaling import scale
 
-        images = torch.from_numpy(np.stack([s["images"] for s in samples]))
-        batch = {"images": scale(images, self.scaler).contiguous()}
-        for key in samples[0]:
-            if key != "images":
-                dtype = torch.bool if key == "correct" else torch.long
-                batch[key] = torch.tensor([s[key] for s in samples], dtype=dtype)
+        batch = {}
+        for key, value in samples[0].items():
+            if isinstance(value, np.ndarray):
+                batch[key] = torch.from_numpy(np.stack([s[key] for s in samples]))
+            else:
+                batch[key] = torch.tensor([s[key] for s in samples], dtype=self._DTYPES.get(key, torch.long))
+        if "images" in batch:
+            batch["images"] = scale(batch["images"], self.scaler).contiguous()
         return batch
 
 
@@ -213,6 +272,10 @@ class AttentionCacheDataModule(L.LightningDataModule):
         extraction_workers: int = 2,
         seed: int = 0,
         progress: bool = True,
+        encoder: str | None = None,
+        encodings_dir: str | None = None,
+        encoding_batch_size: int = 4,
+        encoder_precision: str = "32",
     ) -> None:
         """
         Args:
@@ -237,6 +300,11 @@ class AttentionCacheDataModule(L.LightningDataModule):
             extraction_workers: batches in flight while extracting (threads; on CPU they share torch's threads).
             seed: seeds the layerwise head choice and class balancing.
             progress: show a progress bar (scenarios/s) while extracting.
+            encoder: an exported AP-MAE (``APMAE.save`` directory) or a LitAPMAE checkpoint; with
+                ``mode="scenarios"`` batches then carry its per-head encodings instead of images.
+            encodings_dir: where the encodings files live (default: ``cache_dir``).
+            encoding_batch_size: scenarios encoded per step while computing encodings.
+            encoder_precision: ``32`` or ``bf16-mixed`` / ``16-mixed`` (autocast) while encoding.
         """
         super().__init__()
         if mode not in MODES:
@@ -248,6 +316,14 @@ class AttentionCacheDataModule(L.LightningDataModule):
         from apmae.scaling import get_scaler
 
         get_scaler(scaler)  # fail at construction on a misspelt scaler
+        if encoder is not None and mode != "scenarios":
+            raise ValueError("encoder applies to mode='scenarios' (per-scenario encodings); set mode: scenarios")
+        if encoder_precision not in ENCODER_PRECISIONS:
+            raise ValueError(f"encoder_precision={encoder_precision!r}; use one of {sorted(ENCODER_PRECISIONS)}")
+        self.encoder = None if encoder is None else str(encoder)
+        self.encodings_dir = Path(encodings_dir) if encodings_dir else Path(cache_dir)
+        self.encoding = {"batch_size": encoding_batch_size, "precision": encoder_precision}
+        self.encodings: dict[str, Any] = {}
         self.target, self.scenarios, self.cache_dir = str(target), scenarios, Path(cache_dir)
         self.scaler, self.mode, self.head_selection = scaler, mode, head_selection
         self.balance, self.correct_only, self.tasks = balance, correct_only, tasks
@@ -357,13 +433,57 @@ class AttentionCacheDataModule(L.LightningDataModule):
         cache = self.caches[self.train_target_name]
         if cache.seq_len != self.seq_len:
             raise CacheMismatchError(f"cache {self.train_target_name!r} has S={cache.seq_len}, the scenarios S={self.seq_len}")
+        if self.encoder is not None and not self.encodings:
+            self._encode_caches()
+
+    def _encode_caches(self) -> None:
+        """Read or compute every cache's encodings under ``encoder`` (rank 0 computes under DDP)."""
+        from apmae.encodings import encoder_hash, ensure_encodings
+
+        net = load_encoder(self.encoder)
+        device = torch.device(f"cuda:{self._world()[2]}" if torch.cuda.is_available() else "cpu")
+        net.to(device)
+        self.encoder_hash = encoder_hash(net)
+        rank, world, _ = self._world()
+        for name, cache in self.caches.items():
+            path = self.encodings_dir / f"{name}.{self.encoder_hash}.encodings.h5"
+            if rank == 0:
+                ensure_encodings(net, cache, path, scaler=self.scaler, batch_size=self.encoding["batch_size"],
+                                 autocast_dtype=ENCODER_PRECISIONS[self.encoding["precision"]], progress=self.progress)
+            if world > 1:
+                self.trainer.strategy.barrier("encodings")
+            self.encodings[name] = ensure_encodings(net, cache, path, scaler=self.scaler, progress=False).load()
+
+    @property
+    def n_layers(self) -> int | None:
+        """L of the training target (None before setup)."""
+        cache = self.caches.get(self.train_target_name)
+        return None if cache is None else cache.n_layers
+
+    @property
+    def n_heads(self) -> int | None:
+        """H of the training target (None before setup)."""
+        cache = self.caches.get(self.train_target_name)
+        return None if cache is None else cache.n_heads
+
+    @property
+    def task_names(self) -> list[str] | None:
+        """Task names of the training target's cache (None before setup)."""
+        cache = self.caches.get(self.train_target_name)
+        return None if cache is None else cache.task_names
 
     def dataset(self, name: str, split: str) -> Dataset:
         """The samples of one target's cache and split after the filters."""
         cache = self.caches[name]
         rows = select_rows(cache, split, tasks=self.tasks, correct_only=self.correct_only,
                            balance=self.balance, seed=self.seed)
+        if self.balance and len(rows) == 0 and np.any(cache.split == SPLITS.index(split)):
+            raise ValueError(f"the {split} split of {name!r} has no task with both correct and incorrect "
+                             "scenarios, so class balancing leaves nothing: mine more scenarios per task "
+                             "(n_per_task), change the splits, or set balance: false")
         if self.mode == "scenarios":
+            if self.encoder is not None:
+                return EncodingRowsDataset(self.encodings[name], rows)
             return ScenarioStackDataset(cache, rows)
         selection = HeadSelection.parse(self.head_selection, n_layers=cache.n_layers, n_heads=cache.n_heads,
                                         seed=self.seed)

@@ -33,6 +33,9 @@ from torch import nn
 
 from apmae.model import APMAE, APMAEConfig, APMAEOutput
 from apmae.schedules import warmup_cosine
+from lit_models.probe_stage import Collected, ProbeStage, ProbeTraining
+
+STAGES = ("reconstruct", "probe")
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -61,7 +64,7 @@ def masked_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, v
     return MaskedError(sse=sse, count=weight.sum())
 
 
-class LitAPMAE(LightningModule):
+class LitAPMAE(ProbeTraining, LightningModule):
     """Trains AP-MAE on scaled attention images and evaluates it across target models.
 
     Args:
@@ -85,10 +88,26 @@ class LitAPMAE(LightningModule):
             replacing warmup + cosine.
         baseline_batches: training batches averaged into the mean-pattern baseline.
         export_dir: where the trained net is saved (``APMAE.save``) at the end of fit;
-            default: ``apmae_net/`` next to the checkpoint directory.
+            default: ``apmae_net/`` next to the checkpoint directory. In the probe stage: where
+            the head importance (``importance.csv``, ``heatmap.png``) and score tables go
+            (default: ``probe/`` next to the checkpoint directory).
         num_threads: torch CPU threads of this process, set when the trainer sets up (None: leave
             torch's default). On a small CPU, ``cores - num_workers`` avoids oversubscription,
             which slows small-matrix training several-fold.
+        stage: ``reconstruct`` (masked-autoencoder training) or ``probe`` (predict from a trained
+            encoder's view of every head whether the target's completion is correct; see
+            :mod:`lit_models.probe_stage`). The probe stage needs ``mode: scenarios`` data.
+        encoder: probe stage: the trained AP-MAE, an export directory (``APMAE.save``) or a LitAPMAE
+            checkpoint; it replaces ``preset``/``net``. Frozen unless ``finetune_encoder``.
+        finetune_encoder: probe stage: train the encoder with the probe (needs image batches: leave
+            the DataModule's ``encoder`` unset).
+        probe_features: per-head encoding the probe reads: ``cls``, ``mean`` or ``both``.
+        probe_hidden: width of the probe's shared per-head network.
+        probe_dropout: dropout inside the probe.
+        probe_layers: L of the target (None: taken from the DataModule's ``n_layers`` at setup).
+        probe_heads: H of the target (None: taken from the DataModule's ``n_heads`` at setup).
+        importance_scenarios: validation scenarios the head importance is computed on (at most).
+        importance_steps: integrated-gradients steps of the second importance estimate.
     """
 
     def __init__(
@@ -110,16 +129,36 @@ class LitAPMAE(LightningModule):
         baseline_batches: int = 32,
         export_dir: Optional[str] = None,
         num_threads: Optional[int] = None,
+        stage: str = "reconstruct",
+        encoder: Optional[str] = None,
+        finetune_encoder: bool = False,
+        probe_features: str = "both",
+        probe_hidden: int = 64,
+        probe_dropout: float = 0.1,
+        probe_layers: Optional[int] = None,
+        probe_heads: Optional[int] = None,
+        importance_scenarios: int = 512,
+        importance_steps: int = 32,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        if stage not in STAGES:
+            raise ValueError(f"stage={stage!r}; use one of {STAGES}")
         if not 0.0 <= warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
         if baseline_batches < 1:
             raise ValueError(f"baseline_batches must be >= 1, got {baseline_batches}")
         if num_threads is not None and num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
+        if stage == "probe":
+            net = _probe_encoder(encoder, seq_len=seq_len, overrides=net_overrides, net=net)
+            net.requires_grad_(finetune_encoder)
+        elif encoder is not None or finetune_encoder:
+            raise ValueError("encoder / finetune_encoder belong to the probe stage; set stage: probe")
         self.net = _build_net(seq_len=seq_len, preset=preset, overrides=net_overrides, net=net)
+        self.probe: Optional[ProbeStage] = None
+        if stage == "probe" and probe_layers is not None and probe_heads is not None:
+            self._build_probe(probe_layers, probe_heads)
         self._optimizer_factory = optimizer
         self._scheduler_factory = scheduler
         # Mean scaled training image: the trivial reconstruction every run is compared with.
@@ -134,9 +173,38 @@ class LitAPMAE(LightningModule):
     def setup(self, stage: str) -> None:
         if self.hparams.num_threads is not None:
             torch.set_num_threads(self.hparams.num_threads)
+        if self.hparams.stage == "probe" and self.probe is None:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            shape = [getattr(datamodule, k, None) for k in ("n_layers", "n_heads")]
+            if None in shape:
+                raise ValueError("the probe stage needs the target's layers and heads: use an "
+                                 "AttentionCacheDataModule (mode: scenarios) or set probe_layers and probe_heads")
+            self._build_probe(*shape)
+
+    def _build_probe(self, n_layers: int, n_heads: int) -> None:
+        self.hparams.probe_layers, self.hparams.probe_heads = int(n_layers), int(n_heads)
+        h = self.hparams
+        self.probe = ProbeStage(n_layers=int(n_layers), n_heads=int(n_heads), enc_dim=self.net.config.enc_dim,
+                                features=h.probe_features, hidden=h.probe_hidden, dropout=h.probe_dropout)
+
+    @property
+    def head_importance(self) -> Optional[torch.Tensor]:
+        """(L, H) signed head importance of the probe on validation scenarios (None before it is computed)."""
+        if self.probe is None or not bool(self.probe.head_importance.abs().sum() > 0):
+            return None
+        return self.probe.head_importance.detach().cpu()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from dataclasses import asdict
+
+        from datamodules.attention_cache import NET_CONFIG_KEY
+
+        checkpoint[NET_CONFIG_KEY] = asdict(self.net.config)
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.probe is not None:
+            return self._probe_step(batch)
         images = batch["images"]
         out = self.net(images)
         self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=images.shape[0])
@@ -144,6 +212,9 @@ class LitAPMAE(LightningModule):
 
     def configure_optimizers(self) -> Any:
         groups = self.net.param_groups(self.hparams.weight_decay)
+        if self.probe is not None:
+            groups = [{"params": list(self.probe.parameters()), "weight_decay": self.hparams.weight_decay},
+                      *(groups if self.hparams.finetune_encoder else [])]
         if self._optimizer_factory is not None:
             optimizer = self._optimizer_factory(groups)
         else:
@@ -204,9 +275,13 @@ class LitAPMAE(LightningModule):
         self._evaluate("test", batch, batch_idx, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
+        if self.probe is not None:
+            return self._probe_epoch_end("val")
         self._log_epoch("val")
 
     def on_test_epoch_end(self) -> None:
+        if self.probe is not None:
+            return self._probe_epoch_end("test")
         self._log_epoch("test")
 
     def fixed_noise(self, batch_size: int, batch_idx: int, dataloader_idx: int) -> torch.Tensor:
@@ -219,7 +294,9 @@ class LitAPMAE(LightningModule):
         """(1, T, P2) patches of the mean training pattern."""
         return self.net.patchify(self.baseline_mean)
 
-    def _evaluate(self, stage: str, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int) -> APMAEOutput:
+    def _evaluate(self, stage: str, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int) -> Any:
+        if self.probe is not None:
+            return self._probe_evaluate(batch, dataloader_idx)
         images = batch["images"]
         out = self.net(images, noise=self.fixed_noise(images.shape[0], batch_idx, dataloader_idx))
         model_err = masked_error(out.pred, out.target, out.mask, out.valid)
@@ -232,6 +309,9 @@ class LitAPMAE(LightningModule):
     def _reset_metrics(self, stage: str, dataloaders: Any) -> None:
         from torchmetrics import MeanMetric
 
+        if self.probe is not None:
+            self._collected = Collected()
+            return
         count = len(dataloaders) if isinstance(dataloaders, (list, tuple)) else 1
         for key in [k for k in self._metrics if k.startswith(f"{stage}_")]:
             del self._metrics[key]
@@ -266,6 +346,8 @@ class LitAPMAE(LightningModule):
 
     # ----------------------------------------------------------------- baseline
     def _ensure_baseline(self) -> None:
+        if self.probe is not None:
+            return self._ensure_probe_reference()
         if int(self.baseline_images) > 0:
             return
         loader = _train_loader(self.trainer)
@@ -292,6 +374,8 @@ class LitAPMAE(LightningModule):
     # ------------------------------------------------------------------- export
     def on_fit_end(self) -> None:
         target = self.export_path()
+        if self.probe is not None:
+            return self._export_probe(target, "fit")
         if self.trainer.is_global_zero:
             self.net.save(target)
             for logger in self.trainer.loggers:
@@ -299,14 +383,39 @@ class LitAPMAE(LightningModule):
                 if hasattr(experiment, "log_artifacts") and getattr(logger, "run_id", None):
                     experiment.log_artifacts(logger.run_id, str(target), "apmae_net")
 
+    def on_test_end(self) -> None:
+        if self.probe is not None:
+            self._export_probe(self.export_path(), "test")
+
     def export_path(self) -> Path:
         """Directory the trained net is saved to at the end of fit."""
         if self.hparams.export_dir:
             return Path(self.hparams.export_dir)
+        name = "probe" if self.probe is not None else "apmae_net"
         callback = self.trainer.checkpoint_callback
         if callback is not None and getattr(callback, "dirpath", None):
-            return Path(callback.dirpath).parent / "apmae_net"
-        return Path(self.trainer.default_root_dir) / "apmae_net"
+            return Path(callback.dirpath).parent / name
+        return Path(self.trainer.default_root_dir) / name
+
+
+def _probe_encoder(encoder: Optional[str], *, seq_len: int, overrides: Optional[dict[str, Any]],
+                   net: Optional[APMAE]) -> APMAE:
+    """The trained encoder the probe stage reads, checked against the data's ``seq_len``."""
+    if net is not None:
+        return net
+    if encoder is None:
+        raise ValueError("stage: probe needs `encoder`: the trained AP-MAE (export directory, e.g. "
+                         "artifacts/demo/apmae, or a LitAPMAE checkpoint)")
+    if overrides:
+        raise ValueError("net_overrides do not apply to a loaded encoder: its architecture is fixed by its config")
+    from datamodules.attention_cache import load_encoder
+
+    loaded = load_encoder(encoder)
+    if loaded.config.seq_len != seq_len:
+        raise ValueError(f"the encoder {encoder} takes S={loaded.config.seq_len} patterns (patch size "
+                         f"{loaded.config.patch_size}) but the data has S={seq_len}: train an AP-MAE for "
+                         f"S={seq_len} or probe a cache of S={loaded.config.seq_len}")
+    return loaded
 
 
 def _build_net(*, seq_len: int, preset: str, overrides: Optional[dict[str, Any]], net: Optional[APMAE]) -> APMAE:

@@ -103,10 +103,16 @@ def test_layerwise_selection_takes_a_fraction_of_each_layer(cache_dir, target_di
 def test_scenario_mode_stacks_every_head(cache_dir, target_dir, scenarios_path):
     dm = _dm(cache_dir, target_dir, scenarios_path, mode="scenarios", batch_size=3, scaler="none")
     batch = next(iter(dm.val_dataloader()[0]))
-    assert batch["images"].shape == (3, 8, 1, 24, 24) and set(batch) == {"images", "scenario", "task", "correct"}
+    assert batch["images"].shape == (3, 8, 1, 24, 24)
+    assert set(batch) == {"images", "stats", "scenario", "row", "task", "correct", "probability"}
     cache = dm.caches[dm.train_target_name]
     row = int(np.flatnonzero(cache.scenario_index == int(batch["scenario"][1]))[0])
+    assert int(batch["row"][1]) == row
     np.testing.assert_array_equal(batch["images"][1, 5, 0].numpy(), cache.pattern(row, 1, 1))  # 5 = layer 1, head 1
+    from apmae.encodings import pattern_stats
+
+    np.testing.assert_allclose(batch["stats"][1, 1, 1].numpy(), pattern_stats(cache.pattern(row, 1, 1)).numpy())
+    assert float(batch["probability"][1]) == pytest.approx(float(cache.probability[row]))
 
 
 def test_balance_correct_only_and_task_filters(cache_dir, target_dir, scenarios_path):

@@ -66,4 +66,5 @@ def write_planted_cache(cache_dir: Path, *, name: str = "synth", n: int = 120, l
             hi = lo + len(batch)
             writer.append(writer.encode(bits), np.zeros(hi - lo), probability[lo:hi], correct[lo:hi],
                           np.ones(hi - lo))
+    scenarios.save(Path(cache_dir) / f"{name}-scenarios.npz")
     return cache_files(cache_dir, name)

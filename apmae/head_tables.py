@@ -1,0 +1,107 @@
+"""Per-head tables and L x H heatmaps: the shape every head-level result is saved in.
+
+Glossary: L layers, H query heads.
+
+A head table is a CSV with one row per (layer, head), in layer-major order,
+and one column per quantity (``layer,head,importance`` for a head ranking),
+so any tool can rank, join or re-plot heads. The heatmap draws one quantity as
+an L x H image: layers as rows, heads as columns; signed quantities use a
+diverging colour map centred on 0.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+
+def write_head_table(path: str | Path, columns: Mapping[str, np.ndarray]) -> Path:
+    """Write ``layer,head,<column>...`` rows for (L, H) arrays ``columns``; returns the path."""
+    arrays = {name: np.asarray(v, dtype=np.float64) for name, v in columns.items()}
+    shapes = {a.shape for a in arrays.values()}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"head table columns must all be (L, H) arrays, got shapes {sorted(shapes)}")
+    n_layers, n_heads = next(iter(shapes))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["layer", "head", *arrays])
+        for layer in range(n_layers):
+            for head in range(n_heads):
+                writer.writerow([layer, head, *(f"{a[layer, head]:.6g}" for a in arrays.values())])
+    return path
+
+
+def read_head_table(path: str | Path, column: str, *, n_layers: int | None = None,
+                    n_heads: int | None = None) -> np.ndarray:
+    """One column of a head table as an (L, H) array.
+
+    Raises:
+        ValueError: the file is unreadable, lacks ``layer``/``head``/``column``, repeats or misses a
+            head, or does not match ``n_layers`` x ``n_heads`` when given.
+    """
+    try:
+        with Path(path).open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise ValueError(f"cannot read head table {path}: {e}") from e
+    if not rows or not {"layer", "head", column} <= set(rows[0]):
+        raise ValueError(f"head table {path} needs columns layer, head and {column}; "
+                         f"it has {sorted(rows[0]) if rows else 'no rows'}")
+    try:
+        keys = [(int(r["layer"]), int(r["head"])) for r in rows]
+        values = [float(r[column]) for r in rows]
+    except ValueError as e:
+        raise ValueError(f"head table {path} has a non-numeric entry ({e})") from e
+    n_layers = n_layers if n_layers is not None else max(k[0] for k in keys) + 1
+    n_heads = n_heads if n_heads is not None else max(k[1] for k in keys) + 1
+    bad = [k for k in keys if not (0 <= k[0] < n_layers and 0 <= k[1] < n_heads)]
+    if bad or len(set(keys)) != len(keys) or len(keys) != n_layers * n_heads:
+        raise ValueError(f"head table {path} must list each of the {n_layers} x {n_heads} heads exactly once; "
+                         f"out of range: {bad[:5]}, rows: {len(keys)}, distinct: {len(set(keys))}")
+    out = np.zeros((n_layers, n_heads))
+    for (layer, head), value in zip(keys, values):
+        out[layer, head] = value
+    return out
+
+
+def head_heatmap(path: str | Path, panels: Mapping[str, np.ndarray], *, title: str = "",
+                 signed: bool = True, cmap: str | None = None) -> Path:
+    """Save one L x H heatmap per panel side by side (PNG); signed panels are centred on 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(panels)
+    first = np.asarray(next(iter(panels.values())))
+    fig, axes = plt.subplots(1, n, figsize=(1.2 + 0.45 * first.shape[1] * n + 1.2 * n, 1.0 + 0.4 * first.shape[0]),
+                             squeeze=False)
+    for ax, (name, values) in zip(axes[0], panels.items()):
+        values = np.asarray(values, dtype=np.float64)
+        if signed:
+            bound = float(np.nanmax(np.abs(values))) or 1.0
+            image = ax.imshow(values, cmap=cmap or "RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
+        else:
+            image = ax.imshow(values, cmap=cmap or "viridis", aspect="auto")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_xticks(range(values.shape[1]))
+        ax.set_yticks(range(values.shape[0]))
+        fig.colorbar(image, ax=ax, fraction=0.05)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["head_heatmap", "read_head_table", "write_head_table"]

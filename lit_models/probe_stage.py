@@ -1,0 +1,259 @@
+"""The probe stage of LitAPMAE: predictors of correctness, their baselines and head importance.
+
+Glossary: B scenarios, L layers, H query heads, D encoder width, F features per
+head (D or 2D for AP-MAE encodings, 4 for pattern statistics).
+
+Predictors, all trained together on the same (class-balanced) batches and
+scored by :mod:`apmae.probe_metrics` on the same scenarios:
+
+- ``probe``: :class:`apmae.probe.HeadProbe` over AP-MAE encodings of every head;
+- ``stats_probe``: the same architecture over per-head pattern statistics
+  (entropy, mean attention distance, first-token mass, diagonal mass);
+- ``probe_confidence``: the AP-MAE probe plus the target's own probability of
+  its prediction as an extra input;
+- ``confidence``: the target's probability alone, thresholded on validation;
+- ``majority``: each task's share of correct scenarios in the training batches
+  (a constant per task: balanced accuracy 0.5 by construction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from apmae.probe import HeadProbe, integrated_gradients_importance, mean_replacement_importance
+
+FEATURES = ("cls", "mean", "both")
+TRAINED = ("probe", "stats_probe", "probe_confidence")
+REPORTED = (*TRAINED, "confidence", "majority")
+MAX_TASKS = 256  # task slots of the majority buffer (fixed size, so checkpoints load before setup)
+
+
+@dataclass
+class Collected:
+    """What one evaluation epoch gathers, moved to the CPU batch by batch."""
+
+    probs: dict[str, list[torch.Tensor]] = field(default_factory=lambda: {k: [] for k in REPORTED})
+    correct: list[torch.Tensor] = field(default_factory=list)
+    task: list[torch.Tensor] = field(default_factory=list)
+    features: list[torch.Tensor] = field(default_factory=list)  # (B, L, H, F) for head importance
+    kept: int = 0
+
+    def arrays(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        probs = {k: torch.cat(v).float().numpy() for k, v in self.probs.items()}
+        return probs, torch.cat(self.correct).numpy(), torch.cat(self.task).numpy()
+
+
+class ProbeStage(nn.Module):
+    """The trained predictors and the buffers a checkpoint must carry for testing.
+
+    Args:
+        n_layers: L of the target.
+        n_heads: H of the target.
+        enc_dim: D of the AP-MAE encoder.
+        features: which encoding each head contributes: ``cls``, ``mean`` or ``both`` (concatenated).
+        hidden: width of the probes' shared per-head network.
+        dropout: probe dropout.
+        n_stats: pattern statistics per head.
+    """
+
+    def __init__(self, *, n_layers: int, n_heads: int, enc_dim: int, features: str, hidden: int, dropout: float,
+                 n_stats: int = 4) -> None:
+        super().__init__()
+        if features not in FEATURES:
+            raise ValueError(f"probe_features={features!r}; use one of {FEATURES}")
+        self.features = features
+        width = 2 * enc_dim if features == "both" else enc_dim
+        common = dict(n_layers=n_layers, n_heads=n_heads, hidden=hidden, dropout=dropout)
+        self.probes = nn.ModuleDict({
+            "probe": HeadProbe(in_dim=width, **common),
+            "stats_probe": HeadProbe(in_dim=n_stats, **common),
+            "probe_confidence": HeadProbe(in_dim=width, extra_dim=1, **common),
+        })
+        self.register_buffer("reference", torch.zeros(n_layers, n_heads, width))  # training mean features
+        self.register_buffer("head_importance", torch.zeros(n_layers, n_heads))  # mean replacement, signed
+        self.register_buffer("ig_importance", torch.zeros(n_layers, n_heads))  # integrated gradients
+        self.register_buffer("confidence_threshold", torch.tensor(0.5))
+        self.register_buffer("majority_share", torch.full((MAX_TASKS,), 0.5))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))  # reference and majority computed
+
+    def encoding_features(self, batch: dict[str, torch.Tensor], net: nn.Module) -> torch.Tensor:
+        """(B, L, H, F) from a batch's stored encodings, or by encoding its images with ``net``."""
+        if "cls" in batch:
+            cls, mean = batch["cls"], batch["mean"]
+        else:
+            images = batch["images"]  # (B, L*H, 1, S, S)
+            b = images.shape[0]
+            enc = net.encode(images.flatten(0, 1))
+            shape = (b, *self.reference.shape[:2], -1)
+            cls, mean = enc.cls.reshape(shape), enc.mean.reshape(shape)
+        parts = {"cls": [cls], "mean": [mean], "both": [cls, mean]}[self.features]
+        return torch.cat([p.float() for p in parts], dim=-1)
+
+    def logits(self, batch: dict[str, torch.Tensor], features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits (B,) of every trained predictor."""
+        extra = batch["probability"].float().unsqueeze(-1)  # (B, 1)
+        return {"probe": self.probes["probe"](features),
+                "stats_probe": self.probes["stats_probe"](batch["stats"].float()),
+                "probe_confidence": self.probes["probe_confidence"](features, extra)}
+
+    def loss(self, logits: dict[str, torch.Tensor], correct: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Binary cross-entropy of each predictor; the predictors share no parameters, so their sum trains each."""
+        target = correct.float()
+        return {k: nn.functional.binary_cross_entropy_with_logits(v.float(), target) for k, v in logits.items()}
+
+    def collect(self, into: Collected, batch: dict[str, torch.Tensor], features: torch.Tensor,
+                logits: dict[str, torch.Tensor], keep_features: int) -> None:
+        """Add one evaluation batch's probabilities (and up to ``keep_features`` scenarios' features)."""
+        task = batch["task"].long()
+        for k, v in logits.items():
+            into.probs[k].append(torch.sigmoid(v.float()).detach().cpu())
+        into.probs["confidence"].append(batch["probability"].float().cpu())
+        into.probs["majority"].append(self.majority_share[task.clamp_max(MAX_TASKS - 1)].cpu())
+        into.correct.append(batch["correct"].bool().cpu())
+        into.task.append(task.cpu())
+        room = keep_features - into.kept
+        if room > 0:
+            into.features.append(features[:room].detach().float().cpu())
+            into.kept += min(room, len(features))
+
+    def importance(self, collected: Collected, *, steps: int) -> None:
+        """Head importance of ``probe`` on the collected scenarios, into the buffers."""
+        if not collected.features:
+            return
+        features = torch.cat(collected.features).to(self.reference.device)
+        probe = self.probes["probe"]
+        self.head_importance.copy_(mean_replacement_importance(probe, features, self.reference))
+        self.ig_importance.copy_(integrated_gradients_importance(probe, features, self.reference, steps=steps))
+
+    @torch.no_grad()
+    def fit_reference(self, batches: Any, net: nn.Module) -> None:
+        """Training mean of each head's features and each task's share of correct scenarios."""
+        total = torch.zeros_like(self.reference, dtype=torch.float64)
+        n = 0
+        correct = torch.zeros(MAX_TASKS, dtype=torch.float64)
+        count = torch.zeros(MAX_TASKS, dtype=torch.float64)
+        device = self.reference.device
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            total += self.encoding_features(batch, net).sum(0).double()
+            n += len(batch["correct"])
+            task = batch["task"].long().clamp_max(MAX_TASKS - 1).cpu()
+            count.index_add_(0, task, torch.ones(len(task), dtype=torch.float64))
+            correct.index_add_(0, task, batch["correct"].double().cpu())
+        if n == 0:
+            raise ValueError("the training split is empty after balancing: the probe has nothing to learn from; "
+                             "mine more scenarios per task or change the splits")
+        self.reference.copy_((total / n).float())
+        share = torch.where(count > 0, correct / count.clamp_min(1), torch.full_like(count, 0.5))
+        self.majority_share.copy_(share.float().to(device))
+        self.fitted.fill_(True)
+
+
+class ProbeTraining:
+    """LitAPMAE's probe-stage hooks (mixed into the LightningModule; ``self.probe`` is a ProbeStage)."""
+
+    probe: ProbeStage
+    _collected: Collected
+
+    def _probe_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.probe.encoding_features(batch, self.net)
+
+    def _probe_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        losses = self.probe.loss(self.probe.logits(batch, self._probe_features(batch)), batch["correct"])
+        total = sum(losses.values())
+        size = len(batch["correct"])
+        self.log("train/loss", losses["probe"], prog_bar=True, on_step=True, on_epoch=True, batch_size=size)
+        for name in ("stats_probe", "probe_confidence"):
+            self.log(f"train/{name}_loss", losses[name], on_step=False, on_epoch=True, batch_size=size)
+        return total
+
+    def _probe_evaluate(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> None:
+        if dataloader_idx > 0:
+            return  # the probe is scored on the training target's scenarios only
+        features = self._probe_features(batch)
+        logits = self.probe.logits(batch, features)
+        self.probe.collect(self._collected, batch, features, logits, self.hparams.importance_scenarios)
+
+    def _probe_epoch_end(self, stage: str) -> None:
+        from apmae.probe_metrics import best_threshold, metric_dict, per_task_scores
+
+        if not self._collected.correct:
+            return
+        probs, correct, task = self._collected.arrays()
+        names = self._task_names()
+        if stage == "val" and not self.trainer.sanity_checking:
+            self.probe.confidence_threshold.fill_(best_threshold(probs["confidence"], correct))
+            self.probe.importance(self._collected, steps=self.hparams.importance_steps)
+        thresholds = {"confidence": float(self.probe.confidence_threshold)}
+        values, scores = {}, {}
+        for name, p in probs.items():
+            scores[name] = per_task_scores(p, correct, task, names, threshold=thresholds.get(name, 0.5))
+            values.update(metric_dict(f"{stage}/{name}", scores[name]))
+        logit = torch.logit(torch.from_numpy(probs["probe"]).clamp(1e-6, 1 - 1e-6))
+        values[f"{stage}/loss"] = float(nn.functional.binary_cross_entropy_with_logits(
+            logit, torch.from_numpy(correct).float()))
+        self.log_dict({k: v for k, v in values.items() if np.isfinite(v)}, add_dataloader_idx=False)
+        self.probe_scores = {"stage": stage, "scores": scores}
+
+    def _task_names(self) -> list[str]:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        names = getattr(datamodule, "task_names", None)
+        return list(names) if names else [f"task{i}" for i in range(MAX_TASKS)]
+
+    def _ensure_probe_reference(self) -> None:
+        if bool(self.probe.fitted):
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            raise ValueError("the probe stage needs a DataModule with a train split for its reference features")
+        self.probe.fit_reference(datamodule.train_dataloader(), self.net)
+
+    def _export_probe(self, directory: Any, stage: str) -> None:
+        """importance.csv, integrated_gradients.csv, heatmap.png and the score table, on disk and in MLflow."""
+        if not self.trainer.is_global_zero:
+            return
+        from pathlib import Path
+
+        from apmae.head_tables import head_heatmap, write_head_table
+
+        directory = Path(directory)
+        importance = self.probe.head_importance.cpu().numpy()
+        ig = self.probe.ig_importance.cpu().numpy()
+        files = [write_head_table(directory / "importance.csv", {"importance": importance}),
+                 write_head_table(directory / "integrated_gradients.csv", {"importance": ig}),
+                 head_heatmap(directory / "heatmap.png",
+                              {"mean replacement (logit change)": importance, "integrated gradients": ig},
+                              title="probe head importance: + pushes toward 'correct'")]
+        scores = getattr(self, "probe_scores", None)
+        if scores is not None:
+            files.append(write_score_table(directory / f"{scores['stage']}_scores.csv", scores["scores"]))
+        for logger in self.trainer.loggers:
+            experiment, run_id = getattr(logger, "experiment", None), getattr(logger, "run_id", None)
+            if hasattr(experiment, "log_artifact") and run_id:
+                for path in files:
+                    experiment.log_artifact(run_id, str(path), "head_importance")
+
+
+def write_score_table(path: Any, scores: dict[str, dict[str, Any]]) -> Any:
+    """CSV of predictor x task scores: predictor, task, accuracy, balanced_accuracy, auroc, f1, n."""
+    import csv
+    from dataclasses import asdict
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = None
+        for predictor, per_task in scores.items():
+            for task, s in per_task.items():
+                row = {"predictor": predictor, "task": task, **asdict(s)}
+                if writer is None:
+                    writer = csv.DictWriter(f, fieldnames=list(row))
+                    writer.writeheader()
+                writer.writerow(row)
+    return path

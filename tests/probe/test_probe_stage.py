@@ -1,0 +1,109 @@
+"""The probe stage end to end on planted caches: far above chance, the planted head ranked first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from apmae.head_tables import read_head_table
+from apmae.model import APMAE
+from datamodules.attention_cache import AttentionCacheDataModule
+from lit_models.apmae_module import LitAPMAE
+from tests.probe.synthetic_cache import write_planted_cache
+
+PLANTED = (1, 2)
+MICRO = dict(seq_len=32, patch_size=8, enc_dim=32, enc_depth=1, enc_heads=2, enc_mlp=64, dec_dim=32, dec_depth=1,
+             dec_heads=2, dec_mlp=64)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("planted")
+    write_planted_cache(root / "cache", n=320, planted=PLANTED)
+    torch.manual_seed(0)
+    encoder = APMAE.from_preset("tiny", **MICRO).save(root / "encoder")  # untrained: distinct patterns still differ
+    return {"root": root, "cache": root / "cache", "scenarios": root / "cache" / "synth-scenarios.npz",
+            "encoder": encoder}
+
+
+def probe_data(planted: dict[str, Path], **overrides) -> AttentionCacheDataModule:
+    args = dict(target="synth", scenarios=str(planted["scenarios"]), cache_dir=str(planted["cache"]),
+                mode="scenarios", balance=True, batch_size=16, encoder=str(planted["encoder"]), progress=False)
+    return AttentionCacheDataModule(**{**args, **overrides})
+
+
+def fit_probe(planted: dict[str, Path], out: Path, epochs: int = 30) -> tuple[L.Trainer, LitAPMAE]:
+    L.seed_everything(0)
+    model = LitAPMAE(seq_len=32, stage="probe", encoder=str(planted["encoder"]), lr=1e-2, export_dir=str(out),
+                     importance_steps=8)
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=probe_data(planted))
+    return trainer, model
+
+
+def test_planted_head_is_found_and_probe_is_far_above_chance(planted, tmp_path) -> None:
+    trainer, model = fit_probe(planted, tmp_path / "probe")
+    metrics = trainer.callback_metrics
+    assert float(metrics["val/probe/all/balanced_accuracy"]) >= 0.9
+    assert float(metrics["val/majority/all/balanced_accuracy"]) == pytest.approx(0.5)
+    importance = read_head_table(tmp_path / "probe" / "importance.csv", "importance", n_layers=2, n_heads=4)
+    top = np.unravel_index(np.argmax(np.abs(importance)), importance.shape)
+    assert tuple(int(i) for i in top) == PLANTED
+    ig = read_head_table(tmp_path / "probe" / "integrated_gradients.csv", "importance", n_layers=2, n_heads=4)
+    assert tuple(int(i) for i in np.unravel_index(np.argmax(np.abs(ig)), ig.shape)) == PLANTED
+    assert (tmp_path / "probe" / "heatmap.png").stat().st_size > 0
+    assert model.head_importance.shape == (2, 4)
+
+
+def test_encodings_are_stored_once_and_reused(planted) -> None:
+    data = probe_data(planted)
+    data.prepare_data()
+    data.setup("fit")
+    files = sorted(planted["cache"].glob("synth.*.encodings.h5"))
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    again = probe_data(planted)
+    again.setup("fit")
+    assert files[0].stat().st_mtime_ns == stamp  # read, not recomputed
+    batch = next(iter(again.train_dataloader()))
+    assert batch["cls"].shape == (16, 2, 4, 32) and batch["stats"].shape == (16, 2, 4, 4)
+    assert "images" not in batch
+    # balanced per task: as many correct as incorrect training scenarios
+    rows = again.dataset("synth", "train").rows
+    enc = again.encodings["synth"]
+    for t in np.unique(enc.task[rows]):
+        sel = rows[enc.task[rows] == t]
+        assert enc.correct[sel].sum() * 2 == len(sel)
+
+
+def test_encoder_of_another_sequence_length_is_refused(planted, tmp_path) -> None:
+    other = APMAE.from_preset("tiny", **{**MICRO, "seq_len": 64}).save(tmp_path / "enc64")
+    with pytest.raises(ValueError, match="S=64"):
+        LitAPMAE(seq_len=32, stage="probe", encoder=str(other))
+
+
+def test_unknown_task_is_refused(planted) -> None:
+    data = probe_data(planted, tasks=["identifiers", "lambdas"])
+    data.setup("fit")
+    with pytest.raises(ValueError, match="lambdas"):
+        data.train_dataloader()
+
+
+def test_one_class_split_is_a_clear_error(planted) -> None:
+    data = probe_data(planted, correct_only=True)
+    data.setup("fit")
+    with pytest.raises(ValueError, match="both correct and incorrect"):
+        data.train_dataloader()
