@@ -211,6 +211,13 @@ class ProbeTraining:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
             raise ValueError("the probe stage needs a DataModule with a train split for its reference features")
+        served = getattr(datamodule, "encoder_hash", None)
+        if served is not None and not self.hparams.finetune_encoder:
+            from apmae.encodings import encoder_hash
+
+            if served != encoder_hash(self.net):
+                raise ValueError(f"the DataModule serves encodings of encoder {served} but the probe's encoder is "
+                                 f"{encoder_hash(self.net)}: point data.encoder and model.encoder at the same AP-MAE")
         self.probe.fit_reference(datamodule.train_dataloader(), self.net)
 
     def _export_probe(self, directory: Any, stage: str) -> None:
