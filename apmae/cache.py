@@ -119,7 +119,7 @@ def round_to_bfloat16(values: Any) -> Any:
 
 
 def encode_patterns(values: Any) -> np.ndarray:
-    """Float patterns (torch tensor on any device) -> bfloat16 bit patterns as uint16 numpy (:func:`round_to_bfloat16`)."""
+    """Float patterns (torch tensor on any device) -> bfloat16 bits as uint16 numpy (:func:`round_to_bfloat16`)."""
     import torch
 
     return round_to_bfloat16(values).view(torch.int16).cpu().numpy().view(np.uint16)
