@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -41,7 +43,8 @@ def test_streamed_batches_carry_encodings_and_labels_of_their_rows(streamed, tar
     batch = next(iter(dm.val_dataloader()[0]))
     assert batch["cls"].shape == batch["mean"].shape == (4, 2, 4, 16) and batch["stats"].shape == (4, 2, 4, 4)
     assert all(batch[k].dtype == torch.float32 for k in ("cls", "mean", "stats", "probability"))
-    assert all(batch[k].dtype == torch.long for k in ("scenario", "row", "task")) and batch["correct"].dtype == torch.bool
+    assert all(batch[k].dtype == torch.long for k in ("scenario", "row", "task"))
+    assert batch["correct"].dtype == torch.bool
     enc = EncodingSet(dm.encodings.paths)
     rows = batch["row"].numpy()
     np.testing.assert_array_equal(batch["scenario"].numpy(), enc.scenario_index[rows])
@@ -66,8 +69,8 @@ def test_splits_follow_the_scenario_splits_and_prepare_is_then_a_no_op(streamed,
 
 
 def test_balance_and_task_filters(streamed, target_dir, scenarios_path, encoder_dir):
-    dm = _dm(target_dir, scenarios_path, encoder_dir, streamed / "encodings", balance=True, tasks=["identifiers",
-                                                                                                   "noise"])
+    dm = _dm(target_dir, scenarios_path, encoder_dir, streamed / "encodings", balance=True,
+             tasks=["identifiers", "noise"])
     dm.setup("fit")
     got = _all(dm.train_dataloader())
     names = dm.task_names
@@ -108,3 +111,26 @@ def test_bad_settings_are_refused_at_construction(target_dir, scenarios_path, en
         _dm(target_dir, scenarios_path, encoder_dir, tmp_path, scaler="logg")
     with pytest.raises(ValueError, match="is not a file"):
         _dm(target_dir, tmp_path / "missing.npz", encoder_dir, tmp_path)
+
+
+class _Trainer:
+    """The trainer facts a DataModule reads under DDP; ``barrier`` runs ``on_barrier`` (the other rank's turn)."""
+
+    def __init__(self, rank: int, world: int, on_barrier=lambda: None) -> None:
+        self.global_rank, self.world_size, self.local_rank = rank, world, 0
+        self.strategy = SimpleNamespace(barrier=lambda name: on_barrier())
+
+
+def test_under_ddp_each_rank_streams_its_shard_and_reads_the_merged_set(target_dir, scenarios_path, encoder_dir,
+                                                                        tmp_path):
+    ranks = [_dm(target_dir, scenarios_path, encoder_dir, tmp_path, extraction_batch_size=1) for _ in range(2)]
+    ranks[0].trainer = _Trainer(0, 2)
+    ranks[1].trainer = _Trainer(1, 2, on_barrier=lambda: ranks[0].setup("fit"))
+    ranks[1].prepare_data()  # under DDP a no-op: the ranks build in setup
+    assert not list(tmp_path.glob("*.h5"))
+    ranks[1].setup("fit")
+    assert sorted(p.name.split(".")[-2] for p in tmp_path.glob("*.h5")) == ["rank0", "rank1"]
+    single = _dm(target_dir, scenarios_path, encoder_dir, tmp_path / "one", extraction_batch_size=1)
+    single.setup("fit")
+    for dm in ranks:
+        assert_same_encodings(dm.encodings, single.encodings)
