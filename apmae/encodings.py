@@ -288,8 +288,8 @@ def _create(path: Path, spec: EncodingsSpec, columns: dict[str, np.ndarray]) -> 
     with h5py.File(tmp, "w") as f:
         chunks = (min(max(n, 1), _ROW_CHUNK), 1, spec.n_heads)
         for kind in KINDS:
-            f.create_dataset(kind, shape=(*shape, spec.dim), dtype=np.float16, chunks=(*chunks, spec.dim))
-        f.create_dataset("stats", shape=(*shape, len(STAT_NAMES)), dtype=np.float32)
+            f.create_dataset(kind, shape=(*shape, spec.dim), dtype=_DTYPES[kind], chunks=(*chunks, spec.dim))
+        f.create_dataset("stats", shape=(*shape, len(STAT_NAMES)), dtype=_DTYPES["stats"])
         for name in COLUMNS:
             col = np.asarray(columns[name])
             if len(col) != n:
@@ -484,6 +484,8 @@ class EncodingSet:
         for path, committed in self._files:
             with h5py.File(path, "r") as f:
                 parts.append(f[name][(slice(0, committed), *key)])
+        if len(parts) == 1 and np.array_equal(self._local, np.arange(len(self._local))):
+            return parts[0]  # already in scenario order: no copy
         merged = np.concatenate(parts)
         offsets = np.cumsum([0] + [c for _, c in self._files])[:-1]
         return merged[offsets[self._shard_of] + self._local]

@@ -169,3 +169,20 @@ def test_shards_of_different_runs_do_not_merge(target, scenarios, net, tmp_path)
         EncodingSet([mine, other])
     with pytest.raises(EncodingsError, match="repeat ranks"):
         EncodingSet([mine, mine])
+
+
+def test_outcomes_written_with_rows_are_checked(target, scenarios, net, tmp_path):
+    from apmae.encodings import EncodingsWriter, placeholder_outcomes
+    from apmae.stream import stream_columns, stream_spec
+
+    spec = stream_spec(target, scenarios, net, scaler="log_normalize")
+    rows = np.arange(len(scenarios))
+    enc = np.zeros((2, 2, 4, 16), np.float16), np.zeros((2, 2, 4, 16), np.float16), np.zeros((2, 2, 4, 4), np.float32)
+    with EncodingsWriter.open(tmp_path / "w.h5", spec, stream_columns(scenarios, rows)) as writer:
+        with pytest.raises(ValueError, match="not outcome columns"):
+            writer.append(*enc, {"task": np.zeros(2)})
+        with pytest.raises(ValueError, match="do not have the 2 rows"):
+            writer.append(*enc, {"loss": np.zeros(3)})
+        writer.append(*enc, {**placeholder_outcomes(2), "prediction": np.array([7, 9])})
+        assert writer.committed == 2
+    assert EncodingSet(tmp_path / "w.h5", require_complete=False).columns["prediction"].tolist() == [7, 9]
