@@ -10,10 +10,11 @@ once (eager attention), rounds every head's pattern exactly as the attention
 cache stores it (bfloat16, lower triangle), scales and encodes it with the
 frozen encoder on the same device and appends the encodings with the
 target's outcomes to the file of :mod:`apmae.encodings`. The patterns never
-leave the device: only (B, L, H, D) encodings and (B,) outcomes reach the host.
-Because the rounding is the cache's, these encodings equal those that
-:func:`apmae.encodings.ensure_encodings` computes from a pattern cache of the
-same scenarios (to float16 precision), and the file carries the same identity.
+leave the device: only the (B, L, H, D) encodings, (B, L, H, F) statistics
+and (B,) outcomes reach the host. Because the rounding is the cache's, these
+encodings equal those that :func:`apmae.encodings.ensure_encodings` computes
+from a pattern cache of the same scenarios (to float16 precision), and the
+file carries the same identity.
 
 ``workers`` batches are computed at once in threads (forward and encoder;
 torch releases the GIL) while the calling thread writes finished batches in
