@@ -101,12 +101,12 @@ def shard_rows(n_scenarios: int, rank: int, world_size: int) -> np.ndarray:
 # ---------------------------------------------------------------- encoding
 
 
-def encode_patterns(values: Any) -> np.ndarray:
-    """Float patterns (torch tensor on any device) -> bfloat16 bit patterns as uint16 numpy.
+def round_to_bfloat16(values: Any) -> Any:
+    """Float patterns (torch tensor on any device) -> the bfloat16 tensor the cache stores, on that device.
 
-    Rounds to nearest on the tensor's device; a non-zero value that would round
-    to zero (only float32 subnormals below 2**-133) becomes the smallest
-    positive bfloat16, so zero in the cache always means zero in float32.
+    Rounds to nearest; a non-zero value that would round to zero (only float32
+    subnormals below 2**-133) becomes the smallest positive bfloat16, so zero
+    in the cache always means zero in float32.
     """
     import torch
 
@@ -115,7 +115,14 @@ def encode_patterns(values: Any) -> np.ndarray:
     if bool(lost.any()):  # rare: only for values below 2**-133
         tiny = torch.finfo(torch.bfloat16).smallest_normal / 128  # smallest positive subnormal
         y = torch.where(lost, torch.where(values > 0, tiny, -tiny).to(torch.bfloat16), y)
-    return y.view(torch.int16).cpu().numpy().view(np.uint16)
+    return y
+
+
+def encode_patterns(values: Any) -> np.ndarray:
+    """Float patterns (torch tensor on any device) -> bfloat16 bits as uint16 numpy (:func:`round_to_bfloat16`)."""
+    import torch
+
+    return round_to_bfloat16(values).view(torch.int16).cpu().numpy().view(np.uint16)
 
 
 def decode_patterns(bits: np.ndarray) -> np.ndarray:

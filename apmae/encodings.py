@@ -15,18 +15,29 @@ written as one HDF5 file per (pattern source, encoder)::
     label_len, task, source_id, span_start, span_end, split, prediction, probability,
     correct, loss), row i of this file = row i of the source
     attrs: schema_version, source_fingerprint, encoder_hash, scaler, seq_len, n_layers,
-           n_heads, dim, task_names, target (JSON), n_rows, created, committed
+           n_heads, dim, task_names, target (JSON), n_rows, scenario_fingerprint,
+           shard_rank, shard_world_size, group_fingerprint, created, committed
 
-``source_fingerprint`` identifies the exact scenarios and target (for a pattern
-cache: :func:`cache_fingerprint`) and ``encoder_hash`` the exact encoder weights
-(:func:`encoder_hash`); a file whose identity differs is refused, never used.
-Rows are appended in order and ``committed`` moves only after they are
-flushed, so an interrupted build resumes where it stopped.
+``source_fingerprint`` identifies the exact target, scenarios and rows
+(:func:`source_fingerprint`; for a pattern cache :func:`cache_fingerprint`) and
+``encoder_hash`` the exact encoder weights (:func:`encoder_hash`); a file whose
+identity differs is refused, never used. Rows are appended in order and
+``committed`` moves only after they are flushed, so an interrupted build
+resumes where it stopped.
+
+Shards: encodings streamed from a target under DDP (:mod:`apmae.stream`) are
+one file per rank, ``<name>.rank<k>.h5``, each holding the rows
+``apmae.cache.shard_rows(N, k, world)``. ``group_fingerprint`` is the
+fingerprint of all N rows, the one a single file of the whole set has, so a
+merged set of shards and a single file of the same scenarios, target and
+encoder carry the same identity. :class:`EncodingSet` merges shards in
+scenario order.
 """
 
 from __future__ import annotations
 
 import datetime
+import glob as globlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -36,13 +47,18 @@ from typing import Any, Iterator, Sequence
 import h5py
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: shard attributes (rank, world size, group fingerprint)
 STAT_NAMES = ("entropy", "mean_distance", "first_token_mass", "diagonal_mass")
 KINDS = ("cls", "mean")
+_DTYPES = {"cls": np.float16, "mean": np.float16, "stats": np.float32}
 # Per-scenario columns every encodings file carries (copied from the pattern source).
 COLUMNS = ("scenario_index", "input_ids", "label_ids", "label_len", "task", "source_id", "span_start",
            "span_end", "split", "prediction", "probability", "correct", "loss")
-_IDENTITY = ("source_fingerprint", "encoder_hash", "scaler", "seq_len", "n_layers", "n_heads", "dim", "n_rows")
+# The outcome columns: known only after the target ran, so written row by row with the encodings.
+OUTCOMES = {"prediction": np.int32, "probability": np.float32, "correct": np.bool_, "loss": np.float32}
+_IDENTITY = ("source_fingerprint", "encoder_hash", "scaler", "seq_len", "n_layers", "n_heads", "dim", "n_rows",
+             "shard_rank", "shard_world_size")
+_STRINGS = ("source_fingerprint", "encoder_hash", "scaler")
 _ROW_CHUNK = 64
 
 
@@ -68,15 +84,20 @@ def encoder_hash(net: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_fingerprint(cache: Any) -> str:
-    """16 hex digits identifying an attention cache's target, scenarios and rows."""
-    h = hashlib.sha256()
-    for key in ("model", "n_layers", "n_heads", "dtype"):
-        h.update(str(cache.target.get(key)).encode())
-    h.update(str(cache.attrs["scenario_fingerprint"]).encode())
-    h.update(str(cache.seq_len).encode())
-    h.update(np.ascontiguousarray(cache.columns["scenario_index"]).tobytes())
+def source_fingerprint(target: dict[str, Any], scenario_fingerprint: str, seq_len: int,
+                       scenario_index: np.ndarray) -> str:
+    """16 hex digits identifying encodings' source: the target (its summary), scenario set, S and rows."""
+    h = hashlib.sha256(json.dumps(target, sort_keys=True, default=str).encode())
+    h.update(str(scenario_fingerprint).encode())
+    h.update(str(int(seq_len)).encode())
+    h.update(np.ascontiguousarray(scenario_index, dtype=np.int64).tobytes())
     return h.hexdigest()[:16]
+
+
+def cache_fingerprint(cache: Any) -> str:
+    """The :func:`source_fingerprint` of an attention cache's target, scenarios and rows."""
+    return source_fingerprint(cache.target, str(cache.attrs["scenario_fingerprint"]), cache.seq_len,
+                              cache.columns["scenario_index"])
 
 
 # ---------------------------------------------------------------- statistics
@@ -118,14 +139,24 @@ class EncodingsSpec:
     n_rows: int
     task_names: tuple[str, ...]
     target: dict[str, Any]
+    scenario_fingerprint: str = ""  # the ScenarioSet's fingerprint
+    shard_rank: int = 0
+    shard_world_size: int = 1
+    group_fingerprint: str = ""  # source fingerprint of all shards together; "" = source_fingerprint (one file)
 
     def identity(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in _IDENTITY}
 
+    def attrs(self) -> dict[str, Any]:
+        """Everything written as file attributes (identity and descriptive facts)."""
+        return {**self.identity(), "scenario_fingerprint": self.scenario_fingerprint,
+                "group_fingerprint": self.group_fingerprint or self.source_fingerprint,
+                "task_names": json.dumps(list(self.task_names)), "target": json.dumps(self.target)}
+
 
 def _file_identity(f: h5py.File) -> dict[str, Any]:
     a = f.attrs
-    return {k: (str(a[k]) if k in ("source_fingerprint", "encoder_hash", "scaler") else int(a[k])) for k in _IDENTITY}
+    return {k: (str(a[k]) if k in _STRINGS else int(a[k])) for k in _IDENTITY}
 
 
 def _open(path: Path, mode: str) -> h5py.File:
@@ -135,7 +166,8 @@ def _open(path: Path, mode: str) -> h5py.File:
         raise EncodingsError(f"encodings file {path} is truncated or corrupt ({e}); delete it to recompute") from e
     try:
         version = int(f.attrs["schema_version"])
-        _file_identity(f)
+        if version == SCHEMA_VERSION:
+            _file_identity(f)
     except (KeyError, ValueError) as e:
         f.close()
         raise EncodingsError(f"{path} is not an apmae encodings file ({e}); delete it or choose another path") from e
@@ -148,7 +180,8 @@ def _open(path: Path, mode: str) -> h5py.File:
 
 def check_identity(found: dict[str, Any], expected: dict[str, Any], path: Path) -> None:
     """Raise :class:`EncodingsMismatchError` naming every field in which ``found`` differs."""
-    hints = {"encoder_hash": "another AP-MAE encoder", "source_fingerprint": "other scenarios or another target"}
+    hints = {"encoder_hash": "another AP-MAE encoder", "source_fingerprint": "other scenarios or another target",
+             "shard_world_size": "another number of ranks"}
     diffs = [f"{k}: file has {found[k]!r}, this run {expected[k]!r}" + (f" ({hints[k]})" if k in hints else "")
              for k in _IDENTITY if found[k] != expected[k]]
     if diffs:
@@ -192,8 +225,15 @@ class EncodingsWriter:
     def complete(self) -> bool:
         return self.committed == self.n_rows
 
-    def append(self, cls_: np.ndarray, mean: np.ndarray, stats: np.ndarray) -> None:
-        """Write the next B rows: cls, mean (B, L, H, D) and stats (B, L, H, F)."""
+    def append(self, cls_: np.ndarray, mean: np.ndarray, stats: np.ndarray,
+               outcomes: dict[str, np.ndarray] | None = None) -> None:
+        """Write the next B rows: cls, mean (B, L, H, D), stats (B, L, H, F) and optionally their
+        :data:`OUTCOMES` columns (B,), all committed together.
+
+        Raises:
+            ValueError: the rows overrun the file, the shapes do not fit, or ``outcomes`` names a
+                column that is not an outcome or has another number of rows.
+        """
         b = len(cls_)
         lo, hi = self.committed, self.committed + b
         if hi > self.n_rows:
@@ -205,6 +245,8 @@ class EncodingsWriter:
         self._f["cls"][lo:hi] = cls_.astype(np.float16)
         self._f["mean"][lo:hi] = mean.astype(np.float16)
         self._f["stats"][lo:hi] = stats.astype(np.float32)
+        for name, value in _checked_outcomes(outcomes or {}, b).items():
+            self._f[name][lo:hi] = value
         self._f.flush()
         self._f.attrs["committed"] = hi
         self._f.flush()
@@ -221,6 +263,23 @@ class EncodingsWriter:
         self.close()
 
 
+def _checked_outcomes(outcomes: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    unknown = sorted(set(outcomes) - set(OUTCOMES))
+    if unknown:
+        raise ValueError(f"{unknown} are not outcome columns; only {list(OUTCOMES)} are written with the rows")
+    out = {name: np.asarray(value).astype(OUTCOMES[name]) for name, value in outcomes.items()}
+    wrong = {name: len(v) for name, v in out.items() if v.shape != (n,)}
+    if wrong:
+        raise ValueError(f"outcome columns {wrong} do not have the {n} rows being appended")
+    return out
+
+
+def placeholder_outcomes(n: int) -> dict[str, np.ndarray]:
+    """Outcome columns for a file whose outcomes arrive with its rows (never read before they do)."""
+    return {"prediction": np.full(n, -1, np.int32), "probability": np.full(n, np.nan, np.float32),
+            "correct": np.zeros(n, np.bool_), "loss": np.full(n, np.nan, np.float32)}
+
+
 def _create(path: Path, spec: EncodingsSpec, columns: dict[str, np.ndarray]) -> h5py.File:
     from apmae import __version__
 
@@ -229,8 +288,8 @@ def _create(path: Path, spec: EncodingsSpec, columns: dict[str, np.ndarray]) -> 
     with h5py.File(tmp, "w") as f:
         chunks = (min(max(n, 1), _ROW_CHUNK), 1, spec.n_heads)
         for kind in KINDS:
-            f.create_dataset(kind, shape=(*shape, spec.dim), dtype=np.float16, chunks=(*chunks, spec.dim))
-        f.create_dataset("stats", shape=(*shape, len(STAT_NAMES)), dtype=np.float32)
+            f.create_dataset(kind, shape=(*shape, spec.dim), dtype=_DTYPES[kind], chunks=(*chunks, spec.dim))
+        f.create_dataset("stats", shape=(*shape, len(STAT_NAMES)), dtype=_DTYPES["stats"])
         for name in COLUMNS:
             col = np.asarray(columns[name])
             if len(col) != n:
@@ -239,8 +298,7 @@ def _create(path: Path, spec: EncodingsSpec, columns: dict[str, np.ndarray]) -> 
                 f.create_dataset(name, data=col.astype(object), dtype=h5py.string_dtype())
             else:
                 f.create_dataset(name, data=col)
-        f.attrs.update({**spec.identity(), "schema_version": SCHEMA_VERSION, "task_names": json.dumps(list(spec.task_names)),
-                        "target": json.dumps(spec.target), "stat_names": json.dumps(list(STAT_NAMES)),
+        f.attrs.update({**spec.attrs(), "schema_version": SCHEMA_VERSION, "stat_names": json.dumps(list(STAT_NAMES)),
                         "apmae_version": __version__, "committed": 0,
                         "created": datetime.datetime.now(datetime.timezone.utc).isoformat()})
     tmp.replace(path)  # a kill during creation never leaves a half-made file under the real name
@@ -250,28 +308,100 @@ def _create(path: Path, spec: EncodingsSpec, columns: dict[str, np.ndarray]) -> 
 # ---------------------------------------------------------------- reading
 
 
-class EncodingSet:
-    """Read-only view of a complete encodings file; columns in memory, encodings on demand.
+@dataclass
+class _Shard:
+    """One file of an encodings set: its identity, facts and per-scenario columns."""
 
-    ``load()`` reads ``cls``/``mean``/``stats`` into memory once (the demo's size);
-    at paper scale read per head (:meth:`head`) or per row block (:meth:`rows`).
+    path: Path
+    identity: dict[str, Any]
+    group: str  # group_fingerprint
+    committed: int
+    task_names: list[str]
+    target: dict[str, Any]
+    scenario_fingerprint: str
+    columns: dict[str, np.ndarray]
+
+
+def _read_shard(path: Path, require_complete: bool) -> _Shard:
+    with _open(path, "r") as f:
+        identity, committed = _file_identity(f), int(f.attrs["committed"])
+        if require_complete and committed != identity["n_rows"]:
+            raise EncodingsError(f"encodings file {path} is incomplete ({committed} of {identity['n_rows']} "
+                                 "rows); run the encoding again to resume it")
+        try:
+            columns = {name: f[name][:committed] for name in COLUMNS}
+        except (KeyError, OSError) as e:
+            raise EncodingsError(f"encodings file {path} is corrupt ({e}); delete it to recompute") from e
+        return _Shard(path, identity, str(f.attrs["group_fingerprint"]), committed, json.loads(f.attrs["task_names"]),
+                      json.loads(f.attrs["target"]), str(f.attrs["scenario_fingerprint"]), columns)
+
+
+def _check_shards(shards: list[_Shard], require_complete: bool) -> None:
+    """Shards merge only when they are distinct ranks of one encoding run (all of them when complete)."""
+    first = shards[0]
+    same = ("encoder_hash", "scaler", "seq_len", "n_layers", "n_heads", "dim", "shard_world_size")
+    for shard in shards[1:]:
+        diffs = [f"{k}: {shard.identity[k]!r} vs {first.identity[k]!r}" for k in same
+                 if shard.identity[k] != first.identity[k]]
+        if shard.group != first.group:
+            diffs.append("other scenarios or another target (group_fingerprint)")
+        if diffs:
+            raise EncodingsMismatchError(f"encodings shards {shard.path} and {first.path} belong to different runs "
+                                         f"({'; '.join(diffs)}); pass the shards of one run")
+    ranks = [s.identity["shard_rank"] for s in shards]
+    world = first.identity["shard_world_size"]
+    if len(set(ranks)) != len(ranks):
+        raise EncodingsError(f"encodings shards {[str(s.path) for s in shards]} repeat ranks {sorted(ranks)}; "
+                             "pass each <name>.rank<k>.h5 file once")
+    if require_complete and len(shards) != world:
+        raise EncodingsError(f"encodings file {first.path} is one of {world} shards but {len(shards)} were given; "
+                             "pass every <name>.rank<k>.h5 file")
+
+
+def _expand(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    if isinstance(paths, (str, Path)):
+        text = str(paths)
+        found = sorted(globlib.glob(text)) if any(c in text for c in "*?[") else [text]
+    else:
+        found = [str(p) for p in paths]
+    if not found:
+        raise EncodingsError(f"no encodings files match {paths!r}; compute them first")
+    missing = [p for p in found if not Path(p).is_file()]
+    if missing:
+        raise EncodingsError(f"encodings file(s) {missing} do not exist; compute them first")
+    return [Path(p) for p in found]
+
+
+class EncodingSet:
+    """Read-only view of encodings: one file, a list of rank shards, or a glob merging them.
+
+    Rows are ordered by scenario index, whatever the sharding; the per-scenario
+    columns are in memory, the encodings are read on demand. ``load()`` reads
+    ``cls``/``mean``/``stats`` into memory once (the demo's size); at paper
+    scale read per head (:meth:`head`) or per row block (:meth:`rows`).
+    ``identity`` of a complete set of shards is that of one file holding every
+    row (see :mod:`apmae.encodings`), so it compares equal across world sizes.
     """
 
-    def __init__(self, path: str | Path, *, require_complete: bool = True) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise EncodingsError(f"encodings file {self.path} does not exist; compute it first")
-        with _open(self.path, "r") as f:
-            self.identity = _file_identity(f)
-            self.committed = int(f.attrs["committed"])
-            if require_complete and self.committed != self.identity["n_rows"]:
-                raise EncodingsError(f"encodings file {self.path} is incomplete ({self.committed} of "
-                                     f"{self.identity['n_rows']} rows); run the encoding again to resume it")
-            self.task_names: list[str] = json.loads(f.attrs["task_names"])
-            self.target: dict[str, Any] = json.loads(f.attrs["target"])
-            self.columns = {name: f[name][: self.committed] for name in COLUMNS}
+    def __init__(self, paths: str | Path | Sequence[str | Path], *, require_complete: bool = True) -> None:
+        self.paths = _expand(paths)
+        self.path = self.paths[0]
+        shards = [_read_shard(p, require_complete) for p in self.paths]
+        _check_shards(shards, require_complete)
+        first = shards[0]
+        self.identity = first.identity if len(shards) == 1 else {
+            **first.identity, "source_fingerprint": first.group, "n_rows": sum(s.identity["n_rows"] for s in shards),
+            "shard_rank": 0, "shard_world_size": 1}
+        self.task_names, self.target = first.task_names, first.target
+        self.scenario_fingerprint = first.scenario_fingerprint
+        order = np.argsort(np.concatenate([s.columns["scenario_index"] for s in shards]), kind="stable")
+        self._files = [(s.path, s.committed) for s in shards]
+        self._shard_of = np.concatenate([np.full(s.committed, k) for k, s in enumerate(shards)])[order]
+        self._local = np.concatenate([np.arange(s.committed) for s in shards])[order]
+        self.columns = {name: np.concatenate([s.columns[name] for s in shards])[order] for name in COLUMNS}
         self.columns["source_id"] = self.columns["source_id"].astype(str)
         self.columns["correct"] = self.columns["correct"].astype(bool)
+        self.committed = len(order)
         self._memory: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -305,20 +435,20 @@ class EncodingSet:
     def probability(self) -> np.ndarray:
         return self.columns["probability"]
 
+    @property
+    def scenario_index(self) -> np.ndarray:
+        return self.columns["scenario_index"]
+
     def load(self) -> "EncodingSet":
         """Read every encoding into memory (returns self)."""
-        with h5py.File(self.path, "r") as f:
-            for name in (*KINDS, "stats"):
-                self._memory[name] = f[name][: self.committed]
+        for name in (*KINDS, "stats"):
+            self.array(name)
         return self
 
     def array(self, name: str) -> np.ndarray:
         """The whole (N, L, H, D) ``cls`` / ``mean`` or (N, L, H, F) ``stats`` array."""
-        if name not in (*KINDS, "stats"):
-            raise ValueError(f"no encodings named {name!r}; use one of {(*KINDS, 'stats')}")
         if name not in self._memory:
-            with h5py.File(self.path, "r") as f:
-                self._memory[name] = f[name][: self.committed]
+            self._memory[name] = self._read_all(name, ())
         return self._memory[name]
 
     def rows(self, index: Sequence[int] | np.ndarray, name: str = "cls") -> np.ndarray:
@@ -326,19 +456,39 @@ class EncodingSet:
         index = np.asarray(index, dtype=np.int64)
         if name in self._memory:
             return self._memory[name][index]
-        order = np.argsort(index)
-        with h5py.File(self.path, "r") as f:
-            block = f[name][index[order]] if len(index) else f[name][:0]
-        out = np.empty_like(block)
-        out[order] = block
+        out = np.empty((len(index), *self._trailing(name)), dtype=_DTYPES[name])
+        shard, local = self._shard_of[index], self._local[index]
+        for k, (path, _) in enumerate(self._files):
+            sel = np.flatnonzero(shard == k)
+            if len(sel):
+                wanted, inverse = np.unique(local[sel], return_inverse=True)  # h5py reads increasing rows
+                with h5py.File(path, "r") as f:
+                    out[sel] = f[name][wanted][inverse]
         return out
 
     def head(self, layer: int, head: int, name: str = "cls") -> np.ndarray:
         """(N, D) encodings of one head over every row."""
         if name in self._memory:
             return self._memory[name][:, layer, head]
-        with h5py.File(self.path, "r") as f:
-            return f[name][: self.committed, layer, head]
+        return self._read_all(name, (layer, head))
+
+    def _trailing(self, name: str) -> tuple[int, ...]:
+        if name not in _DTYPES:
+            raise ValueError(f"no encodings named {name!r}; use one of {tuple(_DTYPES)}")
+        return (self.n_layers, self.n_heads, len(STAT_NAMES) if name == "stats" else self.dim)
+
+    def _read_all(self, name: str, key: tuple) -> np.ndarray:
+        """``[:, *key]`` of one array over every row, in this set's row order."""
+        self._trailing(name)
+        parts = []
+        for path, committed in self._files:
+            with h5py.File(path, "r") as f:
+                parts.append(f[name][(slice(0, committed), *key)])
+        if len(parts) == 1 and np.array_equal(self._local, np.arange(len(self._local))):
+            return parts[0]  # already in scenario order: no copy
+        merged = np.concatenate(parts)
+        offsets = np.cumsum([0] + [c for _, c in self._files])[:-1]
+        return merged[offsets[self._shard_of] + self._local]
 
 
 # ---------------------------------------------------------------- building from a pattern cache
@@ -386,16 +536,21 @@ def encode_patterns(net: Any, patterns: Any, *, scaler: str, chunk: int = 256,
             torch.cat(mean_parts).reshape(shape).half().cpu().numpy(), stats.cpu().numpy())
 
 
+def check_encoder_seq_len(net: Any, seq_len: int, source: str) -> None:
+    """Raise :class:`EncodingsMismatchError` when the encoder's image side is not the patterns' S."""
+    if net.config.seq_len != seq_len:
+        raise EncodingsMismatchError(
+            f"the AP-MAE encoder takes S={net.config.seq_len} images but {source} holds S={seq_len} "
+            f"patterns: train/export an AP-MAE for this sequence length, or use {source} of that length")
+
+
 def encodings_spec(net: Any, cache: Any, scaler: str) -> EncodingsSpec:
     """The identity an encodings file of ``cache`` under ``net`` must have."""
-    if net.config.seq_len != cache.seq_len:
-        raise EncodingsMismatchError(
-            f"the AP-MAE encoder takes S={net.config.seq_len} images but the cache holds S={cache.seq_len} "
-            "patterns: train/export an AP-MAE for this sequence length, or use a cache of that length")
+    check_encoder_seq_len(net, cache.seq_len, "the cache")
     return EncodingsSpec(source_fingerprint=cache_fingerprint(cache), encoder_hash=encoder_hash(net), scaler=scaler,
                          seq_len=cache.seq_len, n_layers=cache.n_layers, n_heads=cache.n_heads,
                          dim=net.config.enc_dim, n_rows=len(cache), task_names=tuple(cache.task_names),
-                         target=cache.target)
+                         target=cache.target, scenario_fingerprint=str(cache.attrs["scenario_fingerprint"]))
 
 
 def ensure_encodings(net: Any, cache: Any, path: str | Path, *, scaler: str = "log_normalize",
@@ -429,6 +584,7 @@ def ensure_encodings(net: Any, cache: Any, path: str | Path, *, scaler: str = "l
     return EncodingSet(path)
 
 
-__all__ = ["COLUMNS", "EncodingSet", "EncodingsError", "EncodingsMismatchError", "EncodingsSpec", "EncodingsWriter",
-           "STAT_NAMES", "cache_columns", "cache_fingerprint", "check_identity", "encode_patterns", "encoder_hash",
-           "encodings_spec", "ensure_encodings", "pattern_stats"]
+__all__ = ["COLUMNS", "OUTCOMES", "EncodingSet", "EncodingsError", "EncodingsMismatchError", "EncodingsSpec",
+           "EncodingsWriter", "STAT_NAMES", "cache_columns", "cache_fingerprint", "check_encoder_seq_len",
+           "check_identity", "encode_patterns", "encoder_hash", "encodings_spec", "ensure_encodings", "pattern_stats",
+           "placeholder_outcomes", "source_fingerprint"]

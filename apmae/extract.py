@@ -21,12 +21,15 @@ from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
 from apmae.cache import DEFAULT_COMPRESSION, DEFAULT_ENCODING, CacheSpec, CacheWriter
 from apmae.scenario_set import ScenarioSet
+
+J = TypeVar("J")
+R = TypeVar("R")
 
 
 @dataclass
@@ -77,7 +80,7 @@ def extract(
                      n_scenarios=len(scenarios), shard_rank=rank, shard_world_size=world_size,
                      compression=compression, encoding=encoding)
     start = time.perf_counter()
-    with CacheWriter.open(path, spec, scenarios) as writer, _threads_per_worker(target, workers):
+    with CacheWriter.open(path, spec, scenarios) as writer, threads_per_worker(target.device, workers):
         before = writer.committed
         _run(target, scenarios, writer, batch_size, workers, progress, on_batch)
         written, rows = writer.committed - before, len(writer.rows)
@@ -93,19 +96,31 @@ def _run(target, scenarios: ScenarioSet, writer: CacheWriter, batch_size: int, w
     batches = [pending[lo:lo + batch_size] for lo in range(0, len(pending), batch_size)]
     bar = tqdm(total=len(writer.rows), initial=writer.committed, unit="scenario", disable=not progress,
                desc=f"attentions -> {writer.path.name}", smoothing=0.1)
+    try:
+        run_in_order(batches, lambda idx: _compute(target, scenarios, writer, idx),
+                     lambda result: _commit(result, writer, bar, on_batch), workers=workers)
+    finally:
+        bar.close()
+
+
+def run_in_order(jobs: Sequence[J], compute: Callable[[J], R], commit: Callable[[R], None], *, workers: int) -> None:
+    """``compute`` up to ``workers`` jobs at once in threads; ``commit`` their results in job order, in this thread.
+
+    An error or interrupt cancels the jobs not started yet; results not yet
+    committed are dropped (a resumed run computes them again).
+    """
     in_flight: deque[Future] = deque()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         try:
-            for idx in batches:
-                in_flight.append(pool.submit(_compute, target, scenarios, writer, idx))
+            for job in jobs:
+                in_flight.append(pool.submit(compute, job))
                 if len(in_flight) > workers:
-                    _commit(in_flight.popleft(), writer, bar, on_batch)
+                    commit(in_flight.popleft().result())
             while in_flight:
-                _commit(in_flight.popleft(), writer, bar, on_batch)
+                commit(in_flight.popleft().result())
         finally:
-            for future in in_flight:  # an error or interrupt: drop what is not written yet
+            for future in in_flight:
                 future.cancel()
-            bar.close()
 
 
 def _compute(target, scenarios: ScenarioSet, writer: CacheWriter, idx: np.ndarray) -> tuple:
@@ -120,9 +135,9 @@ def _compute(target, scenarios: ScenarioSet, writer: CacheWriter, idx: np.ndarra
             out.correct.cpu().numpy(), out.loss.cpu().numpy())
 
 
-def _commit(future: Future, writer: CacheWriter, bar, on_batch: Callable[[int], None] | None) -> None:
+def _commit(result: tuple, writer: CacheWriter, bar, on_batch: Callable[[int], None] | None) -> None:
     """Write a computed batch (the next one in order) and report it."""
-    writer.append(*future.result())
+    writer.append(*result)
     bar.n = writer.committed
     bar.refresh()
     if on_batch is not None:
@@ -130,7 +145,7 @@ def _commit(future: Future, writer: CacheWriter, bar, on_batch: Callable[[int], 
 
 
 @contextmanager
-def _threads_per_worker(target, workers: int) -> Iterator[None]:
+def threads_per_worker(device: Any, workers: int) -> Iterator[None]:
     """On CPU, split torch's threads between the workers and keep freed activations mapped.
 
     Each batch allocates (B, H, S, S) attention tensors of several MB per
@@ -142,7 +157,7 @@ def _threads_per_worker(target, workers: int) -> Iterator[None]:
     import torch
 
     threads = torch.get_num_threads()
-    if target.device.type == "cpu":
+    if torch.device(device).type == "cpu":
         torch.set_num_threads(max(1, threads // workers))
         _keep_freed_memory()
     try:

@@ -10,9 +10,11 @@ from apmae.cli import APMAECLI
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAPER_BASE = CONFIGS / "paper" / "base.yaml"
+# Data overlays that serve encodings, and the full config each one is checked on top of.
+ENCODE_OVERLAYS = {CONFIGS / "demo" / "encode.yaml": CONFIGS / "demo" / "apmae.yaml"}
 # Paper model files are overlays on the paper base (which every one of them exercises);
 # everything else stands alone.
-STACKS = [[PAPER_BASE, p] if p.parent.name == "paper" else [p]
+STACKS = [[PAPER_BASE, p] if p.parent.name == "paper" else [ENCODE_OVERLAYS[p], p] if p in ENCODE_OVERLAYS else [p]
           for p in sorted(CONFIGS.rglob("*.yaml")) if p != PAPER_BASE]
 PAPER = {"starcoder2_3b.yaml": ("bigcode/starcoder2-3b", "bigcode/starcoder2-7b"),
          "starcoder2_7b.yaml": ("bigcode/starcoder2-7b", "bigcode/starcoder2-3b"),
@@ -36,7 +38,8 @@ def _instantiate(stack: list[Path], extra: list[str]) -> APMAECLI:
 def test_every_config_is_covered():
     names = {str(p.relative_to(CONFIGS)) for s in STACKS for p in s}
     assert {"smoke.yaml", "demo/apmae.yaml", "paper/base.yaml", "paper/starcoder2_3b.yaml",
-            "paper/starcoder2_7b.yaml", "paper/starcoder2_15b.yaml"} <= names
+            "paper/starcoder2_7b.yaml", "paper/starcoder2_15b.yaml", "paper/encode_starcoder2_3b.yaml",
+            "demo/encode.yaml"} <= names
 
 
 @pytest.mark.parametrize("stack", STACKS, ids=lambda s: str(s[-1].relative_to(CONFIGS)))
@@ -51,6 +54,21 @@ def test_config_instantiates_with_linked_seq_len(stack, tokenizer_dir):
         assert cli.model.net.config.seq_len == cli.datamodule.seq_len
     if stack[-1].name in PAPER:
         _check_paper_settings(cli, stack[-1].name)
+    if stack[-1].name.startswith("encode"):
+        _check_encode_settings(cli, paper=stack[-1].parent.name == "paper")
+
+
+def _check_encode_settings(cli: APMAECLI, *, paper: bool) -> None:
+    """Encodings overlays stream by default, keep both classes for the probe, and paper scale means 10,000+."""
+    from datamodules.encodings import EncodingsDataModule
+
+    data = cli.datamodule
+    assert isinstance(data, EncodingsDataModule)
+    assert (data.stream, data.correct_only, data.balance, data.scaler) == (True, False, True, "log_normalize")
+    if paper:
+        scenarios = data.scenarios
+        assert (data.target, scenarios.tokenizer, data.seq_len) == ("bigcode/starcoder2-3b",) * 2 + (256,)
+        assert scenarios.n_per_task * 14 >= 10_000 and scenarios.tasks is None  # all 14 tasks
 
 
 def _check_paper_settings(cli: APMAECLI, name: str) -> None:
