@@ -38,32 +38,6 @@ from apmae.scenario_set import SPLITS, ScenarioSet
 from datamodules.java_scenarios import JavaScenarioDataModule
 
 MODES = ("heads", "scenarios")
-NET_CONFIG_KEY = "apmae_net_config"  # where LitAPMAE checkpoints record their net's APMAEConfig
-# autocast dtype of each encoder precision (None: float32)
-ENCODER_PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-
-
-def load_encoder(path: str | Path) -> Any:
-    """The AP-MAE net of an export directory (``APMAE.save``) or of a LitAPMAE checkpoint file.
-
-    Raises:
-        ValueError: the path is neither, or the checkpoint holds no AP-MAE net.
-    """
-    from apmae.model import APMAE, APMAEConfig
-
-    path = Path(path)
-    if path.is_dir():
-        return APMAE.load(path)
-    if not path.is_file():
-        raise ValueError(f"encoder {str(path)!r} does not exist; give an exported AP-MAE directory "
-                         "(the run's apmae_net/, e.g. artifacts/demo/apmae) or a LitAPMAE .ckpt file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    state = {k[len("net."):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")}
-    if NET_CONFIG_KEY not in checkpoint or not state:
-        raise ValueError(f"checkpoint {path} holds no AP-MAE net; give a LitAPMAE checkpoint or an export directory")
-    net = APMAE(APMAEConfig.from_dict(checkpoint[NET_CONFIG_KEY]))
-    net.load_state_dict(state)
-    return net
 
 
 def target_short_name(name_or_path: str) -> str:
@@ -166,21 +140,6 @@ class ScenarioStackDataset(Dataset):
         patterns = c.scenario(row)  # (L, H, S, S)
         return {"images": patterns.reshape(c.n_layers * c.n_heads, 1, c.seq_len, c.seq_len),
                 "stats": pattern_stats(patterns).numpy(), **_row_columns(c, row)}
-
-
-class EncodingRowsDataset(Dataset):
-    """One sample per row of an encodings file: ``cls``, ``mean`` (L, H, D) float32 and ``stats`` (L, H, F)."""
-
-    def __init__(self, encodings: Any, rows: np.ndarray) -> None:
-        self.encodings, self.rows = encodings, np.asarray(rows, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, j: int) -> dict[str, Any]:
-        row, e = int(self.rows[j]), self.encodings
-        arrays = {name: e.rows([row], name)[0].astype(np.float32) for name in ("cls", "mean", "stats")}
-        return {**arrays, **_row_columns(e, row)}
 
 
 def _row_columns(source: Any, row: int) -> dict[str, Any]:
@@ -318,6 +277,8 @@ class AttentionCacheDataModule(L.LightningDataModule):
         get_scaler(scaler)  # fail at construction on a misspelt scaler
         if encoder is not None and mode != "scenarios":
             raise ValueError("encoder applies to mode='scenarios' (per-scenario encodings); set mode: scenarios")
+        from datamodules.encodings import ENCODER_PRECISIONS
+
         if encoder_precision not in ENCODER_PRECISIONS:
             raise ValueError(f"encoder_precision={encoder_precision!r}; use one of {sorted(ENCODER_PRECISIONS)}")
         self.encoder = None if encoder is None else str(encoder)
@@ -439,6 +400,7 @@ class AttentionCacheDataModule(L.LightningDataModule):
     def _encode_caches(self) -> None:
         """Read or compute every cache's encodings under ``encoder`` (rank 0 computes under DDP)."""
         from apmae.encodings import encoder_hash, ensure_encodings
+        from datamodules.encodings import ENCODER_PRECISIONS, load_encoder
 
         net = load_encoder(self.encoder)
         device = torch.device(f"cuda:{self._world()[2]}" if torch.cuda.is_available() else "cpu")
@@ -483,15 +445,20 @@ class AttentionCacheDataModule(L.LightningDataModule):
                              "(n_per_task), change the splits, or set balance: false")
         if self.mode == "scenarios":
             if self.encoder is not None:
-                return EncodingRowsDataset(self.encodings[name], rows)
+                from datamodules.encodings import EncodingRows
+
+                return EncodingRows(self.encodings[name], rows)
             return ScenarioStackDataset(cache, rows)
         selection = HeadSelection.parse(self.head_selection, n_layers=cache.n_layers, n_heads=cache.n_heads,
                                         seed=self.seed)
         return HeadImageDataset(cache, rows, selection)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        from datamodules.encodings import EncodingRows, collate_encodings
+
+        collate = collate_encodings if isinstance(dataset, EncodingRows) else ScaledCollate(self.scaler)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=ScaledCollate(self.scaler), persistent_workers=self.num_workers > 0,
+                          collate_fn=collate, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:

@@ -42,6 +42,30 @@ from datamodules.java_scenarios import JavaScenarioDataModule
 
 # autocast dtype of each encoder precision (None: float32)
 ENCODER_PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def load_encoder(path: str | Path) -> Any:
+    """The AP-MAE net of an export directory (``APMAE.save``) or of a LitAPMAE checkpoint file.
+
+    Raises:
+        ValueError: the path is neither, or the checkpoint holds no AP-MAE net.
+    """
+    from apmae.model import APMAE, APMAEConfig
+
+    path = Path(path)
+    if path.is_dir():
+        return APMAE.load(path)
+    if not path.is_file():
+        raise ValueError(f"encoder {str(path)!r} does not exist; give an exported AP-MAE directory "
+                         "(the run's apmae_net/, e.g. artifacts/demo/apmae) or a LitAPMAE .ckpt file")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    state = {k[len("net."):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")}
+    if NET_CONFIG_KEY not in checkpoint or not state:
+        raise ValueError(f"checkpoint {path} holds no AP-MAE net; give a LitAPMAE checkpoint or an export directory")
+    net = APMAE(APMAEConfig.from_dict(checkpoint[NET_CONFIG_KEY]))
+    net.load_state_dict(state)
+    return net
+NET_CONFIG_KEY = "apmae_net_config"  # where LitAPMAE checkpoints record their net's APMAEConfig
 ARRAYS = (*KINDS, "stats")
 
 
@@ -104,7 +128,7 @@ class EncodingsDataModule(L.LightningDataModule):
         Args:
             target: hub name or directory of the target causal LM.
             scenarios: a scenario DataModule (``JavaScenarioDataModule``) or the path of a saved ScenarioSet ``.npz``.
-            encoder: directory of an exported AP-MAE (``APMAE.save``, e.g. a run's ``apmae_net/``).
+            encoder: an exported AP-MAE (``APMAE.save`` directory, e.g. a run's ``apmae_net/``) or a LitAPMAE checkpoint.
             encodings_dir: directory of the encodings files ``<target>.<encoder hash>.rank<k>.h5``.
             stream: True: run target -> encoder directly, no patterns on disk; False: build the
                 attention cache in ``cache_dir`` first and encode it.
@@ -198,10 +222,9 @@ class EncodingsDataModule(L.LightningDataModule):
 
     def _build(self, rank: int, world: int, local_rank: int) -> None:
         from apmae.encodings import encoder_hash
-        from apmae.model import APMAE
 
         device = self._device(local_rank)
-        net = APMAE.load(self.encoder, map_location=device)
+        net = load_encoder(self.encoder).to(device)
         self.name = f"{self.train_target_name}.{encoder_hash(net)}"
         scenarios = self.scenario_set()
         if not self._complete(scenarios):

@@ -197,7 +197,7 @@ class LitAPMAE(ProbeTraining, LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from dataclasses import asdict
 
-        from datamodules.attention_cache import NET_CONFIG_KEY
+        from datamodules.encodings import NET_CONFIG_KEY
 
         checkpoint[NET_CONFIG_KEY] = asdict(self.net.config)
 
@@ -408,7 +408,7 @@ def _probe_encoder(encoder: Optional[str], *, seq_len: int, overrides: Optional[
                          "artifacts/demo/apmae, or a LitAPMAE checkpoint)")
     if overrides:
         raise ValueError("net_overrides do not apply to a loaded encoder: its architecture is fixed by its config")
-    from datamodules.attention_cache import load_encoder
+    from datamodules.encodings import load_encoder
 
     loaded = load_encoder(encoder)
     if loaded.config.seq_len != seq_len:
