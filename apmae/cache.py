@@ -48,7 +48,6 @@ workers can share one :class:`AttentionCache` object.
 from __future__ import annotations
 
 import datetime
-import functools
 import glob as globlib
 import json
 import os
@@ -61,6 +60,8 @@ from typing import Any, Iterator, Sequence
 
 import h5py
 import numpy as np
+
+from apmae.triangle import from_triangle, lower_triangle_index, triangle_size
 
 SCHEMA_VERSION = 2
 ENCODINGS = ("bfloat16-14bit", "bfloat16-bits")
@@ -142,7 +143,7 @@ def encode_attentions(attentions: Sequence[Any]) -> np.ndarray:
 
     first = attentions[0]
     b, h, s, _ = first.shape
-    idx = _flat_tril(s)
+    idx = lower_triangle_index(s)
     out = np.empty((b, len(attentions), h, len(idx)), dtype=np.uint16)
     for layer, a in enumerate(attentions):
         y = a.to(torch.bfloat16).view(torch.int16).flatten(-2)  # (B, H, S*S)
@@ -239,31 +240,6 @@ def decode_stored(stored: np.ndarray, encoding: str, n_values: int) -> np.ndarra
     """What a cache with ``encoding`` stores -> float32 values (..., T)."""
     bits = from_14bit(stored, n_values) if encoding == "bfloat16-14bit" else stored
     return decode_patterns(bits)
-
-
-@functools.lru_cache(maxsize=8)
-def _flat_tril(seq_len: int) -> np.ndarray:
-    rows, cols = np.tril_indices(seq_len)
-    return rows * seq_len + cols  # (T,) row-major, the same order as apmae.target.lower_triangle_index
-
-
-def triangle_size(seq_len: int) -> int:
-    return seq_len * (seq_len + 1) // 2
-
-
-def pack(full: np.ndarray) -> np.ndarray:
-    """(..., S, S) -> (..., T): the lower triangle, row-major."""
-    seq_len = full.shape[-1]
-    return full.reshape(*full.shape[:-2], seq_len * seq_len)[..., _flat_tril(seq_len)]
-
-
-def unpack(packed: np.ndarray, seq_len: int) -> np.ndarray:
-    """(..., T) -> (..., S, S) float32 with zeros above the diagonal (vectorised over leading dims)."""
-    if packed.shape[-1] != triangle_size(seq_len):
-        raise ValueError(f"packed size {packed.shape[-1]} does not match S={seq_len} (expected {triangle_size(seq_len)})")
-    out = np.zeros((*packed.shape[:-1], seq_len * seq_len), dtype=np.float32)
-    out[..., _flat_tril(seq_len)] = packed
-    return out.reshape(*packed.shape[:-1], seq_len, seq_len)
 
 
 # ---------------------------------------------------------------- writing
@@ -638,11 +614,11 @@ class AttentionCache:
 
     def pattern(self, i: int, layer: int, head: int) -> np.ndarray:
         """(S, S) float32 pattern of one head of row ``i``."""
-        return unpack(self._decode(self._read(i, (layer, head))), self.seq_len)
+        return from_triangle(self._decode(self._read(i, (layer, head))), self.seq_len)
 
     def scenario(self, i: int) -> np.ndarray:
         """(L, H, S, S) float32 patterns of every head of row ``i``."""
-        return unpack(self.packed(i), self.seq_len)
+        return from_triangle(self.packed(i), self.seq_len)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for i in range(len(self)):

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from apmae.patches import grid_side, num_tri_patches, patchify, tri_rows_cols, unpatchify, valid_pixels
+from apmae.patches import grid_side, patchify, unpatchify, valid_pixels
+from apmae.triangle import lower_triangle, triangle_size
 
 POS_EMBEDS = ("learned", "sincos")
 CONFIG_FILE = "config.json"
@@ -95,7 +96,7 @@ class APMAEConfig:
                 raise ValueError(f"{part}_head_dim must be positive or None, got {head_dim}")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be strictly between 0 and 1, got {self.mask_ratio}")
-        num_visible(num_tri_patches(grid), self.mask_ratio)
+        num_visible(triangle_size(grid), self.mask_ratio)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.pos_embed not in POS_EMBEDS:
@@ -111,7 +112,7 @@ class APMAEConfig:
     @property
     def num_patches(self) -> int:
         """T, the number of triangular patches (tokens)."""
-        return num_tri_patches(self.grid)
+        return triangle_size(self.grid)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "APMAEConfig":
@@ -266,7 +267,7 @@ class APMAE(nn.Module):
         return self.config.num_patches
 
     def _position_embedding(self, name: str, dim: int) -> None:
-        rows, cols = tri_rows_cols(self.config.grid)
+        rows, cols = (torch.from_numpy(a.copy()) for a in lower_triangle(self.config.grid))
         if self.config.pos_embed == "learned":
             self.register_parameter(name, nn.Parameter(torch.zeros(1, len(rows), dim)))
         else:  # fixed, so it is rebuilt on load rather than stored

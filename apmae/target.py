@@ -141,12 +141,6 @@ def output_projections(model: torch.nn.Module) -> list[torch.nn.Module]:
     )
 
 
-def lower_triangle_index(seq_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Flat indices (T,) of the causal lower triangle (diagonal included) of an S x S matrix, row-major."""
-    rows, cols = torch.tril_indices(seq_len, seq_len, device=device)
-    return rows * seq_len + cols  # (T,)
-
-
 def _accepts(model: Any, arg: str) -> bool:
     return arg in inspect.signature(model.forward).parameters
 
@@ -201,7 +195,9 @@ def run_batch(
 def _stack_patterns(attentions: Sequence[torch.Tensor], seq_len: int, pack: bool) -> torch.Tensor:
     if not pack:
         return torch.stack(attentions, dim=1)  # (B, L, H, S, S)
-    index = lower_triangle_index(seq_len, attentions[0].device)
+    from apmae.triangle import lower_triangle_index
+
+    index = torch.tensor(lower_triangle_index(seq_len), device=attentions[0].device)
     return torch.stack([a.flatten(-2).index_select(-1, index) for a in attentions], dim=1)  # (B, L, H, T)
 
 

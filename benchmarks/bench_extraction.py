@@ -37,10 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from apmae.cache import (COMPRESSIONS, DEFAULT_COMPRESSION, DEFAULT_ENCODING, ENCODINGS,  # noqa: E402
                          AttentionCache, CacheSpec, CacheWriter, decode_patterns, decode_stored, encode_patterns,
-                         encode_stored, shard_path, triangle_size)
+                         encode_stored, shard_path)
 from apmae.extract import extract  # noqa: E402
 from apmae.scenario_set import ScenarioSet  # noqa: E402
 from apmae.target import Target, load_target, run_batch, wrap_model  # noqa: E402
+from apmae.triangle import triangle_size  # noqa: E402
 
 DEMO = {"layers": 4, "heads": 8, "kv_heads": 2, "hidden": 128, "vocab": 2048}
 STARCODER2_3B = {"layers": 30, "heads": 24, "kv_heads": 2, "hidden": 3072, "vocab": 49152}

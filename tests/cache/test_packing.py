@@ -7,29 +7,30 @@ import pytest
 import torch
 
 from apmae.cache import (decode_patterns, decode_stored, encode_attentions, encode_patterns, encode_stored,
-                         from_14bit, pack, packed_width, to_14bit, triangle_size, unpack)
-from apmae.target import lower_triangle_index
+                         from_14bit, packed_width, to_14bit)
+from apmae.triangle import from_triangle, lower_triangle_index, to_triangle
 
 
 @pytest.mark.parametrize("seq_len", [1, 7, 32])
 def test_pack_unpack_round_trip_is_exact(seq_len):
     rng = np.random.default_rng(seq_len)
     full = np.tril(rng.standard_normal((3, 2, seq_len, seq_len)).astype(np.float32))
-    packed = pack(full)
-    assert packed.shape == (3, 2, triangle_size(seq_len))
-    np.testing.assert_array_equal(unpack(packed, seq_len), full)
+    packed = to_triangle(full)
+    assert packed.shape == (3, 2, {1: 1, 7: 28, 32: 528}[seq_len])
+    np.testing.assert_array_equal(from_triangle(packed, seq_len), full)
 
 
-def test_packed_order_is_row_major_and_matches_the_torch_index():
+def test_packed_order_is_row_major_and_matches_the_flat_index():
     full = np.tril(np.arange(16, dtype=np.float32).reshape(4, 4) + 1)
-    np.testing.assert_array_equal(pack(full), [1, 5, 6, 9, 10, 11, 13, 14, 15, 16])
-    index = lower_triangle_index(4).numpy()
-    np.testing.assert_array_equal(full.reshape(-1)[index], pack(full))
+    np.testing.assert_array_equal(to_triangle(full), [1, 5, 6, 9, 10, 11, 13, 14, 15, 16])
+    index = lower_triangle_index(4)
+    np.testing.assert_array_equal(index, [0, 4, 5, 8, 9, 10, 12, 13, 14, 15])
+    np.testing.assert_array_equal(full.reshape(-1)[index], to_triangle(full))
 
 
 def test_unpack_rejects_a_wrong_size():
     with pytest.raises(ValueError, match="does not match S=4"):
-        unpack(np.zeros(11, dtype=np.float32), 4)
+        from_triangle(np.zeros(11, dtype=np.float32), 4)
 
 
 def test_encoding_never_zeroes_a_probability_and_stays_within_bfloat16_precision():
@@ -89,9 +90,9 @@ def test_encode_attentions_gathers_and_rounds_like_the_reference():
     layers[1][1, 2, 5, 3] = 1e-44  # a float32 subnormal that bfloat16 rounding would flush to zero
     layers[0][0, 1, 6, 0] = 0.0  # a true zero stays zero
     bits = encode_attentions(layers)
-    index = lower_triangle_index(seq_len)
-    reference = encode_patterns(torch.stack([a.flatten(-2)[..., index] for a in layers], dim=1))
+    lower = ~causal  # boolean indexing walks the triangle row-major: a second gather, independent of the index
+    reference = encode_patterns(torch.stack([a[..., lower] for a in layers], dim=1))
     np.testing.assert_array_equal(bits, reference)
     packed = decode_patterns(bits)
-    assert packed[1, 1, 2, index.tolist().index(5 * seq_len + 3)] > 0
-    assert packed[0, 0, 1, index.tolist().index(6 * seq_len + 0)] == 0
+    assert packed[1, 1, 2, 5 * 6 // 2 + 3] > 0  # row 5 starts after 1 + 2 + 3 + 4 + 5 cells
+    assert packed[0, 0, 1, 6 * 7 // 2 + 0] == 0

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from apmae.cache import pack
 from apmae.target import Target, load_target, output_projections, run_batch, wrap_model, zero_heads
+from apmae.triangle import to_triangle
 
 
 def test_loaded_target_reports_its_shape(target, target_dir):
@@ -49,7 +49,7 @@ def test_packed_patterns_are_the_lower_triangles(target, scenarios):
     full = run_batch(target, ids, label).attentions.numpy()
     packed = run_batch(target, ids, label, pack=True).attentions.numpy()
     assert packed.shape == (3, 2, 4, 24 * 25 // 2)
-    np.testing.assert_array_equal(packed, pack(full))
+    np.testing.assert_array_equal(packed, to_triangle(full))
     assert np.all(np.triu(full, k=1) == 0)  # nothing is lost by packing
 
 
