@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from apmae.cache import DEFAULT_COMPRESSION, DEFAULT_ENCODING, CacheSpec, CacheWriter
+from apmae.cache import DEFAULT_COMPRESSION, CacheSpec, CacheWriter
+from apmae.encoding import DEFAULT_ENCODING
 from apmae.scenario_set import ScenarioSet
 
 J = TypeVar("J")

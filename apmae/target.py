@@ -184,7 +184,7 @@ def run_batch(
         )
     logits = out.logits[:, -1] if out.logits.shape[1] == 1 else out.logits[torch.arange(len(pos), device=device), pos]
     if bits:
-        from apmae.cache import encode_attentions
+        from apmae.encoding import encode_attentions
 
         patterns = encode_attentions(out.attentions)
     else:

@@ -35,9 +35,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from apmae.cache import (COMPRESSIONS, DEFAULT_COMPRESSION, DEFAULT_ENCODING, ENCODINGS,  # noqa: E402
-                         AttentionCache, CacheSpec, CacheWriter, decode_patterns, decode_stored, encode_patterns,
-                         encode_stored, shard_path)
+from apmae.cache import (COMPRESSIONS, DEFAULT_COMPRESSION, AttentionCache, CacheSpec, CacheWriter,  # noqa: E402
+                         shard_path)
+from apmae.encoding import (DEFAULT_ENCODING, ENCODINGS, decode_patterns, decode_stored, encode_patterns,  # noqa: E402
+                            encode_stored)
 from apmae.extract import extract  # noqa: E402
 from apmae.scenario_set import ScenarioSet  # noqa: E402
 from apmae.target import Target, load_target, run_batch, wrap_model  # noqa: E402

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from apmae.cache import (decode_patterns, decode_stored, encode_attentions, encode_patterns, encode_stored,
-                         from_14bit, packed_width, to_14bit)
+from apmae.encoding import (decode_patterns, decode_stored, encode_attentions, encode_patterns, encode_stored,
+                            from_14bit, packed_width, to_14bit)
 from apmae.triangle import from_triangle, lower_triangle_index, to_triangle
 
 
