@@ -1,10 +1,10 @@
 """AP-MAE: a ViT masked autoencoder over causal attention patterns.
 
 Glossary: B batch, S tokens (image side), P patch side, G = S / P grid side,
-T = G (G + 1) / 2 lower-triangular patches (diagonal included), P2 = P * P
-pixels per patch, N visible patches per image, De / Dd encoder / decoder width.
+Q = G (G + 1) / 2 lower-triangular patches (diagonal included), P2 = P * P
+pixels per patch, Nv visible patches per image, De / Dd encoder / decoder width.
 
-Only the T lower-triangular patches are tokens: the upper patches of a causal
+Only the Q lower-triangular patches are tokens: the upper patches of a causal
 attention pattern are structurally zero, so they never enter the encoder or
 the decoder and the model outputs exact zeros there.
 
@@ -66,7 +66,7 @@ class APMAEConfig:
 
     seq_len: int = 256  # S, side of the (S, S) attention image
     patch_size: int = 32  # P, side of a square patch; must divide seq_len
-    mask_ratio: float = 0.5  # fraction of the T triangular patches hidden from the encoder
+    mask_ratio: float = 0.5  # fraction of the Q triangular patches hidden from the encoder
     enc_dim: int = 512  # De, encoder residual width
     enc_depth: int = 24  # number of encoder blocks
     enc_heads: int = 16  # encoder attention heads
@@ -111,7 +111,7 @@ class APMAEConfig:
 
     @property
     def num_patches(self) -> int:
-        """T, the number of triangular patches (tokens)."""
+        """Q, the number of triangular patches (tokens)."""
         return triangle_size(self.grid)
 
     @classmethod
@@ -132,7 +132,7 @@ class APMAEConfig:
 
 
 def num_visible(num_patches: int, mask_ratio: float) -> int:
-    """N, patches left visible out of T at ``mask_ratio`` (as in MAE: floor of T (1 - r))."""
+    """Nv, patches left visible out of Q at ``mask_ratio`` (as in MAE: floor of Q (1 - r))."""
     keep = int(num_patches * (1.0 - mask_ratio))
     if keep < 1:
         raise ValueError(
@@ -148,11 +148,11 @@ def num_visible(num_patches: int, mask_ratio: float) -> int:
 class APMAEOutput:
     """What one forward pass returns; enough to rebuild the full image."""
 
-    loss: torch.Tensor  # () MSE over the masked patches' valid pixels
-    pred: torch.Tensor  # (B, T, P2) decoder output for every triangular patch
-    mask: torch.Tensor  # (B, T) 1 = masked, 0 = visible
-    target: torch.Tensor  # (B, T, P2) the patchified input
-    valid: torch.Tensor  # (T, P2) bool, False for strictly-upper pixels of diagonal patches
+    loss: torch.Tensor  # () MSE over the masked patches' valid pixels (:func:`masked_error`)
+    pred: torch.Tensor  # (B, Q, P2) decoder output for every triangular patch
+    mask: torch.Tensor  # (B, Q) 1 = masked, 0 = visible
+    patches: torch.Tensor  # (B, Q, P2) the patchified input, what ``pred`` reconstructs
+    valid: torch.Tensor  # (Q, P2) bool, False for strictly-upper pixels of diagonal patches
 
 
 @dataclass
@@ -163,13 +163,35 @@ class APMAEEncoding:
     mean: torch.Tensor  # (B, De) mean of the final patch tokens
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the valid pixels of masked patches only.
+@dataclass
+class MaskedError:
+    """Squared error over the valid pixels of masked patches, and how many pixels that is.
 
-    pred, target (B, T, P2); mask (B, T) with 1 = masked; valid (T, P2) bool.
+    Sums rather than a mean, so batches of different sizes (or DDP ranks) add up exactly.
     """
-    weight = mask.unsqueeze(-1) * valid.to(pred.dtype)  # (B, T, P2)
-    return ((pred - target).square() * weight).sum() / weight.sum()
+
+    sse: torch.Tensor  # () over the batch, or (B,) per image
+    count: torch.Tensor  # pixels in ``sse``, same shape
+
+    @property
+    def mse(self) -> torch.Tensor:
+        return self.sse / self.count.clamp_min(1.0)
+
+
+def masked_error(
+    pred: torch.Tensor, patches: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor, *, per_image: bool = False
+) -> MaskedError:
+    """The error AP-MAE's loss is: ``pred`` (B or 1, Q, P2) against ``patches`` (B, Q, P2).
+
+    Only pixels of masked patches (``mask`` (B, Q), 1 = masked) that lie on or
+    below the causal diagonal (``valid`` (Q, P2)) count. Computed in the dtype
+    of ``patches`` (float32 data), also when ``pred`` comes out of autocast.
+    """
+    weight = mask.to(patches.dtype).unsqueeze(-1) * valid.to(patches.dtype)  # (B, Q, P2)
+    squared = (pred.to(patches.dtype) - patches).square() * weight  # (B, Q, P2)
+    if per_image:
+        return MaskedError(sse=squared.sum((1, 2)), count=weight.sum((1, 2)))
+    return MaskedError(sse=squared.sum(), count=weight.sum())
 
 
 def sincos_2d(rows: torch.Tensor, cols: torch.Tensor, dim: int) -> torch.Tensor:
@@ -178,10 +200,10 @@ def sincos_2d(rows: torch.Tensor, cols: torch.Tensor, dim: int) -> torch.Tensor:
     omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (dim/4,)
 
     def one_axis(pos: torch.Tensor) -> torch.Tensor:
-        angle = pos.to(torch.float64).unsqueeze(1) * omega  # (T, dim/4)
+        angle = pos.to(torch.float64).unsqueeze(1) * omega  # (Q, dim/4)
         return torch.cat([angle.sin(), angle.cos()], dim=1)
 
-    return torch.cat([one_axis(rows), one_axis(cols)], dim=1).float()  # (T, dim)
+    return torch.cat([one_axis(rows), one_axis(cols)], dim=1).float()  # (Q, dim)
 
 
 class Attention(nn.Module):
@@ -263,7 +285,7 @@ class APMAE(nn.Module):
 
     @property
     def num_patches(self) -> int:
-        """T, tokens per image."""
+        """Q, tokens per image."""
         return self.config.num_patches
 
     def _position_embedding(self, name: str, dim: int) -> None:
@@ -287,7 +309,7 @@ class APMAE(nn.Module):
                 nn.init.trunc_normal_(param, std=0.02, a=-0.04, b=0.04)
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 1, S, S) -> (B, T, P2), checking S against the config."""
+        """(B, 1, S, S) -> (B, Q, P2), checking S against the config."""
         if images.ndim != 4 or images.shape[1] != 1 or tuple(images.shape[2:]) != (self.config.seq_len,) * 2:
             s = self.config.seq_len
             raise ValueError(
@@ -297,15 +319,15 @@ class APMAE(nn.Module):
         return patchify(images, self.config.patch_size)
 
     def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
-        """(B, T, P2) -> (B, 1, S, S) with zeros outside the causal triangle."""
+        """(B, Q, P2) -> (B, 1, S, S) with zeros outside the causal triangle."""
         return unpatchify(patches * self.valid.to(patches.dtype), self.config.seq_len, self.config.patch_size)
 
     def random_mask(
         self, batch: int, *, noise: torch.Tensor | None, mask_ratio: float | None, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-image masking by argsort of noise: the N lowest-noise patches stay visible.
+        """Per-image masking by argsort of noise: the Nv lowest-noise patches stay visible.
 
-        Returns mask (B, T) float with 1 = masked, and ids_keep (B, N) visible patch indices.
+        Returns mask (B, Q) float with 1 = masked, and ids_keep (B, Nv) visible patch indices.
         """
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
         if not 0.0 < ratio < 1.0:
@@ -314,8 +336,8 @@ class APMAE(nn.Module):
         if noise is None:
             noise = torch.rand(batch, self.num_patches, device=device)
         elif tuple(noise.shape) != (batch, self.num_patches):
-            raise ValueError(f"noise must be (B, T) = ({batch}, {self.num_patches}), got {tuple(noise.shape)}")
-        ids_keep = torch.argsort(noise.to(device), dim=1)[:, :keep]  # (B, N)
+            raise ValueError(f"noise must be (B, Q) = ({batch}, {self.num_patches}), got {tuple(noise.shape)}")
+        ids_keep = torch.argsort(noise.to(device), dim=1)[:, :keep]  # (B, Nv)
         mask = torch.ones(batch, self.num_patches, device=device)
         return mask.scatter_(1, ids_keep, 0.0), ids_keep
 
@@ -325,23 +347,23 @@ class APMAE(nn.Module):
         return self.enc_norm(self.encoder(torch.cat([cls, tokens], dim=1)))
 
     def forward_encoder(self, patches: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
-        """Embed only the visible patches and encode them: (B, T, P2) -> (B, 1 + N, De)."""
-        visible = torch.take_along_dim(patches, ids_keep.unsqueeze(-1), dim=1)  # (B, N, P2)
-        pos = self.enc_pos_embed[0][ids_keep]  # (B, N, De)
+        """Embed only the visible patches and encode them: (B, Q, P2) -> (B, 1 + Nv, De)."""
+        visible = torch.take_along_dim(patches, ids_keep.unsqueeze(-1), dim=1)  # (B, Nv, P2)
+        pos = self.enc_pos_embed[0][ids_keep]  # (B, Nv, De)
         return self._encode_tokens(self.patch_embed(visible) + pos)
 
     def forward_decoder(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
-        """Visible latents + mask tokens at their grid positions -> pixels of every patch (B, T, P2)."""
-        x = self.dec_embed(latent)  # (B, 1 + N, Dd)
+        """Visible latents + mask tokens at their grid positions -> pixels of every patch (B, Q, P2)."""
+        x = self.dec_embed(latent)  # (B, 1 + Nv, Dd)
         batch, dim = x.shape[0], x.shape[-1]
         # Start from mask tokens everywhere and write the visible tokens into their own slots,
         # so the decoder always sees what the encoder saw.
         # Under autocast x is in the autocast dtype while parameters stay float32: scatter and
         # cat need one dtype, so the mask token and position embedding follow x's.
-        slots = ids_keep.unsqueeze(-1).expand(-1, -1, dim)  # (B, N, Dd)
-        mask_tokens = self.mask_token.to(x.dtype).expand(batch, self.num_patches, dim)  # (B, T, Dd)
-        tokens = mask_tokens.scatter(1, slots, x[:, 1:])  # (B, T, Dd)
-        tokens = torch.cat([x[:, :1], tokens + self.dec_pos_embed.to(x.dtype)], dim=1)  # (B, 1 + T, Dd)
+        slots = ids_keep.unsqueeze(-1).expand(-1, -1, dim)  # (B, Nv, Dd)
+        mask_tokens = self.mask_token.to(x.dtype).expand(batch, self.num_patches, dim)  # (B, Q, Dd)
+        tokens = mask_tokens.scatter(1, slots, x[:, 1:])  # (B, Q, Dd)
+        tokens = torch.cat([x[:, :1], tokens + self.dec_pos_embed.to(x.dtype)], dim=1)  # (B, 1 + Q, Dd)
         return self.dec_pred(self.dec_norm(self.decoder(tokens))[:, 1:])
 
     def forward(
@@ -349,28 +371,28 @@ class APMAE(nn.Module):
     ) -> APMAEOutput:
         """Mask, encode, decode and score one batch of (B, 1, S, S) scaled attention images.
 
-        ``noise`` (B, T) fixes the mask (lowest values stay visible); ``mask_ratio``
+        ``noise`` (B, Q) fixes the mask (lowest values stay visible); ``mask_ratio``
         overrides the config's for this call.
         """
-        target = self.patchify(images)  # (B, T, P2)
-        mask, ids_keep = self.random_mask(target.shape[0], noise=noise, mask_ratio=mask_ratio, device=images.device)
-        pred = self.forward_decoder(self.forward_encoder(target, ids_keep), ids_keep)
+        patches = self.patchify(images)  # (B, Q, P2)
+        mask, ids_keep = self.random_mask(patches.shape[0], noise=noise, mask_ratio=mask_ratio, device=images.device)
+        pred = self.forward_decoder(self.forward_encoder(patches, ids_keep), ids_keep)
         mask = mask.to(pred.dtype)
-        loss = masked_mse(pred, target, mask, self.valid)
-        return APMAEOutput(loss=loss, pred=pred, mask=mask, target=target, valid=self.valid)
+        loss = masked_error(pred, patches, mask, self.valid).mse
+        return APMAEOutput(loss=loss, pred=pred, mask=mask, patches=patches, valid=self.valid)
 
     def reconstruct(self, images: torch.Tensor, out: APMAEOutput) -> torch.Tensor:
         """Full (B, 1, S, S) image: visible patches from ``images``, masked ones from ``out.pred``."""
         patches = self.patchify(images)
         if patches.shape != out.pred.shape:
             raise ValueError(f"images give patches {tuple(patches.shape)} but out.pred is {tuple(out.pred.shape)}")
-        merged = torch.where(out.mask.bool().unsqueeze(-1), out.pred, patches)  # (B, T, P2)
+        merged = torch.where(out.mask.bool().unsqueeze(-1), out.pred, patches)  # (B, Q, P2)
         return self.unpatchify(merged)
 
     def encode(self, images: torch.Tensor) -> APMAEEncoding:
         """Encode every triangular patch (no masking): CLS and mean patch embedding, (B, De) each."""
         patches = self.patchify(images)
-        x = self._encode_tokens(self.patch_embed(patches) + self.enc_pos_embed)  # (B, 1 + T, De)
+        x = self._encode_tokens(self.patch_embed(patches) + self.enc_pos_embed)  # (B, 1 + Q, De)
         return APMAEEncoding(cls=x[:, 0], mean=x[:, 1:].mean(dim=1))
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
