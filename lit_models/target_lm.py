@@ -1,6 +1,6 @@
 """TargetLM: trains the tiny StarCoder2 target of the embedded demo and exports it.
 
-Glossary: B batch, T tokens per row, V vocabulary.
+Glossary: B batch, S tokens per row, V vocabulary, F FIM rows of a batch.
 
 The network is a plain ``transformers.Starcoder2ForCausalLM`` (same
 architecture family as ``bigcode/starcoder2-3b``, GQA, RoPE); this module adds
@@ -155,23 +155,23 @@ class TargetLM(LightningModule):
             torch.set_num_threads(self.hparams.num_threads)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, V)."""
+        """Logits (B, S, V)."""
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def lm_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weighted next-token cross entropy and the logits (B, T, V).
+        """Weighted next-token cross entropy and the logits (B, S, V).
 
         Position t predicts token t + 1; the ``<fim_middle>`` position predicts
         the hole's first token and weighs ``middle_loss_weight``; padding weighs 0.
         """
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        targets = batch["labels"][:, 1:]  # (B, T-1)
+        targets = batch["labels"][:, 1:]  # (B, S-1)
         ce = torch.nn.functional.cross_entropy(
             logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none"
-        ).view_as(targets)  # (B, T-1)
-        positions = torch.arange(targets.shape[1], device=targets.device)  # (T-1,)
+        ).view_as(targets)  # (B, S-1)
+        positions = torch.arange(targets.shape[1], device=targets.device)  # (S-1,)
         pos = batch["middle_pos"].unsqueeze(1)  # (B, 1), -1 for plain rows
-        first = positions == pos  # (B, T-1), never true for plain rows
+        first = positions == pos  # (B, S-1), never true for plain rows
         weight = (targets != -100).float() * torch.where(first, self.hparams.middle_loss_weight, 1.0)
         total, norm = (ce * weight).sum(), weight.sum()
         rows = torch.nonzero(batch["middle_pos"] >= 0).squeeze(-1)  # (F,) FIM rows
