@@ -45,7 +45,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -62,9 +62,6 @@ _GZIP_LEVEL = 1  # level 4 saves only ~2 % more on attention patterns and compre
 # Scenario columns copied from the ScenarioSet, then the per-scenario results of the target.
 _SCENARIO_COLUMNS = ("input_ids", "label_ids", "label_len", "task", "source_id", "span_start", "span_end", "split")
 _RESULT_COLUMNS = {"prediction": np.int32, "probability": np.float32, "correct": np.uint8, "loss": np.float32}
-# Attributes that must agree before a file is appended to.
-_IDENTITY = ("model", "n_layers", "n_heads", "seq_len", "dtype", "scenario_fingerprint", "n_scenarios",
-             "shard_rank", "shard_world_size", "encoding")
 
 
 class CacheError(ValueError):
@@ -103,12 +100,36 @@ class CacheSpec:
     compression: str = DEFAULT_COMPRESSION
     encoding: str = DEFAULT_ENCODING
 
-    def identity(self) -> dict[str, Any]:
+    def attrs(self) -> dict[str, Any]:
+        """The file attributes this spec fixes (what :func:`identity_of` reads back, plus compression)."""
         t = self.target
-        return {"model": t["model"], "n_layers": t["n_layers"], "n_heads": t["n_heads"], "seq_len": self.seq_len,
-                "dtype": t["dtype"], "scenario_fingerprint": self.scenario_fingerprint,
-                "n_scenarios": self.n_scenarios, "shard_rank": self.shard_rank,
-                "shard_world_size": self.shard_world_size, "encoding": self.encoding}
+        return {"target": json.dumps(t), "seq_len": self.seq_len, "n_layers": t["n_layers"], "n_heads": t["n_heads"],
+                "scenario_fingerprint": self.scenario_fingerprint, "n_scenarios": self.n_scenarios,
+                "shard_rank": self.shard_rank, "shard_world_size": self.shard_world_size,
+                "encoding": self.encoding, "compression": self.compression}
+
+    def identity(self) -> dict[str, Any]:
+        return identity_of(self.attrs())
+
+
+def identity_of(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """What must agree before a shard file is appended to, merged with others or reused, from its attributes."""
+    target = json.loads(attrs["target"])
+    return {"model": target["model"], "n_layers": int(attrs["n_layers"]), "n_heads": int(attrs["n_heads"]),
+            "seq_len": int(attrs["seq_len"]), "dtype": target["dtype"],
+            "scenario_fingerprint": str(attrs["scenario_fingerprint"]), "n_scenarios": int(attrs["n_scenarios"]),
+            "shard_rank": int(attrs["shard_rank"]), "shard_world_size": int(attrs["shard_world_size"]),
+            "encoding": str(attrs["encoding"])}
+
+
+def check_identity(found: Mapping[str, Any], expected: Mapping[str, Any], path: str | Path) -> None:
+    """Raise :class:`CacheMismatchError` naming every key of ``expected`` on which ``found`` differs."""
+    diffs = [f"{k}: file has {found[k]!r}, this run {expected[k]!r}" for k in expected if found[k] != expected[k]]
+    if diffs:
+        raise CacheMismatchError(
+            f"attention cache {path} was written for a different run ({'; '.join(diffs)}); "
+            "it is never appended to or reused: delete it or choose another cache_dir/name"
+        )
 
 
 def _open_h5(path: Path, mode: str) -> h5py.File:
@@ -118,20 +139,10 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
         raise CacheError(f"attention cache {path} is truncated or corrupt ({e}); delete it to rebuild") from e
 
 
-def _file_identity(f: h5py.File) -> dict[str, Any]:
-    a = f.attrs
-    target = json.loads(a["target"])
-    return {"model": target["model"], "n_layers": int(a["n_layers"]), "n_heads": int(a["n_heads"]),
-            "seq_len": int(a["seq_len"]), "dtype": target["dtype"],
-            "scenario_fingerprint": str(a["scenario_fingerprint"]), "n_scenarios": int(a["n_scenarios"]),
-            "shard_rank": int(a["shard_rank"]), "shard_world_size": int(a["shard_world_size"]),
-            "encoding": str(a["encoding"])}
-
-
 def _check_schema(f: h5py.File, path: Path) -> None:
     try:
         version = int(f.attrs["schema_version"])
-        _file_identity(f)
+        identity_of(f.attrs)
         committed = int(f.attrs["committed"])
         rows = f["patterns"].shape[0]
     except (KeyError, OSError, ValueError, json.JSONDecodeError) as e:
@@ -175,7 +186,7 @@ class CacheWriter:
             f = _open_h5(path, "r+")
             try:
                 _check_schema(f, path)
-                _check_identity(_file_identity(f), spec.identity(), path)
+                check_identity(identity_of(f.attrs), spec.identity(), path)
             except CacheError:
                 f.close()
                 raise
@@ -238,19 +249,9 @@ class CacheWriter:
         self.close()
 
 
-def _check_identity(found: dict[str, Any], expected: dict[str, Any], path: Path) -> None:
-    diffs = [f"{k}: file has {found[k]!r}, this run {expected[k]!r}" for k in _IDENTITY if found[k] != expected[k]]
-    if diffs:
-        raise CacheMismatchError(
-            f"attention cache {path} was written for a different run ({'; '.join(diffs)}); "
-            "it is never appended to: delete it or choose another cache_dir/name"
-        )
-
-
 def chunk_heads(n_heads: int, head_bytes: int) -> int:
     """Heads per chunk: the largest divisor of H whose chunk stays within ~64 KiB (at least 1)."""
-    per_head = head_bytes
-    fitting = [d for d in range(1, n_heads + 1) if n_heads % d == 0 and d * per_head <= _CHUNK_BYTES]
+    fitting = [d for d in range(1, n_heads + 1) if n_heads % d == 0 and d * head_bytes <= _CHUNK_BYTES]
     return max(fitting, default=1)
 
 
@@ -312,17 +313,11 @@ def _create(path: Path, spec: CacheSpec, scenarios: Any, n_rows: int) -> h5py.Fi
 def _write_attrs(f: h5py.File, spec: CacheSpec, scenarios: Any, n_rows: int) -> None:
     from apmae import __version__
 
-    t = spec.target
-    attrs = {
-        "schema_version": SCHEMA_VERSION, "encoding": spec.encoding, "target": json.dumps(t),
-        "seq_len": spec.seq_len, "n_layers": t["n_layers"], "n_heads": t["n_heads"],
-        "scenario_fingerprint": spec.scenario_fingerprint, "scenario_meta": json.dumps(scenarios.meta, default=str),
-        "task_names": json.dumps(list(scenarios.task_names)), "n_scenarios": spec.n_scenarios,
-        "shard_rank": spec.shard_rank, "shard_world_size": spec.shard_world_size, "shard_rows": n_rows,
-        "apmae_version": __version__, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "compression": spec.compression, "committed": 0,
-    }
-    f.attrs.update(attrs)
+    f.attrs.update({
+        "schema_version": SCHEMA_VERSION, **spec.attrs(), "scenario_meta": json.dumps(scenarios.meta, default=str),
+        "task_names": json.dumps(list(scenarios.task_names)), "shard_rows": n_rows, "apmae_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(), "committed": 0,
+    })
 
 
 # ---------------------------------------------------------------- reading
@@ -338,8 +333,9 @@ class AttentionCache:
     """Read-only view of one cache: a file, a list of shard files, or a glob merging them.
 
     Rows are ordered by scenario index, whatever the sharding. Metadata columns
-    are numpy arrays; patterns are read on demand through handles opened lazily
-    in each process (safe to pickle into DataLoader workers).
+    are numpy arrays, as properties (``cache.correct``, ``cache.task``, ...) and
+    by name in the ``columns`` dict; patterns are read on demand through handles
+    opened lazily in each process (safe to pickle into DataLoader workers).
     """
 
     def __init__(self, paths: str | Path | Sequence[str | Path], *, require_complete: bool = True) -> None:
@@ -375,18 +371,16 @@ class AttentionCache:
         self.columns["correct"] = self.columns["correct"].astype(bool)
 
     def _check_shard(self, f: h5py.File, path: Path, first: bool, require_complete: bool) -> None:
-        ident = _file_identity(f)
+        ident = identity_of(f.attrs)
         if first:
             self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
             self.attrs.pop("committed")
-            self._identity = ident
             world = ident["shard_world_size"]
             if require_complete and len(self.paths) != world:
                 raise CacheError(f"cache {path} is one of {world} shards but {len(self.paths)} were given; "
                                  "pass every <name>.rank<k>.h5 file")
         else:
-            expect = {**self._identity, "shard_rank": ident["shard_rank"]}
-            _check_identity(ident, expect, path)
+            check_identity(ident, {**self.identity, "shard_rank": ident["shard_rank"]}, path)
         if require_complete and int(f.attrs["committed"]) != int(f.attrs["shard_rows"]):
             raise CacheError(f"cache {path} is incomplete ({int(f.attrs['committed'])} of "
                              f"{int(f.attrs['shard_rows'])} rows); run the extraction again to resume it")
@@ -433,11 +427,76 @@ class AttentionCache:
     def task_names(self) -> list[str]:
         return json.loads(self.attrs["task_names"])
 
-    def __getattr__(self, name: str) -> np.ndarray:
-        columns = self.__dict__.get("columns", {})
-        if name in columns:
-            return columns[name]
-        raise AttributeError(name)
+    @property
+    def identity(self) -> dict[str, Any]:
+        """The first shard's :func:`identity_of` (every shard agrees on it but for ``shard_rank``)."""
+        return identity_of(self.attrs)
+
+    # -- columns (N,) per scenario row, ordered by scenario index; also in ``columns`` by name
+    @property
+    def scenario_index(self) -> np.ndarray:
+        """(N,) int64 row of each scenario in its ScenarioSet."""
+        return self.columns["scenario_index"]
+
+    @property
+    def input_ids(self) -> np.ndarray:
+        """(N, S) int32 FIM prompts."""
+        return self.columns["input_ids"]
+
+    @property
+    def label_ids(self) -> np.ndarray:
+        """(N, K) int32 tokens of each hole, zero-padded."""
+        return self.columns["label_ids"]
+
+    @property
+    def label_len(self) -> np.ndarray:
+        """(N,) int32 real tokens in ``label_ids``."""
+        return self.columns["label_len"]
+
+    @property
+    def task(self) -> np.ndarray:
+        """(N,) int16 index into :attr:`task_names`."""
+        return self.columns["task"]
+
+    @property
+    def source_id(self) -> np.ndarray:
+        """(N,) str the file each scenario was mined from (empty for noise)."""
+        return self.columns["source_id"]
+
+    @property
+    def span_start(self) -> np.ndarray:
+        """(N,) int64 UTF-8 byte offset where the hole starts in its file."""
+        return self.columns["span_start"]
+
+    @property
+    def span_end(self) -> np.ndarray:
+        """(N,) int64 UTF-8 byte offset where the hole ends (exclusive)."""
+        return self.columns["span_end"]
+
+    @property
+    def split(self) -> np.ndarray:
+        """(N,) int8 index into :data:`apmae.scenario_set.SPLITS`."""
+        return self.columns["split"]
+
+    @property
+    def prediction(self) -> np.ndarray:
+        """(N,) int32 the target's first predicted token."""
+        return self.columns["prediction"]
+
+    @property
+    def probability(self) -> np.ndarray:
+        """(N,) float32 the target's probability of its prediction."""
+        return self.columns["probability"]
+
+    @property
+    def correct(self) -> np.ndarray:
+        """(N,) bool prediction == the hole's first token."""
+        return self.columns["correct"]
+
+    @property
+    def loss(self) -> np.ndarray:
+        """(N,) float32 cross-entropy of the hole's first token."""
+        return self.columns["loss"]
 
     # -- patterns
     def _read(self, i: int, key: tuple) -> np.ndarray:

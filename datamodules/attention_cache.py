@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from apmae.cache import (DEFAULT_COMPRESSION, AttentionCache, CacheError, CacheMismatchError,
-                         cache_files, shard_path)
+from apmae.cache import (DEFAULT_COMPRESSION, AttentionCache, CacheError, CacheMismatchError, cache_files,
+                         check_identity, shard_path)
 from apmae.encoding import DEFAULT_ENCODING
 from apmae.scenario_set import SPLITS, ScenarioSet
 from datamodules.java_scenarios import JavaScenarioDataModule
@@ -394,13 +394,8 @@ class AttentionCacheDataModule(L.LightningDataModule):
             raise
         except CacheError:
             return False  # incomplete: resume it
-        found = {"model": cache.target["model"], "seq_len": cache.seq_len,
-                 "scenario_fingerprint": cache.attrs["scenario_fingerprint"]}
         expected = {"model": model, "seq_len": scenarios.seq_len, "scenario_fingerprint": scenarios.fingerprint()}
-        diffs = [f"{k}: cache has {found[k]!r}, this run {expected[k]!r}" for k in found if found[k] != expected[k]]
-        if diffs:
-            raise CacheMismatchError(f"cache {name!r} in {self.cache_dir} was built for a different run "
-                                     f"({'; '.join(diffs)}); delete it or choose another cache_dir")
+        check_identity(cache.identity, expected, files[0])
         return True
 
     def _extract(self, model: str, name: str, scenarios: ScenarioSet, rank: int, world: int, local_rank: int) -> None:
