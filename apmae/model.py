@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from apmae.optim import weight_decay_groups
 from apmae.patches import grid_side, patchify, unpatchify, valid_pixels
 from apmae.triangle import lower_triangle, triangle_size
 
@@ -397,15 +398,7 @@ class APMAE(nn.Module):
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer groups: decay on matrices only, none on biases, norms, position embeddings, tokens."""
-        decay, no_decay = [], []
-        for name, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
-            (no_decay if param.ndim < 2 or name in self.NO_DECAY else decay).append(param)
-        return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        return weight_decay_groups(self.named_parameters(), weight_decay, no_decay=lambda name: name in self.NO_DECAY)
 
     def num_parameters(self) -> int:
         """Trainable parameter count."""

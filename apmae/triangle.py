@@ -50,7 +50,8 @@ def to_triangle(full: np.ndarray) -> np.ndarray:
 def from_triangle(triangle: np.ndarray, n: int) -> np.ndarray:
     """(..., T) -> (..., n, n) float32 with zeros above the diagonal (vectorised over leading dims)."""
     if triangle.shape[-1] != triangle_size(n):
-        raise ValueError(f"a triangle of {triangle.shape[-1]} values does not match S={n} (expected {triangle_size(n)})")
+        raise ValueError(f"a triangle of {triangle.shape[-1]} values does not match S={n} "
+                         f"(expected {triangle_size(n)})")
     out = np.zeros((*triangle.shape[:-1], n * n), dtype=np.float32)
     out[..., lower_triangle_index(n)] = triangle
     return out.reshape(*triangle.shape[:-1], n, n)

@@ -19,14 +19,14 @@ first token of the hole, the scenarios' correctness criterion).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_only
 
+from apmae.atomic import atomic_dir
+from apmae.optim import weight_decay_groups
 from apmae.schedules import warmup_cosine
 
 EXPORT_ATTN = "eager"
@@ -51,24 +51,19 @@ def starcoder2_config(*, vocab_size: int, special_id: int, hidden_size: int, num
 
 
 def export_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
-    """Save ``model`` + ``tokenizer`` into ``out_dir`` atomically (a temp dir renamed at the end).
+    """Save ``model`` + ``tokenizer`` into ``out_dir`` atomically (:func:`apmae.atomic.atomic_dir`).
 
     ``config.json`` records ``attn_implementation: eager``. An existing
     ``out_dir`` is replaced.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    config_path = tmp / "config.json"
-    config = json.loads(config_path.read_text())
-    config["attn_implementation"] = EXPORT_ATTN
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return out_dir
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        config_path = tmp / "config.json"
+        config = json.loads(config_path.read_text())
+        config["attn_implementation"] = EXPORT_ATTN
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return Path(out_dir)
 
 
 class TargetLM(LightningModule):
@@ -200,12 +195,8 @@ class TargetLM(LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "norm" not in n]
-        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2 or "norm" in n]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr, betas=(0.9, 0.95),
-        )
+        groups = weight_decay_groups(self.model.named_parameters(), hp.weight_decay, no_decay=lambda n: "norm" in n)
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.95))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

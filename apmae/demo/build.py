@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+
+from apmae.atomic import atomic_dir
 
 MARKERS = {"corpus": "MANIFEST.json", "tokenizer": "tokenizer.json", "target": "model.safetensors"}
 
@@ -30,22 +28,6 @@ MARKERS = {"corpus": "MANIFEST.json", "tokenizer": "tokenizer.json", "target": "
 def is_complete(step: str, out_dir: str | Path) -> bool:
     """True when ``out_dir`` holds the completion marker of ``step``."""
     return (Path(out_dir) / MARKERS[step]).is_file()
-
-
-@contextmanager
-def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
-    """A temporary directory next to ``out_dir``, renamed to ``out_dir`` when the block succeeds."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp.", dir=out_dir.parent))
-    try:
-        yield tmp
-        if out_dir.exists():
-            shutil.rmtree(out_dir)  # an incomplete earlier attempt
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def build_corpus(out_dir: str | Path, *, n_files: int, seed: int) -> bool:
