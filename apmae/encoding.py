@@ -169,6 +169,11 @@ def from_14bit(data: np.ndarray, n_values: int) -> np.ndarray:
     return word.view("<u2").reshape(*lead, groups * 4)[..., :n_values]
 
 
+def stored_attentions(attentions: Sequence[Any], encoding: str) -> np.ndarray:
+    """Per-layer attentions (B, H, S, S) -> the stored form of their lower triangles (B, L, H, W) on the host."""
+    return encode_stored(encode_attentions(attentions), encoding)
+
+
 def encode_stored(bits: np.ndarray, encoding: str) -> np.ndarray:
     """bfloat16 bits (..., T) -> what a cache with ``encoding`` stores."""
     return to_14bit(bits) if encoding == "bfloat16-14bit" else np.asarray(bits, dtype=np.uint16)

@@ -128,12 +128,13 @@ def _compute(target, scenarios: ScenarioSet, writer: CacheWriter, idx: np.ndarra
     """One batch's stored patterns and outcomes (runs in a worker thread; no file access)."""
     import torch
 
-    from apmae.target import run_batch
+    from apmae.target import run_batch_stored
 
-    out = run_batch(target, torch.from_numpy(scenarios.input_ids[idx]), torch.from_numpy(scenarios.label_ids[idx, 0]),
-                    middle_pos=torch.from_numpy(scenarios.middle_pos[idx]), bits=True)
-    return (writer.encode(out.attentions), out.prediction.cpu().numpy(), out.probability.cpu().numpy(),
-            out.correct.cpu().numpy(), out.loss.cpu().numpy())
+    out = run_batch_stored(target, torch.from_numpy(scenarios.input_ids[idx]),
+                           torch.from_numpy(scenarios.label_ids[idx, 0]),
+                           middle_pos=torch.from_numpy(scenarios.middle_pos[idx]), encoding=writer.encoding)
+    return (out.stored, out.prediction.cpu().numpy(), out.probability.cpu().numpy(), out.correct.cpu().numpy(),
+            out.loss.cpu().numpy())
 
 
 def _commit(result: tuple, writer: CacheWriter, bar, on_batch: Callable[[int], None] | None) -> None:

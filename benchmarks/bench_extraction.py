@@ -41,7 +41,7 @@ from apmae.encoding import (DEFAULT_ENCODING, ENCODINGS, decode_patterns, decode
                             encode_stored)
 from apmae.extract import extract  # noqa: E402
 from apmae.scenario_set import ScenarioSet  # noqa: E402
-from apmae.target import Target, load_target, run_batch, wrap_model  # noqa: E402
+from apmae.target import Target, load_target, run_batch_stored, run_batch_triangles, wrap_model  # noqa: E402
 from apmae.triangle import triangle_size  # noqa: E402
 
 DEMO = {"layers": 4, "heads": 8, "kv_heads": 2, "hidden": 128, "vocab": 2048}
@@ -163,9 +163,9 @@ def bench_compression(target: Target, scenarios: ScenarioSet, out: Path, *, n: i
 
 def _packed_batch(target: Target, scenarios: ScenarioSet, lo: int, batch_size: int):
     idx = np.arange(lo, min(lo + batch_size, len(scenarios)))
-    out = run_batch(target, torch.from_numpy(scenarios.input_ids[idx]), torch.from_numpy(scenarios.label_ids[idx, 0]),
-                    bits=True)
-    return out.attentions, out
+    out = run_batch_stored(target, torch.from_numpy(scenarios.input_ids[idx]),
+                           torch.from_numpy(scenarios.label_ids[idx, 0]), encoding="bfloat16-bits")
+    return out.stored, out  # the bfloat16 bits of the triangles (B, L, H, T) uint16
 
 
 def _read_speed(path: Path, target: Target) -> dict:
@@ -220,9 +220,9 @@ def bench_precision(target: Target, scenarios: ScenarioSet, n: int) -> dict:
     """bfloat16 of probabilities against float16 of log-probabilities, on real packed patterns."""
     idx = np.arange(min(n, len(scenarios)))
     with torch.no_grad():
-        out = run_batch(target, torch.from_numpy(scenarios.input_ids[idx]),
-                        torch.from_numpy(scenarios.label_ids[idx, 0]), pack=True)
-    x = out.attentions.float().cpu()
+        out = run_batch_triangles(target, torch.from_numpy(scenarios.input_ids[idx]),
+                                  torch.from_numpy(scenarios.label_ids[idx, 0]))
+    x = out.triangles.float().cpu()
     nz = x > 0
     bits = encode_patterns(x)
     bf16 = torch.from_numpy(decode_patterns(bits))
