@@ -1,5 +1,9 @@
 """Batched extraction: a scenario set through a target model into an attention cache shard.
 
+``ensure_cache`` is the whole step for one model (reuse a complete cache,
+resume an interrupted one, or load the model and extract), as a notebook or
+the DataModule calls it; ``extract`` writes one shard with a loaded target.
+
 Glossary: B scenarios per batch, S tokens, L layers, H query heads, T = S(S+1)/2.
 
 Per batch: one eager forward pass, each layer rounded to bfloat16 on the
@@ -15,6 +19,7 @@ single-threaded forward passes side by side beat one two-threaded pass.
 from __future__ import annotations
 
 import ctypes
+import re
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -25,7 +30,8 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from apmae.cache import DEFAULT_COMPRESSION, CacheSpec, CacheWriter
+from apmae.cache import (DEFAULT_COMPRESSION, AttentionCache, CacheError, CacheMismatchError, CacheSpec, CacheWriter,
+                         cache_files, check_identity, shard_path)
 from apmae.encoding import DEFAULT_ENCODING
 from apmae.scenario_set import ScenarioSet
 
@@ -175,6 +181,97 @@ def _keep_freed_memory() -> None:
         libc.mallopt(-3, 1 << 25)  # M_MMAP_THRESHOLD (glibc's maximum: 32 MiB)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def target_short_name(name_or_path: str) -> str:
+    """A file- and metric-key-safe short name: the last path component (``artifacts/demo/target-a`` -> ``target-a``)."""
+    base = Path(str(name_or_path).rstrip("/")).name or str(name_or_path)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", base)
+
+
+@dataclass
+class CacheBuild:
+    """What :func:`ensure_cache` found or did for one target model."""
+
+    name: str  # the cache's file name stem in cache_dir
+    files: list[Path]  # every shard file of the cache, in rank order
+    extraction: ExtractionResult | None  # this rank's extraction; None when a complete cache was there
+
+
+def ensure_cache(
+    model: str,
+    scenarios: ScenarioSet,
+    cache_dir: str | Path,
+    *,
+    name: str | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    local_rank: int = 0,
+    dtype: str = "float32",
+    device: str = "auto",
+    batch_size: int = 8,
+    compression: str = DEFAULT_COMPRESSION,
+    encoding: str = DEFAULT_ENCODING,
+    workers: int = 2,
+    progress: bool = True,
+) -> CacheBuild:
+    """The attention cache of ``model`` over ``scenarios`` in ``cache_dir``: reused, resumed or built.
+
+    When a complete cache for this model, sequence length and scenario set is
+    there (written under any world size) nothing is loaded; otherwise rank
+    ``rank`` of ``world_size`` loads the model (:func:`apmae.target.load_target`
+    with ``dtype`` on ``device``; ``auto`` = GPU ``local_rank`` when CUDA is
+    present, else CPU) and extracts or resumes its own shard ``<name>.rank<k>.h5``
+    (``name`` defaults to :func:`target_short_name`). The other arguments go to
+    :func:`extract`.
+
+    Raises:
+        CacheMismatchError: a complete cache in ``cache_dir`` under ``name`` was built for another run.
+    """
+    name = name or target_short_name(model)
+    if cache_complete(cache_dir, name, model=model, scenarios=scenarios):
+        return CacheBuild(name=name, files=cache_files(cache_dir, name), extraction=None)
+    import torch
+
+    from apmae.target import load_target
+
+    target = load_target(model, dtype=dtype, device=extraction_device(device, local_rank))
+    result = extract(target, scenarios, shard_path(cache_dir, name, rank), rank=rank, world_size=world_size,
+                     batch_size=batch_size, compression=compression, encoding=encoding, workers=workers,
+                     progress=progress)
+    del target
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the model is gone: leave its memory to training
+    return CacheBuild(name=name, files=cache_files(cache_dir, name), extraction=result)
+
+
+def cache_complete(cache_dir: str | Path, name: str, *, model: str, scenarios: ScenarioSet) -> bool:
+    """True when every shard of cache ``name`` is there and fully committed, for this model and scenario set.
+
+    Raises:
+        CacheMismatchError: the cache was built for another model, sequence length or scenario set.
+    """
+    files = cache_files(cache_dir, name)
+    if not files:
+        return False
+    try:
+        cache = AttentionCache(files)
+    except CacheMismatchError:
+        raise
+    except CacheError:
+        return False  # incomplete: resume it
+    expected = {"model": model, "seq_len": scenarios.seq_len, "scenario_fingerprint": scenarios.fingerprint()}
+    check_identity(cache.identity, expected, files[0])
+    return True
+
+
+def extraction_device(device: str, local_rank: int = 0) -> str:
+    """``auto``: this process's GPU (``cuda:<local_rank>``) when CUDA is present, else the CPU; else ``device``."""
+    import torch
+
+    if device == "auto":
+        return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def check_scenarios(scenarios: ScenarioSet) -> None:
