@@ -14,11 +14,12 @@ threads (the model's kernels and numpy release the GIL) while the main thread
 writes finished batches strictly in order. On CPU each worker gets an equal
 share of torch's threads: for the small matrices of a small model, two
 single-threaded forward passes side by side beat one two-threaded pass.
+Entry points that extract also call :func:`apmae.allocator.keep_freed_memory`
+(a process-wide allocator setting this module never changes by itself).
 """
 
 from __future__ import annotations
 
-import ctypes
 import re
 import time
 from collections import deque
@@ -154,33 +155,16 @@ def _commit(result: tuple, writer: CacheWriter, bar, on_batch: Callable[[int], N
 
 @contextmanager
 def threads_per_worker(device: Any, workers: int) -> Iterator[None]:
-    """On CPU, split torch's threads between the workers and keep freed activations mapped.
-
-    Each batch allocates (B, H, S, S) attention tensors of several MB per
-    layer; glibc returns such blocks to the OS on free and the next batch
-    page-faults them back in, which costs more than the arithmetic of a small
-    model. Raising glibc's mmap and trim thresholds (process-wide, a no-op
-    elsewhere) keeps them in the heap (measured: 16 -> 10 ms per scenario).
-    """
+    """On CPU, split torch's threads between the workers for the block; the thread count is restored after."""
     import torch
 
     threads = torch.get_num_threads()
     if torch.device(device).type == "cpu":
         torch.set_num_threads(max(1, threads // workers))
-        _keep_freed_memory()
     try:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def _keep_freed_memory() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-        libc.mallopt(-3, 1 << 25)  # M_MMAP_THRESHOLD (glibc's maximum: 32 MiB)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def target_short_name(name_or_path: str) -> str:
