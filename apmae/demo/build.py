@@ -8,6 +8,8 @@ renamed into place at the end, so an interrupted build never looks complete.
     python -m apmae.demo.build tokenizer --corpus artifacts/demo/corpus --out artifacts/demo/tokenizer
     python -m apmae.demo.build target    --config configs/demo/target_lm.yaml \\
         --corpus artifacts/demo/corpus --tokenizer artifacts/demo/tokenizer --out artifacts/demo/target-a
+    python -m apmae.demo.build target    --config configs/demo/target_lm.yaml --config configs/demo/target_lm_b.yaml \\
+        --corpus artifacts/demo/corpus --tokenizer artifacts/demo/tokenizer --out artifacts/demo/target-b
 
 Completion markers (use them as make file targets): ``corpus/MANIFEST.json``,
 ``tokenizer/tokenizer.json``, ``target-*/model.safetensors``.
@@ -19,6 +21,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from apmae.atomic import atomic_dir
 
@@ -56,9 +59,12 @@ def build_tokenizer_dir(corpus_dir: str | Path, out_dir: str | Path, *, vocab_si
     return True
 
 
-def build_target(config: str, *, corpus_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
-                 extra_args: list[str] = ()) -> bool:
-    """Train a demo target with ``python -m apmae fit`` and export it to ``out_dir``; False when present."""
+def build_target(config: str | Sequence[str], *, corpus_dir: str | Path, tokenizer_dir: str | Path,
+                 out_dir: str | Path, extra_args: Sequence[str] = ()) -> bool:
+    """Train a demo target with ``python -m apmae fit`` and export it to ``out_dir``; False when present.
+
+    ``config`` is one config file or several stacked in order (a base and its overlays).
+    """
     if is_complete("target", out_dir):
         return False
     for step, path in (("corpus", corpus_dir), ("tokenizer", tokenizer_dir)):
@@ -66,9 +72,10 @@ def build_target(config: str, *, corpus_dir: str | Path, tokenizer_dir: str | Pa
             raise ValueError(f"{path} is not a complete demo {step}; run the `{step}` step first")
     from apmae.cli import cli_main
 
+    configs = [config] if isinstance(config, (str, Path)) else list(config)
     with atomic_dir(out_dir) as tmp:
         export = tmp / "model"
-        cli_main(["fit", "--config", str(config),
+        cli_main(["fit", *(a for c in configs for a in ("--config", str(c))),
                   f"--data.init_args.corpus_dir={corpus_dir}", f"--data.init_args.tokenizer_dir={tokenizer_dir}",
                   f"--model.init_args.tokenizer_dir={tokenizer_dir}", f"--model.init_args.export_dir={export}",
                   *extra_args])
@@ -92,7 +99,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     tok.add_argument("--out", required=True)
     tok.add_argument("--vocab-size", type=int, default=2048)
     target = steps.add_parser("target", help="train and export a demo target (extra args go to `apmae fit`)")
-    target.add_argument("--config", required=True)
+    target.add_argument("--config", required=True, action="append",
+                        help="a config file; repeat to stack overlays on a base (as `apmae fit` does)")
     target.add_argument("--corpus", required=True)
     target.add_argument("--tokenizer", required=True)
     target.add_argument("--out", required=True)
