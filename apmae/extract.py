@@ -4,7 +4,8 @@
 resume an interrupted one, or load the model and extract), as a notebook or
 the DataModule calls it; ``extract`` writes one shard with a loaded target.
 
-Glossary: B scenarios per batch, S tokens, L layers, H query heads, T = S(S+1)/2.
+Glossary: B scenarios per batch, S tokens, L layers, H query heads, T = S(S+1)/2 lower-triangle
+entries of one head's pattern.
 
 Per batch: one eager forward pass, each layer rounded to bfloat16 on the
 model's device and its lower triangles gathered (only 2T bytes per head cross
