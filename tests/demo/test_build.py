@@ -53,7 +53,8 @@ def _resolved(capsys, *configs: Path) -> dict:
     return yaml.safe_load(capsys.readouterr().out)
 
 
-def test_demo_configs_differ_in_size_and_seed(capsys):
+def test_demo_configs_differ_in_size_and_seed(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["python -m apmae"])
     a = _resolved(capsys, CONFIGS / "target_lm.yaml")
     b = _resolved(capsys, CONFIGS / "target_lm.yaml", CONFIGS / "target_lm_b.yaml")  # b is an overlay on a
     assert a["model"]["class_path"] == b["model"]["class_path"] == "lit_models.target_lm.TargetLM"
