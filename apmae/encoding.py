@@ -19,8 +19,11 @@ bfloat16, in 12.5 % fewer bytes than ``bfloat16-bits`` (uint16, W = T), the
 encoding to choose for models whose "attention" leaves [0, 2). With the packed
 triangle a head costs 57.6 KB at S=256 instead of 262 KB of float32.
 
-Everything here is plain numpy on the host except the functions that take
-torch tensors (imported lazily, so the cache reader needs no torch).
+Two implementations give the same bytes: numpy on the host (the CPU path,
+faster there) and torch ops on the model's device (:func:`triangle_bits_torch`,
+:func:`to_14bit_torch`), so a GPU extraction moves only the stored bytes,
+7/16 of the float32 triangle, to the host. torch is imported lazily, so the
+cache reader needs only numpy.
 """
 
 from __future__ import annotations
@@ -67,23 +70,23 @@ def decode_patterns(bits: np.ndarray) -> np.ndarray:
 def encode_attentions(attentions: Sequence[Any]) -> np.ndarray:
     """Per-layer attention tensors (B, H, S, S) -> bfloat16 bits of their lower triangles (B, L, H, T) uint16.
 
-    Each layer is rounded to bfloat16 on its device first, so only half the
-    bytes are gathered (with numpy's ``take`` on CPU, several times faster
-    than a torch gather there; on the device otherwise). Non-zero values that
-    round to zero are repaired as in :func:`encode_patterns`.
+    On CPU each layer is rounded to bfloat16 first, so only half the bytes
+    are gathered, with numpy's ``take`` (several times faster than a torch
+    gather there); on another device the bits are computed there
+    (:func:`triangle_bits_torch`) and only they are copied. Non-zero values
+    that round to zero are repaired as in :func:`encode_patterns`.
     """
     import torch
 
     first = attentions[0]
+    if first.device.type != "cpu":
+        return triangle_bits_torch(attentions).cpu().numpy().view(np.uint16)
     b, h, s, _ = first.shape
     idx = lower_triangle_index(s)
     out = np.empty((b, len(attentions), h, len(idx)), dtype=np.uint16)
     for layer, a in enumerate(attentions):
         y = a.to(torch.bfloat16).view(torch.int16).flatten(-2)  # (B, H, S*S)
-        if y.device.type == "cpu":
-            out[:, layer] = np.take(y.numpy().view(np.uint16), idx, axis=-1, mode="clip")
-        else:
-            out[:, layer] = y.index_select(-1, torch.tensor(idx, device=y.device)).cpu().numpy().view(np.uint16)
+        out[:, layer] = np.take(y.numpy().view(np.uint16), idx, axis=-1, mode="clip")
         zeros = np.flatnonzero(out[:, layer] == 0)  # true zeros are rare in a causal triangle
         if len(zeros):  # re-encode those values alone: encode_patterns repairs any that were not zero
             bi, hi, ti = np.unravel_index(zeros, (b, h, len(idx)))
@@ -92,6 +95,8 @@ def encode_attentions(attentions: Sequence[Any]) -> np.ndarray:
     return out
 
 
+_OUTSIDE_14BIT = ("attention values outside [0, 2) (negative, >= 2 or NaN) cannot be stored with "
+                  "encoding='bfloat16-14bit'; use encoding='bfloat16-bits'")
 _MASK14 = np.uint64(0x3FFF)
 _MASK56 = np.uint64((1 << 56) - 1)
 _U64 = [np.uint64(k) for k in range(65)]
@@ -123,8 +128,7 @@ def to_14bit(bits: np.ndarray) -> np.ndarray:
     """
     bits = np.asarray(bits, dtype="<u2")  # little-endian, so four values read as one "<u8" word
     if bits.size and int(bits.max()) >= 0x4000:
-        raise ValueError("attention values outside [0, 2) (negative, >= 2 or NaN) cannot be stored with "
-                         "encoding='bfloat16-14bit'; use encoding='bfloat16-bits'")
+        raise ValueError(_OUTSIDE_14BIT)
     lead, n = bits.shape[:-1], bits.shape[-1]
     groups = -(-n // 4)
     if n % 4 or not bits.flags.c_contiguous:
@@ -169,9 +173,66 @@ def from_14bit(data: np.ndarray, n_values: int) -> np.ndarray:
     return word.view("<u2").reshape(*lead, groups * 4)[..., :n_values]
 
 
-def stored_attentions(attentions: Sequence[Any], encoding: str) -> np.ndarray:
-    """Per-layer attentions (B, H, S, S) -> the stored form of their lower triangles (B, L, H, W) on the host."""
-    return encode_stored(encode_attentions(attentions), encoding)
+def stored_attentions(attentions: Sequence[Any], encoding: str, *, on_device: bool | None = None) -> np.ndarray:
+    """Per-layer attentions (B, H, S, S) -> the stored form of their lower triangles (B, L, H, W) on the host.
+
+    ``on_device`` (default: the attentions are not on the CPU) computes the bits
+    and the 14-bit packing with torch ops where the attentions are
+    (:func:`triangle_bits_torch`, :func:`to_14bit_torch`) and copies only the
+    stored bytes to the host; otherwise numpy does it on the host
+    (:func:`encode_attentions`, :func:`encode_stored`). Both give the same bytes.
+    """
+    if on_device is None:
+        on_device = attentions[0].device.type != "cpu"
+    if not on_device:
+        return encode_stored(encode_attentions(attentions), encoding)
+    bits = triangle_bits_torch(attentions)  # (B, L, H, T) int16 on the device
+    if encoding == "bfloat16-14bit":
+        return to_14bit_torch(bits).cpu().numpy()
+    return bits.cpu().numpy().view(np.uint16)
+
+
+def triangle_bits_torch(attentions: Sequence[Any]) -> Any:
+    """Per-layer attentions (B, H, S, S) -> bfloat16 bits of their lower triangles (B, L, H, T) int16, in place.
+
+    The bits of :func:`encode_attentions`, computed with torch ops on the
+    attentions' device: gather, round to bfloat16, and repair a non-zero value
+    that rounded to +0 (only float32 subnormals below 2**-133) to the smallest
+    positive bfloat16, so zero still means zero.
+    """
+    import torch
+
+    index = torch.tensor(lower_triangle_index(attentions[0].shape[-1]), device=attentions[0].device)
+    layers = []
+    for a in attentions:
+        values = a.flatten(-2).index_select(-1, index)  # (B, H, T) in the model's dtype
+        bits = values.to(torch.bfloat16).view(torch.int16)  # (B, H, T)
+        layers.append(bits.masked_fill((bits == 0) & (values != 0), 1))  # 1 = smallest positive subnormal
+    return torch.stack(layers, dim=1)  # (B, L, H, T)
+
+
+def to_14bit_torch(bits: Any) -> Any:
+    """:func:`to_14bit` with torch ops on the tensor's device: (..., T) int16 -> (..., 7 * ceil(T / 4)) uint8.
+
+    Byte for byte the same little-endian stream. Each group of four 14-bit
+    values a, b, c, d becomes seven bytes read straight off the 56-bit word
+    ``a | b << 14 | c << 28 | d << 42``, so every step stays in int16.
+
+    Raises:
+        ValueError: a value is negative, >= 2 or not finite (its two leading bits are not 0).
+    """
+    import torch
+
+    if bits.numel() and bool(((bits < 0) | (bits >= 0x4000)).any()):  # int16 < 0: the sign bit is set
+        raise ValueError(_OUTSIDE_14BIT)
+    n = bits.shape[-1]
+    groups = -(-n // 4)
+    if n % 4:
+        bits = torch.cat([bits, bits.new_zeros(*bits.shape[:-1], groups * 4 - n)], dim=-1)
+    a, b, c, d = bits.reshape(*bits.shape[:-1], groups, 4).unbind(-1)  # (..., G) each
+    out = torch.stack([a & 0xFF, (a >> 8) | ((b & 0x3) << 6), (b >> 2) & 0xFF, (b >> 10) | ((c & 0xF) << 4),
+                       (c >> 4) & 0xFF, (c >> 12) | ((d & 0x3F) << 2), d >> 6], dim=-1)  # (..., G, 7)
+    return out.to(torch.uint8).flatten(-2)
 
 
 def encode_stored(bits: np.ndarray, encoding: str) -> np.ndarray:
