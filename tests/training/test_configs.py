@@ -12,10 +12,11 @@ from apmae.model import APMAEConfig
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAPER_BASE = CONFIGS / "paper" / "base.yaml"
 # Overlays and the config each one is checked on top of: paper model files on the paper base (which every
-# one of them exercises), target-b's on target-a's, data overlays that serve encodings on the demo AP-MAE
-# config; everything else stands alone.
+# one of them exercises), target-b's on target-a's, the probe and the data overlay that serves encodings
+# on the demo AP-MAE config; everything else stands alone.
 BASES = {CONFIGS / "demo" / "target_lm_b.yaml": CONFIGS / "demo" / "target_lm.yaml",
-         CONFIGS / "demo" / "encode.yaml": CONFIGS / "demo" / "apmae.yaml"}
+         CONFIGS / "demo" / "encode.yaml": CONFIGS / "demo" / "apmae.yaml",
+         CONFIGS / "demo" / "probe.yaml": CONFIGS / "demo" / "apmae.yaml"}
 
 
 def _stack(path: Path) -> list[Path]:
@@ -38,6 +39,14 @@ def tokenizer_dir(tiny_tokenizer, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory) -> Path:
+    """A saved AP-MAE shaped like the one the demo exports (S = 128, 16-pixel patches), for the probe config."""
+    from apmae.model import APMAE
+
+    return APMAE.from_preset("tiny", seq_len=128, patch_size=16).save(tmp_path_factory.mktemp("apmae"))
+
+
 def _instantiate(stack: list[Path], extra: list[str]) -> APMAECLI:
     args = [a for p in stack for a in ("--config", str(p))]
     return APMAECLI(args=[*args, *ON_CPU, *extra], run=False)
@@ -51,11 +60,13 @@ def test_every_config_is_covered():
 
 
 @pytest.mark.parametrize("stack", STACKS, ids=lambda s: str(s[-1].relative_to(CONFIGS)))
-def test_config_instantiates_with_linked_seq_len(stack, tokenizer_dir):
+def test_config_instantiates_with_linked_seq_len(stack, tokenizer_dir, encoder_dir):
     extra = []
     if stack[-1].name.startswith("target_lm"):  # the target LM reads its tokenizer when built
         extra = ["--model.init_args.tokenizer_dir", str(tokenizer_dir),
                  "--data.init_args.tokenizer_dir", str(tokenizer_dir)]
+    if stack[-1].name == "probe.yaml":  # the probe loads the exported AP-MAE when built
+        extra = ["--model.init_args.encoder", str(encoder_dir)]
     cli = _instantiate(stack, extra)
     assert cli.model.hparams.seq_len == cli.datamodule.seq_len
     if hasattr(cli.model, "net"):
