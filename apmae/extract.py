@@ -34,7 +34,7 @@ import numpy as np
 
 from apmae.cache import (DEFAULT_COMPRESSION, AttentionCache, CacheError, CacheMismatchError, CacheSpec, CacheWriter,
                          cache_files, check_identity, shard_path)
-from apmae.encoding import DEFAULT_ENCODING
+from apmae.codec import DEFAULT_ENCODING
 from apmae.scenario_set import ScenarioSet
 
 J = TypeVar("J")

@@ -40,7 +40,7 @@ from typing import Any, Callable
 import numpy as np
 
 from apmae.cache import shard_rows
-from apmae.encoding import round_to_bfloat16
+from apmae.codec import round_to_bfloat16
 from apmae.encodings import (COLUMNS, OUTCOMES, EncodingsSpec, EncodingsWriter, check_encoder_seq_len,
                              encode_patterns, encoder_hash, placeholder_outcomes, source_fingerprint)
 from apmae.extract import ExtractionResult, check_scenarios, run_in_order, threads_per_worker
@@ -185,7 +185,7 @@ def as_cached(attentions: Any) -> Any:
     """Full patterns (B, L, H, S, S) -> the values an attention cache returns for them, as bfloat16.
 
     The cache keeps the causal lower triangle (diagonal included) in bfloat16
-    (:func:`apmae.encoding.round_to_bfloat16`) and reads zeros above it; this
+    (:func:`apmae.codec.round_to_bfloat16`) and reads zeros above it; this
     gives the same values on the patterns' device without packing them.
     """
     return round_to_bfloat16(attentions).tril_()

@@ -2,7 +2,7 @@
 
 Glossary: B scenarios in a batch, S prompt tokens, L layers, H query heads,
 hd head width, V vocabulary, T = S(S+1)/2 lower-triangle entries, W stored
-elements per head (apmae.encoding.packed_width).
+elements per head (apmae.codec.packed_width).
 
 Any Hugging Face causal LM works (hub name or local directory); attention is
 read with eager attention because the fused kernels return no patterns.
@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from apmae.encoding import DEFAULT_ENCODING
+from apmae.codec import DEFAULT_ENCODING
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -96,7 +96,7 @@ class TriangleOutput(FirstToken):
 class StoredOutput(FirstToken):
     """:func:`run_batch_stored`: the outcome and the patterns as an attention cache stores them."""
 
-    stored: np.ndarray  # (B, L, H, W) on the host, the stored form of ``encoding`` (apmae.encoding)
+    stored: np.ndarray  # (B, L, H, W) on the host, the stored form of ``encoding`` (apmae.codec)
     encoding: str
 
 
@@ -210,11 +210,11 @@ def run_batch_stored(
 ) -> StoredOutput:
     """:func:`run_batch` with the patterns in an attention cache's stored form (B, L, H, W), on the host.
 
-    What extraction writes: :func:`apmae.encoding.stored_attentions` of the
+    What extraction writes: :func:`apmae.codec.stored_attentions` of the
     layers' attentions (``encoding="bfloat16-bits"`` gives the bfloat16 bit
     patterns of the triangles, uint16).
     """
-    from apmae.encoding import stored_attentions
+    from apmae.codec import stored_attentions
 
     attentions, outcome = _forward(target, input_ids, label_first, middle_pos)
     return StoredOutput(**vars(outcome), stored=stored_attentions(attentions, encoding), encoding=encoding)

@@ -47,9 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from apmae.allocator import keep_freed_memory  # noqa: E402
 from apmae.cache import (COMPRESSIONS, DEFAULT_COMPRESSION, AttentionCache, CacheSpec, CacheWriter,  # noqa: E402
                          shard_path)
-from apmae.encoding import (DEFAULT_ENCODING, ENCODINGS, decode_patterns, decode_stored,  # noqa: E402
-                            encode_attentions, encode_patterns, encode_stored, packed_width, to_14bit,
-                            to_14bit_torch, triangle_bits_torch)
+from apmae.codec import (DEFAULT_ENCODING, ENCODINGS, decode_patterns, decode_stored,  # noqa: E402
+                         encode_attentions, encode_patterns, encode_stored, packed_width, to_14bit,
+                         to_14bit_torch, triangle_bits_torch)
 from apmae.extract import extract  # noqa: E402
 from apmae.scenario_set import ScenarioSet  # noqa: E402
 from apmae.target import Target, load_target, run_batch_stored, run_batch_triangles, wrap_model  # noqa: E402

@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from apmae.cache import DEFAULT_COMPRESSION, AttentionCache, CacheMismatchError, cache_files
-from apmae.encoding import DEFAULT_ENCODING
+from apmae.codec import DEFAULT_ENCODING
 from apmae.extract import target_short_name
 from apmae.scenario_set import SPLITS, ScenarioSet
 from datamodules.java_scenarios import JavaScenarioDataModule
@@ -292,7 +292,7 @@ class AttentionCacheDataModule(L.LightningDataModule):
             device: extraction device, ``auto`` = this rank's GPU if any, else CPU.
             compression: cache compression, ``none`` (default), ``lzf`` or ``gzip``.
             encoding: stored form of the patterns, ``bfloat16-14bit`` (default) or ``bfloat16-bits``
-                (for models whose attention values can leave [0, 2)); see :mod:`apmae.encoding`.
+                (for models whose attention values can leave [0, 2)); see :mod:`apmae.codec`.
             extraction_workers: batches in flight while extracting (threads; on CPU they share torch's threads).
             seed: seeds the layerwise head choice and class balancing.
             progress: show a progress bar (scenarios/s) while extracting.

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from apmae.encoding import (decode_patterns, decode_stored, encode_attentions, encode_patterns, encode_stored,
-                            from_14bit, packed_width, stored_attentions, to_14bit, to_14bit_torch,
-                            triangle_bits_torch)
+from apmae.codec import (decode_patterns, decode_stored, encode_attentions, encode_patterns, encode_stored,
+                         from_14bit, packed_width, stored_attentions, to_14bit, to_14bit_torch,
+                         triangle_bits_torch)
 from apmae.triangle import from_triangle, lower_triangle_index, to_triangle
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from apmae.encoding import encode_patterns, encode_stored
+from apmae.codec import encode_patterns, encode_stored
 from apmae.target import (Target, load_target, output_projections, run_batch, run_batch_stored, run_batch_triangles,
                           wrap_model, zero_heads)
 from apmae.triangle import to_triangle

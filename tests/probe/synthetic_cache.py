@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from apmae.cache import CacheSpec, CacheWriter, cache_files
-from apmae.encoding import encode_attentions
+from apmae.codec import encode_attentions
 from apmae.scenario_set import ScenarioSet
 
 TASKS = ["identifiers", "eol", "noise"]

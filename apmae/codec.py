@@ -1,4 +1,7 @@
-"""Value encodings of attention patterns: bfloat16 bit patterns and their 14-bit packing.
+"""The value codec of attention patterns: bfloat16 bit patterns and their 14-bit packing.
+
+How the cache stores each probability (its ``encoding`` attribute); AP-MAE's
+encodings of heads are another thing, in :mod:`apmae.encodings`.
 
 Glossary: B batch, L layers, H query heads, S tokens, T = S(S+1)/2 entries of
 a causal lower triangle, W stored elements per head (:func:`packed_width`).
