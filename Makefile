@@ -65,8 +65,9 @@ $(TARGET_A): $(DEMO_DIR)/tokenizer/tokenizer.json
 	$(PY) -m apmae.demo.build target --config configs/demo/target_lm.yaml \
 	  --corpus $(DEMO_DIR)/corpus --tokenizer $(DEMO_DIR)/tokenizer --out $(DEMO_DIR)/target-a
 
+# target-b's config is an overlay on target-a's.
 $(TARGET_B): $(DEMO_DIR)/tokenizer/tokenizer.json
-	$(PY) -m apmae.demo.build target --config configs/demo/target_lm_b.yaml \
+	$(PY) -m apmae.demo.build target --config configs/demo/target_lm.yaml --config configs/demo/target_lm_b.yaml \
 	  --corpus $(DEMO_DIR)/corpus --tokenizer $(DEMO_DIR)/tokenizer --out $(DEMO_DIR)/target-b
 
 demo-inputs: $(DEMO_DIR)/eval-corpus/MANIFEST.json $(TARGET_A) $(TARGET_B)

@@ -1,11 +1,12 @@
 """The HDF5 attention cache: one file per (target model, scenario set, rank).
 
-Glossary: N scenarios, S tokens, L layers, H query heads,
-T = S(S+1)/2 entries of a causal lower triangle (diagonal included).
+Glossary: N scenarios, S tokens, L layers, H query heads, K label tokens,
+T = S(S+1)/2 entries of a causal lower triangle (diagonal included),
+W stored elements per head (``apmae.codec.packed_width``).
 
 Layout of one file::
 
-    patterns      (N, L, H, P) uint8    the packed lower triangles, 14 bits per value (below)
+    patterns      (N, L, H, W) uint8    the lower triangles, 14 bits per value (apmae.codec)
     scenario_index (N,) int64            row of the scenario in its ScenarioSet
     input_ids (N, S) int32, label_ids (N, K) int32, label_len, prediction (int32),
     probability, loss (float32), correct (uint8), task (int16), source_id (str),
@@ -15,21 +16,9 @@ Layout of one file::
            shard_rank, shard_world_size, shard_rows, apmae_version, created,
            compression, committed
 
-Values: bfloat16 bit patterns. Attention probabilities live in [0, 1] and span
-many decades; bfloat16 keeps float32's exponent range, so its relative error
-is at most 2**-8 (0.4 %) on every normal float32 and no probability flushes to
-zero (the rare float32 subnormal that would round to zero is stored as the
-smallest positive bfloat16). float16 of probabilities loses precision below
-6e-5 and flushes to zero below 3e-8; float16 of log-probabilities exceeds 1 %
-relative error below 1e-14 (its absolute step grows with |log p|).
-
-Encoding ``bfloat16-14bit`` (the default): for every value in [0, 2) the two
-leading bits of its bfloat16 pattern (sign and the exponent's top bit) are 0,
-so the 14 others are stored, four values in 7 bytes (little-endian, value k
-of a group in bits 14k..14k+13), P = 7 * ceil(T / 4) bytes per head: exactly
-bfloat16, in 12.5 % fewer bytes than ``bfloat16-bits`` (uint16, P = T), the
-encoding to choose for models whose "attention" leaves [0, 2). With the packed
-triangle a head costs 57.6 KB at S=256 instead of 262 KB of float32.
+Values: each head's lower triangle (row-major, :mod:`apmae.triangle`) in the
+stored form of the file's ``encoding``, W elements per head; the encodings
+(bfloat16 bits, 14-bit packing) and their precision live in :mod:`apmae.codec`.
 Compression stays optional. Measured on the demo target's patterns
 (benchmarks/bench_extraction.py): on 14-bit data LZF gains nothing and deflate
 1 %; on uint16 bit patterns deflate gains 1.28x and LZF 1.09x, but either
@@ -48,7 +37,6 @@ workers can share one :class:`AttentionCache` object.
 from __future__ import annotations
 
 import datetime
-import functools
 import glob as globlib
 import json
 import os
@@ -57,14 +45,15 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
 
+from apmae.codec import DEFAULT_ENCODING, ENCODINGS, decode_stored, encode_stored, packed_width, stored_dtype
+from apmae.triangle import from_triangle, triangle_size
+
 SCHEMA_VERSION = 2
-ENCODINGS = ("bfloat16-14bit", "bfloat16-bits")
-DEFAULT_ENCODING = "bfloat16-14bit"
 COMPRESSIONS = ("none", "lzf", "gzip")
 DEFAULT_COMPRESSION = "none"
 _CHUNK_BYTES = 1 << 16  # a chunk holds about one S=256 head: one head read touches one chunk
@@ -73,9 +62,6 @@ _GZIP_LEVEL = 1  # level 4 saves only ~2 % more on attention patterns and compre
 # Scenario columns copied from the ScenarioSet, then the per-scenario results of the target.
 _SCENARIO_COLUMNS = ("input_ids", "label_ids", "label_len", "task", "source_id", "span_start", "span_end", "split")
 _RESULT_COLUMNS = {"prediction": np.int32, "probability": np.float32, "correct": np.uint8, "loss": np.float32}
-# Attributes that must agree before a file is appended to.
-_IDENTITY = ("model", "n_layers", "n_heads", "seq_len", "dtype", "scenario_fingerprint", "n_scenarios",
-             "shard_rank", "shard_world_size", "encoding")
 
 
 class CacheError(ValueError):
@@ -98,174 +84,6 @@ def shard_rows(n_scenarios: int, rank: int, world_size: int) -> np.ndarray:
     return np.arange(rank, n_scenarios, world_size, dtype=np.int64)
 
 
-# ---------------------------------------------------------------- encoding
-
-
-def round_to_bfloat16(values: Any) -> Any:
-    """Float patterns (torch tensor on any device) -> the bfloat16 tensor the cache stores, on that device.
-
-    Rounds to nearest; a non-zero value that would round to zero (only float32
-    subnormals below 2**-133) becomes the smallest positive bfloat16, so zero
-    in the cache always means zero in float32.
-    """
-    import torch
-
-    y = values.to(torch.bfloat16)
-    lost = (y == 0) & (values != 0)
-    if bool(lost.any()):  # rare: only for values below 2**-133
-        tiny = torch.finfo(torch.bfloat16).smallest_normal / 128  # smallest positive subnormal
-        y = torch.where(lost, torch.where(values > 0, tiny, -tiny).to(torch.bfloat16), y)
-    return y
-
-
-def encode_patterns(values: Any) -> np.ndarray:
-    """Float patterns (torch tensor on any device) -> bfloat16 bits as uint16 numpy (:func:`round_to_bfloat16`)."""
-    import torch
-
-    return round_to_bfloat16(values).view(torch.int16).cpu().numpy().view(np.uint16)
-
-
-def decode_patterns(bits: np.ndarray) -> np.ndarray:
-    """bfloat16 bit patterns (uint16) -> float32, exactly (bfloat16 is float32's top half)."""
-    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
-
-
-def encode_attentions(attentions: Sequence[Any]) -> np.ndarray:
-    """Per-layer attention tensors (B, H, S, S) -> bfloat16 bits of their lower triangles (B, L, H, T) uint16.
-
-    Each layer is rounded to bfloat16 on its device first, so only half the
-    bytes are gathered (with numpy's ``take`` on CPU, several times faster
-    than a torch gather there; on the device otherwise). Non-zero values that
-    round to zero are repaired as in :func:`encode_patterns`.
-    """
-    import torch
-
-    first = attentions[0]
-    b, h, s, _ = first.shape
-    idx = _flat_tril(s)
-    out = np.empty((b, len(attentions), h, len(idx)), dtype=np.uint16)
-    for layer, a in enumerate(attentions):
-        y = a.to(torch.bfloat16).view(torch.int16).flatten(-2)  # (B, H, S*S)
-        if y.device.type == "cpu":
-            out[:, layer] = np.take(y.numpy().view(np.uint16), idx, axis=-1, mode="clip")
-        else:
-            out[:, layer] = y.index_select(-1, torch.from_numpy(idx).to(y.device)).cpu().numpy().view(np.uint16)
-        zeros = np.flatnonzero(out[:, layer] == 0)  # true zeros are rare in a causal triangle
-        if len(zeros):  # re-encode those values alone: encode_patterns repairs any that were not zero
-            bi, hi, ti = np.unravel_index(zeros, (b, h, len(idx)))
-            original = a.flatten(-2)[torch.from_numpy(bi), torch.from_numpy(hi), torch.from_numpy(idx[ti])]
-            out[bi, layer, hi, ti] = encode_patterns(original)
-    return out
-
-
-_MASK14 = np.uint64(0x3FFF)
-_MASK56 = np.uint64((1 << 56) - 1)
-_U64 = [np.uint64(k) for k in range(65)]
-
-
-_STORED_DTYPE = {"bfloat16-14bit": np.dtype(np.uint8), "bfloat16-bits": np.dtype(np.uint16)}
-
-
-def packed_width(n_values: int, encoding: str = DEFAULT_ENCODING) -> int:
-    """Stored elements per head for ``n_values`` triangle entries (bytes for 14-bit, uint16 values otherwise)."""
-    return 7 * -(-n_values // 4) if encoding == "bfloat16-14bit" else n_values
-
-
-def to_14bit(bits: np.ndarray) -> np.ndarray:
-    """bfloat16 bits (..., T) uint16 of values in [0, 2) -> (..., 7 * ceil(T / 4)) uint8.
-
-    The result is a little-endian bit stream with value i in bits 14i..14i+13
-    (zero-padded to whole 7-byte groups of four values). Four values read as
-    one 64-bit word hold their payload at bits 0, 16, 32 and 48; shifts close
-    the gaps to 56 bits and the empty top byte is dropped.
-
-    Raises:
-        ValueError: a value is negative, >= 2 or not finite (its two leading bits are not 0).
-    """
-    bits = np.asarray(bits, dtype="<u2")  # little-endian, so four values read as one "<u8" word
-    if bits.size and int(bits.max()) >= 0x4000:
-        raise ValueError("attention values outside [0, 2) (negative, >= 2 or NaN) cannot be stored with "
-                         "encoding='bfloat16-14bit'; use encoding='bfloat16-bits'")
-    lead, n = bits.shape[:-1], bits.shape[-1]
-    groups = -(-n // 4)
-    if n % 4 or not bits.flags.c_contiguous:
-        padded = np.zeros((*lead, groups * 4), dtype="<u2")
-        padded[..., :n] = bits
-        bits = padded
-    word = bits.view("<u8")  # (..., groups)
-    out, tmp = word & _MASK14, np.empty_like(word)
-    for k in (1, 2, 3):  # in place: no temporaries per step
-        np.right_shift(word, _U64[2 * k], out=tmp)
-        np.bitwise_and(tmp, _MASK14 << _U64[14 * k], out=tmp)
-        np.bitwise_or(out, tmp, out=out)
-    # Store the 56-bit words 7 bytes apart as overlapping 8-byte writes. Each word's top byte
-    # first gets the next word's lowest byte, so the overlapping bytes agree and the result
-    # does not depend on the order the writes happen in (a strided byte copy is ~3x slower).
-    flat, nxt = out.reshape(-1), tmp.reshape(-1)
-    np.left_shift(flat[1:], _U64[56], out=nxt[:-1])
-    nxt[-1:] = 0
-    np.bitwise_or(flat, nxt, out=flat)
-    buf = np.empty(flat.size * 7 + 1, dtype=np.uint8)
-    np.ndarray((flat.size,), dtype="<u8", buffer=buf, strides=(7,))[...] = flat
-    return buf[:-1].reshape(*lead, groups * 7)
-
-
-def from_14bit(data: np.ndarray, n_values: int) -> np.ndarray:
-    """Inverse of :func:`to_14bit`: (..., 7 * ceil(T / 4)) uint8 -> (..., T) uint16."""
-    data = np.asarray(data, dtype=np.uint8)
-    lead = data.shape[:-1]
-    if data.shape[-1] % 7 or data.shape[-1] // 7 * 4 < n_values:
-        raise ValueError(f"{data.shape[-1]} bytes per head do not hold {n_values} 14-bit values")
-    groups = data.shape[-1] // 7
-    buf = np.empty(data.size + 1, dtype=np.uint8)  # one spare byte: the last 8-byte read
-    buf[:-1] = data.reshape(-1)
-    buf[-1] = 0
-    packed = np.ndarray((data.size // 7,), dtype="<u8", buffer=buf, strides=(7,)) & _MASK56
-    packed = packed.reshape(*lead, groups)
-    word, tmp = packed & _MASK14, np.empty_like(packed)
-    for k in (1, 2, 3):
-        np.left_shift(packed, _U64[2 * k], out=tmp)
-        np.bitwise_and(tmp, _MASK14 << _U64[16 * k], out=tmp)
-        np.bitwise_or(word, tmp, out=word)
-    return word.view("<u2").reshape(*lead, groups * 4)[..., :n_values]
-
-
-def encode_stored(bits: np.ndarray, encoding: str) -> np.ndarray:
-    """bfloat16 bits (..., T) -> what a cache with ``encoding`` stores."""
-    return to_14bit(bits) if encoding == "bfloat16-14bit" else np.asarray(bits, dtype=np.uint16)
-
-
-def decode_stored(stored: np.ndarray, encoding: str, n_values: int) -> np.ndarray:
-    """What a cache with ``encoding`` stores -> float32 values (..., T)."""
-    bits = from_14bit(stored, n_values) if encoding == "bfloat16-14bit" else stored
-    return decode_patterns(bits)
-
-
-@functools.lru_cache(maxsize=8)
-def _flat_tril(seq_len: int) -> np.ndarray:
-    rows, cols = np.tril_indices(seq_len)
-    return rows * seq_len + cols  # (T,) row-major, the same order as apmae.target.lower_triangle_index
-
-
-def triangle_size(seq_len: int) -> int:
-    return seq_len * (seq_len + 1) // 2
-
-
-def pack(full: np.ndarray) -> np.ndarray:
-    """(..., S, S) -> (..., T): the lower triangle, row-major."""
-    seq_len = full.shape[-1]
-    return full.reshape(*full.shape[:-2], seq_len * seq_len)[..., _flat_tril(seq_len)]
-
-
-def unpack(packed: np.ndarray, seq_len: int) -> np.ndarray:
-    """(..., T) -> (..., S, S) float32 with zeros above the diagonal (vectorised over leading dims)."""
-    if packed.shape[-1] != triangle_size(seq_len):
-        raise ValueError(f"packed size {packed.shape[-1]} does not match S={seq_len} (expected {triangle_size(seq_len)})")
-    out = np.zeros((*packed.shape[:-1], seq_len * seq_len), dtype=np.float32)
-    out[..., _flat_tril(seq_len)] = packed
-    return out.reshape(*packed.shape[:-1], seq_len, seq_len)
-
-
 # ---------------------------------------------------------------- writing
 
 
@@ -282,12 +100,36 @@ class CacheSpec:
     compression: str = DEFAULT_COMPRESSION
     encoding: str = DEFAULT_ENCODING
 
-    def identity(self) -> dict[str, Any]:
+    def attrs(self) -> dict[str, Any]:
+        """The file attributes this spec fixes (what :func:`identity_of` reads back, plus compression)."""
         t = self.target
-        return {"model": t["model"], "n_layers": t["n_layers"], "n_heads": t["n_heads"], "seq_len": self.seq_len,
-                "dtype": t["dtype"], "scenario_fingerprint": self.scenario_fingerprint,
-                "n_scenarios": self.n_scenarios, "shard_rank": self.shard_rank,
-                "shard_world_size": self.shard_world_size, "encoding": self.encoding}
+        return {"target": json.dumps(t), "seq_len": self.seq_len, "n_layers": t["n_layers"], "n_heads": t["n_heads"],
+                "scenario_fingerprint": self.scenario_fingerprint, "n_scenarios": self.n_scenarios,
+                "shard_rank": self.shard_rank, "shard_world_size": self.shard_world_size,
+                "encoding": self.encoding, "compression": self.compression}
+
+    def identity(self) -> dict[str, Any]:
+        return identity_of(self.attrs())
+
+
+def identity_of(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """What must agree before a shard file is appended to, merged with others or reused, from its attributes."""
+    target = json.loads(attrs["target"])
+    return {"model": target["model"], "n_layers": int(attrs["n_layers"]), "n_heads": int(attrs["n_heads"]),
+            "seq_len": int(attrs["seq_len"]), "dtype": target["dtype"],
+            "scenario_fingerprint": str(attrs["scenario_fingerprint"]), "n_scenarios": int(attrs["n_scenarios"]),
+            "shard_rank": int(attrs["shard_rank"]), "shard_world_size": int(attrs["shard_world_size"]),
+            "encoding": str(attrs["encoding"])}
+
+
+def check_identity(found: Mapping[str, Any], expected: Mapping[str, Any], path: str | Path) -> None:
+    """Raise :class:`CacheMismatchError` naming every key of ``expected`` on which ``found`` differs."""
+    diffs = [f"{k}: file has {found[k]!r}, this run {expected[k]!r}" for k in expected if found[k] != expected[k]]
+    if diffs:
+        raise CacheMismatchError(
+            f"attention cache {path} was written for a different run ({'; '.join(diffs)}); "
+            "it is never appended to or reused: delete it or choose another cache_dir/name"
+        )
 
 
 def _open_h5(path: Path, mode: str) -> h5py.File:
@@ -297,20 +139,10 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
         raise CacheError(f"attention cache {path} is truncated or corrupt ({e}); delete it to rebuild") from e
 
 
-def _file_identity(f: h5py.File) -> dict[str, Any]:
-    a = f.attrs
-    target = json.loads(a["target"])
-    return {"model": target["model"], "n_layers": int(a["n_layers"]), "n_heads": int(a["n_heads"]),
-            "seq_len": int(a["seq_len"]), "dtype": target["dtype"],
-            "scenario_fingerprint": str(a["scenario_fingerprint"]), "n_scenarios": int(a["n_scenarios"]),
-            "shard_rank": int(a["shard_rank"]), "shard_world_size": int(a["shard_world_size"]),
-            "encoding": str(a["encoding"])}
-
-
 def _check_schema(f: h5py.File, path: Path) -> None:
     try:
         version = int(f.attrs["schema_version"])
-        _file_identity(f)
+        identity_of(f.attrs)
         committed = int(f.attrs["committed"])
         rows = f["patterns"].shape[0]
     except (KeyError, OSError, ValueError, json.JSONDecodeError) as e:
@@ -354,7 +186,7 @@ class CacheWriter:
             f = _open_h5(path, "r+")
             try:
                 _check_schema(f, path)
-                _check_identity(_file_identity(f), spec.identity(), path)
+                check_identity(identity_of(f.attrs), spec.identity(), path)
             except CacheError:
                 f.close()
                 raise
@@ -417,19 +249,9 @@ class CacheWriter:
         self.close()
 
 
-def _check_identity(found: dict[str, Any], expected: dict[str, Any], path: Path) -> None:
-    diffs = [f"{k}: file has {found[k]!r}, this run {expected[k]!r}" for k in _IDENTITY if found[k] != expected[k]]
-    if diffs:
-        raise CacheMismatchError(
-            f"attention cache {path} was written for a different run ({'; '.join(diffs)}); "
-            "it is never appended to: delete it or choose another cache_dir/name"
-        )
-
-
 def chunk_heads(n_heads: int, head_bytes: int) -> int:
     """Heads per chunk: the largest divisor of H whose chunk stays within ~64 KiB (at least 1)."""
-    per_head = head_bytes
-    fitting = [d for d in range(1, n_heads + 1) if n_heads % d == 0 and d * per_head <= _CHUNK_BYTES]
+    fitting = [d for d in range(1, n_heads + 1) if n_heads % d == 0 and d * head_bytes <= _CHUNK_BYTES]
     return max(fitting, default=1)
 
 
@@ -471,7 +293,7 @@ def _create(path: Path, spec: CacheSpec, scenarios: Any, n_rows: int) -> h5py.Fi
     n_layers, n_heads, s = t["n_layers"], t["n_heads"], spec.seq_len
     tmp = path.with_name(path.name + ".creating")
     f = h5py.File(tmp, "w")
-    width, dtype = packed_width(triangle_size(s), spec.encoding), _STORED_DTYPE[spec.encoding]
+    width, dtype = packed_width(triangle_size(s), spec.encoding), stored_dtype(spec.encoding)
     f.create_dataset("patterns", shape=(n_rows, n_layers, n_heads, width), dtype=dtype,
                      chunks=(1, 1, chunk_heads(n_heads, width * dtype.itemsize), width),
                      **_compression_kwargs(spec.compression))
@@ -491,17 +313,11 @@ def _create(path: Path, spec: CacheSpec, scenarios: Any, n_rows: int) -> h5py.Fi
 def _write_attrs(f: h5py.File, spec: CacheSpec, scenarios: Any, n_rows: int) -> None:
     from apmae import __version__
 
-    t = spec.target
-    attrs = {
-        "schema_version": SCHEMA_VERSION, "encoding": spec.encoding, "target": json.dumps(t),
-        "seq_len": spec.seq_len, "n_layers": t["n_layers"], "n_heads": t["n_heads"],
-        "scenario_fingerprint": spec.scenario_fingerprint, "scenario_meta": json.dumps(scenarios.meta, default=str),
-        "task_names": json.dumps(list(scenarios.task_names)), "n_scenarios": spec.n_scenarios,
-        "shard_rank": spec.shard_rank, "shard_world_size": spec.shard_world_size, "shard_rows": n_rows,
-        "apmae_version": __version__, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "compression": spec.compression, "committed": 0,
-    }
-    f.attrs.update(attrs)
+    f.attrs.update({
+        "schema_version": SCHEMA_VERSION, **spec.attrs(), "scenario_meta": json.dumps(scenarios.meta, default=str),
+        "task_names": json.dumps(list(scenarios.task_names)), "shard_rows": n_rows, "apmae_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(), "committed": 0,
+    })
 
 
 # ---------------------------------------------------------------- reading
@@ -517,8 +333,9 @@ class AttentionCache:
     """Read-only view of one cache: a file, a list of shard files, or a glob merging them.
 
     Rows are ordered by scenario index, whatever the sharding. Metadata columns
-    are numpy arrays; patterns are read on demand through handles opened lazily
-    in each process (safe to pickle into DataLoader workers).
+    are numpy arrays, as properties (``cache.correct``, ``cache.task``, ...) and
+    by name in the ``columns`` dict; patterns are read on demand through handles
+    opened lazily in each process (safe to pickle into DataLoader workers).
     """
 
     def __init__(self, paths: str | Path | Sequence[str | Path], *, require_complete: bool = True) -> None:
@@ -554,18 +371,16 @@ class AttentionCache:
         self.columns["correct"] = self.columns["correct"].astype(bool)
 
     def _check_shard(self, f: h5py.File, path: Path, first: bool, require_complete: bool) -> None:
-        ident = _file_identity(f)
+        ident = identity_of(f.attrs)
         if first:
             self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
             self.attrs.pop("committed")
-            self._identity = ident
             world = ident["shard_world_size"]
             if require_complete and len(self.paths) != world:
                 raise CacheError(f"cache {path} is one of {world} shards but {len(self.paths)} were given; "
                                  "pass every <name>.rank<k>.h5 file")
         else:
-            expect = {**self._identity, "shard_rank": ident["shard_rank"]}
-            _check_identity(ident, expect, path)
+            check_identity(ident, {**self.identity, "shard_rank": ident["shard_rank"]}, path)
         if require_complete and int(f.attrs["committed"]) != int(f.attrs["shard_rows"]):
             raise CacheError(f"cache {path} is incomplete ({int(f.attrs['committed'])} of "
                              f"{int(f.attrs['shard_rows'])} rows); run the extraction again to resume it")
@@ -612,11 +427,76 @@ class AttentionCache:
     def task_names(self) -> list[str]:
         return json.loads(self.attrs["task_names"])
 
-    def __getattr__(self, name: str) -> np.ndarray:
-        columns = self.__dict__.get("columns", {})
-        if name in columns:
-            return columns[name]
-        raise AttributeError(name)
+    @property
+    def identity(self) -> dict[str, Any]:
+        """The first shard's :func:`identity_of` (every shard agrees on it but for ``shard_rank``)."""
+        return identity_of(self.attrs)
+
+    # -- columns (N,) per scenario row, ordered by scenario index; also in ``columns`` by name
+    @property
+    def scenario_index(self) -> np.ndarray:
+        """(N,) int64 row of each scenario in its ScenarioSet."""
+        return self.columns["scenario_index"]
+
+    @property
+    def input_ids(self) -> np.ndarray:
+        """(N, S) int32 FIM prompts."""
+        return self.columns["input_ids"]
+
+    @property
+    def label_ids(self) -> np.ndarray:
+        """(N, K) int32 tokens of each hole, zero-padded."""
+        return self.columns["label_ids"]
+
+    @property
+    def label_len(self) -> np.ndarray:
+        """(N,) int32 real tokens in ``label_ids``."""
+        return self.columns["label_len"]
+
+    @property
+    def task(self) -> np.ndarray:
+        """(N,) int16 index into :attr:`task_names`."""
+        return self.columns["task"]
+
+    @property
+    def source_id(self) -> np.ndarray:
+        """(N,) str the file each scenario was mined from (empty for noise)."""
+        return self.columns["source_id"]
+
+    @property
+    def span_start(self) -> np.ndarray:
+        """(N,) int64 UTF-8 byte offset where the hole starts in its file."""
+        return self.columns["span_start"]
+
+    @property
+    def span_end(self) -> np.ndarray:
+        """(N,) int64 UTF-8 byte offset where the hole ends (exclusive)."""
+        return self.columns["span_end"]
+
+    @property
+    def split(self) -> np.ndarray:
+        """(N,) int8 index into :data:`apmae.scenario_set.SPLITS`."""
+        return self.columns["split"]
+
+    @property
+    def prediction(self) -> np.ndarray:
+        """(N,) int32 the target's first predicted token."""
+        return self.columns["prediction"]
+
+    @property
+    def probability(self) -> np.ndarray:
+        """(N,) float32 the target's probability of its prediction."""
+        return self.columns["probability"]
+
+    @property
+    def correct(self) -> np.ndarray:
+        """(N,) bool prediction == the hole's first token."""
+        return self.columns["correct"]
+
+    @property
+    def loss(self) -> np.ndarray:
+        """(N,) float32 cross-entropy of the hole's first token."""
+        return self.columns["loss"]
 
     # -- patterns
     def _read(self, i: int, key: tuple) -> np.ndarray:
@@ -638,11 +518,11 @@ class AttentionCache:
 
     def pattern(self, i: int, layer: int, head: int) -> np.ndarray:
         """(S, S) float32 pattern of one head of row ``i``."""
-        return unpack(self._decode(self._read(i, (layer, head))), self.seq_len)
+        return from_triangle(self._decode(self._read(i, (layer, head))), self.seq_len)
 
     def scenario(self, i: int) -> np.ndarray:
         """(L, H, S, S) float32 patterns of every head of row ``i``."""
-        return unpack(self.packed(i), self.seq_len)
+        return from_triangle(self.packed(i), self.seq_len)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for i in range(len(self)):

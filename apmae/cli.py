@@ -197,7 +197,14 @@ def default_trainer_settings() -> dict[str, Any]:
 
 
 def cli_main(args: list[str] | None = None) -> APMAECLI:
-    """Run the CLI; ``args`` replaces ``sys.argv[1:]`` (tests call it in-process)."""
+    """Run the CLI; ``args`` replaces ``sys.argv[1:]`` (tests call it in-process).
+
+    A fit may extract attention caches, so the entry point opts into the
+    allocator tuning extraction relies on (:func:`apmae.allocator.keep_freed_memory`).
+    """
+    from apmae.allocator import keep_freed_memory
+
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    keep_freed_memory()
     return APMAECLI(args=args)

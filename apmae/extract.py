@@ -1,6 +1,11 @@
 """Batched extraction: a scenario set through a target model into an attention cache shard.
 
-Glossary: B scenarios per batch, S tokens, L layers, H query heads, T = S(S+1)/2.
+``ensure_cache`` is the whole step for one model (reuse a complete cache,
+resume an interrupted one, or load the model and extract), as a notebook or
+the DataModule calls it; ``extract`` writes one shard with a loaded target.
+
+Glossary: B scenarios per batch, S tokens, L layers, H query heads, T = S(S+1)/2 lower-triangle
+entries of one head's pattern.
 
 Per batch: one eager forward pass, each layer rounded to bfloat16 on the
 model's device and its lower triangles gathered (only 2T bytes per head cross
@@ -10,11 +15,13 @@ threads (the model's kernels and numpy release the GIL) while the main thread
 writes finished batches strictly in order. On CPU each worker gets an equal
 share of torch's threads: for the small matrices of a small model, two
 single-threaded forward passes side by side beat one two-threaded pass.
+Entry points that extract also call :func:`apmae.allocator.keep_freed_memory`
+(a process-wide allocator setting this module never changes by itself).
 """
 
 from __future__ import annotations
 
-import ctypes
+import re
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -25,7 +32,9 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from apmae.cache import DEFAULT_COMPRESSION, DEFAULT_ENCODING, CacheSpec, CacheWriter
+from apmae.cache import (DEFAULT_COMPRESSION, AttentionCache, CacheError, CacheMismatchError, CacheSpec, CacheWriter,
+                         cache_files, check_identity, shard_path)
+from apmae.codec import DEFAULT_ENCODING
 from apmae.scenario_set import ScenarioSet
 
 J = TypeVar("J")
@@ -127,12 +136,13 @@ def _compute(target, scenarios: ScenarioSet, writer: CacheWriter, idx: np.ndarra
     """One batch's stored patterns and outcomes (runs in a worker thread; no file access)."""
     import torch
 
-    from apmae.target import run_batch
+    from apmae.target import run_batch_stored
 
-    out = run_batch(target, torch.from_numpy(scenarios.input_ids[idx]), torch.from_numpy(scenarios.label_ids[idx, 0]),
-                    middle_pos=torch.from_numpy(scenarios.middle_pos[idx]), bits=True)
-    return (writer.encode(out.attentions), out.prediction.cpu().numpy(), out.probability.cpu().numpy(),
-            out.correct.cpu().numpy(), out.loss.cpu().numpy())
+    out = run_batch_stored(target, torch.from_numpy(scenarios.input_ids[idx]),
+                           torch.from_numpy(scenarios.label_ids[idx, 0]),
+                           middle_pos=torch.from_numpy(scenarios.middle_pos[idx]), encoding=writer.encoding)
+    return (out.stored, out.prediction.cpu().numpy(), out.probability.cpu().numpy(), out.correct.cpu().numpy(),
+            out.loss.cpu().numpy())
 
 
 def _commit(result: tuple, writer: CacheWriter, bar, on_batch: Callable[[int], None] | None) -> None:
@@ -146,33 +156,107 @@ def _commit(result: tuple, writer: CacheWriter, bar, on_batch: Callable[[int], N
 
 @contextmanager
 def threads_per_worker(device: Any, workers: int) -> Iterator[None]:
-    """On CPU, split torch's threads between the workers and keep freed activations mapped.
-
-    Each batch allocates (B, H, S, S) attention tensors of several MB per
-    layer; glibc returns such blocks to the OS on free and the next batch
-    page-faults them back in, which costs more than the arithmetic of a small
-    model. Raising glibc's mmap and trim thresholds (process-wide, a no-op
-    elsewhere) keeps them in the heap (measured: 16 -> 10 ms per scenario).
-    """
+    """On CPU, split torch's threads between the workers for the block; the thread count is restored after."""
     import torch
 
     threads = torch.get_num_threads()
     if torch.device(device).type == "cpu":
         torch.set_num_threads(max(1, threads // workers))
-        _keep_freed_memory()
     try:
         yield
     finally:
         torch.set_num_threads(threads)
 
 
-def _keep_freed_memory() -> None:
+def target_short_name(name_or_path: str) -> str:
+    """A file- and metric-key-safe short name: the last path component (``artifacts/demo/target-a`` -> ``target-a``)."""
+    base = Path(str(name_or_path).rstrip("/")).name or str(name_or_path)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", base)
+
+
+@dataclass
+class CacheBuild:
+    """What :func:`ensure_cache` found or did for one target model."""
+
+    name: str  # the cache's file name stem in cache_dir
+    files: list[Path]  # every shard file of the cache, in rank order
+    extraction: ExtractionResult | None  # this rank's extraction; None when a complete cache was there
+
+
+def ensure_cache(
+    model: str,
+    scenarios: ScenarioSet,
+    cache_dir: str | Path,
+    *,
+    name: str | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    local_rank: int = 0,
+    dtype: str = "float32",
+    device: str = "auto",
+    batch_size: int = 8,
+    compression: str = DEFAULT_COMPRESSION,
+    encoding: str = DEFAULT_ENCODING,
+    workers: int = 2,
+    progress: bool = True,
+) -> CacheBuild:
+    """The attention cache of ``model`` over ``scenarios`` in ``cache_dir``: reused, resumed or built.
+
+    When a complete cache for this model, sequence length and scenario set is
+    there (written under any world size) nothing is loaded; otherwise rank
+    ``rank`` of ``world_size`` loads the model (:func:`apmae.target.load_target`
+    with ``dtype`` on ``device``; ``auto`` = GPU ``local_rank`` when CUDA is
+    present, else CPU) and extracts or resumes its own shard ``<name>.rank<k>.h5``
+    (``name`` defaults to :func:`target_short_name`). The other arguments go to
+    :func:`extract`.
+
+    Raises:
+        CacheMismatchError: a complete cache in ``cache_dir`` under ``name`` was built for another run.
+    """
+    name = name or target_short_name(model)
+    if cache_complete(cache_dir, name, model=model, scenarios=scenarios):
+        return CacheBuild(name=name, files=cache_files(cache_dir, name), extraction=None)
+    import torch
+
+    from apmae.target import load_target
+
+    target = load_target(model, dtype=dtype, device=extraction_device(device, local_rank))
+    result = extract(target, scenarios, shard_path(cache_dir, name, rank), rank=rank, world_size=world_size,
+                     batch_size=batch_size, compression=compression, encoding=encoding, workers=workers,
+                     progress=progress)
+    del target
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the model is gone: leave its memory to training
+    return CacheBuild(name=name, files=cache_files(cache_dir, name), extraction=result)
+
+
+def cache_complete(cache_dir: str | Path, name: str, *, model: str, scenarios: ScenarioSet) -> bool:
+    """True when every shard of cache ``name`` is there and fully committed, for this model and scenario set.
+
+    Raises:
+        CacheMismatchError: the cache was built for another model, sequence length or scenario set.
+    """
+    files = cache_files(cache_dir, name)
+    if not files:
+        return False
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-        libc.mallopt(-3, 1 << 25)  # M_MMAP_THRESHOLD (glibc's maximum: 32 MiB)
-    except (OSError, AttributeError):  # not glibc
-        pass
+        cache = AttentionCache(files)
+    except CacheMismatchError:
+        raise
+    except CacheError:
+        return False  # incomplete: resume it
+    expected = {"model": model, "seq_len": scenarios.seq_len, "scenario_fingerprint": scenarios.fingerprint()}
+    check_identity(cache.identity, expected, files[0])
+    return True
+
+
+def extraction_device(device: str, local_rank: int = 0) -> str:
+    """``auto``: this process's GPU (``cuda:<local_rank>``) when CUDA is present, else the CPU; else ``device``."""
+    import torch
+
+    if device == "auto":
+        return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def check_scenarios(scenarios: ScenarioSet) -> None:

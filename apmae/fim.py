@@ -4,8 +4,9 @@ PSM order (StarCoder2 convention)::
 
     <fim_prefix> prefix <fim_suffix> suffix <fim_middle> [middle]
 
-One function builds every FIM sequence in the project, so the prompts the demo
-target is trained on and the prompts it is evaluated on cannot drift apart.
+One function builds every FIM sequence in the project and one cuts its
+context, so the prompts the demo target is trained on and the prompts it is
+evaluated on cannot drift apart.
 """
 
 from __future__ import annotations
@@ -70,6 +71,14 @@ def fim_sequence(
     return [fim.prefix, *prefix_ids, fim.suffix, *suffix_ids, fim.middle, *middle_ids]
 
 
-def fim_prompt_length(n_prefix: int, n_suffix: int) -> int:
-    """Length of a FIM prompt with the given context sizes (three special tokens)."""
-    return n_prefix + n_suffix + 3
+def balanced_context(n_prefix: int, n_suffix: int, budget: int) -> tuple[int, int]:
+    """Context tokens kept left and right of a hole: half the budget each, a short side whole.
+
+    ``budget`` tokens are split evenly (the suffix gets the odd one); when one
+    side has fewer tokens than its half, all of it is kept and the other side
+    takes the rest of the budget, as far as it reaches. Scenario mining and the
+    demo target's FIM rows cut their context with this one function.
+    """
+    left = min(n_prefix, max(budget // 2, budget - n_suffix))
+    right = min(n_suffix, budget - left)
+    return left, right

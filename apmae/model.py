@@ -1,10 +1,10 @@
 """AP-MAE: a ViT masked autoencoder over causal attention patterns.
 
 Glossary: B batch, S tokens (image side), P patch side, G = S / P grid side,
-T = G (G + 1) / 2 lower-triangular patches (diagonal included), P2 = P * P
-pixels per patch, N visible patches per image, De / Dd encoder / decoder width.
+Q = G (G + 1) / 2 lower-triangular patches (diagonal included), P2 = P * P
+pixels per patch, Nv visible patches per image, De / Dd encoder / decoder width.
 
-Only the T lower-triangular patches are tokens: the upper patches of a causal
+Only the Q lower-triangular patches are tokens: the upper patches of a causal
 attention pattern are structurally zero, so they never enter the encoder or
 the decoder and the model outputs exact zeros there.
 
@@ -29,7 +29,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from apmae.patches import grid_side, num_tri_patches, patchify, tri_rows_cols, unpatchify, valid_pixels
+from apmae.optim import weight_decay_groups
+from apmae.patches import grid_side, patchify, unpatchify, valid_pixels
+from apmae.triangle import lower_triangle, triangle_size
 
 POS_EMBEDS = ("learned", "sincos")
 CONFIG_FILE = "config.json"
@@ -65,7 +67,7 @@ class APMAEConfig:
 
     seq_len: int = 256  # S, side of the (S, S) attention image
     patch_size: int = 32  # P, side of a square patch; must divide seq_len
-    mask_ratio: float = 0.5  # fraction of the T triangular patches hidden from the encoder
+    mask_ratio: float = 0.5  # fraction of the Q triangular patches hidden from the encoder
     enc_dim: int = 512  # De, encoder residual width
     enc_depth: int = 24  # number of encoder blocks
     enc_heads: int = 16  # encoder attention heads
@@ -95,7 +97,7 @@ class APMAEConfig:
                 raise ValueError(f"{part}_head_dim must be positive or None, got {head_dim}")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be strictly between 0 and 1, got {self.mask_ratio}")
-        num_visible(num_tri_patches(grid), self.mask_ratio)
+        num_visible(triangle_size(grid), self.mask_ratio)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.pos_embed not in POS_EMBEDS:
@@ -110,8 +112,8 @@ class APMAEConfig:
 
     @property
     def num_patches(self) -> int:
-        """T, the number of triangular patches (tokens)."""
-        return num_tri_patches(self.grid)
+        """Q, the number of triangular patches (tokens)."""
+        return triangle_size(self.grid)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "APMAEConfig":
@@ -131,7 +133,7 @@ class APMAEConfig:
 
 
 def num_visible(num_patches: int, mask_ratio: float) -> int:
-    """N, patches left visible out of T at ``mask_ratio`` (as in MAE: floor of T (1 - r))."""
+    """Nv, patches left visible out of Q at ``mask_ratio`` (as in MAE: floor of Q (1 - r))."""
     keep = int(num_patches * (1.0 - mask_ratio))
     if keep < 1:
         raise ValueError(
@@ -147,11 +149,11 @@ def num_visible(num_patches: int, mask_ratio: float) -> int:
 class APMAEOutput:
     """What one forward pass returns; enough to rebuild the full image."""
 
-    loss: torch.Tensor  # () MSE over the masked patches' valid pixels
-    pred: torch.Tensor  # (B, T, P2) decoder output for every triangular patch
-    mask: torch.Tensor  # (B, T) 1 = masked, 0 = visible
-    target: torch.Tensor  # (B, T, P2) the patchified input
-    valid: torch.Tensor  # (T, P2) bool, False for strictly-upper pixels of diagonal patches
+    loss: torch.Tensor  # () MSE over the masked patches' valid pixels (:func:`masked_error`)
+    pred: torch.Tensor  # (B, Q, P2) decoder output for every triangular patch
+    mask: torch.Tensor  # (B, Q) 1 = masked, 0 = visible
+    patches: torch.Tensor  # (B, Q, P2) the patchified input, what ``pred`` reconstructs
+    valid: torch.Tensor  # (Q, P2) bool, False for strictly-upper pixels of diagonal patches
 
 
 @dataclass
@@ -162,13 +164,35 @@ class APMAEEncoding:
     mean: torch.Tensor  # (B, De) mean of the final patch tokens
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the valid pixels of masked patches only.
+@dataclass
+class MaskedError:
+    """Squared error over the valid pixels of masked patches, and how many pixels that is.
 
-    pred, target (B, T, P2); mask (B, T) with 1 = masked; valid (T, P2) bool.
+    Sums rather than a mean, so batches of different sizes (or DDP ranks) add up exactly.
     """
-    weight = mask.unsqueeze(-1) * valid.to(pred.dtype)  # (B, T, P2)
-    return ((pred - target).square() * weight).sum() / weight.sum()
+
+    sse: torch.Tensor  # () over the batch, or (B,) per image
+    count: torch.Tensor  # pixels in ``sse``, same shape
+
+    @property
+    def mse(self) -> torch.Tensor:
+        return self.sse / self.count.clamp_min(1.0)
+
+
+def masked_error(
+    pred: torch.Tensor, patches: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor, *, per_image: bool = False
+) -> MaskedError:
+    """The error AP-MAE's loss is: ``pred`` (B or 1, Q, P2) against ``patches`` (B, Q, P2).
+
+    Only pixels of masked patches (``mask`` (B, Q), 1 = masked) that lie on or
+    below the causal diagonal (``valid`` (Q, P2)) count. Computed in the dtype
+    of ``patches`` (float32 data), also when ``pred`` comes out of autocast.
+    """
+    weight = mask.to(patches.dtype).unsqueeze(-1) * valid.to(patches.dtype)  # (B, Q, P2)
+    squared = (pred.to(patches.dtype) - patches).square() * weight  # (B, Q, P2)
+    if per_image:
+        return MaskedError(sse=squared.sum((1, 2)), count=weight.sum((1, 2)))
+    return MaskedError(sse=squared.sum(), count=weight.sum())
 
 
 def sincos_2d(rows: torch.Tensor, cols: torch.Tensor, dim: int) -> torch.Tensor:
@@ -177,10 +201,10 @@ def sincos_2d(rows: torch.Tensor, cols: torch.Tensor, dim: int) -> torch.Tensor:
     omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (dim/4,)
 
     def one_axis(pos: torch.Tensor) -> torch.Tensor:
-        angle = pos.to(torch.float64).unsqueeze(1) * omega  # (T, dim/4)
+        angle = pos.to(torch.float64).unsqueeze(1) * omega  # (Q, dim/4)
         return torch.cat([angle.sin(), angle.cos()], dim=1)
 
-    return torch.cat([one_axis(rows), one_axis(cols)], dim=1).float()  # (T, dim)
+    return torch.cat([one_axis(rows), one_axis(cols)], dim=1).float()  # (Q, dim)
 
 
 class Attention(nn.Module):
@@ -262,11 +286,11 @@ class APMAE(nn.Module):
 
     @property
     def num_patches(self) -> int:
-        """T, tokens per image."""
+        """Q, tokens per image."""
         return self.config.num_patches
 
     def _position_embedding(self, name: str, dim: int) -> None:
-        rows, cols = tri_rows_cols(self.config.grid)
+        rows, cols = (torch.from_numpy(a.copy()) for a in lower_triangle(self.config.grid))
         if self.config.pos_embed == "learned":
             self.register_parameter(name, nn.Parameter(torch.zeros(1, len(rows), dim)))
         else:  # fixed, so it is rebuilt on load rather than stored
@@ -286,7 +310,7 @@ class APMAE(nn.Module):
                 nn.init.trunc_normal_(param, std=0.02, a=-0.04, b=0.04)
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 1, S, S) -> (B, T, P2), checking S against the config."""
+        """(B, 1, S, S) -> (B, Q, P2), checking S against the config."""
         if images.ndim != 4 or images.shape[1] != 1 or tuple(images.shape[2:]) != (self.config.seq_len,) * 2:
             s = self.config.seq_len
             raise ValueError(
@@ -296,15 +320,15 @@ class APMAE(nn.Module):
         return patchify(images, self.config.patch_size)
 
     def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
-        """(B, T, P2) -> (B, 1, S, S) with zeros outside the causal triangle."""
+        """(B, Q, P2) -> (B, 1, S, S) with zeros outside the causal triangle."""
         return unpatchify(patches * self.valid.to(patches.dtype), self.config.seq_len, self.config.patch_size)
 
     def random_mask(
         self, batch: int, *, noise: torch.Tensor | None, mask_ratio: float | None, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-image masking by argsort of noise: the N lowest-noise patches stay visible.
+        """Per-image masking by argsort of noise: the Nv lowest-noise patches stay visible.
 
-        Returns mask (B, T) float with 1 = masked, and ids_keep (B, N) visible patch indices.
+        Returns mask (B, Q) float with 1 = masked, and ids_keep (B, Nv) visible patch indices.
         """
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
         if not 0.0 < ratio < 1.0:
@@ -313,8 +337,8 @@ class APMAE(nn.Module):
         if noise is None:
             noise = torch.rand(batch, self.num_patches, device=device)
         elif tuple(noise.shape) != (batch, self.num_patches):
-            raise ValueError(f"noise must be (B, T) = ({batch}, {self.num_patches}), got {tuple(noise.shape)}")
-        ids_keep = torch.argsort(noise.to(device), dim=1)[:, :keep]  # (B, N)
+            raise ValueError(f"noise must be (B, Q) = ({batch}, {self.num_patches}), got {tuple(noise.shape)}")
+        ids_keep = torch.argsort(noise.to(device), dim=1)[:, :keep]  # (B, Nv)
         mask = torch.ones(batch, self.num_patches, device=device)
         return mask.scatter_(1, ids_keep, 0.0), ids_keep
 
@@ -324,23 +348,23 @@ class APMAE(nn.Module):
         return self.enc_norm(self.encoder(torch.cat([cls, tokens], dim=1)))
 
     def forward_encoder(self, patches: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
-        """Embed only the visible patches and encode them: (B, T, P2) -> (B, 1 + N, De)."""
-        visible = torch.take_along_dim(patches, ids_keep.unsqueeze(-1), dim=1)  # (B, N, P2)
-        pos = self.enc_pos_embed[0][ids_keep]  # (B, N, De)
+        """Embed only the visible patches and encode them: (B, Q, P2) -> (B, 1 + Nv, De)."""
+        visible = torch.take_along_dim(patches, ids_keep.unsqueeze(-1), dim=1)  # (B, Nv, P2)
+        pos = self.enc_pos_embed[0][ids_keep]  # (B, Nv, De)
         return self._encode_tokens(self.patch_embed(visible) + pos)
 
     def forward_decoder(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
-        """Visible latents + mask tokens at their grid positions -> pixels of every patch (B, T, P2)."""
-        x = self.dec_embed(latent)  # (B, 1 + N, Dd)
+        """Visible latents + mask tokens at their grid positions -> pixels of every patch (B, Q, P2)."""
+        x = self.dec_embed(latent)  # (B, 1 + Nv, Dd)
         batch, dim = x.shape[0], x.shape[-1]
         # Start from mask tokens everywhere and write the visible tokens into their own slots,
         # so the decoder always sees what the encoder saw.
         # Under autocast x is in the autocast dtype while parameters stay float32: scatter and
         # cat need one dtype, so the mask token and position embedding follow x's.
-        slots = ids_keep.unsqueeze(-1).expand(-1, -1, dim)  # (B, N, Dd)
-        mask_tokens = self.mask_token.to(x.dtype).expand(batch, self.num_patches, dim)  # (B, T, Dd)
-        tokens = mask_tokens.scatter(1, slots, x[:, 1:])  # (B, T, Dd)
-        tokens = torch.cat([x[:, :1], tokens + self.dec_pos_embed.to(x.dtype)], dim=1)  # (B, 1 + T, Dd)
+        slots = ids_keep.unsqueeze(-1).expand(-1, -1, dim)  # (B, Nv, Dd)
+        mask_tokens = self.mask_token.to(x.dtype).expand(batch, self.num_patches, dim)  # (B, Q, Dd)
+        tokens = mask_tokens.scatter(1, slots, x[:, 1:])  # (B, Q, Dd)
+        tokens = torch.cat([x[:, :1], tokens + self.dec_pos_embed.to(x.dtype)], dim=1)  # (B, 1 + Q, Dd)
         return self.dec_pred(self.dec_norm(self.decoder(tokens))[:, 1:])
 
     def forward(
@@ -348,41 +372,33 @@ class APMAE(nn.Module):
     ) -> APMAEOutput:
         """Mask, encode, decode and score one batch of (B, 1, S, S) scaled attention images.
 
-        ``noise`` (B, T) fixes the mask (lowest values stay visible); ``mask_ratio``
+        ``noise`` (B, Q) fixes the mask (lowest values stay visible); ``mask_ratio``
         overrides the config's for this call.
         """
-        target = self.patchify(images)  # (B, T, P2)
-        mask, ids_keep = self.random_mask(target.shape[0], noise=noise, mask_ratio=mask_ratio, device=images.device)
-        pred = self.forward_decoder(self.forward_encoder(target, ids_keep), ids_keep)
+        patches = self.patchify(images)  # (B, Q, P2)
+        mask, ids_keep = self.random_mask(patches.shape[0], noise=noise, mask_ratio=mask_ratio, device=images.device)
+        pred = self.forward_decoder(self.forward_encoder(patches, ids_keep), ids_keep)
         mask = mask.to(pred.dtype)
-        loss = masked_mse(pred, target, mask, self.valid)
-        return APMAEOutput(loss=loss, pred=pred, mask=mask, target=target, valid=self.valid)
+        loss = masked_error(pred, patches, mask, self.valid).mse
+        return APMAEOutput(loss=loss, pred=pred, mask=mask, patches=patches, valid=self.valid)
 
     def reconstruct(self, images: torch.Tensor, out: APMAEOutput) -> torch.Tensor:
         """Full (B, 1, S, S) image: visible patches from ``images``, masked ones from ``out.pred``."""
         patches = self.patchify(images)
         if patches.shape != out.pred.shape:
             raise ValueError(f"images give patches {tuple(patches.shape)} but out.pred is {tuple(out.pred.shape)}")
-        merged = torch.where(out.mask.bool().unsqueeze(-1), out.pred, patches)  # (B, T, P2)
+        merged = torch.where(out.mask.bool().unsqueeze(-1), out.pred, patches)  # (B, Q, P2)
         return self.unpatchify(merged)
 
     def encode(self, images: torch.Tensor) -> APMAEEncoding:
         """Encode every triangular patch (no masking): CLS and mean patch embedding, (B, De) each."""
         patches = self.patchify(images)
-        x = self._encode_tokens(self.patch_embed(patches) + self.enc_pos_embed)  # (B, 1 + T, De)
+        x = self._encode_tokens(self.patch_embed(patches) + self.enc_pos_embed)  # (B, 1 + Q, De)
         return APMAEEncoding(cls=x[:, 0], mean=x[:, 1:].mean(dim=1))
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer groups: decay on matrices only, none on biases, norms, position embeddings, tokens."""
-        decay, no_decay = [], []
-        for name, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
-            (no_decay if param.ndim < 2 or name in self.NO_DECAY else decay).append(param)
-        return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        return weight_decay_groups(self.named_parameters(), weight_decay, no_decay=lambda name: name in self.NO_DECAY)
 
     def num_parameters(self) -> int:
         """Trainable parameter count."""

@@ -1,16 +1,19 @@
 """Patch geometry of causal attention images: only the lower triangle carries data.
 
 Glossary: B batch, S tokens (image side), P patch side, G = S / P grid side,
-T = G (G + 1) / 2 lower-triangular patches (diagonal included), P2 = P * P.
+Q = G (G + 1) / 2 lower-triangular patches (diagonal included), P2 = P * P.
 
-Triangular patches are numbered row-major over the grid's lower triangle:
-(0, 0), (1, 0), (1, 1), (2, 0), ... which is the order of ``torch.tril_indices``.
+Triangular patches are numbered row-major over the grid's lower triangle,
+(0, 0), (1, 0), (1, 1), (2, 0), ...: the order of :mod:`apmae.triangle`, the
+same order the attention cache stores a pattern's values in.
 """
 
 from __future__ import annotations
 
 import torch
 from einops import rearrange
+
+from apmae.triangle import lower_triangle, lower_triangle_index, triangle_size
 
 
 def grid_side(seq_len: int, patch_size: int) -> int:
@@ -25,55 +28,42 @@ def grid_side(seq_len: int, patch_size: int) -> int:
     return seq_len // patch_size
 
 
-def num_tri_patches(grid: int) -> int:
-    """T for a G x G grid."""
-    return grid * (grid + 1) // 2
-
-
-def tri_rows_cols(grid: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grid row and column of every triangular patch, each (T,) int64."""
-    rows, cols = torch.tril_indices(grid, grid)
-    return rows, cols
-
-
-def tri_patch_index(grid: int) -> torch.Tensor:
-    """Flat index ``row * G + col`` of every triangular patch in the G x G grid, (T,)."""
-    rows, cols = tri_rows_cols(grid)
-    return rows * grid + cols
+def _tri_index(grid: int, device: torch.device) -> torch.Tensor:
+    """Flat grid index ``row * G + col`` (Q,) of every triangular patch, on ``device``."""
+    return torch.tensor(lower_triangle_index(grid), device=device)
 
 
 def valid_pixels(grid: int, patch_size: int) -> torch.Tensor:
-    """(T, P2) bool: False only for strictly-upper pixels of diagonal patches.
+    """(Q, P2) bool: False only for strictly-upper pixels of diagonal patches.
 
     Those pixels sit above the causal diagonal of the full image, so they are
     structurally zero and carry no information.
     """
-    rows, cols = tri_rows_cols(grid)
+    rows, cols = lower_triangle(grid)
     in_patch_lower = torch.tril(torch.ones(patch_size, patch_size, dtype=torch.bool)).flatten()  # (P2,)
-    on_diagonal = (rows == cols).unsqueeze(1)  # (T, 1)
-    return ~on_diagonal | in_patch_lower.unsqueeze(0)  # (T, P2)
+    on_diagonal = torch.from_numpy(rows == cols).unsqueeze(1)  # (Q, 1)
+    return ~on_diagonal | in_patch_lower.unsqueeze(0)  # (Q, P2)
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(B, 1, S, S) images -> (B, T, P2) triangular patches, pixels row-major inside a patch."""
+    """(B, 1, S, S) images -> (B, Q, P2) triangular patches, pixels row-major inside a patch."""
     if images.ndim != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
         raise ValueError(f"images must be (B, 1, S, S), got shape {tuple(images.shape)}")
     grid = grid_side(images.shape[-1], patch_size)
     flat = rearrange(images, "b 1 (gr p) (gc q) -> b (gr gc) (p q)", p=patch_size, q=patch_size)
-    index = tri_patch_index(grid).to(images.device)
-    return flat.index_select(1, index)  # (B, T, P2)
+    return flat.index_select(1, _tri_index(grid, images.device))  # (B, Q, P2)
 
 
 def unpatchify(patches: torch.Tensor, seq_len: int, patch_size: int) -> torch.Tensor:
-    """(B, T, P2) triangular patches -> (B, 1, S, S); upper-triangle patches are exact zeros.
+    """(B, Q, P2) triangular patches -> (B, 1, S, S); upper-triangle patches are exact zeros.
 
     Pixels are copied as given: callers that want zeros above the diagonal
     inside diagonal patches multiply by :func:`valid_pixels` first.
     """
     grid = grid_side(seq_len, patch_size)
-    expected = (num_tri_patches(grid), patch_size * patch_size)
+    expected = (triangle_size(grid), patch_size * patch_size)
     if patches.ndim != 3 or tuple(patches.shape[1:]) != expected:
         raise ValueError(f"patches must be (B, {expected[0]}, {expected[1]}), got shape {tuple(patches.shape)}")
     full = patches.new_zeros(patches.shape[0], grid * grid, expected[1])  # (B, G*G, P2)
-    full.index_copy_(1, tri_patch_index(grid).to(patches.device), patches)
+    full.index_copy_(1, _tri_index(grid, patches.device), patches)
     return rearrange(full, "b (gr gc) (p q) -> b 1 (gr p) (gc q)", gr=grid, p=patch_size)

@@ -1,6 +1,6 @@
 """A set of mined FIM scenarios: the hand-over between mining and extraction.
 
-Glossary: N scenarios, S prompt tokens (``seq_len``), T longest label.
+Glossary: N scenarios, S prompt tokens (``seq_len``), K tokens of the longest label.
 
 Stored as one ``.npz`` file (plain numpy arrays + a JSON metadata string) so
 that any project can read it without apmae.
@@ -24,7 +24,7 @@ class ScenarioSet:
     """Column-wise scenarios; row ``i`` of every array is scenario ``i``."""
 
     input_ids: np.ndarray  # (N, S) int32, FIM prompt ending with <fim_middle>
-    label_ids: np.ndarray  # (N, T) int32, the hole's tokens, padded with 0
+    label_ids: np.ndarray  # (N, K) int32, the hole's tokens, padded with 0
     label_len: np.ndarray  # (N,) int32, valid entries of label_ids (>= 1)
     middle_pos: np.ndarray  # (N,) int32, position of <fim_middle> in input_ids
     task: np.ndarray  # (N,) int16, index into task_names

@@ -1,13 +1,13 @@
 """Mining FIM completion scenarios from Java sources.
 
-Glossary: S prompt tokens (``seq_len``), B = S - 3 (context budget),
-L / R prefix / suffix tokens kept (L + R = B).
+Glossary: S prompt tokens (``seq_len``), Cp / Cs prefix / suffix tokens kept
+around the hole (Cp + Cs = S - 3, split by :func:`apmae.fim.balanced_context`).
 
 For each file: tokenize once, parse once, run every task's query in one pass,
 draw at most ``max_per_file`` candidate spans per task with an RNG seeded from
 (seed, source id, task), and assemble each into exactly ``S`` tokens::
 
-    <fim_prefix> prefix[-L:] <fim_suffix> suffix[:R] <fim_middle>     label = hole tokens
+    <fim_prefix> prefix[-Cp:] <fim_suffix> suffix[:Cs] <fim_middle>     label = hole tokens
 
 Prefix, hole and suffix are tokenized separately (as a FIM user would), so
 decoding prefix + label + suffix gives back the file's text around the hole.
@@ -30,10 +30,11 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from apmae.fim import FimTokens, fim_sequence
+from apmae.fim import FimTokens, balanced_context, fim_sequence
+from apmae.offsets import byte_to_char, code_points, is_whitespace
 from apmae.scenario_set import SPLITS, ScenarioSet
 from apmae.sources import JavaSources, Source, SourceFile
-from apmae.tasks import _WHITESPACE, NON_CODE_QUERY, FileContext, Span, Task, compile_query, get_tasks, java_language
+from apmae.tasks import NON_CODE_QUERY, FileContext, Span, Task, compile_query, get_tasks, java_language
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ class FileMiner:
     def _assemble_all(self, file: SourceFile, enc: Any, chosen: list[tuple[int, Span]], result: FileResult) -> None:
         if not chosen:
             return
-        to_char = _byte_to_char(file.data, file.text)
+        to_char = byte_to_char(file.data, file.text)
         char_spans = [(to_char(s), to_char(e)) for _, (s, e) in chosen]
         splice = _Splicer(file.text, enc)
         texts = []
@@ -255,7 +256,7 @@ class _Splicer:
     def __init__(self, text: str, enc: Any) -> None:
         self.text, self.ids, self.offsets = text, enc.ids, enc.offsets
         off = np.asarray(self.offsets, dtype=np.int64).reshape(-1, 2)  # (n, 2) char offsets
-        blank = np.isin(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32), _WHITESPACE)
+        blank = is_whitespace(code_points(text))
         blank = np.append(blank, False)  # a sentinel so that p == len(text) indexes safely
         p = off[1:, 0]
         safe = (off[:-1, 1] <= p) & (p < len(text)) & blank[p] & ~blank[p - 1]
@@ -300,15 +301,8 @@ class _Side:
 
 
 def _balance(budget: int, left: _Side, right: _Side) -> tuple[int, int]:
-    """(L, R): half the budget each when both sides are long, all of a short side otherwise."""
-    n_left = budget // 2
-    n_right = budget - n_left
-    if left.available < n_left:
-        n_left = left.available
-        n_right = min(budget - n_left, right.available)
-    elif right.available < n_right:
-        n_right = right.available
-        n_left = min(budget - n_right, left.available)
+    """(prefix, suffix) tokens kept: :func:`apmae.fim.balanced_context`, then off any split character."""
+    n_left, n_right = balanced_context(left.available, right.available, budget)
     for shift in (0, 1, -1, 2, -2, 3, -3):  # move the cut off a split multi-byte character
         a, b = n_left - shift, n_right + shift
         if 0 <= a <= left.available and 0 <= b <= right.available and left.clean_cut(a) and right.clean_cut(b):
@@ -336,15 +330,6 @@ def _outside(spans: list[Span], regions: list[Span]) -> list[Span]:
         if i < 0 or regions[i][1] < e:
             out.append((s, e))
     return out
-
-
-def _byte_to_char(data: bytes, text: str):
-    """A function mapping byte offsets (at character starts) to character offsets."""
-    if len(data) == len(text):
-        return int
-    is_start = (np.frombuffer(data, dtype=np.uint8) & 0xC0) != 0x80  # UTF-8 continuation bytes are 10xxxxxx
-    table = np.concatenate([[0], np.cumsum(is_start)])
-    return lambda b: int(table[b])
 
 
 def _combined_query(tasks: Sequence[Task]) -> tuple[Any, list[int]]:

@@ -39,7 +39,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from apmae.cache import round_to_bfloat16, shard_rows
+from apmae.cache import shard_rows
+from apmae.codec import round_to_bfloat16
 from apmae.encodings import (COLUMNS, OUTCOMES, EncodingsSpec, EncodingsWriter, check_encoder_seq_len,
                              encode_patterns, encoder_hash, placeholder_outcomes, source_fingerprint)
 from apmae.extract import ExtractionResult, check_scenarios, run_in_order, threads_per_worker
@@ -184,7 +185,7 @@ def as_cached(attentions: Any) -> Any:
     """Full patterns (B, L, H, S, S) -> the values an attention cache returns for them, as bfloat16.
 
     The cache keeps the causal lower triangle (diagonal included) in bfloat16
-    (:func:`apmae.cache.round_to_bfloat16`) and reads zeros above it; this
+    (:func:`apmae.codec.round_to_bfloat16`) and reads zeros above it; this
     gives the same values on the patterns' device without packing them.
     """
     return round_to_bfloat16(attentions).tril_()

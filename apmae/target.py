@@ -1,7 +1,8 @@
 """Target-model access: load a causal LM, run scenarios, zero heads.
 
 Glossary: B scenarios in a batch, S prompt tokens, L layers, H query heads,
-hd head width, V vocabulary, T = S(S+1)/2 lower-triangle entries.
+hd head width, V vocabulary, T = S(S+1)/2 lower-triangle entries, W stored
+elements per head (apmae.codec.packed_width).
 
 Any Hugging Face causal LM works (hub name or local directory); attention is
 read with eager attention because the fused kernels return no patterns.
@@ -16,7 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
+
+from apmae.codec import DEFAULT_ENCODING
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -64,15 +68,36 @@ class Target:
 
 
 @dataclass
-class TargetOutput:
-    """Per-scenario results of one batched forward pass."""
+class FirstToken:
+    """The first-token outcome of each scenario of a batch (the scenarios' correctness criterion)."""
 
-    attentions: Any  # (B, L, H, S, S) float, (B, L, H, T) when packed, numpy uint16 bits with ``bits``
     prediction: torch.Tensor  # (B,) long, argmax at <fim_middle>
     probability: torch.Tensor  # (B,) float32, softmax probability of the prediction
     label: torch.Tensor  # (B,) long, the hole's first token
     correct: torch.Tensor  # (B,) bool, prediction == label
     loss: torch.Tensor  # (B,) float32, cross-entropy of the label's first token
+
+
+@dataclass
+class TargetOutput(FirstToken):
+    """:func:`run_batch`: the outcome and every head's full pattern."""
+
+    attentions: torch.Tensor  # (B, L, H, S, S) in the model's dtype, on its device
+
+
+@dataclass
+class TriangleOutput(FirstToken):
+    """:func:`run_batch_triangles`: the outcome and every head's lower triangle."""
+
+    triangles: torch.Tensor  # (B, L, H, T) row-major (apmae.triangle), model dtype and device
+
+
+@dataclass
+class StoredOutput(FirstToken):
+    """:func:`run_batch_stored`: the outcome and the patterns as an attention cache stores them."""
+
+    stored: np.ndarray  # (B, L, H, W) on the host, the stored form of ``encoding`` (apmae.codec)
+    encoding: str
 
 
 def resolve_device(device: str) -> torch.device:
@@ -141,39 +166,63 @@ def output_projections(model: torch.nn.Module) -> list[torch.nn.Module]:
     )
 
 
-def lower_triangle_index(seq_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Flat indices (T,) of the causal lower triangle (diagonal included) of an S x S matrix, row-major."""
-    rows, cols = torch.tril_indices(seq_len, seq_len, device=device)
-    return rows * seq_len + cols  # (T,)
-
-
 def _accepts(model: Any, arg: str) -> bool:
     return arg in inspect.signature(model.forward).parameters
 
 
 @torch.inference_mode()
 def run_batch(
-    target: Target,
-    input_ids: torch.Tensor,
-    label_first: torch.Tensor,
-    *,
-    middle_pos: torch.Tensor | None = None,
-    pack: bool = False,
-    bits: bool = False,
+    target: Target, input_ids: torch.Tensor, label_first: torch.Tensor, *, middle_pos: torch.Tensor | None = None
 ) -> TargetOutput:
-    """One forward pass over ``input_ids`` (B, S) returning attentions and the first-token outcome.
+    """One forward pass over ``input_ids`` (B, S): the first-token outcome and full attentions (B, L, H, S, S).
 
     ``label_first`` (B,) is the first token of each hole; ``middle_pos`` (B,)
-    the ``<fim_middle>`` position (default: the last one). With ``pack`` the
-    patterns come back as their lower triangles (B, L, H, T), gathered on the
-    model's device so the full (B, L, H, S, S) stack is never built. With
-    ``bits`` they come back as the bfloat16 bit patterns of those triangles, a
-    (B, L, H, T) uint16 numpy array (:func:`apmae.cache.encode_attentions`),
-    what the attention cache stores.
+    the ``<fim_middle>`` position (default: the last one).
 
     Raises:
         ValueError: the model returned no attention patterns.
     """
+    attentions, outcome = _forward(target, input_ids, label_first, middle_pos)
+    return TargetOutput(**vars(outcome), attentions=torch.stack(attentions, dim=1))
+
+
+@torch.inference_mode()
+def run_batch_triangles(
+    target: Target, input_ids: torch.Tensor, label_first: torch.Tensor, *, middle_pos: torch.Tensor | None = None
+) -> TriangleOutput:
+    """:func:`run_batch` with each head's lower triangle (B, L, H, T) instead of its full pattern.
+
+    The triangles are gathered layer by layer on the model's device, so the
+    full (B, L, H, S, S) stack is never built.
+    """
+    from apmae.triangle import lower_triangle_index
+
+    attentions, outcome = _forward(target, input_ids, label_first, middle_pos)
+    index = torch.tensor(lower_triangle_index(input_ids.shape[1]), device=attentions[0].device)
+    triangles = torch.stack([a.flatten(-2).index_select(-1, index) for a in attentions], dim=1)  # (B, L, H, T)
+    return TriangleOutput(**vars(outcome), triangles=triangles)
+
+
+@torch.inference_mode()
+def run_batch_stored(
+    target: Target, input_ids: torch.Tensor, label_first: torch.Tensor, *, middle_pos: torch.Tensor | None = None,
+    encoding: str = DEFAULT_ENCODING,
+) -> StoredOutput:
+    """:func:`run_batch` with the patterns in an attention cache's stored form (B, L, H, W), on the host.
+
+    What extraction writes: :func:`apmae.codec.stored_attentions` of the
+    layers' attentions (``encoding="bfloat16-bits"`` gives the bfloat16 bit
+    patterns of the triangles, uint16).
+    """
+    from apmae.codec import stored_attentions
+
+    attentions, outcome = _forward(target, input_ids, label_first, middle_pos)
+    return StoredOutput(**vars(outcome), stored=stored_attentions(attentions, encoding), encoding=encoding)
+
+
+def _forward(target: Target, input_ids: torch.Tensor, label_first: torch.Tensor,
+             middle_pos: torch.Tensor | None) -> tuple[tuple[torch.Tensor, ...], FirstToken]:
+    """The eager forward pass: per-layer attentions (B, H, S, S) and the first-token outcome."""
     model, device = target.model, target.device
     input_ids = input_ids.to(device=device, dtype=torch.long)
     seq_len = input_ids.shape[1]
@@ -189,28 +238,14 @@ def run_batch(
             "attn_implementation='eager' (fused sdpa/flash kernels do not return them)"
         )
     logits = out.logits[:, -1] if out.logits.shape[1] == 1 else out.logits[torch.arange(len(pos), device=device), pos]
-    if bits:
-        from apmae.cache import encode_attentions
-
-        patterns = encode_attentions(out.attentions)
-    else:
-        patterns = _stack_patterns(out.attentions, seq_len, pack)
-    return _outcome(logits.float(), label_first.to(device=device, dtype=torch.long), patterns)
+    return tuple(out.attentions), _outcome(logits.float(), label_first.to(device=device, dtype=torch.long))
 
 
-def _stack_patterns(attentions: Sequence[torch.Tensor], seq_len: int, pack: bool) -> torch.Tensor:
-    if not pack:
-        return torch.stack(attentions, dim=1)  # (B, L, H, S, S)
-    index = lower_triangle_index(seq_len, attentions[0].device)
-    return torch.stack([a.flatten(-2).index_select(-1, index) for a in attentions], dim=1)  # (B, L, H, T)
-
-
-def _outcome(logits: torch.Tensor, label: torch.Tensor, attentions: torch.Tensor) -> TargetOutput:
+def _outcome(logits: torch.Tensor, label: torch.Tensor) -> FirstToken:
     """First-token prediction, its probability, correctness and the label's cross-entropy."""
     logp = torch.log_softmax(logits, dim=-1)  # (B, V)
     prediction = logp.argmax(dim=-1)
-    return TargetOutput(
-        attentions=attentions,
+    return FirstToken(
         prediction=prediction,
         probability=logp.gather(1, prediction[:, None])[:, 0].exp(),
         label=label,

@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from apmae.offsets import char_to_byte_table, code_points, is_whitespace
+
 Span = tuple[int, int]  # (start_byte, end_byte), end exclusive
 
 
@@ -45,10 +47,7 @@ class FileContext:
         if len(self.data) == len(self.text):
             return char_offsets
         if self._char_to_byte is None:
-            codes = np.frombuffer(self.text.encode("utf-32-le"), dtype=np.uint32)
-            # UTF-8 length of each code point: 1 below 0x80, 2 below 0x800, 3 below 0x10000, else 4
-            lengths = 1 + (codes >= 0x80) + (codes >= 0x800) + (codes >= 0x10000)
-            self._char_to_byte = np.concatenate([[0], np.cumsum(lengths)])
+            self._char_to_byte = char_to_byte_table(self.text)
         return self._char_to_byte[char_offsets]
 
     def char_to_byte(self, char_offset: int) -> int:
@@ -215,18 +214,12 @@ def random_spans(ctx: FileContext) -> list[Span]:
     # clean[i]: token i starts a new character; clean[n] closes the file
     clean = np.ones(n + 1, dtype=bool)
     clean[1:n] = offsets[1:, 0] >= offsets[:-1, 1]
-    codes = np.frombuffer(ctx.text.encode("utf-32-le"), dtype=np.uint32)
-    blank = np.isin(codes[offsets[:, 0]], _WHITESPACE)
+    blank = is_whitespace(code_points(ctx.text)[offsets[:, 0]])
     ok = (last < n) & clean[:n] & ~blank
     ok[ok] &= clean[last[ok] + 1]
     first = np.flatnonzero(ok)
     starts, ends = ctx.chars_to_bytes(offsets[first, 0]), ctx.chars_to_bytes(offsets[last[first], 1])
     return list(zip(starts.tolist(), ends.tolist()))
-
-
-# Unicode White_Space code points (what regex \s matches)
-_WHITESPACE = np.array([9, 10, 11, 12, 13, 32, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029,
-                        0x202F, 0x205F, 0x3000], dtype=np.uint32)
 
 
 def _register_builtins() -> None:

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_extraction.py [--model DIR] [--scenarios NPZ] [--n 256]
     python benchmarks/bench_extraction.py --starcoder2-3b        # GPU: a StarCoder2-3B-sized random model
+    python benchmarks/bench_extraction.py --stages --starcoder2-3b --hidden 384 --dtype float32 --n 4 --batch-size 1
 
 Without --model / --scenarios it uses a random-init StarCoder2 of the demo
 target's size (4 layers, 8 heads, 2 kv heads, hidden 128, vocab 2048) and
@@ -17,6 +18,14 @@ Measured in one run over the same scenarios:
 - ``compression``: bytes per head and write/read speed of each encoding with
   none / lzf / gzip on the same real patterns;
 - ``precision``: bfloat16 of probabilities against float16 of log-probabilities.
+
+``--stages`` instead times each stage of extraction per scenario (forward;
+bfloat16 rounding + triangle gather and 14-bit packing, each with numpy on the
+host and with the torch ops a GPU runs on the device; the copy of the packed
+bytes to the host; the HDF5 write) and projects a GPU box's rate from them
+(``projection``, assuming ``--disk-gb-per-s``). ``--hidden`` shrinks the
+model's width so a StarCoder2-3B-shaped target (30 layers x 24 heads, the
+same patterns) runs on a CPU.
 """
 
 from __future__ import annotations
@@ -35,12 +44,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from apmae.cache import (COMPRESSIONS, DEFAULT_COMPRESSION, DEFAULT_ENCODING, ENCODINGS,  # noqa: E402
-                         AttentionCache, CacheSpec, CacheWriter, decode_patterns, decode_stored, encode_patterns,
-                         encode_stored, shard_path, triangle_size)
+from apmae.allocator import keep_freed_memory  # noqa: E402
+from apmae.cache import (COMPRESSIONS, DEFAULT_COMPRESSION, AttentionCache, CacheSpec, CacheWriter,  # noqa: E402
+                         shard_path)
+from apmae.codec import (DEFAULT_ENCODING, ENCODINGS, decode_patterns, decode_stored,  # noqa: E402
+                         encode_attentions, encode_patterns, encode_stored, packed_width, to_14bit,
+                         to_14bit_torch, triangle_bits_torch)
 from apmae.extract import extract  # noqa: E402
 from apmae.scenario_set import ScenarioSet  # noqa: E402
-from apmae.target import Target, load_target, run_batch, wrap_model  # noqa: E402
+from apmae.target import Target, load_target, run_batch_stored, run_batch_triangles, wrap_model  # noqa: E402
+from apmae.triangle import triangle_size  # noqa: E402
 
 DEMO = {"layers": 4, "heads": 8, "kv_heads": 2, "hidden": 128, "vocab": 2048}
 STARCODER2_3B = {"layers": 30, "heads": 24, "kv_heads": 2, "hidden": 3072, "vocab": 49152}
@@ -161,9 +174,9 @@ def bench_compression(target: Target, scenarios: ScenarioSet, out: Path, *, n: i
 
 def _packed_batch(target: Target, scenarios: ScenarioSet, lo: int, batch_size: int):
     idx = np.arange(lo, min(lo + batch_size, len(scenarios)))
-    out = run_batch(target, torch.from_numpy(scenarios.input_ids[idx]), torch.from_numpy(scenarios.label_ids[idx, 0]),
-                    bits=True)
-    return out.attentions, out
+    out = run_batch_stored(target, torch.from_numpy(scenarios.input_ids[idx]),
+                           torch.from_numpy(scenarios.label_ids[idx, 0]), encoding="bfloat16-bits")
+    return out.stored, out  # the bfloat16 bits of the triangles (B, L, H, T) uint16
 
 
 def _read_speed(path: Path, target: Target) -> dict:
@@ -218,9 +231,9 @@ def bench_precision(target: Target, scenarios: ScenarioSet, n: int) -> dict:
     """bfloat16 of probabilities against float16 of log-probabilities, on real packed patterns."""
     idx = np.arange(min(n, len(scenarios)))
     with torch.no_grad():
-        out = run_batch(target, torch.from_numpy(scenarios.input_ids[idx]),
-                        torch.from_numpy(scenarios.label_ids[idx, 0]), pack=True)
-    x = out.attentions.float().cpu()
+        out = run_batch_triangles(target, torch.from_numpy(scenarios.input_ids[idx]),
+                                  torch.from_numpy(scenarios.label_ids[idx, 0]))
+    x = out.triangles.float().cpu()
     nz = x > 0
     bits = encode_patterns(x)
     bf16 = torch.from_numpy(decode_patterns(bits))
@@ -238,6 +251,77 @@ def bench_precision(target: Target, scenarios: ScenarioSet, n: int) -> dict:
             "float16_log": stats(torch.where(nz, logs, torch.zeros_like(x))), "float16": stats(f16)}
 
 
+def bench_stages(target: Target, scenarios: ScenarioSet, out: Path, *, batch_size: int,
+                 disk_gb_per_s: float) -> dict:
+    """Seconds per scenario of each extraction stage (the first batch warms up, untimed), and a projection."""
+    batches = [np.arange(lo, min(lo + batch_size, len(scenarios))) for lo in range(0, len(scenarios), batch_size)]
+    spec = CacheSpec(target=target.summary(), seq_len=scenarios.seq_len, scenario_fingerprint=scenarios.fingerprint(),
+                     n_scenarios=len(scenarios))
+    totals: dict[str, float] = {}
+    with CacheWriter.open(shard_path(out, "stages", 0), spec, scenarios) as writer:
+        _stage_seconds(target, scenarios, batches[0], None)
+        for idx in batches:
+            for stage, seconds in _stage_seconds(target, scenarios, idx, writer).items():
+                totals[stage] = totals.get(stage, 0.0) + seconds
+    heads = target.n_layers * target.n_heads
+    n_values = scenarios.seq_len * (scenarios.seq_len + 1) // 2
+    stored_bytes, bits_bytes = heads * packed_width(n_values), heads * 2 * n_values  # per scenario
+    made = {"gather_numpy": bits_bytes, "gather_torch": bits_bytes, "pack_numpy": stored_bytes,
+            "pack_torch": stored_bytes, "copy_to_host": stored_bytes, "write_hdf5": stored_bytes}
+    per = {stage: seconds / len(scenarios) for stage, seconds in totals.items()}
+    stages = {stage: {"ms_per_scenario": round(1e3 * s, 2),
+                      **({"mb_per_s": round(made[stage] / s / 1e6, 1)} if stage in made else {})}
+              for stage, s in per.items()}
+    return {"stored_mb_per_scenario": round(stored_bytes / 1e6, 2), "bf16_triangle_mb_per_scenario":
+            round(bits_bytes / 1e6, 2), "stages": stages,
+            "projection": _projection(per, stored_bytes, disk_gb_per_s)}
+
+
+def _stage_seconds(target: Target, scenarios: ScenarioSet, idx: np.ndarray, writer: CacheWriter | None) -> dict:
+    """One batch through every stage; numpy and torch paths must give the same bytes."""
+    device = target.device
+    ids = torch.from_numpy(scenarios.input_ids[idx]).long().to(device)
+    clock = [time.perf_counter()]
+
+    def lap() -> None:
+        _sync(device)
+        clock.append(time.perf_counter())
+
+    with torch.inference_mode():
+        layers = target.model(input_ids=ids, output_attentions=True, use_cache=False, logits_to_keep=1).attentions
+        lap()
+        bits = encode_attentions(layers)  # (B, L, H, T) uint16, host numpy
+        lap()
+        stored = to_14bit(bits)  # (B, L, H, W) uint8
+        lap()
+        device_bits = triangle_bits_torch(layers)  # (B, L, H, T) int16 where the model is
+        lap()
+        device_stored = to_14bit_torch(device_bits)
+        lap()
+        copied = device_stored.cpu().numpy()
+        lap()
+    if not np.array_equal(copied, stored):
+        raise AssertionError("the torch and numpy packings differ")
+    if writer is not None:
+        zeros = np.zeros(len(idx))
+        writer.append(stored, zeros, zeros, zeros, zeros)
+        lap()
+    names = ["forward", "gather_numpy", "pack_numpy", "gather_torch", "pack_torch", "copy_to_host", "write_hdf5"]
+    return {name: b - a for name, a, b in zip(names, clock, clock[1:])}
+
+
+def _projection(seconds: dict[str, float], stored_bytes: int, disk_gb_per_s: float) -> dict:
+    """A GPU box's scenarios/s bounds from this machine's per-core seconds per scenario (a projection)."""
+    disk = disk_gb_per_s * 1e9 / stored_bytes
+    host_pack = 1 / seconds["pack_numpy"]  # per core, when the device gathers the bits
+    write = 1 / seconds["write_hdf5"]
+    return {"assumed_disk_gb_per_s": disk_gb_per_s, "disk_bound_scenarios_per_s": round(disk, 1),
+            "host_numpy_packing_scenarios_per_s_per_core": round(host_pack, 2),
+            "cores_to_pack_at_disk_speed": round(disk / host_pack, 1),
+            "hdf5_write_scenarios_per_s_here": round(write, 1),
+            "device_packing_host_bound_scenarios_per_s": round(min(disk, write), 1)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="target model directory or hub name (default: random demo-size StarCoder2)")
@@ -252,6 +336,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--starcoder2-3b", action="store_true", help="random StarCoder2-3B-sized target (GPU, bfloat16)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default=None, help="default float32 on CPU, bfloat16 with --starcoder2-3b")
+    p.add_argument("--hidden", type=int, default=None, help="random target: another width (same layers and heads)")
+    p.add_argument("--stages", action="store_true", help="per-stage times and the GPU-box projection only")
+    p.add_argument("--disk-gb-per-s", type=float, default=2.0, help="disk bandwidth the projection assumes")
     args = p.parse_args(argv)
     from apmae.target import resolve_device
 
@@ -260,7 +347,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.model:
         target = load_target(args.model, dtype=dtype, device=device)
     else:
-        target = random_target(STARCODER2_3B if args.starcoder2_3b else DEMO, dtype=dtype, device=device)
+        size = STARCODER2_3B if args.starcoder2_3b else DEMO
+        target = random_target({**size, "hidden": args.hidden or size["hidden"]}, dtype=dtype, device=device)
     if args.scenarios:
         scenarios = ScenarioSet.load(args.scenarios)
         scenarios = scenarios.subset(np.arange(min(args.n, len(scenarios))))
@@ -273,12 +361,19 @@ def main(argv: list[str] | None = None) -> dict:
               "scenario_source": args.scenarios or "random"}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        if not args.no_baseline:  # first: apmae's extraction tunes the process's allocator
+        if args.stages:
+            keep_freed_memory()
+            report["stages"] = bench_stages(target, scenarios, out, batch_size=args.batch_size,
+                                            disk_gb_per_s=args.disk_gb_per_s)
+            print(json.dumps(report, indent=2))
+            return report
+        if not args.no_baseline:  # first, before the process's allocator is tuned
             report["baseline"] = bench_baseline(target, scenarios, out)
         if not args.starcoder2_3b:
             report["precision"] = bench_precision(target, scenarios, 8)
             report["compression"] = bench_compression(target, scenarios, out, n=64, batch_size=args.batch_size)
             report["chunks"] = bench_chunks(target, scenarios, out, n=32, batch_size=args.batch_size)
+        keep_freed_memory()  # as the extracting entry points do (python -m apmae, the demo)
         report["cache"] = bench_cache(target, scenarios, out, batch_size=args.batch_size, compression=args.compression,
                                       encoding=args.encoding, workers=args.workers)
         report["cache"].pop("path")

@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_extraction import DEMO, random_scenarios, random_target  # noqa: E402
 
+from apmae.allocator import keep_freed_memory  # noqa: E402
 from apmae.cache import AttentionCache, shard_path  # noqa: E402
 from apmae.encodings import (STAT_NAMES, EncodingsSpec, EncodingsWriter, ensure_encodings,  # noqa: E402
                              placeholder_outcomes)
@@ -196,6 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds-3b", type=int, default=1, help="StarCoder2-3B case: interleaved rounds")
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
+    keep_freed_memory()  # as the extracting entry points do (python -m apmae, the demo)
     report: dict = {"host": platform.node(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "load_average": os.getloadavg()}
     if "demo" in args.cases:

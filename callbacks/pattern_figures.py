@@ -1,6 +1,6 @@
 """Reconstruction figures of selected heads, logged to MLflow during validation.
 
-Glossary: B images, S image side, P patch side, G = S / P grid side, T triangular patches.
+Glossary: B images, S image side, P patch side, G = S / P grid side, Q triangular patches.
 
 Every ``every_n_epochs`` validation epochs the callback re-runs AP-MAE on a
 fixed set of images from the first validation dataloader (the training
@@ -20,11 +20,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
+
+from apmae.model import masked_error
 
 
 @dataclass
@@ -57,15 +59,14 @@ def reconstruct_for_figures(net: Any, images: torch.Tensor, noise: torch.Tensor)
     covered = net.reconstruct(zeros, replace(out, pred=torch.ones_like(out.pred)))  # (B, 1, S, S)
     patch = net.config.patch_size
     masked_patches = torch.nn.functional.max_pool2d(covered, patch)[:, 0] > 0  # (B, G, G)
-    weight = out.mask.unsqueeze(-1) * out.valid.to(out.pred.dtype)  # (B, T, P2)
-    mse = ((out.pred - out.target) ** 2 * weight).sum((1, 2)) / weight.sum((1, 2)).clamp_min(1.0)
+    error = masked_error(out.pred, out.patches, out.mask, out.valid, per_image=True)
     return Reconstruction(
         original=images,
         visible=images * (covered == 0),
         predicted=net.reconstruct(zeros, out),
         combined=net.reconstruct(images, out),
         masked_patches=masked_patches,
-        mse=mse,
+        mse=error.mse,
     )
 
 

@@ -3,8 +3,9 @@
 Glossary: B batch, S tokens, L layers, H query heads.
 
 ``prepare_data`` mines the scenarios (when given a scenario DataModule) and
-builds or resumes one cache per target model; under DDP every rank extracts
-its own shard in ``setup`` and the reader merges the shards. Batches are dicts:
+builds, resumes or reuses one cache per target model with
+:func:`apmae.extract.ensure_cache` (which needs no Lightning); under DDP every
+rank extracts its own shard in ``setup`` and the reader merges the shards. Batches are dicts:
 
 - ``mode="heads"``: ``images`` (B, 1, S, S) scaled, and ``scenario``, ``layer``,
   ``head``, ``task``, ``correct`` (B,);
@@ -32,18 +33,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from apmae.cache import (DEFAULT_COMPRESSION, DEFAULT_ENCODING, AttentionCache, CacheError, CacheMismatchError,
-                         cache_files, shard_path)
+from apmae.cache import DEFAULT_COMPRESSION, AttentionCache, CacheMismatchError, cache_files
+from apmae.codec import DEFAULT_ENCODING
+from apmae.extract import target_short_name
 from apmae.scenario_set import SPLITS, ScenarioSet
 from datamodules.java_scenarios import JavaScenarioDataModule
 
 MODES = ("heads", "scenarios")
-
-
-def target_short_name(name_or_path: str) -> str:
-    """A metric-key-safe short name: the last path component (``artifacts/demo/target-a`` -> ``target-a``)."""
-    base = Path(str(name_or_path).rstrip("/")).name or str(name_or_path)
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", base)
 
 
 # ---------------------------------------------------------------- head selection
@@ -255,7 +251,7 @@ class AttentionCacheDataModule(L.LightningDataModule):
             device: extraction device, ``auto`` = this rank's GPU if any, else CPU.
             compression: cache compression, ``none`` (default), ``lzf`` or ``gzip``.
             encoding: stored form of the patterns, ``bfloat16-14bit`` (default) or ``bfloat16-bits``
-                (for models whose attention values can leave [0, 2)); see :mod:`apmae.cache`.
+                (for models whose attention values can leave [0, 2)); see :mod:`apmae.codec`.
             extraction_workers: batches in flight while extracting (threads; on CPU they share torch's threads).
             seed: seeds the layerwise head choice and class balancing.
             progress: show a progress bar (scenarios/s) while extracting.
@@ -336,47 +332,13 @@ class AttentionCacheDataModule(L.LightningDataModule):
             self._build(0, 1, 0)
 
     def _build(self, rank: int, world: int, local_rank: int) -> None:
+        """Reuse, resume or extract (this rank's shard of) every target's cache: :func:`apmae.extract.ensure_cache`."""
+        from apmae.extract import ensure_cache
+
         scenarios = self.scenario_set()
         for model in [self.target, *self.extra_targets]:
-            name = target_short_name(model)
-            if self._complete(name, model, scenarios):
-                continue
-            self._extract(model, name, scenarios, rank, world, local_rank)
-
-    def _complete(self, name: str, model: str, scenarios: ScenarioSet) -> bool:
-        """True when a complete cache for this model and scenario set exists (built with any world size)."""
-        files = cache_files(self.cache_dir, name)
-        if not files:
-            return False
-        try:
-            cache = AttentionCache(files)
-        except CacheMismatchError:
-            raise
-        except CacheError:
-            return False  # incomplete: resume it
-        found = {"model": cache.target["model"], "seq_len": cache.seq_len,
-                 "scenario_fingerprint": cache.attrs["scenario_fingerprint"]}
-        expected = {"model": model, "seq_len": scenarios.seq_len, "scenario_fingerprint": scenarios.fingerprint()}
-        diffs = [f"{k}: cache has {found[k]!r}, this run {expected[k]!r}" for k in found if found[k] != expected[k]]
-        if diffs:
-            raise CacheMismatchError(f"cache {name!r} in {self.cache_dir} was built for a different run "
-                                     f"({'; '.join(diffs)}); delete it or choose another cache_dir")
-        return True
-
-    def _extract(self, model: str, name: str, scenarios: ScenarioSet, rank: int, world: int, local_rank: int) -> None:
-        from apmae.extract import extract
-        from apmae.target import load_target
-
-        device = self.extraction["device"]
-        if device == "auto" and torch.cuda.is_available():
-            device = f"cuda:{local_rank}"
-        target = load_target(model, dtype=self.extraction["dtype"], device=device)
-        extract(target, scenarios, shard_path(self.cache_dir, name, rank), rank=rank, world_size=world,
-                batch_size=self.extraction["batch_size"], compression=self.extraction["compression"],
-                encoding=self.extraction["encoding"], workers=self.extraction["workers"], progress=self.progress)
-        del target
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+            ensure_cache(model, scenarios, self.cache_dir, rank=rank, world_size=world, local_rank=local_rank,
+                         progress=self.progress, **self.extraction)
 
     # -- setup
     def setup(self, stage: str | None = None) -> None:

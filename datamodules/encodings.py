@@ -208,10 +208,9 @@ class EncodingsDataModule(L.LightningDataModule):
         return int(trainer.global_rank), int(trainer.world_size), int(trainer.local_rank)
 
     def _device(self, local_rank: int) -> torch.device:
-        device = self.extraction["device"]
-        if device == "auto":
-            return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-        return torch.device(device)
+        from apmae.extract import extraction_device
+
+        return torch.device(extraction_device(self.extraction["device"], local_rank))
 
     def prepare_data(self) -> None:
         """Mine scenarios if needed; compute or resume the encodings (single process; DDP ranks in ``setup``)."""

@@ -1,12 +1,12 @@
 """Language-model batches (FIM and left-to-right) from a directory of Java files.
 
-Glossary: B batch, T ``seq_len`` (tokens per training row), C FIM context
+Glossary: B batch, S ``seq_len`` (tokens per training row), C FIM prompt
 tokens (``context_len``, prefix + suffix + the three FIM tokens).
 
 A FIM row is ``<fim_prefix> prefix <fim_suffix> suffix <fim_middle> middle
 <|endoftext|>`` built by :func:`apmae.fim.fim_sequence`, the function the
-scenario miner uses, with the same context cut: up to C tokens balanced around
-the hole, the shorter side kept whole. Holes start and end on lexeme
+scenario miner uses, with the same context cut, :func:`apmae.fim.balanced_context`:
+up to C tokens balanced around the hole, the shorter side kept whole. Holes start and end on lexeme
 boundaries (identifiers, literals, operators, brackets, ``;\\n``) or on token
 boundaries, which covers the spans scenario tasks cut. Every other row is a
 plain window of a file (left-to-right LM). Row ``i`` is a pure function of
@@ -24,7 +24,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from apmae.fim import FimTokens, fim_sequence
+from apmae.fim import FimTokens, balanced_context, fim_sequence
 
 # one lexeme: a word, a number, a string or char literal, an operator, or one other symbol
 LEXEME = re.compile(
@@ -90,13 +90,14 @@ class FimSampler:
         are the syntactic units the scenarios cut (AST-aware FIM); a file that
         does not parse simply contributes fewer spans.
         """
-        from apmae.scenarios import FileMiner, MiningConfig, _byte_to_char
+        from apmae.offsets import byte_to_char
+        from apmae.scenarios import FileMiner, MiningConfig
         from apmae.tasks import get_tasks
 
         if self._miner is None:
             tasks = [t for t in get_tasks() if t.needs_source]
             self._miner = FileMiner(MiningConfig(fim=self.fim), tasks, self.tokenizer.backend_tokenizer.to_str())
-        to_char = _byte_to_char(text.encode("utf-8"), text)
+        to_char = byte_to_char(text.encode("utf-8"), text)
         found = self._miner.text_candidates(text, source_id="lm")
         return tuple(tuple((to_char(s), to_char(e)) for s, e in spans if e > s)
                      for spans in found.values() if spans)
@@ -146,13 +147,6 @@ class FimSampler:
         ids, seq_len = doc.ids + [self.fim.eos], self.seq_len - shrink
         start = rng.randrange(max(1, len(ids) - seq_len + 1))
         return ids[start:start + seq_len]
-
-
-def balanced_context(n_prefix: int, n_suffix: int, budget: int) -> tuple[int, int]:
-    """Tokens kept left and right of a hole: half each, the short side whole, the rest to the other."""
-    left = min(n_prefix, max(budget // 2, budget - n_suffix))
-    right = min(n_suffix, budget - left)
-    return left, right
 
 
 class JavaLMDataset(Dataset):
@@ -209,7 +203,7 @@ class JavaLMDataset(Dataset):
 
 
 def collate_rows(rows: list[tuple[list[int], int, int]], *, pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad rows into ``input_ids``/``attention_mask``/``labels`` (B, T_max), ``middle_pos`` and
+    """Right-pad rows into ``input_ids``/``attention_mask``/``labels`` (B, S_max), ``middle_pos`` and
     ``suffix_pos`` (B,).
 
     Padding is never learned (label -100).

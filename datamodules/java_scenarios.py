@@ -1,11 +1,11 @@
 """JavaScenarioDataModule: mined FIM completion scenarios as batches, reusable without AP-MAE.
 
-Glossary: B batch, S prompt tokens (``seq_len``), T longest hole in tokens.
+Glossary: B batch, N scenarios, S prompt tokens (``seq_len``), K tokens of the longest hole.
 
 Batches are dicts of tensors:
 
 - ``input_ids`` (B, S) long: ``<fim_prefix> prefix <fim_suffix> suffix <fim_middle>``
-- ``label_ids`` (B, T) long, the hole's tokens padded with 0; ``label_mask`` (B, T) bool
+- ``label_ids`` (B, K) long, the hole's tokens padded with 0; ``label_mask`` (B, K) bool
 - ``task`` (B,) long: index into ``task_names``
 - ``index`` (B,) long: row in the :class:`~apmae.scenario_set.ScenarioSet`
 - ``source`` (B,) long: index into ``source_ids`` (-1 for noise scenarios)
@@ -52,8 +52,8 @@ class ScenarioDataset(Dataset):
         width = scenarios.label_ids.shape[1]
         return {
             "input_ids": torch.from_numpy(scenarios.input_ids.astype(np.int64)),  # (N, S)
-            "label_ids": torch.from_numpy(scenarios.label_ids.astype(np.int64)),  # (N, T)
-            "label_mask": torch.from_numpy(np.arange(width)[None, :] < scenarios.label_len[:, None]),  # (N, T)
+            "label_ids": torch.from_numpy(scenarios.label_ids.astype(np.int64)),  # (N, K)
+            "label_mask": torch.from_numpy(np.arange(width)[None, :] < scenarios.label_len[:, None]),  # (N, K)
             "task": torch.from_numpy(scenarios.task.astype(np.int64)),  # (N,)
             "index": torch.arange(len(scenarios)),  # (N,)
             "source": torch.from_numpy(source_index.astype(np.int64)),  # (N,)

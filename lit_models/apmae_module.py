@@ -1,13 +1,14 @@
 """LitAPMAE: AP-MAE reconstruction training, trivial baseline and cross-model evaluation.
 
 Glossary: B batch, S image side (tokens), P patch side, G = S / P grid side,
-T = G (G + 1) / 2 lower-triangular patches, P2 = P * P pixels per patch.
+Q = G (G + 1) / 2 lower-triangular patches, P2 = P * P pixels per patch.
 
 The network is the plain ``apmae.model.APMAE``; this module only adds the
 optimiser recipe of the paper, metrics and export. Metrics, per validation
 (or test) dataloader, i.e. per target model whose attention cache it reads:
 
-- ``val/<target>/mse``: MSE over the valid pixels of masked patches;
+- ``val/<target>/mse``: MSE over the valid pixels of masked patches
+  (:func:`apmae.model.masked_error`, the pixels AP-MAE's loss uses);
 - ``val/<target>/baseline_mse``: the same pixels predicted by the per-pixel
   mean pattern of the training set (a trivial reconstruction), same masks;
 - ``val/<target>/mse_over_baseline``: AP-MAE error / trivial error (< 1 is better);
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -31,7 +31,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
-from apmae.model import APMAE, APMAEConfig, APMAEOutput
+from apmae.model import APMAE, APMAEConfig, masked_error
 from apmae.schedules import warmup_cosine
 from lit_models.probe_stage import Collected, ProbeStage, ProbeTraining
 
@@ -39,29 +39,6 @@ STAGES = ("reconstruct", "probe")
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
-
-
-@dataclass
-class MaskedError:
-    """Sum of squared errors over masked valid pixels, and how many pixels that is."""
-
-    sse: torch.Tensor  # () float
-    count: torch.Tensor  # () float
-
-    @property
-    def mse(self) -> torch.Tensor:
-        return self.sse / self.count.clamp_min(1.0)
-
-
-def masked_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> MaskedError:
-    """Squared error of ``pred`` (B or 1, T, P2) against ``target`` (B, T, P2) on masked valid pixels.
-
-    ``mask`` (B, T) is 1 for masked patches, ``valid`` (T, P2) False for pixels
-    above the causal diagonal; this is the pixel set AP-MAE's loss uses.
-    """
-    weight = mask.to(target.dtype).unsqueeze(-1) * valid.to(target.dtype).unsqueeze(0)  # (B, T, P2)
-    sse = ((pred.to(target.dtype) - target) ** 2 * weight).sum()
-    return MaskedError(sse=sse, count=weight.sum())
 
 
 class LitAPMAE(ProbeTraining, LightningModule):
@@ -285,13 +262,13 @@ class LitAPMAE(ProbeTraining, LightningModule):
         self._log_epoch("test")
 
     def fixed_noise(self, batch_size: int, batch_idx: int, dataloader_idx: int) -> torch.Tensor:
-        """(B, T) masking noise that is the same every epoch for this (dataloader, batch)."""
+        """(B, Q) masking noise that is the same every epoch for this (dataloader, batch)."""
         generator = torch.Generator().manual_seed(1_000_003 * dataloader_idx + batch_idx)
         noise = torch.rand(batch_size, self.net.num_patches, generator=generator)
         return noise.to(self.device)
 
     def baseline_patches(self) -> torch.Tensor:
-        """(1, T, P2) patches of the mean training pattern."""
+        """(1, Q, P2) patches of the mean training pattern."""
         return self.net.patchify(self.baseline_mean)
 
     def _evaluate(self, stage: str, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int) -> Any:
@@ -299,8 +276,8 @@ class LitAPMAE(ProbeTraining, LightningModule):
             return self._probe_evaluate(batch, dataloader_idx)
         images = batch["images"]
         out = self.net(images, noise=self.fixed_noise(images.shape[0], batch_idx, dataloader_idx))
-        model_err = masked_error(out.pred, out.target, out.mask, out.valid)
-        base_err = masked_error(self.baseline_patches(), out.target, out.mask, out.valid)
+        model_err = masked_error(out.pred, out.patches, out.mask, out.valid)
+        base_err = masked_error(self.baseline_patches(), out.patches, out.mask, out.valid)
         metrics = self._metrics[f"{stage}_{dataloader_idx}"]
         metrics["mse"].update(model_err.mse, model_err.count)
         metrics["baseline"].update(base_err.mse, base_err.count)
@@ -373,15 +350,15 @@ class LitAPMAE(ProbeTraining, LightningModule):
 
     # ------------------------------------------------------------------- export
     def on_fit_end(self) -> None:
-        target = self.export_path()
+        path = self.export_path()
         if self.probe is not None:
-            return self._export_probe(target, "fit")
+            return self._export_probe(path, "fit")
         if self.trainer.is_global_zero:
-            self.net.save(target)
+            self.net.save(path)
             for logger in self.trainer.loggers:
                 experiment = getattr(logger, "experiment", None)
                 if hasattr(experiment, "log_artifacts") and getattr(logger, "run_id", None):
-                    experiment.log_artifacts(logger.run_id, str(target), "apmae_net")
+                    experiment.log_artifacts(logger.run_id, str(path), "apmae_net")
 
     def on_test_end(self) -> None:
         if self.probe is not None:
@@ -444,4 +421,4 @@ def _train_loader(trainer: Any) -> Optional[Iterable[dict[str, torch.Tensor]]]:
     return None if datamodule is None else datamodule.train_dataloader()
 
 
-__all__ = ["LitAPMAE", "MaskedError", "masked_error", "warmup_cosine"]
+__all__ = ["LitAPMAE"]

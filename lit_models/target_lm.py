@@ -1,6 +1,6 @@
 """TargetLM: trains the tiny StarCoder2 target of the embedded demo and exports it.
 
-Glossary: B batch, T tokens per row, V vocabulary.
+Glossary: B batch, S tokens per row, V vocabulary, F FIM rows of a batch.
 
 The network is a plain ``transformers.Starcoder2ForCausalLM`` (same
 architecture family as ``bigcode/starcoder2-3b``, GQA, RoPE); this module adds
@@ -19,14 +19,14 @@ first token of the hole, the scenarios' correctness criterion).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_only
 
+from apmae.atomic import atomic_dir
+from apmae.optim import weight_decay_groups
 from apmae.schedules import warmup_cosine
 
 EXPORT_ATTN = "eager"
@@ -51,24 +51,19 @@ def starcoder2_config(*, vocab_size: int, special_id: int, hidden_size: int, num
 
 
 def export_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
-    """Save ``model`` + ``tokenizer`` into ``out_dir`` atomically (a temp dir renamed at the end).
+    """Save ``model`` + ``tokenizer`` into ``out_dir`` atomically (:func:`apmae.atomic.atomic_dir`).
 
     ``config.json`` records ``attn_implementation: eager``. An existing
     ``out_dir`` is replaced.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    config_path = tmp / "config.json"
-    config = json.loads(config_path.read_text())
-    config["attn_implementation"] = EXPORT_ATTN
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return out_dir
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        config_path = tmp / "config.json"
+        config = json.loads(config_path.read_text())
+        config["attn_implementation"] = EXPORT_ATTN
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return Path(out_dir)
 
 
 class TargetLM(LightningModule):
@@ -155,23 +150,23 @@ class TargetLM(LightningModule):
             torch.set_num_threads(self.hparams.num_threads)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, V)."""
+        """Logits (B, S, V)."""
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def lm_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weighted next-token cross entropy and the logits (B, T, V).
+        """Weighted next-token cross entropy and the logits (B, S, V).
 
         Position t predicts token t + 1; the ``<fim_middle>`` position predicts
         the hole's first token and weighs ``middle_loss_weight``; padding weighs 0.
         """
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        targets = batch["labels"][:, 1:]  # (B, T-1)
+        targets = batch["labels"][:, 1:]  # (B, S-1)
         ce = torch.nn.functional.cross_entropy(
             logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none"
-        ).view_as(targets)  # (B, T-1)
-        positions = torch.arange(targets.shape[1], device=targets.device)  # (T-1,)
+        ).view_as(targets)  # (B, S-1)
+        positions = torch.arange(targets.shape[1], device=targets.device)  # (S-1,)
         pos = batch["middle_pos"].unsqueeze(1)  # (B, 1), -1 for plain rows
-        first = positions == pos  # (B, T-1), never true for plain rows
+        first = positions == pos  # (B, S-1), never true for plain rows
         weight = (targets != -100).float() * torch.where(first, self.hparams.middle_loss_weight, 1.0)
         total, norm = (ce * weight).sum(), weight.sum()
         rows = torch.nonzero(batch["middle_pos"] >= 0).squeeze(-1)  # (F,) FIM rows
@@ -200,12 +195,8 @@ class TargetLM(LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "norm" not in n]
-        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2 or "norm" in n]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr, betas=(0.9, 0.95),
-        )
+        groups = weight_decay_groups(self.model.named_parameters(), hp.weight_decay, no_decay=lambda n: "norm" in n)
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.95))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -8,6 +8,8 @@ renamed into place at the end, so an interrupted build never looks complete.
     python -m apmae.demo.build tokenizer --corpus artifacts/demo/corpus --out artifacts/demo/tokenizer
     python -m apmae.demo.build target    --config configs/demo/target_lm.yaml \\
         --corpus artifacts/demo/corpus --tokenizer artifacts/demo/tokenizer --out artifacts/demo/target-a
+    python -m apmae.demo.build target    --config configs/demo/target_lm.yaml --config configs/demo/target_lm_b.yaml \\
+        --corpus artifacts/demo/corpus --tokenizer artifacts/demo/tokenizer --out artifacts/demo/target-b
 
 Completion markers (use them as make file targets): ``corpus/MANIFEST.json``,
 ``tokenizer/tokenizer.json``, ``target-*/model.safetensors``.
@@ -17,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Sequence
+
+from apmae.atomic import atomic_dir
 
 MARKERS = {"corpus": "MANIFEST.json", "tokenizer": "tokenizer.json", "target": "model.safetensors"}
 
@@ -30,22 +31,6 @@ MARKERS = {"corpus": "MANIFEST.json", "tokenizer": "tokenizer.json", "target": "
 def is_complete(step: str, out_dir: str | Path) -> bool:
     """True when ``out_dir`` holds the completion marker of ``step``."""
     return (Path(out_dir) / MARKERS[step]).is_file()
-
-
-@contextmanager
-def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
-    """A temporary directory next to ``out_dir``, renamed to ``out_dir`` when the block succeeds."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp.", dir=out_dir.parent))
-    try:
-        yield tmp
-        if out_dir.exists():
-            shutil.rmtree(out_dir)  # an incomplete earlier attempt
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def build_corpus(out_dir: str | Path, *, n_files: int, seed: int) -> bool:
@@ -74,9 +59,12 @@ def build_tokenizer_dir(corpus_dir: str | Path, out_dir: str | Path, *, vocab_si
     return True
 
 
-def build_target(config: str, *, corpus_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
-                 extra_args: list[str] = ()) -> bool:
-    """Train a demo target with ``python -m apmae fit`` and export it to ``out_dir``; False when present."""
+def build_target(config: str | Sequence[str], *, corpus_dir: str | Path, tokenizer_dir: str | Path,
+                 out_dir: str | Path, extra_args: Sequence[str] = ()) -> bool:
+    """Train a demo target with ``python -m apmae fit`` and export it to ``out_dir``; False when present.
+
+    ``config`` is one config file or several stacked in order (a base and its overlays).
+    """
     if is_complete("target", out_dir):
         return False
     for step, path in (("corpus", corpus_dir), ("tokenizer", tokenizer_dir)):
@@ -84,9 +72,10 @@ def build_target(config: str, *, corpus_dir: str | Path, tokenizer_dir: str | Pa
             raise ValueError(f"{path} is not a complete demo {step}; run the `{step}` step first")
     from apmae.cli import cli_main
 
+    configs = [config] if isinstance(config, (str, Path)) else list(config)
     with atomic_dir(out_dir) as tmp:
         export = tmp / "model"
-        cli_main(["fit", "--config", str(config),
+        cli_main(["fit", *(a for c in configs for a in ("--config", str(c))),
                   f"--data.init_args.corpus_dir={corpus_dir}", f"--data.init_args.tokenizer_dir={tokenizer_dir}",
                   f"--model.init_args.tokenizer_dir={tokenizer_dir}", f"--model.init_args.export_dir={export}",
                   *extra_args])
@@ -110,7 +99,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     tok.add_argument("--out", required=True)
     tok.add_argument("--vocab-size", type=int, default=2048)
     target = steps.add_parser("target", help="train and export a demo target (extra args go to `apmae fit`)")
-    target.add_argument("--config", required=True)
+    target.add_argument("--config", required=True, action="append",
+                        help="a config file; repeat to stack overlays on a base (as `apmae fit` does)")
     target.add_argument("--corpus", required=True)
     target.add_argument("--tokenizer", required=True)
     target.add_argument("--out", required=True)

@@ -11,7 +11,7 @@ import torch
 
 from apmae.cache import (AttentionCache, CacheError, CacheMismatchError, CacheSpec, CacheWriter, cache_files,
                          shard_path)
-from apmae.extract import extract
+from apmae.extract import ensure_cache, extract
 from apmae.target import load_target, run_batch
 from tests.cache.helpers import random_scenarios
 
@@ -206,3 +206,17 @@ def test_append_rejects_patterns_of_the_wrong_shape(target, scenarios, tmp_path)
             writer.append(raw, [0, 0], [0.0, 0.0], [0, 0], [0.0, 0.0])
         writer.append(writer.encode(raw), [0, 0], [0.0, 0.0], [0, 0], [0.0, 0.0])
         assert writer.committed == 2
+
+
+def test_ensure_cache_builds_once_then_reuses_and_refuses_other_scenarios(cache_path, target_dir, scenarios,
+                                                                         tiny_tokenizer, tmp_path):
+    first = ensure_cache(str(target_dir), scenarios, tmp_path, device="cpu", batch_size=7, progress=False)
+    assert first.name == target_dir.name and [p.name for p in first.files] == [f"{target_dir.name}.rank0.h5"]
+    assert (first.extraction.written, first.extraction.rows) == (30, 30)
+    _assert_same_cache(AttentionCache(first.files), AttentionCache(cache_path))
+    mtime = first.files[0].stat().st_mtime_ns
+    again = ensure_cache(str(target_dir), scenarios, tmp_path, device="cpu", progress=False)
+    assert again.extraction is None and again.files == first.files and first.files[0].stat().st_mtime_ns == mtime
+    other = random_scenarios(30, 24, 500, tiny_tokenizer.convert_tokens_to_ids("<fim_middle>"), seed=9)
+    with pytest.raises(CacheMismatchError, match="scenario_fingerprint: file has"):
+        ensure_cache(str(target_dir), other, tmp_path, device="cpu", progress=False)

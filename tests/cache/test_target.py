@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from apmae.cache import pack
-from apmae.target import Target, load_target, output_projections, run_batch, wrap_model, zero_heads
+from apmae.codec import encode_patterns, encode_stored
+from apmae.target import (Target, load_target, output_projections, run_batch, run_batch_stored, run_batch_triangles,
+                          wrap_model, zero_heads)
+from apmae.triangle import to_triangle
 
 
 def test_loaded_target_reports_its_shape(target, target_dir):
@@ -47,10 +49,21 @@ def test_packed_patterns_are_the_lower_triangles(target, scenarios):
     ids = torch.from_numpy(scenarios.input_ids[:3])
     label = torch.from_numpy(scenarios.label_ids[:3, 0])
     full = run_batch(target, ids, label).attentions.numpy()
-    packed = run_batch(target, ids, label, pack=True).attentions.numpy()
+    packed = run_batch_triangles(target, ids, label).triangles.numpy()
     assert packed.shape == (3, 2, 4, 24 * 25 // 2)
-    np.testing.assert_array_equal(packed, pack(full))
+    np.testing.assert_array_equal(packed, to_triangle(full))
     assert np.all(np.triu(full, k=1) == 0)  # nothing is lost by packing
+
+
+@pytest.mark.parametrize("encoding", ["bfloat16-14bit", "bfloat16-bits"])
+def test_stored_patterns_are_the_encoded_triangles(target, scenarios, encoding):
+    ids = torch.from_numpy(scenarios.input_ids[:3])
+    label = torch.from_numpy(scenarios.label_ids[:3, 0])
+    stored = run_batch_stored(target, ids, label, encoding=encoding)
+    triangles = run_batch_triangles(target, ids, label)
+    assert stored.encoding == encoding and stored.stored.shape[:3] == (3, 2, 4)
+    np.testing.assert_array_equal(stored.stored, encode_stored(encode_patterns(triangles.triangles), encoding))
+    assert torch.equal(stored.prediction, triangles.prediction) and torch.equal(stored.loss, triangles.loss)
 
 
 def test_model_without_attentions_raises(target, scenarios):

@@ -41,16 +41,30 @@ def test_tokenizer_step_needs_a_complete_corpus_and_skips_when_done(tmp_path, co
     assert skipped == f"tokenizer: already complete -> {tmp_path / 'tok'}"
 
 
-def test_demo_configs_differ_in_size_and_seed():
+def _resolved(capsys, *configs: Path) -> dict:
+    """The config ``apmae fit`` resolves from stacked files (``--print_config``)."""
     import yaml
 
-    a = yaml.safe_load((CONFIGS / "target_lm.yaml").read_text())
-    b = yaml.safe_load((CONFIGS / "target_lm_b.yaml").read_text())
+    from apmae.cli import cli_main
+
+    with pytest.raises(SystemExit) as info:
+        cli_main(["fit", *(a for c in configs for a in ("--config", str(c))), "--print_config"])
+    assert info.value.code == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_demo_configs_differ_in_size_and_seed(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["python -m apmae"])
+    a = _resolved(capsys, CONFIGS / "target_lm.yaml")
+    b = _resolved(capsys, CONFIGS / "target_lm.yaml", CONFIGS / "target_lm_b.yaml")  # b is an overlay on a
     assert a["model"]["class_path"] == b["model"]["class_path"] == "lit_models.target_lm.TargetLM"
     size = ("hidden_size", "num_layers", "num_heads")
     assert [a["model"]["init_args"][k] for k in size] != [b["model"]["init_args"][k] for k in size]
     assert a["model"]["init_args"]["seed"] != b["model"]["init_args"]["seed"]
-    apmae = yaml.safe_load((CONFIGS / "apmae.yaml").read_text())
+    # the cosine schedule follows each target's own step count (interpolated after stacking)
+    assert [c["model"]["init_args"]["total_steps"] for c in (a, b)] == [c["trainer"]["max_steps"] for c in (a, b)]
+    assert a["trainer"]["max_steps"] != b["trainer"]["max_steps"]
+    apmae = _resolved(capsys, CONFIGS / "apmae.yaml")
     scenario_len = apmae["data"]["init_args"]["scenarios"]["init_args"]["seq_len"]
     # both targets are trained for exactly the FIM prompt length the demo's scenarios have
     assert a["data"]["init_args"]["context_len"] == b["data"]["init_args"]["context_len"] == scenario_len == 128
@@ -85,7 +99,8 @@ def test_target_step_trains_through_the_cli_and_exports(tmp_path, corpus_dir, to
 
 
 def test_a_failing_step_leaves_no_output_and_no_temp_dir(tmp_path):
-    from apmae.demo.build import atomic_dir, build_target
+    from apmae.atomic import atomic_dir
+    from apmae.demo.build import build_target
 
     with pytest.raises(RuntimeError, match="boom"):
         with atomic_dir(tmp_path / "out") as tmp:

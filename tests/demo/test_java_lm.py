@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from apmae.fim import FimTokens, fim_sequence
-from datamodules.java_lm import IGNORE, FimSampler, JavaLMDataModule, balanced_context, collate_rows
+from apmae.fim import FimTokens, balanced_context, fim_sequence
+from datamodules.java_lm import IGNORE, FimSampler, JavaLMDataModule, collate_rows
 
 
 @pytest.fixture()

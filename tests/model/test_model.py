@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from apmae.model import APMAE, masked_mse, num_visible
+from apmae.model import APMAE, masked_error, num_visible
 from apmae.patches import patchify
 
 from .conftest import causal_patterns, small_config
@@ -19,22 +19,23 @@ def test_shapes_for_several_geometries(seq_len: int, patch_size: int) -> None:
     images = causal_patterns(3, seq_len)
     out = model(images)
     assert out.loss.shape == ()
-    assert out.pred.shape == out.target.shape == (3, t, p2)
+    assert out.pred.shape == out.patches.shape == (3, t, p2)
     assert out.mask.shape == (3, t)
     assert out.valid.shape == (t, p2) and out.valid.dtype == torch.bool
-    assert torch.equal(out.target, patchify(images, patch_size))
+    assert torch.equal(out.patches, patchify(images, patch_size))
     assert model.reconstruct(images, out).shape == (3, 1, seq_len, seq_len)
     enc = model.encode(images)
     assert enc.cls.shape == enc.mean.shape == (3, 32)
 
 
-@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75, 0.9])
-def test_number_of_masked_patches_per_image(small_model: APMAE, ratio: float) -> None:
+# 36 patches; MAE keeps floor(36 (1 - r)) visible: 27, 18, 9 and 3 (36 x 0.1 is 3.6 in floats, floored)
+@pytest.mark.parametrize(("ratio", "masked"), [(0.25, 9), (0.5, 18), (0.75, 27), (0.9, 33)])
+def test_number_of_masked_patches_per_image(small_model: APMAE, ratio: float, masked: int) -> None:
     out = small_model(causal_patterns(4, 64), mask_ratio=ratio)
-    t = small_model.num_patches
+    assert small_model.num_patches == 36
     assert set(out.mask.unique().tolist()) <= {0.0, 1.0}
-    assert out.mask.sum(dim=1).tolist() == [t - num_visible(t, ratio)] * 4
-    assert t - int(t * (1 - ratio)) == t - num_visible(t, ratio)
+    assert out.mask.sum(dim=1).tolist() == [masked] * 4
+    assert num_visible(36, ratio) == 36 - masked
 
 
 def test_fixed_noise_fixes_the_mask(small_model: APMAE) -> None:
@@ -69,9 +70,9 @@ def test_visible_pixels_reach_the_masked_predictions(small_model: APMAE, blank_c
         images = causal_patterns(1, 64)
         noise = torch.rand(1, small_model.num_patches, generator=torch.Generator().manual_seed(2))
         base = small_model(images, noise=noise)
-        target = base.target.clone()
-        target[0, _one_patch(base.mask[0], 0.0)] += 0.5  # perturb one visible patch
-        after = small_model(small_model.unpatchify(target), noise=noise)
+        patches = base.patches.clone()
+        patches[0, _one_patch(base.mask[0], 0.0)] += 0.5  # perturb one visible patch
+        after = small_model(small_model.unpatchify(patches), noise=noise)
     finally:
         if handle is not None:
             handle.remove()
@@ -85,9 +86,9 @@ def test_masked_pixels_never_reach_the_model(small_model: APMAE) -> None:
     images = causal_patterns(1, 64)
     noise = torch.rand(1, small_model.num_patches, generator=torch.Generator().manual_seed(3))
     base = small_model(images, noise=noise)
-    target = base.target.clone()
-    target[0, base.mask[0].bool()] = 7.0
-    after = small_model(small_model.unpatchify(target), noise=noise)
+    patches = base.patches.clone()
+    patches[0, base.mask[0].bool()] = 7.0
+    after = small_model(small_model.unpatchify(patches), noise=noise)
     assert torch.equal(after.pred, base.pred)
 
 
@@ -102,7 +103,7 @@ def test_decoder_sees_visible_tokens_in_their_slots_and_mask_tokens_elsewhere(sm
         handle.remove()
     tokens = seen["x"][:, 1:] - small_model.dec_pos_embed  # (B, T, Dd)
     _, ids_keep = small_model.random_mask(2, noise=noise, mask_ratio=None, device=images.device)
-    latent = small_model.dec_embed(small_model.forward_encoder(out.target, ids_keep))[:, 1:]  # (B, N, Dd)
+    latent = small_model.dec_embed(small_model.forward_encoder(out.patches, ids_keep))[:, 1:]  # (B, N, Dd)
     for b in range(2):
         torch.testing.assert_close(tokens[b, ids_keep[b]], latent[b])
         masked_slots = tokens[b, out.mask[b].bool()]
@@ -111,21 +112,21 @@ def test_decoder_sees_visible_tokens_in_their_slots_and_mask_tokens_elsewhere(sm
 
 def test_loss_ignores_visible_targets_and_invalid_pixels(small_model: APMAE) -> None:
     out = small_model(causal_patterns(2, 64))
-    loss = masked_mse(out.pred, out.target, out.mask, out.valid)
+    loss = masked_error(out.pred, out.patches, out.mask, out.valid).mse
     torch.testing.assert_close(loss, out.loss, rtol=0, atol=0)
     visible = out.mask == 0
-    target = out.target.clone()
-    target[visible] = 123.0  # visible patches' targets
-    target[:, ~out.valid] = -5.0  # strictly-upper pixels of diagonal patches
-    assert masked_mse(out.pred, target, out.mask, out.valid) == out.loss
-    target[0, _one_patch(out.mask[0], 1.0), -1] += 1.0  # a masked, valid pixel (bottom-right is always valid)
-    assert masked_mse(out.pred, target, out.mask, out.valid) != out.loss
+    patches = out.patches.clone()
+    patches[visible] = 123.0  # visible patches' pixels
+    patches[:, ~out.valid] = -5.0  # strictly-upper pixels of diagonal patches
+    assert masked_error(out.pred, patches, out.mask, out.valid).mse == out.loss
+    patches[0, _one_patch(out.mask[0], 1.0), -1] += 1.0  # a masked, valid pixel (bottom-right is always valid)
+    assert masked_error(out.pred, patches, out.mask, out.valid).mse != out.loss
 
 
 def test_loss_agrees_with_a_loop_over_masked_pixels(small_model: APMAE) -> None:
     out = small_model(causal_patterns(2, 64))
     errors = [
-        (out.pred[b, t, out.valid[t]] - out.target[b, t, out.valid[t]]).square()
+        (out.pred[b, t, out.valid[t]] - out.patches[b, t, out.valid[t]]).square()
         for b in range(2) for t in range(small_model.num_patches) if out.mask[b, t] == 1
     ]
     torch.testing.assert_close(out.loss, torch.cat(errors).mean())
@@ -142,7 +143,7 @@ def test_reconstruction_is_input_where_visible_prediction_where_masked_zero_abov
     valid = out.valid.expand_as(out.pred)
     masked = out.mask.bool().unsqueeze(-1).expand_as(out.pred)
     assert torch.equal(rebuilt[masked & valid], out.pred[masked & valid])
-    assert torch.equal(rebuilt[~masked & valid], out.target[~masked & valid])
+    assert torch.equal(rebuilt[~masked & valid], out.patches[~masked & valid])
     assert bool((out.pred[:, ~out.valid] != 0).any()), "the test needs non-zero raw predictions above the diagonal"
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from apmae.patches import num_tri_patches, patchify, tri_patch_index, unpatchify, valid_pixels
+from apmae.patches import patchify, unpatchify, valid_pixels
+from apmae.triangle import lower_triangle_index
 
 
 @pytest.mark.parametrize(("seq_len", "patch_size"), [(8, 2), (32, 8), (48, 16), (64, 8), (256, 32)])
@@ -13,7 +14,7 @@ def test_patchify_matches_explicit_slicing(seq_len: int, patch_size: int) -> Non
     grid = seq_len // patch_size
     images = torch.randn(2, 1, seq_len, seq_len)
     patches = patchify(images, patch_size)
-    assert patches.shape == (2, num_tri_patches(grid), patch_size**2)
+    assert patches.shape == (2, grid * (grid + 1) // 2, patch_size**2)
     t = 0
     for row in range(grid):
         for col in range(row + 1):  # row-major over the lower triangle
@@ -38,14 +39,14 @@ def test_valid_pixels_are_exactly_the_causal_triangle() -> None:
     seq_len, patch_size = 24, 4
     grid = seq_len // patch_size
     valid = valid_pixels(grid, patch_size)
-    assert valid.shape == (num_tri_patches(grid), patch_size**2)
+    assert valid.shape == (21, patch_size**2)  # 6 x 6 grid: 6 + 5 + ... + 1 triangular patches
     assert int((~valid).sum()) == grid * patch_size * (patch_size - 1) // 2
     as_image = unpatchify(valid.float().unsqueeze(0), seq_len, patch_size)[0, 0]
     assert torch.equal(as_image, torch.ones(seq_len, seq_len).tril())
 
 
-def test_tri_patch_index_and_errors() -> None:
-    assert tri_patch_index(3).tolist() == [0, 3, 4, 6, 7, 8]
+def test_triangle_index_and_errors() -> None:
+    assert lower_triangle_index(3).tolist() == [0, 3, 4, 6, 7, 8]
     with pytest.raises(ValueError, match="multiple of patch_size"):
         patchify(torch.zeros(1, 1, 10, 10), 4)
     with pytest.raises(ValueError, match=r"\(B, 1, S, S\)"):

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apmae.cache import CacheSpec, CacheWriter, cache_files, encode_attentions
+from apmae.cache import CacheSpec, CacheWriter, cache_files
+from apmae.codec import encode_attentions
 from apmae.scenario_set import ScenarioSet
 
 TASKS = ["identifiers", "eol", "noise"]

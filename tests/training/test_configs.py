@@ -7,15 +7,24 @@ from pathlib import Path
 import pytest
 
 from apmae.cli import APMAECLI
+from apmae.model import APMAEConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAPER_BASE = CONFIGS / "paper" / "base.yaml"
-# Data overlays that serve encodings, and the full config each one is checked on top of.
-ENCODE_OVERLAYS = {CONFIGS / "demo" / "encode.yaml": CONFIGS / "demo" / "apmae.yaml"}
-# Paper model files are overlays on the paper base (which every one of them exercises);
-# everything else stands alone.
-STACKS = [[PAPER_BASE, p] if p.parent.name == "paper" else [ENCODE_OVERLAYS[p], p] if p in ENCODE_OVERLAYS else [p]
-          for p in sorted(CONFIGS.rglob("*.yaml")) if p != PAPER_BASE]
+# Overlays and the config each one is checked on top of: paper model files on the paper base (which every
+# one of them exercises), target-b's on target-a's, the probe and the data overlay that serves encodings
+# on the demo AP-MAE config; everything else stands alone.
+BASES = {CONFIGS / "demo" / "target_lm_b.yaml": CONFIGS / "demo" / "target_lm.yaml",
+         CONFIGS / "demo" / "encode.yaml": CONFIGS / "demo" / "apmae.yaml",
+         CONFIGS / "demo" / "probe.yaml": CONFIGS / "demo" / "apmae.yaml"}
+
+
+def _stack(path: Path) -> list[Path]:
+    base = PAPER_BASE if path.parent.name == "paper" else BASES.get(path)
+    return [base, path] if base else [path]
+
+
+STACKS = [_stack(p) for p in sorted(CONFIGS.rglob("*.yaml")) if p != PAPER_BASE]
 PAPER = {"starcoder2_3b.yaml": ("bigcode/starcoder2-3b", "bigcode/starcoder2-7b"),
          "starcoder2_7b.yaml": ("bigcode/starcoder2-7b", "bigcode/starcoder2-3b"),
          "starcoder2_15b.yaml": ("bigcode/starcoder2-15b", "bigcode/starcoder2-3b")}
@@ -28,6 +37,14 @@ def tokenizer_dir(tiny_tokenizer, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tokenizer")
     tiny_tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory) -> Path:
+    """A saved AP-MAE shaped like the one the demo exports (S = 128, 16-pixel patches), for the probe config."""
+    from apmae.model import APMAE
+
+    return APMAE.from_preset("tiny", seq_len=128, patch_size=16).save(tmp_path_factory.mktemp("apmae"))
 
 
 def _instantiate(stack: list[Path], extra: list[str]) -> APMAECLI:
@@ -43,11 +60,13 @@ def test_every_config_is_covered():
 
 
 @pytest.mark.parametrize("stack", STACKS, ids=lambda s: str(s[-1].relative_to(CONFIGS)))
-def test_config_instantiates_with_linked_seq_len(stack, tokenizer_dir):
+def test_config_instantiates_with_linked_seq_len(stack, tokenizer_dir, encoder_dir):
     extra = []
     if stack[-1].name.startswith("target_lm"):  # the target LM reads its tokenizer when built
         extra = ["--model.init_args.tokenizer_dir", str(tokenizer_dir),
                  "--data.init_args.tokenizer_dir", str(tokenizer_dir)]
+    if stack[-1].name == "probe.yaml":  # the probe loads the exported AP-MAE when built
+        extra = ["--model.init_args.encoder", str(encoder_dir)]
     cli = _instantiate(stack, extra)
     assert cli.model.hparams.seq_len == cli.datamodule.seq_len
     if hasattr(cli.model, "net"):
@@ -73,9 +92,8 @@ def _check_encode_settings(cli: APMAECLI, *, paper: bool) -> None:
 
 def _check_paper_settings(cli: APMAECLI, name: str) -> None:
     target, extra_target = PAPER[name]
-    net = cli.model.net.config
-    assert (net.seq_len, net.patch_size, net.enc_depth, net.enc_dim, net.dec_depth, net.mask_ratio) == (
-        256, 32, 24, 512, 8, 0.5)
+    assert cli.model.net.config == APMAEConfig.preset("paper")  # the published architecture, S = 256
+    assert round(cli.model.net.num_parameters() / 1e6) == 127  # the paper's ~127 M parameters
     data = cli.datamodule
     assert (data.target, data.extra_targets, data.scenarios.tokenizer) == (target, [extra_target], target)
     assert (data.head_selection, data.correct_only, data.scaler) == ("layerwise:0.25", True, "log_normalize")

@@ -8,8 +8,9 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from apmae.model import APMAE, APMAEConfig
-from lit_models.apmae_module import LitAPMAE, masked_error, warmup_cosine
+from apmae.model import APMAE, APMAEConfig, masked_error
+from apmae.schedules import warmup_cosine
+from lit_models.apmae_module import LitAPMAE
 from tests.training.conftest import MICRO_NET
 from tests.training.synthetic import SyntheticAttentionDataModule, causal_patterns
 
@@ -28,11 +29,12 @@ def test_masked_error_agrees_with_model_loss():
     module = _module()
     images = causal_patterns(4, 32, seed=3)["images"]
     out = module.net(images, noise=module.fixed_noise(4, 0, 0))
-    err = masked_error(out.pred, out.target, out.mask, out.valid)
+    err = masked_error(out.pred, out.patches, out.mask, out.valid)
     assert torch.allclose(err.mse, out.loss, rtol=1e-6)
-    # Masked valid pixels: half the 10 patches of a 4x4 grid, minus the upper halves of diagonal ones.
-    valid_per_image = (out.mask.unsqueeze(-1) * out.valid).sum((1, 2))
-    assert err.count == valid_per_image.sum()
+    # Masked valid pixels: 5 of the 10 patches of a 4x4 grid of 8x8 patches per image, 64 pixels each,
+    # except diagonal patches (0, 2, 5, 9 in row-major triangle order), which keep 8 * 9 / 2 = 36.
+    masked_diagonal = int(out.mask[:, [0, 2, 5, 9]].sum())
+    assert err.count == 4 * 5 * 64 - masked_diagonal * (64 - 36)
 
 
 def test_fixed_noise_repeats_per_batch_and_differs_between_batches():
@@ -93,8 +95,8 @@ def test_validation_metrics_match_independent_computation(tmp_path):
             sse = base_sse = count = 0.0
             for b, batch in enumerate(data.val_dataloader()[idx]):
                 out = module.net(batch["images"], noise=module.fixed_noise(batch["images"].shape[0], b, idx))
-                err = masked_error(out.pred, out.target, out.mask, out.valid)
-                base = masked_error(module.net.patchify(mean), out.target, out.mask, out.valid)
+                err = masked_error(out.pred, out.patches, out.mask, out.valid)
+                base = masked_error(module.net.patchify(mean), out.patches, out.mask, out.valid)
                 sse, base_sse, count = sse + err.sse, base_sse + base.sse, count + err.count
             assert float(metrics[f"val/{name}/mse"]) == pytest.approx(float(sse / count), rel=1e-5)
             assert float(metrics[f"val/{name}/baseline_mse"]) == pytest.approx(float(base_sse / count), rel=1e-5)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from apmae.model import APMAE, APMAEConfig
+from apmae.model import APMAE, APMAEConfig, masked_error
 from callbacks.pattern_figures import PatternFigures, reconstruct_for_figures
-from lit_models.apmae_module import LitAPMAE, masked_error
+from lit_models.apmae_module import LitAPMAE
 from tests.training.conftest import MICRO_NET
 from tests.training.synthetic import SyntheticAttentionDataModule, causal_patterns
 
@@ -31,7 +31,7 @@ def test_panels_split_visible_and_masked_patches():
     assert torch.equal(rec.predicted * ~cover, torch.zeros_like(images))
     assert torch.equal(rec.combined * ~cover, images * ~cover)
     for i in range(3):
-        err = masked_error(out.pred[i:i + 1], out.target[i:i + 1], out.mask[i:i + 1], out.valid)
+        err = masked_error(out.pred[i:i + 1], out.patches[i:i + 1], out.mask[i:i + 1], out.valid)
         assert torch.allclose(rec.mse[i], err.mse, rtol=1e-6)
 
 
