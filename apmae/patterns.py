@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from apmae.optional import require
+
 REDUCTIONS = ("umap", "pca", "none")
 _SILHOUETTE_ROWS = 2000  # silhouette is quadratic in rows: score a fixed-seed sample beyond this
 _MEDOID_CHUNK = 1024  # rows of the pairwise distance block held at once
@@ -149,6 +151,10 @@ class PatternClusters:
 # ---------------------------------------------------------------- one head
 
 
+def _sklearn(module: str) -> Any:
+    return require(f"sklearn.{module}", extra="analysis", purpose="pattern clustering", package="scikit-learn")
+
+
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """(N, D) rows scaled to unit length (all-zero rows stay zero), float64."""
     x = np.asarray(x, dtype=np.float64)
@@ -169,8 +175,6 @@ def jitter_duplicates(x: np.ndarray, *, scale: float, seed: int) -> np.ndarray:
 def reduce_encodings(x: np.ndarray, config: ClusteringConfig) -> np.ndarray:
     """(N, D) encodings of one head -> (N, C) points HDBSCAN clusters (C = D for ``none``)."""
     if config.reduction == "umap":
-        from apmae.optional import require
-
         umap = require("umap", extra="analysis", purpose="the UMAP reduction of pattern clustering",
                        package="umap-learn")
         points = jitter_duplicates(x, scale=config.jitter, seed=config.seed)
@@ -180,18 +184,14 @@ def reduce_encodings(x: np.ndarray, config: ClusteringConfig) -> np.ndarray:
     unit = unit_rows(x)
     if config.reduction == "none":
         return unit
-    from sklearn.decomposition import PCA
-
-    c = min(config.n_components, *unit.shape)
-    return PCA(n_components=c, random_state=config.seed).fit_transform(unit)
+    pca = _sklearn("decomposition").PCA(n_components=min(config.n_components, *unit.shape), random_state=config.seed)
+    return pca.fit_transform(unit)
 
 
 def hdbscan_labels(points: np.ndarray, config: ClusteringConfig) -> np.ndarray:
     """(N, C) -> (N,) HDBSCAN labels, -1 = noise."""
-    from sklearn.cluster import HDBSCAN
-
-    model = HDBSCAN(min_samples=config.min_samples, min_cluster_size=config.min_cluster_size,
-                    allow_single_cluster=config.allow_single_cluster, copy=True)
+    model = _sklearn("cluster").HDBSCAN(min_samples=config.min_samples, min_cluster_size=config.min_cluster_size,
+                                        allow_single_cluster=config.allow_single_cluster, copy=True)
     return model.fit_predict(points).astype(np.int64)
 
 
@@ -206,14 +206,13 @@ def medoid(points: np.ndarray) -> int:
 
 def silhouette(points: np.ndarray, labels: np.ndarray, *, seed: int) -> float:
     """Silhouette of the clustered rows (noise left out); NaN unless 2 <= K < clustered rows."""
-    from sklearn.metrics import silhouette_score
-
     keep = labels >= 0
     k = len(np.unique(labels[keep]))
     if k < 2 or k >= keep.sum():
         return float("nan")
     sample = min(int(keep.sum()), _SILHOUETTE_ROWS)
-    return float(silhouette_score(points[keep], labels[keep], sample_size=sample, random_state=seed))
+    score = _sklearn("metrics").silhouette_score
+    return float(score(points[keep], labels[keep], sample_size=sample, random_state=seed))
 
 
 def cluster_head(x: np.ndarray, *, task: np.ndarray, correct: np.ndarray, config: ClusteringConfig,

@@ -84,5 +84,5 @@ def test_importance_csv_round_trip_layer_major(tmp_path) -> None:
 def test_missing_catboost_names_the_extra(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "catboost", None)
     d = _one_head_data(50)
-    with pytest.raises(MissingExtraError, match=r"cluster-id probe needs .*'catboost'.*pip install 'apmae\[analysis\]'"):
+    with pytest.raises(MissingExtraError, match=r"probe needs .*'catboost'.*pip install 'apmae\[analysis\]'"):
         fit_cluster_probe(d["labels"], correct=d["correct"], split=d["split"], task=d["task"], task_names=TASK_NAMES)
