@@ -31,7 +31,7 @@ def families_heatmap(n_clusters: np.ndarray, *, title: str) -> Any:
     """Figure of the (L, H) number of pattern families per head, each cell labelled."""
     plt = _pyplot()
     n_layers, n_heads = n_clusters.shape
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n_heads, 1.2 + 0.5 * n_layers))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.5 + 0.55 * n_heads), max(2.5, 1.2 + 0.5 * n_layers)))
     image = ax.imshow(n_clusters, cmap="viridis", vmin=0, aspect="auto")
     for (layer, head), k in np.ndenumerate(n_clusters):
         ax.text(head, layer, str(int(k)), ha="center", va="center", fontsize=8,
