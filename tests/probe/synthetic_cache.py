@@ -49,17 +49,14 @@ def scenario_set(n: int, seq_len: int, *, seed: int) -> ScenarioSet:
     )
 
 
-def write_planted_cache(cache_dir: Path, *, name: str = "synth", n: int = 120, layers: int = 2, heads: int = 4,
-                        seq_len: int = 32, planted: tuple[int, int] = (1, 2), seed: int = 0) -> list[Path]:
-    """A complete single-shard cache ``<name>.rank0.h5``; half of each task's scenarios correct."""
-    scenarios = scenario_set(n, seq_len, seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    correct = rng.permutation(np.arange(n) % 2 == 0)
-    patterns = planted_patterns(correct, layers=layers, heads=heads, seq_len=seq_len, planted=planted, seed=seed)
+def write_patterns_cache(cache_dir: Path, *, name: str, scenarios: ScenarioSet, patterns: torch.Tensor,
+                         correct: np.ndarray, probability: np.ndarray) -> list[Path]:
+    """A complete single-shard cache ``<name>.rank0.h5`` of (N, L, H, S, S) ``patterns``."""
+    n, layers, heads = patterns.shape[:3]
     target = {"model": name, "model_type": "synthetic", "n_layers": layers, "n_heads": heads, "head_dim": 8,
               "vocab_size": 100, "dtype": "float32", "tokenizer": "", "tokenizer_vocab": 0}
-    spec = CacheSpec(target=target, seq_len=seq_len, scenario_fingerprint=scenarios.fingerprint(), n_scenarios=n)
-    probability = np.where(correct, 0.6, 0.4).astype(np.float32) + rng.normal(0, 0.15, n).astype(np.float32)
+    spec = CacheSpec(target=target, seq_len=patterns.shape[-1], scenario_fingerprint=scenarios.fingerprint(),
+                     n_scenarios=n)
     with CacheWriter.open(Path(cache_dir) / f"{name}.rank0.h5", spec, scenarios) as writer:
         for lo in range(0, n, 16):
             batch = patterns[lo:lo + 16]
@@ -69,3 +66,15 @@ def write_planted_cache(cache_dir: Path, *, name: str = "synth", n: int = 120, l
                           np.ones(hi - lo))
     scenarios.save(Path(cache_dir) / f"{name}-scenarios.npz")
     return cache_files(cache_dir, name)
+
+
+def write_planted_cache(cache_dir: Path, *, name: str = "synth", n: int = 120, layers: int = 2, heads: int = 4,
+                        seq_len: int = 32, planted: tuple[int, int] = (1, 2), seed: int = 0) -> list[Path]:
+    """A complete single-shard cache ``<name>.rank0.h5``; half of each task's scenarios correct."""
+    scenarios = scenario_set(n, seq_len, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    correct = rng.permutation(np.arange(n) % 2 == 0)
+    patterns = planted_patterns(correct, layers=layers, heads=heads, seq_len=seq_len, planted=planted, seed=seed)
+    probability = np.where(correct, 0.6, 0.4).astype(np.float32) + rng.normal(0, 0.15, n).astype(np.float32)
+    return write_patterns_cache(cache_dir, name=name, scenarios=scenarios, patterns=patterns, correct=correct,
+                                probability=probability)

@@ -1,0 +1,77 @@
+"""Figures of pattern families: families per head (L x H heatmap) and medoid montages.
+
+Glossary: L layers, H heads, S tokens, K clusters of one head.
+
+A montage shows, for one head, the raw attention pattern (from the cache) of
+each cluster's medoid scenario on a logarithmic colour scale (attention spans
+decades), the upper triangle blank (causal: never attended), titled with the
+cluster's size, majority task and share of correct completions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+_LOG_FLOOR = 1e-4  # lowest probability the colour scale distinguishes
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def families_heatmap(n_clusters: np.ndarray, *, title: str) -> Any:
+    """Figure of the (L, H) number of pattern families per head, each cell labelled."""
+    plt = _pyplot()
+    n_layers, n_heads = n_clusters.shape
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.5 + 0.55 * n_heads), max(2.5, 1.2 + 0.5 * n_layers)))
+    image = ax.imshow(n_clusters, cmap="viridis", vmin=0, aspect="auto")
+    for (layer, head), k in np.ndenumerate(n_clusters):
+        ax.text(head, layer, str(int(k)), ha="center", va="center", fontsize=8,
+                color="white" if k < 0.6 * max(n_clusters.max(), 1) else "black")
+    ax.set_xticks(range(n_heads))
+    ax.set_yticks(range(n_layers))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label="clusters")
+    fig.tight_layout()
+    return fig
+
+
+def medoid_montage(patterns: Sequence[np.ndarray], titles: Sequence[str], *, title: str,
+                   columns: int = 4) -> Any:
+    """Figure of (S, S) raw patterns, one panel each, on a shared log colour scale."""
+    from matplotlib.colors import LogNorm
+
+    plt = _pyplot()
+    if len(patterns) != len(titles) or not len(patterns):
+        raise ValueError(f"need one title per pattern and at least one pattern, got {len(patterns)} and {len(titles)}")
+    columns = min(columns, len(patterns))
+    rows = math.ceil(len(patterns) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.8 * columns, 2.9 * rows + 0.4), squeeze=False)
+    norm = LogNorm(vmin=_LOG_FLOOR, vmax=1.0)
+    image = None
+    for ax, pattern, name in zip(axes.flat, patterns, titles):
+        s = pattern.shape[-1]
+        shown = np.where(np.tri(s, dtype=bool), np.clip(pattern, _LOG_FLOOR, 1.0), np.nan)  # (S, S)
+        image = ax.imshow(shown, cmap="magma", norm=norm, interpolation="nearest")
+        ax.set_title(name, fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(patterns):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="attention (log scale)")
+    return fig
+
+
+__all__ = ["families_heatmap", "medoid_montage"]

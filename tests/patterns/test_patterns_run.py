@@ -1,0 +1,78 @@
+"""The recurring-patterns stage end to end on planted families: files, MLflow run, report lines, bad input."""
+
+from __future__ import annotations
+
+import csv
+
+import mlflow
+import numpy as np
+import pytest
+
+from apmae.cluster_probe import ClusterProbeConfig
+from apmae.patterns_run import SUMMARY_COLUMNS, log_to_mlflow, main, run_recurring_patterns
+from tests.patterns.families import random_encoder_encodings, write_family_cache
+
+
+@pytest.fixture(scope="module")
+def stage(family_data, tmp_path_factory):
+    """The stage run once on the planted families (PCA, a shorter CatBoost), and its output folder."""
+    cache, enc, _ = family_data
+    out = tmp_path_factory.mktemp("stage")
+    report = run_recurring_patterns(enc, cache, out, reduction="pca", probe=ClusterProbeConfig(iterations=200),
+                                    montage_heads=1)
+    return report, out
+
+
+def test_stage_writes_summary_labels_figures_and_ranking(stage) -> None:
+    report, out = stage
+    with (out / "clusters/summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == SUMMARY_COLUMNS
+    assert [int(r["n_clusters"]) for r in rows] == report.clusters.n_clusters().ravel().tolist() == [3, 1, 1, 3]
+    assert [float(r["noise_fraction"]) for r in rows] == [h.noise_fraction for h in report.clusters.heads]
+    saved = np.load(out / "clusters/labels.npz")
+    np.testing.assert_array_equal(saved["labels"], report.clusters.labels())
+    assert saved["medoids"].shape == (2, 2, 3) and saved["sizes"][0, 0].sum() == (saved["labels"][:, 0, 0] >= 0).sum()
+    assert saved["medoids"][0, 1, 1:].tolist() == [-1, -1]  # one cluster at head (0, 1): padding after it
+    assert report.montage_heads == [(0, 0)] and (out / "clusters/montage_L0_H0.png").stat().st_size > 0
+    with (out / "head_importance/cluster_probe_importance.csv").open() as f:
+        ranking = [float(r["importance"]) for r in csv.DictReader(f)]
+    assert ranking == report.probe.shap.mean.ravel().tolist()
+
+
+def test_stage_reports_the_probe_and_the_family_count(stage) -> None:
+    report, _ = stage
+    # correct == "diagonal family": head (0, 0) separates it, so the probe is perfect on test
+    assert report.probe.scores["all"].balanced_accuracy == 1.0
+    assert "2 of 4 heads show more than one recurring pattern" in report.lines()[0]
+    assert "balanced accuracy 1.000" in report.lines()[1]
+
+
+@pytest.mark.slow
+def test_stage_logs_artifacts_and_metrics_into_the_run(stage) -> None:
+    report, _ = stage
+    client = mlflow.MlflowClient()
+    run_id = client.create_run(client.create_experiment("patterns")).info.run_id
+    log_to_mlflow(report, run_id=run_id)
+    logged = {a.path for folder in ("clusters", "head_importance") for a in client.list_artifacts(run_id, folder)}
+    assert logged == set(report.artifacts) and "head_importance/cluster_probe_importance.csv" in logged
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["test/cluster_probe/all/balanced_accuracy"] == 1.0 and metrics["clusters/multi_family_heads"] == 2
+    assert metrics.keys() == report.metrics().keys()
+
+
+def test_encodings_of_another_cache_are_refused(family_data, tmp_path) -> None:
+    _, enc, _ = family_data
+    other, _ = write_family_cache(tmp_path, n=90)
+    with pytest.raises(ValueError, match="were not computed from this cache"):
+        run_recurring_patterns(enc, other, tmp_path / "out")
+
+
+def test_command_line_without_probe(tmp_path, capsys) -> None:
+    cache, _ = write_family_cache(tmp_path, n=90)
+    random_encoder_encodings(cache, tmp_path / "enc.h5")
+    report = main(["--encodings", str(tmp_path / "enc.h5"), "--cache", str(cache.paths[0]), "--out",
+                   str(tmp_path / "out"), "--no-probe", "--min-samples", "10", "--min-cluster-size", "15"])
+    assert report.probe is None and not (tmp_path / "out/head_importance").exists()
+    assert report.clusters.config.min_cluster_size == 15
+    assert "heads show more than one recurring pattern" in capsys.readouterr().out
