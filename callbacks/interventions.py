@@ -64,7 +64,8 @@ class Interventions(Callback):
     """Head-zeroing sweeps with the target model during validation, logged to MLflow.
 
     Args:
-        every_n_epochs: evaluate at validation runs 0, N, 2N, ... (sanity checks never).
+        every_n_epochs: evaluate at validation runs 0, N, 2N, ... (sanity checks never); None: only at the
+            end of fit and of test.
         n_scenarios: scenarios evaluated (a seeded choice among the split's rows, fixed for the run).
         split: scenario split to take them from (``val``; ``test`` keeps them apart from a ranking made on val).
         tasks: only these tasks (default: every task of the cache).
@@ -73,6 +74,8 @@ class Interventions(Callback):
         target: hub name or directory of the target model (default: the DataModule's ``target``).
         dtype: target dtype (``float32``, ``bfloat16``, ``float16``).
         device: target device; ``auto`` = the device of the module being trained.
+        attn_implementation: attention kernel of the callback's own target copy; no pattern is read, so
+            ``sdpa`` (faster) gives the same function up to rounding; ``eager`` matches ``run_batch`` bit for bit.
         importance_csv: ``importance.csv`` (``layer,head,importance``) used when the module has no ``head_importance``.
         per_task: also run each task's own ranking on that task's scenarios.
         importance_csv_by_task: ``{task: importance.csv}`` used when the module has no ``head_importance_by_task``.
@@ -89,7 +92,7 @@ class Interventions(Callback):
     def __init__(
         self,
         *,
-        every_n_epochs: int = 1,
+        every_n_epochs: Optional[int] = 1,
         n_scenarios: int = 128,
         split: str = "val",
         tasks: Optional[list[str]] = None,
@@ -98,6 +101,7 @@ class Interventions(Callback):
         target: Optional[str] = None,
         dtype: str = "float32",
         device: str = "auto",
+        attn_implementation: str = "sdpa",
         importance_csv: Optional[str] = None,
         per_task: bool = False,
         importance_csv_by_task: Optional[dict[str, str]] = None,
@@ -121,6 +125,7 @@ class Interventions(Callback):
         self.tasks = tasks
         self.exclude_tasks = list(exclude_tasks if exclude_tasks is not None else ["noise"])
         self.target_name, self.dtype, self.device = target, dtype, device
+        self.attn_implementation = attn_implementation
         self.importance_csv, self.per_task = importance_csv, per_task
         self.importance_csv_by_task = dict(importance_csv_by_task or {})
         self.ks, self.batch_size, self.output_dir = ks, batch_size, output_dir
@@ -138,7 +143,7 @@ class Interventions(Callback):
         if trainer.sanity_checking:
             return
         count, self._validations = self._validations, self._validations + 1
-        if count % self.every_n_epochs == 0:
+        if self.every_n_epochs is not None and count % self.every_n_epochs == 0:
             self.evaluate(trainer, pl_module, stage="val")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -181,6 +186,7 @@ class Interventions(Callback):
         if self.target is None:
             device = str(pl_module.device) if self.device == "auto" else self.device
             self.target = load_target(self.target_name or datamodule.target, dtype=self.dtype, device=device)
+            self.target.model.set_attn_implementation(self.attn_implementation)
         if self.scenarios is None:
             self.scenarios, self.cached_correct = choose_scenarios(
                 datamodule, n=self.n_scenarios, split=self.split, tasks=self.tasks,
@@ -350,11 +356,11 @@ def _mlflow_loggers(trainer: Trainer) -> list[Any]:
     return [lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger) and getattr(lg, "run_id", None)]
 
 
-def _check_args(*, every_n_epochs: int, n_scenarios: int, batch_size: int, strategies: list[str],
+def _check_args(*, every_n_epochs: Optional[int], n_scenarios: int, batch_size: int, strategies: list[str],
                 random_seeds: list[int], fractions: list[float], ks: Optional[list[int]],
                 csv_paths: list[Optional[str]]) -> None:
     """Refuse bad arguments at construction, before a run spends time training."""
-    if every_n_epochs < 1 or n_scenarios < 1 or batch_size < 1:
+    if (every_n_epochs is not None and every_n_epochs < 1) or n_scenarios < 1 or batch_size < 1:
         raise ValueError(f"every_n_epochs, n_scenarios and batch_size must be >= 1; got {every_n_epochs}, "
                          f"{n_scenarios}, {batch_size}")
     unknown = [s for s in strategies if s not in STRATEGIES]

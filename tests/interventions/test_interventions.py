@@ -143,3 +143,15 @@ def test_identical_head_sets_share_one_evaluation(micro_target, scenarios, monke
     sets = sweep_head_sets(np.zeros((LAYERS, HEADS)), [8], n_layers=LAYERS, n_heads=HEADS, seeds=[0, 1])
     result = run_sweep(micro_target, scenarios.subset(np.arange(4)), sets)
     assert len(result.settings) == 5 and len(calls) == 2  # the baseline and the single all-heads set
+
+
+def test_sdpa_attention_scores_like_eager_attention(micro_target_dir, micro_target, scenarios):
+    from apmae.target import load_target
+
+    fast = load_target(micro_target_dir, device="cpu")
+    fast.model.set_attn_implementation("sdpa")
+    for heads in ({}, {0: [0, 3], 1: [1]}):
+        eager, sdpa = evaluate(micro_target, scenarios, heads), evaluate(fast, scenarios, heads)
+        np.testing.assert_array_equal(eager.prediction, sdpa.prediction)
+        np.testing.assert_array_equal(eager.generated, sdpa.generated)
+        np.testing.assert_allclose(eager.loss, sdpa.loss, rtol=1e-5)
