@@ -68,7 +68,8 @@ def check_importance(importance: Any, *, n_layers: int, n_heads: int, source: st
         raise ValueError(f"{source} has shape {array.shape} but the target has {n_layers} layers x {n_heads} heads: "
                          "the ranking was made for another model; compute it for this target")
     if not np.isfinite(array).all():
-        raise ValueError(f"{source} has {int((~np.isfinite(array)).sum())} non-finite values; every head needs a number")
+        bad = int((~np.isfinite(array)).sum())
+        raise ValueError(f"{source} has {bad} non-finite values; every head needs a number")
     return array
 
 

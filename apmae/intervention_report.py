@@ -188,13 +188,15 @@ class KeyNumbers:
         out = [f"interventions [{self.scope}] on {self.n_scenarios} scenarios: no intervention accuracy "
                f"{self.baseline_accuracy:.3f}, exact match {self.baseline_exact_match:.3f}"]
         for p in self.peaks:
-            rand = "" if p.random_accuracy is None else f" | random k={p.k}: {p.random_accuracy:.3f} +- {p.random_std:.3f}"
+            rand = ("" if p.random_accuracy is None
+                    else f" | random k={p.k}: {p.random_accuracy:.3f} +- {p.random_std:.3f}")
             out.append(f"  {p.strategy:8s} best k={p.k}: accuracy {p.accuracy:.3f} ({p.delta_accuracy:+.3f}){rand}")
         if self.all_heads_accuracy is not None:
             out.append(f"  all {self.n_heads_total} heads zeroed: accuracy {self.all_heads_accuracy:.3f}, "
                        f"exact match {self.all_heads_exact_match:.3f}")
         if self.random_mean_delta is not None:
-            out.append(f"  random heads, mean accuracy change over k < {self.n_heads_total}: {self.random_mean_delta:+.3f}")
+            out.append(f"  random heads, mean accuracy change over k < {self.n_heads_total}: "
+                       f"{self.random_mean_delta:+.3f}")
         return out
 
 

@@ -45,6 +45,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from apmae.head_sets import (DEFAULT_FRACTIONS, STRATEGIES, check_importance, check_ks, read_importance_csv,
                              sweep_head_sets, sweep_ks)
+from apmae.scenario_set import SPLITS
 
 ARTIFACTS = ("results.csv", "scenarios.csv", "by_task.csv", "curve.png")
 
@@ -121,6 +122,10 @@ class Interventions(Callback):
         _check_args(every_n_epochs=every_n_epochs, n_scenarios=n_scenarios, batch_size=batch_size,
                     strategies=self.strategies, random_seeds=self.random_seeds, fractions=self.fractions,
                     ks=ks, csv_paths=[importance_csv, *(importance_csv_by_task or {}).values()])
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r}; use one of {SPLITS}")
+        if importance_csv_by_task and not per_task:
+            raise ValueError("importance_csv_by_task is used only with per_task: true; set it or drop the files")
         self.every_n_epochs, self.n_scenarios, self.split, self.seed = every_n_epochs, n_scenarios, split, seed
         self.tasks = tasks
         self.exclude_tasks = list(exclude_tasks if exclude_tasks is not None else ["noise"])
@@ -136,7 +141,7 @@ class Interventions(Callback):
         self.last: Optional[InterventionRun] = None
         self._validations = 0
         self._ranking_key: Optional[str] = None
-        self._warned = False
+        self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ hooks
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -311,9 +316,9 @@ class Interventions(Callback):
         return [*lines, f"  collapse curve: {self.last.curve_location}"]
 
     def _warn_once(self, message: str) -> None:
-        if not self._warned:
+        if message not in self._warned:
             warnings.warn(message, stacklevel=2)
-            self._warned = True
+            self._warned.add(message)
 
 
 def choose_scenarios(datamodule: Any, *, n: int, split: str, tasks: Optional[list[str]],
@@ -346,7 +351,8 @@ def choose_scenarios(datamodule: Any, *, n: int, split: str, tasks: Optional[lis
 def _datamodule(trainer: Trainer) -> Any:
     datamodule = getattr(trainer, "datamodule", None)
     if datamodule is None:
-        raise ValueError("Interventions needs the trainer to run with a DataModule (trainer.fit(model, datamodule=...))")
+        raise ValueError("Interventions needs the trainer to run with a DataModule "
+                         "(trainer.fit(model, datamodule=...))")
     return datamodule
 
 

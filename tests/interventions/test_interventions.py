@@ -74,7 +74,8 @@ def test_zeroing_every_head_collapses_to_one_context_free_completion(micro_targe
 def test_a_setting_agrees_with_a_direct_run_with_zeroed_heads(micro_target, scenarios, sweep):
     r = next(r for r in sweep.settings if r.head_set.strategy == "negative" and r.head_set.k == 2)
     with zero_heads(micro_target, r.head_set.as_mapping()):
-        direct = run_batch(micro_target, torch.from_numpy(scenarios.input_ids), torch.from_numpy(scenarios.label_ids[:, 0]))
+        direct = run_batch(micro_target, torch.from_numpy(scenarios.input_ids),
+                           torch.from_numpy(scenarios.label_ids[:, 0]))
     np.testing.assert_array_equal(r.outcome.prediction, direct.prediction.numpy())
     np.testing.assert_allclose(r.outcome.loss, direct.loss.numpy(), rtol=1e-5)
     assert r.metrics.accuracy == pytest.approx(direct.correct.float().mean().item())
