@@ -184,11 +184,13 @@ def evaluate(target: Any, scenarios: InterventionScenarios, heads: Mapping[int, 
     if batch_size < 1 or not len(scenarios):
         raise ValueError(f"need batch_size >= 1 (got {batch_size}) and at least one scenario (got {len(scenarios)})")
     mapping = heads.as_mapping() if isinstance(heads, HeadSet) else heads
+    # Batches of similar hole lengths: each batch generates only as many tokens as its longest hole.
+    order = np.argsort(scenarios.label_len, kind="stable")
     parts = []
     with zero_heads(target, mapping), eval_mode(target.model), torch.inference_mode():
         for lo in range(0, len(scenarios), batch_size):
-            parts.append(_evaluate_batch(target, scenarios.subset(np.arange(lo, min(lo + batch_size, len(scenarios))))))
-    return _concat(parts, width=scenarios.label_ids.shape[1])
+            parts.append(_evaluate_batch(target, scenarios.subset(order[lo:lo + batch_size])))
+    return _concat(parts, width=scenarios.label_ids.shape[1]).subset(np.argsort(order))
 
 
 def _evaluate_batch(target: Any, batch: InterventionScenarios) -> Outcome:

@@ -109,15 +109,16 @@ def test_the_target_is_left_as_found_also_when_generation_raises(micro_target, s
         calls = []
 
         def fail_on_first_generation_step(module, args, kwargs):
-            calls.append(1)
-            if kwargs.get("input_ids", args[0] if args else None).shape[1] == 1:
+            calls.append(kwargs.get("input_ids", args[0] if args else None).shape[1])
+            if calls[-1] == 1:
                 raise RuntimeError("generation failed")
 
         handle = model.model.register_forward_pre_hook(fail_on_first_generation_step, with_kwargs=True)
         with pytest.raises(RuntimeError, match="generation failed"):
             evaluate(micro_target, scenarios, ALL_HEADS, batch_size=4)
         handle.remove()
-        assert len(calls) == 2 and _hooks(model) == before_hooks and _state(model) == before_state
+        assert calls[-1] == 1 and calls[0] == scenarios.input_ids.shape[1]  # raised while generating
+        assert _hooks(model) == before_hooks and _state(model) == before_state
         assert not any(p._forward_pre_hooks for p in output_projections(model))
         with torch.no_grad():
             after = model.eval()(input_ids=ids).logits
