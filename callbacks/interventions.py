@@ -292,7 +292,7 @@ class Interventions(Callback):
                                        folder / "scenarios.csv", SCENARIO_FIELDS),
             "by_task.csv": write_csv(task_rows(sweeps), folder / "by_task.csv", TASK_FIELDS),
         }
-        fig = curve_figure(main, title=f"{self.target.name}: heads zeroed by importance [{main.scope}], "
+        fig = curve_figure(main, title=f"{Path(self.target.name).name}: heads zeroed by ranking [{main.scope}], "
                                        f"{len(main.scenarios)} {self.split} scenarios ({stage})")
         fig.savefig(folder / "curve.png", dpi=110)
         plt.close(fig)
