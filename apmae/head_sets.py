@@ -5,7 +5,7 @@ Glossary: L layers, H heads per layer, n = L * H heads in all, k heads zeroed.
 A head importance is a signed (L, H) array (positive = the head pushes the
 probe toward "correct"). It comes from a module in memory or from an
 ``importance.csv`` file with columns ``layer,head,importance``, one row per
-head. From it, for each k:
+head (a head table, :mod:`apmae.head_tables`, as the probe writes it). From it, for each k:
 
 - ``positive``: the k heads of highest importance;
 - ``negative``: the k heads of lowest importance;
@@ -20,18 +20,18 @@ over k shows the effect of adding heads, not of drawing new sets.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from apmae.head_tables import read_head_table
+
 STRATEGIES = ("positive", "negative", "neutral", "random")
 RANKED_STRATEGIES = ("positive", "negative", "neutral")
 # Shares of all heads in the default sweep (the paper's "a few" up to "all").
 DEFAULT_FRACTIONS = (0.01, 0.02, 0.05, 0.10, 0.20, 0.50, 1.0)
-CSV_COLUMNS = ("layer", "head", "importance")
 
 
 @dataclass(frozen=True)
@@ -77,64 +77,11 @@ def read_importance_csv(path: str | Path, *, n_layers: int, n_heads: int) -> np.
     """Read ``importance.csv`` (columns ``layer,head,importance``, one row per head) into (L, H).
 
     Raises:
-        ValueError: missing file or columns, unparsable values, heads outside
-            the target's L x H grid (a ranking of another model), duplicated
-            or missing heads.
+        ValueError: unreadable file, missing columns, unparsable or non-finite values, heads
+            outside the target's L x H grid (a ranking of another model), repeated or missing heads.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"importance file {path} does not exist; give the importance.csv of a probe run")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path} lacks columns {missing}; expected a header {','.join(CSV_COLUMNS)}")
-        rows = [_parse_row(row, path, i + 2) for i, row in enumerate(reader)]
-    return _grid(rows, path, n_layers=n_layers, n_heads=n_heads)
-
-
-def _parse_row(row: dict[str, str], path: Path, line: int) -> tuple[int, int, float]:
-    try:
-        return int(row["layer"]), int(row["head"]), float(row["importance"])
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path} line {line}: cannot read {row} as integer layer, integer head and a number") from e
-
-
-def _grid(rows: list[tuple[int, int, float]], path: Path, *, n_layers: int, n_heads: int) -> np.ndarray:
-    outside = sorted({(l, h) for l, h, _ in rows if not (0 <= l < n_layers and 0 <= h < n_heads)})
-    if outside:
-        shown = ", ".join(f"{l}.{h}" for l, h in outside[:5])
-        raise ValueError(f"{path} names {len(outside)} heads the target does not have ({shown}...): it has "
-                         f"{n_layers} layers x {n_heads} heads; this ranking was made for another model")
-    seen: dict[tuple[int, int], float] = {}
-    duplicates = []
-    for layer, head, value in rows:
-        if (layer, head) in seen:
-            duplicates.append(f"{layer}.{head}")
-        seen[(layer, head)] = value
-    if duplicates:
-        raise ValueError(f"{path} lists heads {duplicates[:5]} more than once; keep one row per head")
-    absent = [f"{l}.{h}" for l in range(n_layers) for h in range(n_heads) if (l, h) not in seen]
-    if absent:
-        raise ValueError(f"{path} has no row for {len(absent)} of {n_layers * n_heads} heads ({absent[:5]}...); "
-                         "the ranking must cover every head")
-    grid = np.zeros((n_layers, n_heads))
-    for (layer, head), value in seen.items():
-        grid[layer, head] = value
+    grid = read_head_table(path, "importance", n_layers=n_layers, n_heads=n_heads)
     return check_importance(grid, n_layers=n_layers, n_heads=n_heads, source=str(path))
-
-
-def write_importance_csv(importance: Any, path: str | Path) -> Path:
-    """Write an (L, H) importance as ``layer,head,importance`` rows (layer-major)."""
-    array = np.asarray(importance.detach().cpu() if hasattr(importance, "detach") else importance, dtype=np.float64)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for (layer, head), value in np.ndenumerate(array):
-            writer.writerow([layer, head, repr(float(value))])
-    return path
 
 
 def sweep_ks(n_total: int, *, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> list[int]:

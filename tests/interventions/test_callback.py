@@ -10,7 +10,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from apmae.head_sets import write_importance_csv
+from apmae.head_tables import write_head_table
 from apmae.scenario_set import SPLITS, ScenarioSet
 from apmae.target import run_batch, zero_heads
 from callbacks.interventions import Interventions
@@ -28,14 +28,19 @@ class RankedLitAPMAE(LitAPMAE):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.head_importance = None
-        self.head_importance_by_task = None
+        self.ranked = False
+
+    @property
+    def head_importance(self):
+        return torch.tensor(IMPORTANCE) if self.ranked else None
+
+    @property
+    def head_importance_by_task(self):
+        return {k: torch.tensor(v) for k, v in TASK_IMPORTANCE.items()} if self.ranked else None
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
-        if self.current_epoch >= 1:
-            self.head_importance = torch.tensor(IMPORTANCE)
-            self.head_importance_by_task = {k: torch.tensor(v) for k, v in TASK_IMPORTANCE.items()}
+        self.ranked = self.current_epoch >= 1
 
 
 def _mlflow_logger(tmp_path: Path):
@@ -138,7 +143,7 @@ def test_the_callback_target_is_left_as_loaded(fitted, micro_target, scenario_se
 
 
 def test_a_ranking_file_of_another_model_is_refused(tmp_path, micro_target_dir, scenario_set_path):
-    path = write_importance_csv(np.zeros((4, 8)), tmp_path / "importance.csv")
+    path = write_head_table(tmp_path / "importance.csv", {"importance": np.zeros((4, 8))})
     callback = Interventions(importance_csv=str(path), strategies=["positive"], verbose=False)
     trainer = Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=1, limit_val_batches=1,
                       num_sanity_val_steps=0, logger=False, callbacks=[callback], enable_progress_bar=False,
@@ -159,7 +164,7 @@ def test_bad_arguments_are_refused_at_construction(tmp_path):
         Interventions(fractions=[2.0])
     with pytest.raises(ValueError, match="split='dev'"):
         Interventions(split="dev")
-    path = write_importance_csv(np.zeros((2, 4)), tmp_path / "importance.csv")
+    path = write_head_table(tmp_path / "importance.csv", {"importance": np.zeros((2, 4))})
     with pytest.raises(ValueError, match="only with per_task"):
         Interventions(importance_csv_by_task={"identifiers": str(path)})
 

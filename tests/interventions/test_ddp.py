@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apmae.head_sets import write_importance_csv
+from apmae.head_tables import write_head_table
 from tests.training.test_smoke import smoke_args, smoke_paths  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +23,8 @@ def test_two_processes_log_one_sweep(smoke_args, smoke_paths, tmp_path):  # noqa
 
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
 
-    ranking = write_importance_csv(np.random.default_rng(0).normal(size=(2, 4)), tmp_path / "importance.csv")
+    values = np.random.default_rng(0).normal(size=(2, 4))
+    ranking = write_head_table(tmp_path / "importance.csv", {"importance": values})
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(ROOT)}
     args = [*smoke_args, "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
             "--trainer.max_epochs", "1",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apmae.head_sets import (check_importance, check_ks, head_sets, read_importance_csv, sweep_head_sets, sweep_ks,
-                             write_importance_csv)
+from apmae.head_sets import check_importance, check_ks, head_sets, read_importance_csv, sweep_head_sets, sweep_ks
+from apmae.head_tables import write_head_table
 
 # 2 layers x 3 heads; flat index = layer * 3 + head.
 IMPORTANCE = np.array([[0.5, -2.0, 0.1],
@@ -71,11 +71,11 @@ def test_strategy_errors():
         head_sets("random", None, [1], n_layers=2, n_heads=3)
 
 
-def test_importance_csv_round_trip(tmp_path):
+def test_the_probe_s_importance_csv_is_read_back(tmp_path):
     values = np.random.default_rng(0).normal(size=(4, 8))
-    path = write_importance_csv(values, tmp_path / "importance.csv")
-    assert path.read_text().splitlines()[0] == "layer,head,importance"
-    np.testing.assert_array_equal(read_importance_csv(path, n_layers=4, n_heads=8), values)
+    path = write_head_table(tmp_path / "importance.csv", {"importance": values, "other": -values})
+    assert path.read_text().splitlines()[0] == "layer,head,importance,other"
+    np.testing.assert_allclose(read_importance_csv(path, n_layers=4, n_heads=8), values, rtol=1e-5)
 
 
 def _csv(tmp_path, rows, header="layer,head,importance"):
@@ -86,22 +86,22 @@ def _csv(tmp_path, rows, header="layer,head,importance"):
 
 def test_importance_files_that_do_not_fit_are_refused(tmp_path):
     full = [(l, h, 0.1 * (l + h)) for l in range(2) for h in range(3)]
-    with pytest.raises(ValueError, match=r"names 1 heads the target does not have \(2\.0"):
+    with pytest.raises(ValueError, match=r"names 1 heads outside 2 layers x 3 heads \(2\.0\)"):
         read_importance_csv(_csv(tmp_path, [*full, (2, 0, 1.0)]), n_layers=2, n_heads=3)
-    big = write_importance_csv(np.zeros((4, 8)), tmp_path / "big.csv")  # a ranking of another model
-    with pytest.raises(ValueError, match="2 layers x 3 heads; this ranking was made for another model"):
+    big = write_head_table(tmp_path / "big.csv", {"importance": np.zeros((4, 8))})  # a ranking of another model
+    with pytest.raises(ValueError, match="2 layers x 3 heads .*: it was made for another model"):
         read_importance_csv(big, n_layers=2, n_heads=3)
-    with pytest.raises(ValueError, match=r"no row for 1 of 6 heads \(\['1.2'\]"):
+    with pytest.raises(ValueError, match=r"no row for 1 of 6 heads \(\['1.2'\]\)"):
         read_importance_csv(_csv(tmp_path, full[:-1]), n_layers=2, n_heads=3)
     with pytest.raises(ValueError, match=r"lists heads \['0.1'\] more than once"):
         read_importance_csv(_csv(tmp_path, [*full, (0, 1, 5.0)]), n_layers=2, n_heads=3)
-    with pytest.raises(ValueError, match=r"lacks columns \['importance'\]"):
+    with pytest.raises(ValueError, match="needs columns layer, head and importance"):
         read_importance_csv(_csv(tmp_path, [(0, 0, 1)], header="layer,head,score"), n_layers=2, n_heads=3)
-    with pytest.raises(ValueError, match="line 2: cannot read"):
+    with pytest.raises(ValueError, match="non-numeric entry"):
         read_importance_csv(_csv(tmp_path, [(0, "x", 1)]), n_layers=2, n_heads=3)
     with pytest.raises(ValueError, match="non-finite"):
         read_importance_csv(_csv(tmp_path, [*full[:-1], (1, 2, "nan")]), n_layers=2, n_heads=3)
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match="cannot read head table"):
         read_importance_csv(tmp_path / "none.csv", n_layers=2, n_heads=3)
 
 
