@@ -12,6 +12,7 @@ diverging colour map centred on 0.
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from pathlib import Path
 from typing import Mapping
 
@@ -59,14 +60,29 @@ def read_head_table(path: str | Path, column: str, *, n_layers: int | None = Non
         raise ValueError(f"head table {path} has a non-numeric entry ({e})") from e
     n_layers = n_layers if n_layers is not None else max(k[0] for k in keys) + 1
     n_heads = n_heads if n_heads is not None else max(k[1] for k in keys) + 1
-    bad = [k for k in keys if not (0 <= k[0] < n_layers and 0 <= k[1] < n_heads)]
-    if bad or len(set(keys)) != len(keys) or len(keys) != n_layers * n_heads:
-        raise ValueError(f"head table {path} must list each of the {n_layers} x {n_heads} heads exactly once; "
-                         f"out of range: {bad[:5]}, rows: {len(keys)}, distinct: {len(set(keys))}")
+    _check_heads(keys, path, n_layers=n_layers, n_heads=n_heads)
     out = np.zeros((n_layers, n_heads))
     for (layer, head), value in zip(keys, values):
         out[layer, head] = value
     return out
+
+
+def _check_heads(keys: list[tuple[int, int]], path: str | Path, *, n_layers: int, n_heads: int) -> None:
+    """Every head of the L x H grid exactly once; each way of failing says what is wrong."""
+    outside = sorted({k for k in keys if not (0 <= k[0] < n_layers and 0 <= k[1] < n_heads)})
+    if outside:
+        shown = ", ".join(f"{l}.{h}" for l, h in outside[:5])
+        raise ValueError(f"head table {path} names {len(outside)} heads outside {n_layers} layers x {n_heads} "
+                         f"heads ({shown}): it was made for another model")
+    counts = Counter(keys)
+    repeated = sorted(k for k, n in counts.items() if n > 1)
+    if repeated:
+        raise ValueError(f"head table {path} lists heads {[f'{l}.{h}' for l, h in repeated[:5]]} more than "
+                         "once; keep one row per head")
+    missing = [f"{l}.{h}" for l in range(n_layers) for h in range(n_heads) if (l, h) not in counts]
+    if missing:
+        raise ValueError(f"head table {path} has no row for {len(missing)} of {n_layers * n_heads} heads "
+                         f"({missing[:5]}); it must list every head")
 
 
 def head_heatmap(path: str | Path, panels: Mapping[str, np.ndarray], *, title: str = "",

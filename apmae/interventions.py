@@ -1,0 +1,272 @@
+"""Head interventions: re-run the target with heads zeroed and score what it then gets right.
+
+Glossary: N scenarios, B scenarios in a batch, S prompt tokens, K longest hole
+(tokens), V vocabulary, L layers, H heads.
+
+For one set of heads (:class:`apmae.head_sets.HeadSet`) the target runs every
+scenario's FIM prompt with those heads zeroed (:func:`apmae.target.zero_heads`)
+and is scored twice:
+
+- first token (the paper's measure): the prediction at ``<fim_middle>`` against
+  the hole's first token, and the cross-entropy of that token;
+- generation (what a user completing code sees): greedy decoding, with the KV
+  cache, of as many tokens as the hole has; exact match of the whole hole and
+  the share of hole tokens generated right at their position.
+
+Against the unmodified target (the baseline) a setting counts flips:
+``i2c`` scenarios incorrect before and correct after, ``c2i`` the reverse, so
+``i2c - c2i`` is the change in the number of correct first tokens.
+
+Prompts must end with ``<fim_middle>`` (``middle_pos == S - 1``), as every
+scenario the miner writes does: generation continues right after the prompt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from apmae.head_sets import HeadSet
+
+BASELINE = HeadSet(strategy="none", k=0, seed=None, heads=())
+
+
+@dataclass
+class InterventionScenarios:
+    """The scenarios an intervention is scored on (rows of an attention cache or a ScenarioSet)."""
+
+    input_ids: np.ndarray  # (N, S) int, FIM prompts ending with <fim_middle>
+    label_ids: np.ndarray  # (N, K) int, the holes' tokens, padded
+    label_len: np.ndarray  # (N,) int, valid entries of label_ids (>= 1)
+    task: np.ndarray  # (N,) int, index into task_names
+    task_names: list[str]
+    scenario_index: np.ndarray  # (N,) int, row in the ScenarioSet
+    source_id: np.ndarray = field(default_factory=lambda: np.array([], dtype=str))  # (N,) or empty
+
+    def __post_init__(self) -> None:
+        n = len(self.input_ids)
+        for name in ("label_ids", "label_len", "task", "scenario_index"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"scenario column {name!r} has {len(getattr(self, name))} rows, expected {n}")
+        if n and (self.label_len.min() < 1 or self.label_len.max() > self.label_ids.shape[1]):
+            raise ValueError("label_len must lie in 1..label_ids.shape[1] for every scenario")
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def subset(self, index: np.ndarray) -> "InterventionScenarios":
+        """The given rows, in that order."""
+        index = np.asarray(index, dtype=np.int64)
+        return InterventionScenarios(
+            input_ids=self.input_ids[index], label_ids=self.label_ids[index], label_len=self.label_len[index],
+            task=self.task[index], task_names=list(self.task_names), scenario_index=self.scenario_index[index],
+            source_id=self.source_id[index] if len(self.source_id) else self.source_id)
+
+    @classmethod
+    def from_cache(cls, cache: Any, rows: np.ndarray, *, middle_pos: np.ndarray) -> "InterventionScenarios":
+        """Rows of an :class:`apmae.cache.AttentionCache`; ``middle_pos`` (N,) of those rows, from the ScenarioSet.
+
+        Raises:
+            ValueError: a prompt whose ``<fim_middle>`` is not its last token.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        check_prompts_end_at_middle(np.asarray(middle_pos), int(cache.seq_len))
+        return cls(input_ids=cache.input_ids[rows], label_ids=cache.label_ids[rows], label_len=cache.label_len[rows],
+                   task=cache.task[rows], task_names=list(cache.task_names), scenario_index=cache.scenario_index[rows],
+                   source_id=cache.source_id[rows])
+
+
+def check_prompts_end_at_middle(middle_pos: np.ndarray, seq_len: int) -> None:
+    """Raises ``ValueError`` unless every ``<fim_middle>`` sits at the last prompt position ``seq_len - 1``."""
+    off = np.flatnonzero(middle_pos != seq_len - 1)
+    if len(off):
+        raise ValueError(f"{len(off)} scenarios have <fim_middle> before the end of the prompt (e.g. rows "
+                         f"{off[:5].tolist()}); interventions generate right after the prompt, so they need "
+                         "scenarios whose prompt ends with <fim_middle> (middle_pos == S - 1), as mined ones do")
+
+
+@dataclass
+class Outcome:
+    """Per-scenario results of one setting (heads zeroed, or none)."""
+
+    prediction: np.ndarray  # (N,) int64 first predicted token
+    correct: np.ndarray  # (N,) bool, prediction == the hole's first token
+    loss: np.ndarray  # (N,) float32 cross-entropy of the hole's first token
+    generated: np.ndarray  # (N, K) int64 greedy tokens; only the first label_len of a row are scored
+    token_hits: np.ndarray  # (N,) int, hole tokens generated right at their position
+    exact: np.ndarray  # (N,) bool, the whole hole generated
+
+    def subset(self, index: np.ndarray) -> "Outcome":
+        return Outcome(**{k: v[index] for k, v in self.__dict__.items()})
+
+
+@dataclass
+class InterventionMetrics:
+    """One setting on a group of scenarios, next to the baseline on the same scenarios."""
+
+    n: int
+    accuracy: float  # first-token accuracy with the heads zeroed
+    baseline_accuracy: float
+    delta_accuracy: float  # accuracy - baseline_accuracy = (i2c - c2i) / n
+    i2c: int  # incorrect -> correct flips
+    c2i: int  # correct -> incorrect flips
+    label_loss: float  # mean cross-entropy of the hole's first token
+    exact_match: float  # share of scenarios whose whole hole was generated
+    token_accuracy: float  # hole tokens generated right / all hole tokens
+
+
+def score(outcome: Outcome, baseline: Outcome, label_len: np.ndarray) -> InterventionMetrics:
+    """Metrics of ``outcome`` against ``baseline`` over the same N scenarios (N may be 0)."""
+    n = len(outcome.correct)
+    acc, base = _mean(outcome.correct), _mean(baseline.correct)
+    return InterventionMetrics(
+        n=n, accuracy=acc, baseline_accuracy=base, delta_accuracy=acc - base if n else float("nan"),
+        i2c=int((outcome.correct & ~baseline.correct).sum()), c2i=int((~outcome.correct & baseline.correct).sum()),
+        label_loss=_mean(outcome.loss), exact_match=_mean(outcome.exact),
+        token_accuracy=float(outcome.token_hits.sum() / label_len.sum()) if n else float("nan"))
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+@contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Eval mode inside the block; each submodule's own train/eval flag is restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def greedy_generate(model: Any, input_ids: Any, n_tokens: int) -> tuple[Any, Any]:
+    """Greedy decoding of ``n_tokens`` after prompts (B, S) that need no padding, with the KV cache.
+
+    Returns the float32 logits (B, V) at the last prompt position and the
+    generated tokens (B, n_tokens); the first token is the argmax of those logits.
+    """
+    import torch
+
+    from apmae.target import _accepts
+
+    keep = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    out = model(input_ids=input_ids, use_cache=True, **keep)
+    first = out.logits[:, -1].float()  # (B, V)
+    tokens = [first.argmax(dim=-1)]
+    past = out.past_key_values
+    for _ in range(n_tokens - 1):
+        out = model(input_ids=tokens[-1][:, None], past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        tokens.append(out.logits[:, -1].argmax(dim=-1))
+    return first, torch.stack(tokens, dim=1)  # (B, V), (B, n_tokens)
+
+
+def evaluate(target: Any, scenarios: InterventionScenarios, heads: Mapping[int, Sequence[int]] | HeadSet,
+             *, batch_size: int = 16) -> Outcome:
+    """Run ``scenarios`` through ``target`` (an :class:`apmae.target.Target`) with ``heads`` zeroed.
+
+    The target's hooks, train/eval flags, device and gradients are as before
+    afterwards, also when the run raises.
+
+    Raises:
+        ValueError: a head out of range, no scenarios, ``batch_size`` < 1.
+    """
+    import torch
+
+    from apmae.target import zero_heads
+
+    if batch_size < 1 or not len(scenarios):
+        raise ValueError(f"need batch_size >= 1 (got {batch_size}) and at least one scenario (got {len(scenarios)})")
+    mapping = heads.as_mapping() if isinstance(heads, HeadSet) else heads
+    # Batches of similar hole lengths: each batch generates only as many tokens as its longest hole.
+    order = np.argsort(scenarios.label_len, kind="stable")
+    parts = []
+    with zero_heads(target, mapping), eval_mode(target.model), torch.inference_mode():
+        for lo in range(0, len(scenarios), batch_size):
+            parts.append(_evaluate_batch(target, scenarios.subset(order[lo:lo + batch_size])))
+    return _concat(parts, width=scenarios.label_ids.shape[1]).subset(np.argsort(order))
+
+
+def _evaluate_batch(target: Any, batch: InterventionScenarios) -> Outcome:
+    import torch
+
+    from apmae.target import _outcome
+
+    device = target.device
+    input_ids = torch.as_tensor(batch.input_ids, dtype=torch.long, device=device)  # (B, S)
+    labels = torch.as_tensor(batch.label_ids, dtype=torch.long, device=device)  # (B, K)
+    n_tokens = int(batch.label_len.max())
+    logits, generated = greedy_generate(target.model, input_ids, n_tokens)  # (B, V), (B, n_tokens)
+    first = _outcome(logits, labels[:, 0], None)
+    scored = torch.arange(n_tokens, device=device)[None, :] < torch.as_tensor(batch.label_len, device=device)[:, None]
+    hits = (generated == labels[:, :n_tokens]) & scored  # (B, n_tokens)
+    return Outcome(prediction=first.prediction.cpu().numpy(), correct=first.correct.cpu().numpy(),
+                   loss=first.loss.cpu().numpy().astype(np.float32), generated=generated.cpu().numpy(),
+                   token_hits=hits.sum(dim=1).cpu().numpy(),
+                   exact=(hits.sum(dim=1) == scored.sum(dim=1)).cpu().numpy())
+
+
+def _concat(parts: list[Outcome], *, width: int) -> Outcome:
+    """Join batch outcomes; generated tokens padded with -1 to the longest hole ``width``."""
+    generated = [np.pad(p.generated, ((0, 0), (0, width - p.generated.shape[1])), constant_values=-1) for p in parts]
+    columns = {k: np.concatenate([getattr(p, k) for p in parts]) for k in ("prediction", "correct", "loss",
+                                                                             "token_hits", "exact")}
+    return Outcome(**columns, generated=np.concatenate(generated))
+
+
+@dataclass
+class SettingResult:
+    """One head set's outcome and its metrics over all scenarios of the sweep."""
+
+    head_set: HeadSet
+    outcome: Outcome
+    metrics: InterventionMetrics
+
+
+@dataclass
+class SweepResult:
+    """A whole sweep on one group of scenarios."""
+
+    scenarios: InterventionScenarios
+    baseline: Outcome
+    settings: list[SettingResult]
+    n_heads_total: int
+    scope: str = "all"  # "all", or the task whose own ranking chose the heads
+
+    def baseline_metrics(self) -> InterventionMetrics:
+        return score(self.baseline, self.baseline, self.scenarios.label_len)
+
+    def by_task(self, result: SettingResult) -> dict[str, InterventionMetrics]:
+        """``result``'s metrics on each task's scenarios (tasks present only)."""
+        out = {}
+        for t in np.unique(self.scenarios.task):
+            rows = np.flatnonzero(self.scenarios.task == t)
+            out[self.scenarios.task_names[int(t)]] = score(result.outcome.subset(rows), self.baseline.subset(rows),
+                                                           self.scenarios.label_len[rows])
+        return out
+
+
+def run_sweep(target: Any, scenarios: InterventionScenarios, head_sets: Sequence[HeadSet], *, batch_size: int = 16,
+              scope: str = "all") -> SweepResult:
+    """The baseline and every head set on ``scenarios``; identical head sets run once.
+
+    Raises:
+        ValueError: no scenarios.
+    """
+    if not len(scenarios):
+        raise ValueError("no scenarios to intervene on; choose a split and tasks that have some")
+    outcomes: dict[tuple[tuple[int, int], ...], Outcome] = {}
+    for head_set in [BASELINE, *head_sets]:
+        if head_set.heads not in outcomes:
+            outcomes[head_set.heads] = evaluate(target, scenarios, head_set, batch_size=batch_size)
+    baseline = outcomes[()]
+    settings = [SettingResult(h, outcomes[h.heads], score(outcomes[h.heads], baseline, scenarios.label_len))
+                for h in head_sets]
+    return SweepResult(scenarios=scenarios, baseline=baseline, settings=settings,
+                       n_heads_total=target.n_layers * target.n_heads, scope=scope)

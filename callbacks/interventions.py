@@ -1,0 +1,382 @@
+"""Interventions during validation: zero the heads a ranking points at, measure what the target then gets right.
+
+Glossary: L layers, H heads, n = L * H, k heads zeroed, N scenarios.
+
+Every ``every_n_epochs`` validation runs, at the end of fit and at the end of
+test, the callback re-runs the target model (loaded once, never the module
+being trained) on a fixed set of scenarios of the DataModule's training-target
+cache, with head sets chosen from a signed (L, H) head importance by the
+strategies of :mod:`apmae.head_sets` over a k sweep (:mod:`apmae.interventions`).
+
+The ranking is the LightningModule's current ``head_importance`` ((L, H)
+tensor or array; None until it is computed) when it has one, else the
+``importance_csv`` file. With ``per_task``, rankings per task
+(``head_importance_by_task: {task: (L, H)}`` on the module, else
+``importance_csv_by_task``) are each applied to that task's scenarios only.
+Without any ranking an evaluation is skipped with a warning.
+
+Logged (validation and fit end; at test end under ``test/interventions/...``
+and the artifact folder ``interventions/test/``):
+
+- metrics ``interventions/<strategy>/k<k>/{accuracy,delta_accuracy,i2c,c2i,
+  label_loss,exact_match,token_accuracy}`` (random: mean over seeds, plus
+  ``<metric>_std``), ``interventions/baseline/...``, and per task ranking
+  ``interventions/per_task/<task>/...``; step = the trainer's global step;
+- artifacts ``interventions/results.csv`` (one row per scope, strategy, k,
+  seed, with the zeroed heads as ``L.H;L.H;...``), ``scenarios.csv`` (the
+  scenarios and their outcome without intervention), ``by_task.csv`` (every
+  setting's metrics per task) and ``curve.png`` (accuracy and exact match vs k:
+  the collapse curve), each overwritten by the latest evaluation.
+
+Under DDP only global rank 0 evaluates (the others go on and wait at their
+next collective); the scenario count is that of rank 0's choice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from apmae.head_sets import (DEFAULT_FRACTIONS, STRATEGIES, check_importance, check_ks, read_importance_csv,
+                             sweep_head_sets, sweep_ks)
+from apmae.scenario_set import SPLITS
+
+ARTIFACTS = ("results.csv", "scenarios.csv", "by_task.csv", "curve.png")
+
+
+@dataclass
+class InterventionRun:
+    """What one evaluation produced (kept as ``Interventions.last``)."""
+
+    stage: str  # "val", "fit" or "test"
+    step: int
+    sweeps: list[Any]  # apmae.interventions.SweepResult, the global ranking first
+    files: dict[str, Path]  # artifact name -> local file
+    curve_location: str  # where curve.png of the first sweep is (MLflow artifact or local file)
+
+
+class Interventions(Callback):
+    """Head-zeroing sweeps with the target model during validation, logged to MLflow.
+
+    Args:
+        every_n_epochs: evaluate at validation runs 0, N, 2N, ... (sanity checks never); None: only at the
+            end of fit and of test.
+        n_scenarios: scenarios evaluated (a seeded choice among the split's rows, fixed for the run).
+        split: scenario split to take them from (``val``; ``test`` keeps them apart from a ranking made on val).
+        tasks: only these tasks (default: every task of the cache).
+        exclude_tasks: tasks left out (default ``noise``, random prompts the target cannot complete).
+        seed: seed of the scenario choice.
+        target: hub name or directory of the target model (default: the DataModule's ``target``).
+        dtype: target dtype (``float32``, ``bfloat16``, ``float16``).
+        device: target device; ``auto`` = the device of the module being trained.
+        attn_implementation: attention kernel of the callback's own target copy; no pattern is read, so
+            ``sdpa`` (faster) gives the same function up to rounding; ``eager`` matches ``run_batch`` bit for bit.
+        importance_csv: ``importance.csv`` (``layer,head,importance``) used when the module has no ``head_importance``.
+        per_task: also run each task's own ranking on that task's scenarios.
+        importance_csv_by_task: ``{task: importance.csv}`` used when the module has no ``head_importance_by_task``.
+        strategies: any of ``positive``, ``negative``, ``neutral``, ``random``.
+        fractions: the k sweep as shares of all heads (rounded, at least 1, deduplicated).
+        ks: explicit head counts instead of ``fractions``.
+        random_seeds: seeds of the random head sets (mean and spread are reported).
+        batch_size: scenarios per forward pass of the target.
+        output_dir: local folder of the artifacts (default ``<default_root_dir>/interventions``).
+        run_at_fit_end: evaluate again at the end of fit when the ranking changed since the last evaluation.
+        verbose: print the curve's key numbers at the end of fit and of test.
+    """
+
+    def __init__(
+        self,
+        *,
+        every_n_epochs: Optional[int] = 1,
+        n_scenarios: int = 128,
+        split: str = "val",
+        tasks: Optional[list[str]] = None,
+        exclude_tasks: Optional[list[str]] = None,
+        seed: int = 0,
+        target: Optional[str] = None,
+        dtype: str = "float32",
+        device: str = "auto",
+        attn_implementation: str = "sdpa",
+        importance_csv: Optional[str] = None,
+        per_task: bool = False,
+        importance_csv_by_task: Optional[dict[str, str]] = None,
+        strategies: Optional[list[str]] = None,
+        fractions: Optional[list[float]] = None,
+        ks: Optional[list[int]] = None,
+        random_seeds: Optional[list[int]] = None,
+        batch_size: int = 16,
+        output_dir: Optional[str] = None,
+        run_at_fit_end: bool = True,
+        verbose: bool = True,
+    ) -> None:
+        super().__init__()
+        self.strategies = list(strategies if strategies is not None else STRATEGIES)
+        self.random_seeds = list(random_seeds if random_seeds is not None else (0, 1, 2))
+        self.fractions = list(fractions if fractions is not None else DEFAULT_FRACTIONS)
+        _check_args(every_n_epochs=every_n_epochs, n_scenarios=n_scenarios, batch_size=batch_size,
+                    strategies=self.strategies, random_seeds=self.random_seeds, fractions=self.fractions,
+                    ks=ks, csv_paths=[importance_csv, *(importance_csv_by_task or {}).values()])
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r}; use one of {SPLITS}")
+        if importance_csv_by_task and not per_task:
+            raise ValueError("importance_csv_by_task is used only with per_task: true; set it or drop the files")
+        self.every_n_epochs, self.n_scenarios, self.split, self.seed = every_n_epochs, n_scenarios, split, seed
+        self.tasks = tasks
+        self.exclude_tasks = list(exclude_tasks if exclude_tasks is not None else ["noise"])
+        self.target_name, self.dtype, self.device = target, dtype, device
+        self.attn_implementation = attn_implementation
+        self.importance_csv, self.per_task = importance_csv, per_task
+        self.importance_csv_by_task = dict(importance_csv_by_task or {})
+        self.ks, self.batch_size, self.output_dir = ks, batch_size, output_dir
+        self.run_at_fit_end, self.verbose = run_at_fit_end, verbose
+        self.target: Any = None  # apmae.target.Target, loaded on first use
+        self.scenarios: Any = None  # apmae.interventions.InterventionScenarios, chosen on first use
+        self.cached_correct: Optional[np.ndarray] = None  # (N,) the cache's own outcome of those scenarios
+        self.last: Optional[InterventionRun] = None
+        self._validations = 0
+        self._ranking_key: Optional[str] = None
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------------ hooks
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        count, self._validations = self._validations, self._validations + 1
+        if self.every_n_epochs is not None and count % self.every_n_epochs == 0:
+            self.evaluate(trainer, pl_module, stage="val")
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.run_at_fit_end and (self.last is None or self._current_key(pl_module) != self._ranking_key):
+            self.evaluate(trainer, pl_module, stage="fit")
+        self._report(trainer)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.evaluate(trainer, pl_module, stage="test")
+        self._report(trainer)
+
+    def _report(self, trainer: Trainer) -> None:
+        if self.verbose and trainer.is_global_zero and self.last is not None:
+            print("\n".join(self.summary_lines()), flush=True)
+
+    # ------------------------------------------------------------- evaluation
+    def evaluate(self, trainer: Trainer, pl_module: LightningModule, *, stage: str) -> Optional[InterventionRun]:
+        """One sweep per ranking (global, then per task) on rank 0; None elsewhere or without a ranking."""
+        from apmae.interventions import run_sweep
+
+        if not trainer.is_global_zero:
+            return None
+        self._prepare(trainer, pl_module)
+        plans = self._plans(pl_module)
+        if not plans:
+            self._warn_once("no head importance yet (module has no head_importance, no importance_csv): "
+                            "interventions skipped")
+            return None
+        sweeps = [run_sweep(self.target, scenarios, sets, batch_size=self.batch_size, scope=scope)
+                  for scope, scenarios, sets in plans]
+        self._ranking_key = self._current_key(pl_module)
+        self.last = self._log(trainer, stage, sweeps)
+        return self.last
+
+    def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Load the target and choose the scenarios, once."""
+        from apmae.target import load_target
+
+        datamodule = _datamodule(trainer)
+        if self.target is None:
+            device = str(pl_module.device) if self.device == "auto" else self.device
+            self.target = load_target(self.target_name or datamodule.target, dtype=self.dtype, device=device)
+            self.target.model.set_attn_implementation(self.attn_implementation)
+        if self.scenarios is None:
+            self.scenarios, self.cached_correct = choose_scenarios(
+                datamodule, n=self.n_scenarios, split=self.split, tasks=self.tasks,
+                exclude_tasks=self.exclude_tasks, seed=self.seed)
+
+    def _sweep_ks(self) -> list[int]:
+        n_total = self.target.n_layers * self.target.n_heads
+        return check_ks(self.ks, n_total) if self.ks is not None else sweep_ks(n_total, fractions=self.fractions)
+
+    def _plans(self, pl_module: LightningModule) -> list[tuple[str, Any, list[Any]]]:
+        """(scope, scenarios, head sets) for the global ranking and, with ``per_task``, each task's."""
+        t = self.target
+        plans = []
+        rankings = {"all": self.global_ranking(pl_module), **(self.task_rankings(pl_module) if self.per_task else {})}
+        for scope, importance in rankings.items():
+            if importance is None:
+                continue
+            scenarios = self.scenarios if scope == "all" else self._task_scenarios(scope)
+            if scenarios is None:
+                continue
+            sets = sweep_head_sets(importance, self._sweep_ks(), n_layers=t.n_layers, n_heads=t.n_heads,
+                                   strategies=self.strategies, seeds=self.random_seeds)
+            plans.append((scope, scenarios, sets))
+        return plans
+
+    def _task_scenarios(self, task: str) -> Any:
+        s = self.scenarios
+        if task not in s.task_names or not (s.task == s.task_names.index(task)).any():
+            self._warn_once(f"a ranking for task {task!r} was given but no chosen scenario has that task")
+            return None
+        return s.subset(np.flatnonzero(s.task == s.task_names.index(task)))
+
+    def global_ranking(self, pl_module: LightningModule) -> Optional[np.ndarray]:
+        """The module's ``head_importance`` if set, else ``importance_csv``, as (L, H); None without either."""
+        t = self.target
+        found = getattr(pl_module, "head_importance", None)
+        if found is not None:
+            return check_importance(found, n_layers=t.n_layers, n_heads=t.n_heads, source="module head_importance")
+        if self.importance_csv:
+            return read_importance_csv(self.importance_csv, n_layers=t.n_layers, n_heads=t.n_heads)
+        return None
+
+    def task_rankings(self, pl_module: LightningModule) -> dict[str, np.ndarray]:
+        """``{task: (L, H)}`` from the module's ``head_importance_by_task``, else ``importance_csv_by_task``."""
+        t = self.target
+        found = getattr(pl_module, "head_importance_by_task", None)
+        if found is not None:
+            return {task: check_importance(v, n_layers=t.n_layers, n_heads=t.n_heads,
+                                           source=f"module head_importance_by_task[{task!r}]")
+                    for task, v in found.items()}
+        return {task: read_importance_csv(path, n_layers=t.n_layers, n_heads=t.n_heads)
+                for task, path in self.importance_csv_by_task.items()}
+
+    def _current_key(self, pl_module: LightningModule) -> Optional[str]:
+        """A hash of the rankings now in force (None before the target is loaded or without any)."""
+        if self.target is None:
+            return None
+        rankings = {"all": self.global_ranking(pl_module), **(self.task_rankings(pl_module) if self.per_task else {})}
+        h = hashlib.sha256()
+        for scope, array in sorted(rankings.items()):
+            if array is not None:
+                h.update(scope.encode() + np.ascontiguousarray(array).tobytes())
+        return h.hexdigest()
+
+    # ---------------------------------------------------------------- logging
+    def _log(self, trainer: Trainer, stage: str, sweeps: list[Any]) -> InterventionRun:
+        from apmae.intervention_report import metric_values
+
+        prefix, folder = ("test/interventions", "interventions/test") if stage == "test" else \
+            ("interventions", "interventions")
+        values: dict[str, float] = {}
+        for sweep in sweeps:
+            values.update(metric_values(sweep, prefix=prefix))
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=trainer.global_step)
+        local = Path(self.output_dir or Path(trainer.default_root_dir) / "interventions")
+        files = self._write_files(sweeps, local / "test" if stage == "test" else local, stage)
+        location = str(files["curve.png"])
+        for logger in _mlflow_loggers(trainer):
+            for path in files.values():
+                logger.experiment.log_artifact(logger.run_id, str(path), folder)
+            uri = logger.experiment.get_run(logger.run_id).info.artifact_uri
+            location = f"{uri.removeprefix('file://')}/{folder}/curve.png"
+        return InterventionRun(stage=stage, step=trainer.global_step, sweeps=sweeps, files=files,
+                               curve_location=location)
+
+    def _write_files(self, sweeps: list[Any], folder: Path, stage: str) -> dict[str, Path]:
+        import matplotlib.pyplot as plt
+
+        from apmae.intervention_report import (RESULT_FIELDS, SCENARIO_FIELDS, TASK_FIELDS, curve_figure,
+                                               result_rows, scenario_rows, task_rows, write_csv)
+
+        folder.mkdir(parents=True, exist_ok=True)
+        main = sweeps[0]
+        files = {
+            "results.csv": write_csv(result_rows(sweeps), folder / "results.csv", RESULT_FIELDS),
+            "scenarios.csv": write_csv(scenario_rows(main, cached_correct=self._cached_for(main)),
+                                       folder / "scenarios.csv", SCENARIO_FIELDS),
+            "by_task.csv": write_csv(task_rows(sweeps), folder / "by_task.csv", TASK_FIELDS),
+        }
+        fig = curve_figure(main, title=f"{Path(self.target.name).name}: heads zeroed by ranking [{main.scope}], "
+                                       f"{len(main.scenarios)} {self.split} scenarios ({stage})")
+        fig.savefig(folder / "curve.png", dpi=110)
+        plt.close(fig)
+        files["curve.png"] = folder / "curve.png"
+        return files
+
+    def _cached_for(self, sweep: Any) -> Optional[np.ndarray]:
+        if sweep.scenarios is self.scenarios:
+            return self.cached_correct
+        return None
+
+    def summary_lines(self) -> list[str]:
+        """The last evaluation's key numbers per ranking and where its curve is (empty before any)."""
+        from apmae.intervention_report import key_numbers
+
+        if self.last is None:
+            return []
+        lines = []
+        for sweep in self.last.sweeps:
+            lines += key_numbers(sweep).lines()
+        return [*lines, f"  collapse curve: {self.last.curve_location}"]
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            warnings.warn(message, stacklevel=2)
+            self._warned.add(message)
+
+
+def choose_scenarios(datamodule: Any, *, n: int, split: str, tasks: Optional[list[str]],
+                     exclude_tasks: list[str], seed: int) -> tuple[Any, np.ndarray]:
+    """A seeded choice of ``n`` rows of the training target's cache (all when fewer) and their cached correctness.
+
+    Raises:
+        ValueError: the DataModule has no attention cache or scenario set, or the split has no rows.
+    """
+    from apmae.interventions import InterventionScenarios
+    from datamodules.attention_cache import select_rows
+
+    caches = getattr(datamodule, "caches", None) or {}
+    name = getattr(datamodule, "train_target_name", None)
+    if name not in caches or not hasattr(datamodule, "scenario_set"):
+        raise ValueError("Interventions needs an AttentionCacheDataModule (attention caches and a scenario set); "
+                         f"got {type(datamodule).__name__}")
+    cache = caches[name]
+    wanted = [t for t in (tasks or cache.task_names) if t not in exclude_tasks]
+    rows = select_rows(cache, split, tasks=wanted)
+    if not len(rows):
+        raise ValueError(f"the {split!r} split of cache {name!r} has no scenarios of tasks {wanted}; "
+                         "choose another split or tasks")
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(rows, size=min(n, len(rows)), replace=False))
+    middle_pos = datamodule.scenario_set().middle_pos[cache.scenario_index[rows]]
+    return InterventionScenarios.from_cache(cache, rows, middle_pos=middle_pos), cache.correct[rows]
+
+
+def _datamodule(trainer: Trainer) -> Any:
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is None:
+        raise ValueError("Interventions needs the trainer to run with a DataModule "
+                         "(trainer.fit(model, datamodule=...))")
+    return datamodule
+
+
+def _mlflow_loggers(trainer: Trainer) -> list[Any]:
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    return [lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger) and getattr(lg, "run_id", None)]
+
+
+def _check_args(*, every_n_epochs: Optional[int], n_scenarios: int, batch_size: int, strategies: list[str],
+                random_seeds: list[int], fractions: list[float], ks: Optional[list[int]],
+                csv_paths: list[Optional[str]]) -> None:
+    """Refuse bad arguments at construction, before a run spends time training."""
+    if (every_n_epochs is not None and every_n_epochs < 1) or n_scenarios < 1 or batch_size < 1:
+        raise ValueError(f"every_n_epochs, n_scenarios and batch_size must be >= 1; got {every_n_epochs}, "
+                         f"{n_scenarios}, {batch_size}")
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown or not strategies:
+        raise ValueError(f"strategies {unknown or 'empty'}: use some of {STRATEGIES}")
+    if "random" in strategies and not random_seeds:
+        raise ValueError("the random strategy needs at least one seed in random_seeds")
+    sweep_ks(1, fractions=fractions)  # validates the fractions
+    if ks is not None and (not ks or min(ks) < 1):
+        raise ValueError(f"ks={ks} must be non-empty head counts >= 1")
+    missing = [p for p in csv_paths if p and not Path(p).is_file()]
+    if missing:
+        raise ValueError(f"importance files {missing} do not exist; give the importance.csv of a probe run")
