@@ -55,6 +55,7 @@ class RelationSet:
     """The relations that have pairs, and those skipped with what to change."""
 
     relations: list[Relation]
+    texts: list[str]  # (V,) decoded text of every token id, for labelling pairs
     skipped: dict[str, str] = field(default_factory=dict)  # name -> why it has no pair
 
 
@@ -154,7 +155,7 @@ def code_relations(tokenizer: Any, corpus_ids: np.ndarray, *, vocab_size: int,
     build = {"copying": lambda: copying(counts, max_pairs=max_pairs), "brackets": lambda: brackets(texts),
              "accessor_field": lambda: accessor_fields(texts, counts, max_pairs=max_pairs),
              "type_variable": lambda: type_variables(texts, corpus_ids, max_pairs=max_pairs)}
-    out = RelationSet(relations=[])
+    out = RelationSet(relations=[], texts=texts)
     for name in names:
         relation = build[name]()
         if len(relation.pairs):
