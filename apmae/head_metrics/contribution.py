@@ -51,20 +51,36 @@ def contribution_weights(attention: torch.Tensor, values: torch.Tensor, w_o: tor
     Raises:
         ValueError: shapes that do not fit together.
     """
+    return ContributionWeights(signed=signed_contribution(attention, values, w_o),
+                               norm=norm_contribution(attention, values, w_o))
+
+
+def _prepared(attention: torch.Tensor, values: torch.Tensor,
+              w_o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float32 attention, values and the Gram matrices G = W_O[h]^T W_O[h] (H, hd, hd), shapes checked."""
     b, h, s, _ = attention.shape
     if values.shape[:3] != (b, h, s) or w_o.shape[0] != h or w_o.shape[2] != values.shape[3]:
         raise ValueError(f"attention {tuple(attention.shape)}, values {tuple(values.shape)} and W_O "
                          f"{tuple(w_o.shape)} do not fit: expected (B, H, S, S), (B, H, S, hd), (H, D, hd)")
-    a, v, w = attention.float(), values.float(), w_o.float()
-    gram = torch.einsum("hdk,hdl->hkl", w, w)  # (H, hd, hd)
-    vg = torch.einsum("bhjk,hkl->bhjl", v, gram)  # (B, H, S, hd) = G v_j
+    w = w_o.float()
+    return attention.float(), values.float(), torch.einsum("hdk,hdl->hkl", w, w)
+
+
+def signed_contribution(attention: torch.Tensor, values: torch.Tensor, w_o: torch.Tensor) -> torch.Tensor:
+    """c_ij = a_ij <f_j, o_i> / ||o_i||^2, (B, H, S, S); arguments as :func:`contribution_weights`."""
+    a, v, gram = _prepared(attention, values, w_o)
     z = a @ v  # (B, H, S, hd), the head's output before W_O
     out_sq = (z * torch.einsum("bhik,hkl->bhil", z, gram)).sum(-1)  # (B, H, S) = ||o_i||^2
-    along = z @ vg.transpose(-1, -2)  # (B, H, S, S) = <f_j, o_i>
-    signed = _divide_rows(a * along, out_sq)
-    f_norm = (v * vg).sum(-1).clamp_min(0).sqrt()  # (B, H, S) = ||f_j||
+    along = z @ torch.einsum("bhjk,hkl->bhjl", v, gram).transpose(-1, -2)  # (B, H, S, S) = <f_j, o_i>
+    return _divide_rows(a * along, out_sq)
+
+
+def norm_contribution(attention: torch.Tensor, values: torch.Tensor, w_o: torch.Tensor) -> torch.Tensor:
+    """n_ij = a_ij ||f_j|| / sum_k a_ik ||f_k||, (B, H, S, S); arguments as :func:`contribution_weights`."""
+    a, v, gram = _prepared(attention, values, w_o)
+    f_norm = (v * torch.einsum("bhjk,hkl->bhjl", v, gram)).sum(-1).clamp_min(0).sqrt()  # (B, H, S) = ||f_j||
     weighted = a * f_norm[:, :, None, :]  # (B, H, S, S)
-    return ContributionWeights(signed=signed, norm=_divide_rows(weighted, weighted.sum(-1)))
+    return _divide_rows(weighted, weighted.sum(-1))
 
 
 def _divide_rows(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
