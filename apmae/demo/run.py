@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ class DemoSummary:
     tracking_uri: str | None
     artifact_uri: str | None
     export_dir: str
+    head_metrics: list[str] = field(default_factory=list)  # lines of the HeadMetrics callback, when configured
 
     def ratio_to_baseline(self, target: str) -> float:
         return self.metrics[f"val/{target}/mse_over_baseline"]
@@ -48,6 +49,9 @@ class DemoSummary:
                 f" | AP-MAE/trivial {m[f'val/{target}/mse_over_baseline']:.3f}"
                 f" | vs {self.train_target} x{m[f'val/{target}/mse_over_train']:.3f}"
             )
+        if self.head_metrics:
+            out.append("Related-work head metrics (tables and heatmaps under head_metrics/ in the run):")
+            out += [f"  {line}" for line in self.head_metrics]
         out += [
             f"  MLflow run:       {self.run_id} (experiment {self.experiment!r}, store {self.tracking_uri})",
             f"  run artifacts:    {self.artifact_uri} (config.yaml, figures/, apmae_net/)",
@@ -73,7 +77,9 @@ def demo_overrides(demo_dir: str) -> list[str]:
 
 
 def summarize(cli: Any) -> DemoSummary:
-    """Collect the final metrics and MLflow locations of a finished ``fit``."""
+    """Collect the final metrics, MLflow locations and head-metric lines of a finished ``fit``."""
+    from callbacks.head_metrics import HeadMetrics
+
     trainer = cli.trainer
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     logger = trainer.logger
@@ -87,6 +93,7 @@ def summarize(cli: Any) -> DemoSummary:
     return DemoSummary(
         train_target=cli.datamodule.train_target_name, metrics=metrics, run_id=run_id, experiment=experiment,
         tracking_uri=uri, artifact_uri=artifact_uri, export_dir=str(cli.model.export_path()),
+        head_metrics=[line for cb in trainer.callbacks if isinstance(cb, HeadMetrics) for line in cb.lines],
     )
 
 

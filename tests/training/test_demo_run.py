@@ -40,6 +40,11 @@ def test_summary_reports_baseline_and_cross_model_ratios():
     assert "unseen target   target-b: AP-MAE 0.0300 | trivial mean pattern 0.0900 | AP-MAE/trivial 0.333" in text
     assert "vs target-a x1.500" in text and "make ui" in text and "abc" in text
     assert summary.ratio_to_baseline("target-a") == pytest.approx(0.25)
+    assert "head metrics" not in text
+    summary.head_metrics = ["WAAD/FAI [target-a, W=10]: 3 local / 29 global heads"]
+    lines = summary.lines()
+    assert lines[lines.index("  WAAD/FAI [target-a, W=10]: 3 local / 29 global heads") - 1].startswith(
+        "Related-work head metrics")
 
 
 def test_missing_inputs_are_named(tmp_path):

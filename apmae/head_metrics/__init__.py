@@ -1,0 +1,15 @@
+"""Per-head metrics of related work, computed on the same scenarios as AP-MAE.
+
+Each module is one method, plain torch/numpy, usable without Lightning:
+
+- :mod:`apmae.head_metrics.layout`: where a model keeps each head's value and
+  output projections (grouped-query attention mapped to query heads);
+- :mod:`apmae.head_metrics.contribution`: value-aware contribution weights
+  (signed and norm-based) captured in the forward pass that yields the attentions;
+- :mod:`apmae.head_metrics.distance`: windowed average attention distance (WAAD),
+  future attention influence (FAI), the local/global head rule and anchor tokens;
+- :mod:`apmae.head_metrics.relations` and :mod:`apmae.head_metrics.maps`: MAPS,
+  what a head's OV circuit maps tokens to, from its parameters alone;
+- :mod:`apmae.head_metrics.report`: per-head CSV tables and L x H heatmaps;
+- :mod:`apmae.head_metrics.suite`: all three on a target and a cache's rows.
+"""

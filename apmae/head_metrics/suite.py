@@ -1,0 +1,271 @@
+"""The three head metrics on one target model and rows of its attention cache: tables, heatmaps, one line each.
+
+Glossary: N scenarios, S tokens, L layers, H heads, R relations.
+
+Each ``*_report`` function computes one method and times it; each report
+``write``s its per-head CSV tables and L x H heatmaps into a directory,
+gives a few scalars, and one ``line`` naming the most striking heads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from apmae.head_metrics.distance import (DEFAULT_LOCAL_THRESHOLD, DEFAULT_WINDOW, anchor_positions, local_heads,
+                                         scenario_distance)
+from apmae.head_metrics.maps import DEFAULT_CHUNK_ELEMENTS, MapsResult
+from apmae.head_metrics.relations import RELATIONS, Relation
+from apmae.head_metrics.report import Panel, head_name, heatmaps, token_text, top_heads, write_head_table, write_rows
+
+
+def _texts(tokenizer: Any, vocab_size: int) -> list[str] | None:
+    from apmae.head_metrics.relations import token_texts
+
+    return None if tokenizer is None else token_texts(tokenizer, vocab_size)
+
+
+# ---------------------------------------------------------------- contribution weights
+
+
+@dataclass
+class ContributionReport:
+    """Per-head means over the scenarios of attention vs contribution weights."""
+
+    method: ClassVar[str] = "contribution"
+    target: str
+    n_scenarios: int
+    columns: dict[str, np.ndarray]  # sink_attention, sink_norm, sink_signed, attention_vs_norm_l1: (L, H)
+    seconds: float
+
+    def write(self, out: Path) -> list[Path]:
+        c = self.columns
+        return [write_head_table(out / "contribution.csv", c),
+                heatmaps(out / "contribution_sink_share.png",
+                         [Panel("attention", c["sink_attention"], 0.0, 1.0),
+                          Panel("norm-based contribution", c["sink_norm"], 0.0, 1.0),
+                          Panel("row L1 |attention - norm-based|", c["attention_vs_norm_l1"], 0.0, 2.0)],
+                         title=f"{self.target}: weight on the first token (mean over queries >= 1, "
+                               f"{self.n_scenarios} scenarios)")]
+
+    def scalars(self) -> dict[str, float]:
+        out = {f"{k}_mean": float(v.mean()) for k, v in self.columns.items()}
+        return {**out, "seconds": self.seconds}
+
+    def line(self, n: int = 3) -> str:
+        c = self.columns
+        drops = top_heads(c["sink_attention"] - c["sink_norm"], n)
+        shown = ", ".join(f"{head_name(l, h)} {c['sink_attention'][l, h]:.2f}->{c['sink_norm'][l, h]:.2f}"
+                          for l, h, _ in drops)
+        return (f"contribution [{self.target}, {self.n_scenarios} scenarios, {self.seconds:.1f} s]: first-token share "
+                f"attention {c['sink_attention'].mean():.2f} -> norm-based {c['sink_norm'].mean():.2f} "
+                f"(mean of {c['sink_norm'].size} heads); largest drops {shown}; "
+                f"mean row L1 |a - n| {c['attention_vs_norm_l1'].mean():.2f}")
+
+
+def contribution_report(target: Any, input_ids: np.ndarray, *, batch_size: int = 8,
+                        name: str | None = None) -> ContributionReport:
+    """Attention and contribution weights of ``target`` over (N, S) prompts, one forward pass per batch.
+
+    ``name`` labels the report (default: the target's name).
+    """
+    import torch
+
+    from apmae.head_metrics.contribution import run_contributions, summarize_contributions
+
+    start = time.perf_counter()
+    parts = []
+    for lo in range(0, len(input_ids), batch_size):
+        batch = run_contributions(target, torch.as_tensor(input_ids[lo:lo + batch_size]))
+        parts.append(summarize_contributions(batch))
+        del batch
+    columns = {name: np.concatenate([getattr(p, name) for p in parts]).mean(0)
+               for name in ("sink_attention", "sink_norm", "sink_signed", "attention_vs_norm_l1")}
+    return ContributionReport(target=name or target.name, n_scenarios=len(input_ids), columns=columns,
+                              seconds=time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------- WAAD / FAI
+
+
+@dataclass
+class Anchor:
+    scenario: int  # index in the scenario set
+    task: str
+    rank: int
+    position: int
+    token: int
+    text: str
+    fai: float
+
+
+@dataclass
+class DistanceReport:
+    """Per-head WAAD/FAI means, the local/global split and each scenario's anchor tokens."""
+
+    method: ClassVar[str] = "distance"
+    target: str
+    n_scenarios: int
+    window: int
+    local_threshold: float
+    columns: dict[str, np.ndarray]  # mean_waad, fai_gini, fai_top_share: (L, H)
+    local: np.ndarray  # (L, H) bool
+    anchors: list[Anchor]
+    seconds: float
+
+    def write(self, out: Path) -> list[Path]:
+        focus = np.where(self.local, "local", "global")
+        anchor_rows = [[a.scenario, a.task, a.rank, a.position, a.token, a.text, a.fai] for a in self.anchors]
+        return [write_head_table(out / "distance.csv", {**self.columns, "focus": focus}),
+                heatmaps(out / "distance.png",
+                         [Panel(f"mean WAAD (W={self.window}; local if <= {self.local_threshold * self.window:g})",
+                                self.columns["mean_waad"], 0.0, float(self.window)),
+                          Panel("FAI Gini", self.columns["fai_gini"], 0.0, 1.0),
+                          Panel("FAI top-5 % share", self.columns["fai_top_share"], 0.0, 1.0)],
+                         title=f"{self.target}: attention distance and future attention influence "
+                               f"({self.n_scenarios} scenarios)"),
+                write_rows(out / "anchors.csv", ["scenario", "task", "rank", "position", "token_id", "token", "fai"],
+                           anchor_rows)]
+
+    def scalars(self) -> dict[str, float]:
+        return {"local_heads": float(self.local.sum()), "global_heads": float((~self.local).sum()),
+                "mean_waad": float(self.columns["mean_waad"].mean()), "seconds": self.seconds}
+
+    def line(self, n: int = 2) -> str:
+        waad = self.columns["mean_waad"]
+        most_local = ", ".join(f"{head_name(l, h)} {v:.2f}" for l, h, v in top_heads(waad, n, largest=False))
+        most_global = ", ".join(f"{head_name(l, h)} {v:.2f}" for l, h, v in top_heads(waad, n))
+        sharp = ", ".join(f"{head_name(l, h)} {v:.2f}" for l, h, v in top_heads(self.columns["fai_gini"], n))
+        common = Counter(a.text for a in self.anchors if a.rank == 0).most_common(3)
+        anchors = ", ".join(f"{t!r} x{c}" for t, c in common) or "none (no global head)"
+        return (f"WAAD/FAI [{self.target}, W={self.window}, {self.n_scenarios} scenarios, {self.seconds:.1f} s]: "
+                f"{int(self.local.sum())} local / {int((~self.local).sum())} global heads (local: mean WAAD <= "
+                f"{self.local_threshold * self.window:g}); most local {most_local}; most global {most_global}; "
+                f"most concentrated FAI (Gini) {sharp}; top anchors {anchors}")
+
+
+def distance_report(cache: Any, rows: Sequence[int], *, tokenizer: Any = None, window: int = DEFAULT_WINDOW,
+                    local_threshold: float = DEFAULT_LOCAL_THRESHOLD, anchors_per_scenario: int = 5,
+                    name: str | None = None) -> DistanceReport:
+    """WAAD/FAI of the cached patterns of ``rows`` of ``cache`` (an :class:`apmae.cache.AttentionCache`).
+
+    ``tokenizer`` decodes the anchor tokens (ids are shown without one); ``name``
+    labels the report (default: the cache's model).
+    """
+    start = time.perf_counter()
+    per = [scenario_distance(cache.scenario(int(r)), window=window) for r in rows]
+    columns = {name: np.mean([getattr(p, name) for p in per], axis=0)
+               for name in ("mean_waad", "fai_gini", "fai_top_share")}
+    local = local_heads(columns["mean_waad"], window=window, local_threshold=local_threshold)
+    texts = _texts(tokenizer, int(cache.input_ids.max()) + 1)
+    anchors = []
+    for r, p in zip(rows, per):
+        if local.all():
+            break
+        positions, scores = anchor_positions(p.fai, ~local, top_k=anchors_per_scenario)
+        ids = cache.input_ids[int(r)]
+        anchors += [Anchor(int(cache.scenario_index[r]), cache.task_names[int(cache.task[r])], rank, int(pos),
+                           int(ids[pos]), token_text(texts, int(ids[pos])), float(score))
+                    for rank, (pos, score) in enumerate(zip(positions, scores))]
+    return DistanceReport(target=name or str(cache.target["model"]), n_scenarios=len(rows), window=window,
+                          local_threshold=local_threshold, columns=columns, local=local, anchors=anchors,
+                          seconds=time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------- MAPS
+
+
+@dataclass
+class MapsReport:
+    """MAPS scores of every head on the code relations, with the relations' pair counts."""
+
+    method: ClassVar[str] = "maps"
+    target: str
+    result: MapsResult
+    relations: list[Relation]
+    skipped: dict[str, str]
+    texts: list[str] | None
+    seconds: float
+    examples: int = 5  # example pairs listed per relation
+
+    def write(self, out: Path) -> list[Path]:
+        r = self.result
+        columns = {}
+        for i, name in enumerate(r.relations):
+            columns[name], columns[f"{name}_suppression"] = r.scores[i], r.suppression[i]
+        labels = [f"{name} ({r.pairs[i]} pairs, top-{r.k[i]})" for i, name in enumerate(r.relations)]
+        panels = [Panel(label, r.scores[i], 0.0, 1.0) for i, label in enumerate(labels)]
+        panels += [Panel(f"suppression: {label}", r.suppression[i], 0.0, 1.0) for i, label in enumerate(labels)]
+        return [write_head_table(out / "maps_scores.csv", columns), self._write_top_pairs(out),
+                self._write_relations(out),
+                heatmaps(out / "maps.png", panels, columns=len(labels),
+                         title=f"{self.target}: MAPS scores per relation (top row) and suppression (bottom row)")]
+
+    def _write_top_pairs(self, out: Path) -> Path:
+        r, rows = self.result, []
+        for (layer, head, rank), value in np.ndenumerate(r.top_values):
+            source, target = r.top_pairs[layer, head, rank]
+            rows.append([layer, head, rank, int(source), token_text(self.texts, int(source)), int(target),
+                         token_text(self.texts, int(target)), value])
+        return write_rows(out / "maps_top_pairs.csv",
+                          ["layer", "head", "rank", "source_id", "source", "target_id", "target", "value"], rows)
+
+    def _write_relations(self, out: Path) -> Path:
+        rows = [[rel.name, rel.k, len(rel.pairs), rel.description, "; ".join(
+            f"{token_text(self.texts, int(s))!r}->{token_text(self.texts, int(t))!r}"
+            for s, t in rel.pairs[:self.examples]), ""] for rel in self.relations]
+        rows += [[name, "", 0, "", "", why] for name, why in self.skipped.items()]
+        return write_rows(out / "maps_relations.csv", ["relation", "k", "pairs", "description", "examples", "skipped"],
+                          rows)
+
+    def scalars(self) -> dict[str, float]:
+        r = self.result
+        out = {f"{name}/best_score": float(r.scores[i].max()) for i, name in enumerate(r.relations)}
+        out.update({f"{name}/pairs": float(r.pairs[i]) for i, name in enumerate(r.relations)})
+        return {**out, "seconds": self.seconds}
+
+    def line(self, n: int = 2) -> str:
+        r = self.result
+        parts = [f"{name} ({r.pairs[i]} pairs, top-{r.k[i]}) "
+                 + ", ".join(f"{head_name(l, h)} {v:.2f}" for l, h, v in top_heads(r.scores[i], n))
+                 for i, name in enumerate(r.relations)]
+        parts += [f"{name} skipped (no pairs)" for name in self.skipped]
+        return f"MAPS [{self.target}, {self.seconds:.1f} s]: " + "; ".join(parts)
+
+
+def maps_report(target: Any, corpus_ids: np.ndarray, *, relations: Sequence[str] = RELATIONS, max_pairs: int = 2000,
+                first_mlp: bool = False, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, top_n: int = 5,
+                name: str | None = None) -> MapsReport:
+    """MAPS on ``target``'s parameters with the code relations mined from the (N, S) corpus token ids.
+
+    ``name`` labels the report (default: the target's name); the other
+    arguments are those of :func:`apmae.head_metrics.relations.code_relations`
+    and :func:`apmae.head_metrics.maps.model_maps`.
+
+    Raises:
+        ValueError: no tokenizer, corpus ids outside the model's vocabulary, or
+            no relation with a pair (each skipped one says what to change).
+    """
+    from apmae.head_metrics.maps import model_maps
+    from apmae.head_metrics.relations import code_relations
+
+    start = time.perf_counter()
+    vocab = int(target.model.get_output_embeddings().weight.shape[0])
+    if target.tokenizer is None:
+        raise ValueError(f"target {target.name!r} has no tokenizer; MAPS relations are built from token texts")
+    if int(corpus_ids.max()) >= vocab:
+        raise ValueError(f"the corpus holds token id {int(corpus_ids.max())} but {target.name!r} has {vocab} tokens: "
+                         "give MAPS a corpus tokenized with this target's tokenizer")
+    found = code_relations(target.tokenizer, corpus_ids, vocab_size=vocab, names=relations, max_pairs=max_pairs)
+    if not found.relations:
+        raise ValueError(f"no MAPS relation has a pair for {target.name!r}: " + "; ".join(
+            f"{k}: {v}" for k, v in found.skipped.items()))
+    result = model_maps(target.model, found.relations, first_mlp=first_mlp, chunk_elements=chunk_elements,
+                        top_n=top_n)
+    return MapsReport(target=name or target.name, result=result, relations=found.relations, skipped=found.skipped,
+                      texts=found.texts, seconds=time.perf_counter() - start)
