@@ -158,17 +158,19 @@ class APMAEOutput:
 class APMAEEncoding:
     """Unmasked encoder summary of each image, used by probes and clustering."""
 
-    cls: torch.Tensor  # (B, De) final CLS token
-    mean: torch.Tensor  # (B, De) mean of the final patch tokens
+    cls: torch.Tensor  # (B, De) float32 final CLS token
+    mean: torch.Tensor  # (B, De) float32 mean of the final patch tokens
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the valid pixels of masked patches only.
 
     pred, target (B, T, P2); mask (B, T) with 1 = masked; valid (T, P2) bool.
+    Computed in float32 whatever the inputs' dtype: under autocast ``pred`` is
+    bfloat16, whose 8-bit mantissa would round the sums over ~10^5 pixels.
     """
-    weight = mask.unsqueeze(-1) * valid.to(pred.dtype)  # (B, T, P2)
-    return ((pred - target).square() * weight).sum() / weight.sum()
+    weight = mask.float().unsqueeze(-1) * valid.float()  # (B, T, P2)
+    return ((pred.float() - target.float()).square() * weight).sum() / weight.sum()
 
 
 def sincos_2d(rows: torch.Tensor, cols: torch.Tensor, dim: int) -> torch.Tensor:
@@ -367,9 +369,10 @@ class APMAE(nn.Module):
         return self.unpatchify(merged)
 
     def encode(self, images: torch.Tensor) -> APMAEEncoding:
-        """Encode every triangular patch (no masking): CLS and mean patch embedding, (B, De) each."""
+        """Encode every triangular patch (no masking): CLS and mean patch embedding, (B, De) float32 each."""
         patches = self.patchify(images)
-        x = self._encode_tokens(self.patch_embed(patches) + self.enc_pos_embed)  # (B, 1 + T, De)
+        x = self._encode_tokens(self.patch_embed(patches) + self.enc_pos_embed).float()  # (B, 1 + T, De)
+        # float32 under autocast too: encodings go to numpy / scikit-learn, which have no bfloat16
         return APMAEEncoding(cls=x[:, 0], mean=x[:, 1:].mean(dim=1))
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:

@@ -57,8 +57,9 @@ def reconstruct_for_figures(net: Any, images: torch.Tensor, noise: torch.Tensor)
     covered = net.reconstruct(zeros, replace(out, pred=torch.ones_like(out.pred)))  # (B, 1, S, S)
     patch = net.config.patch_size
     masked_patches = torch.nn.functional.max_pool2d(covered, patch)[:, 0] > 0  # (B, G, G)
-    weight = out.mask.unsqueeze(-1) * out.valid.to(out.pred.dtype)  # (B, T, P2)
-    mse = ((out.pred - out.target) ** 2 * weight).sum((1, 2)) / weight.sum((1, 2)).clamp_min(1.0)
+    # float32 sums: under autocast pred is bfloat16, which would round the per-image pixel counts
+    weight = out.mask.float().unsqueeze(-1) * out.valid.float()  # (B, T, P2)
+    mse = ((out.pred.float() - out.target.float()) ** 2 * weight).sum((1, 2)) / weight.sum((1, 2)).clamp_min(1.0)
     return Reconstruction(
         original=images,
         visible=images * (covered == 0),
@@ -67,6 +68,11 @@ def reconstruct_for_figures(net: Any, images: torch.Tensor, noise: torch.Tensor)
         masked_patches=masked_patches,
         mse=mse,
     )
+
+
+def for_matplotlib(rec: Reconstruction) -> Reconstruction:
+    """The same reconstruction on the CPU, images as float32 (numpy and matplotlib have no bfloat16)."""
+    return Reconstruction(**{k: (v.float() if v.is_floating_point() else v).cpu() for k, v in rec.__dict__.items()})
 
 
 class PatternFigures(Callback):
@@ -164,11 +170,12 @@ class PatternFigures(Callback):
         was_training = net.training
         net.eval()
         try:
-            with torch.no_grad():
+            # under the run's precision (e.g. bf16-mixed autocast), so figures show what validation scores
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
                 rec = reconstruct_for_figures(net, images, noise.to(pl_module.device))
         finally:
             net.train(was_training)
-        rec = Reconstruction(**{k: v.float().cpu() for k, v in rec.__dict__.items()})
+        rec = for_matplotlib(rec)
         for i, sample in enumerate(heads):
             fig = head_figure(rec, i, title=f"layer {sample.layer} head {sample.head} | epoch {epoch}")
             self._save(trainer, fig, f"{folder}/head_L{sample.layer}_H{sample.head}.png")
@@ -252,4 +259,5 @@ def grid_figure(rec: Reconstruction, rows: list[list[HeadSample]], *, offset: in
     return fig
 
 
-__all__ = ["PatternFigures", "Reconstruction", "HeadSample", "reconstruct_for_figures", "head_figure", "grid_figure"]
+__all__ = ["PatternFigures", "Reconstruction", "HeadSample", "reconstruct_for_figures", "for_matplotlib", "head_figure",
+           "grid_figure"]

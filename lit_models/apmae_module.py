@@ -54,10 +54,11 @@ def masked_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, v
     """Squared error of ``pred`` (B or 1, T, P2) against ``target`` (B, T, P2) on masked valid pixels.
 
     ``mask`` (B, T) is 1 for masked patches, ``valid`` (T, P2) False for pixels
-    above the causal diagonal; this is the pixel set AP-MAE's loss uses.
+    above the causal diagonal; this is the pixel set AP-MAE's loss uses. Summed in
+    float32 whatever the inputs' dtype (bfloat16 under autocast would round the sums).
     """
-    weight = mask.to(target.dtype).unsqueeze(-1) * valid.to(target.dtype).unsqueeze(0)  # (B, T, P2)
-    sse = ((pred.to(target.dtype) - target) ** 2 * weight).sum()
+    weight = mask.float().unsqueeze(-1) * valid.float().unsqueeze(0)  # (B, T, P2)
+    sse = ((pred.float() - target.float()) ** 2 * weight).sum()
     return MaskedError(sse=sse, count=weight.sum())
 
 
