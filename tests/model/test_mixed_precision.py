@@ -1,4 +1,4 @@
-"""AP-MAE under bfloat16 autocast: float32 loss and encodings, export and reload."""
+"""AP-MAE under bfloat16 autocast: float32 loss and encodings, float32 attention on CPU, export."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from apmae.model import APMAE, masked_mse
+from apmae.model import APMAE, attend, masked_mse
 from apmae.scaling import scale
 
 from .conftest import causal_patterns, small_config
@@ -35,6 +35,21 @@ def test_masked_mse_counts_pixels_exactly_beyond_bfloat16_precision():
     loss = masked_mse(pred, torch.zeros(1, 257, 1), torch.ones(1, 257, dtype=torch.bfloat16),
                       torch.ones(257, 1, dtype=torch.bool))
     assert float(loss) == 1.0
+
+
+def test_cpu_attention_under_autocast_runs_in_float32_and_returns_the_autocast_dtype():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 19, 16, generator=gen).bfloat16().requires_grad_() for _ in range(3))
+    with _bf16():
+        out = attend(q, k, v, dropout_p=0.0)
+    assert out.dtype == torch.bfloat16
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).bfloat16()
+    assert torch.equal(out, expected)
+    assert not torch.equal(expected, F.scaled_dot_product_attention(q, k, v))  # the bf16 kernel differs
+    out.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in (q, k, v))
+    plain = torch.randn(1, 2, 5, 8, generator=gen)
+    assert torch.equal(attend(plain, plain, plain, dropout_p=0.0), F.scaled_dot_product_attention(plain, plain, plain))
 
 
 def test_bfloat16_loss_is_float32_and_close_to_the_float32_loss(small_model: APMAE):
