@@ -34,6 +34,7 @@ from torch import nn
 from apmae.model import APMAE, APMAEConfig, APMAEOutput
 from apmae.schedules import warmup_cosine
 
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # devices with torch's fused AdamW kernel
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
@@ -90,6 +91,9 @@ class LitAPMAE(LightningModule):
         num_threads: torch CPU threads of this process, set when the trainer sets up (None: leave
             torch's default). On a small CPU, ``cores - num_workers`` avoids oversubscription,
             which slows small-matrix training several-fold.
+        compile: run the net's forward through ``torch.compile`` (``nn.Module.compile``: parameter
+            names, checkpoints and the export stay as they are). Off by default: on a 2-core CPU the
+            demo net compiles for minutes (train and eval graphs) and then steps ~2 % faster.
     """
 
     def __init__(
@@ -111,6 +115,7 @@ class LitAPMAE(LightningModule):
         baseline_batches: int = 32,
         export_dir: Optional[str] = None,
         num_threads: Optional[int] = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
@@ -121,6 +126,8 @@ class LitAPMAE(LightningModule):
         if num_threads is not None and num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
         self.net = _build_net(seq_len=seq_len, preset=preset, overrides=net_overrides, net=net)
+        if compile:
+            self.net.compile()
         self._optimizer_factory = optimizer
         self._scheduler_factory = scheduler
         # Mean scaled training image: the trivial reconstruction every run is compared with.
@@ -148,7 +155,10 @@ class LitAPMAE(LightningModule):
         if self._optimizer_factory is not None:
             optimizer = self._optimizer_factory(groups)
         else:
-            optimizer = torch.optim.AdamW(groups, lr=self.learning_rate(), betas=tuple(self.hparams.betas))
+            # One fused kernel over all parameters instead of a loop over tensors: for the paper
+            # preset's 127 M parameters 0.14 s instead of 0.79 s per step on one CPU core.
+            fused = all(p.device.type in FUSED_ADAMW_DEVICES for group in groups for p in group["params"])
+            optimizer = torch.optim.AdamW(groups, lr=self.learning_rate(), betas=tuple(self.hparams.betas), fused=fused)
         if self._scheduler_factory is not None:
             scheduler = self._scheduler_factory(optimizer)
         else:

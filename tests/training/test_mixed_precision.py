@@ -64,8 +64,11 @@ def test_mixed_precision_fit_logs_the_usual_run_and_its_checkpoint_validates_and
     train_images = cli.datamodule.train.data["images"]
     assert module.baseline_mean.dtype == torch.float32
     torch.testing.assert_close(module.baseline_mean.cpu(), train_images.mean(dim=0, keepdim=True), rtol=0, atol=1e-6)
-    states = [getattr(m, s) for pair in module._metrics.values() for m in pair.values() for s in ("mean_value", "weight")]
+    meters = [m for pair in module._metrics.values() for m in pair.values()]
+    states = [getattr(m, s) for m in meters for s in ("mean_value", "weight")]
     assert {t.dtype for t in states} == {torch.float32}
+    adam = [t for state in cli.trainer.optimizers[0].state.values() for t in state.values() if t.ndim > 0]
+    assert adam and {t.dtype for t in adam} == {torch.float32}
     exported = load_file(str(module.export_path() / "model.safetensors"))
     assert {t.dtype for t in exported.values()} == {torch.float32}
 
@@ -123,8 +126,9 @@ def test_the_paper_command_runs_to_the_end_under_bf16_mixed(tmp_path, tiny_token
     tiny_tokenizer.save_pretrained(tokenizer)
     target_a = save_target(micro_starcoder2(len(tiny_tokenizer), seed=0), tiny_tokenizer, tmp_path / "target-a")
     target_b = save_target(micro_starcoder2(len(tiny_tokenizer), seed=1), tiny_tokenizer, tmp_path / "target-b")
+    paper = CONFIGS / "paper"
     cli = cli_main([
-        "fit", "--config", str(CONFIGS / "paper" / "base.yaml"), "--config", str(CONFIGS / "paper" / "starcoder2_3b.yaml"),
+        "fit", "--config", str(paper / "base.yaml"), "--config", str(paper / "starcoder2_3b.yaml"),
         "--data.init_args.scenarios.init_args.sources", str(_java_dir(tmp_path / "java")),
         "--data.init_args.target", str(target_a), "--data.init_args.extra_targets", f"[{target_b}]",
         "--data.init_args.scenarios.init_args.tokenizer", str(tokenizer),
