@@ -160,8 +160,8 @@ class APMAEOutput:
 class APMAEEncoding:
     """Unmasked encoder summary of each image, used by probes and clustering."""
 
-    cls: torch.Tensor  # (B, De) final CLS token
-    mean: torch.Tensor  # (B, De) mean of the final patch tokens
+    cls: torch.Tensor  # (B, De) float32 final CLS token
+    mean: torch.Tensor  # (B, De) float32 mean of the final patch tokens
 
 
 @dataclass
@@ -185,11 +185,12 @@ def masked_error(
     """The error AP-MAE's loss is: ``pred`` (B or 1, Q, P2) against ``patches`` (B, Q, P2).
 
     Only pixels of masked patches (``mask`` (B, Q), 1 = masked) that lie on or
-    below the causal diagonal (``valid`` (Q, P2)) count. Computed in the dtype
-    of ``patches`` (float32 data), also when ``pred`` comes out of autocast.
+    below the causal diagonal (``valid`` (Q, P2)) count. Summed in float32
+    whatever the inputs' dtype: under autocast ``pred`` is bfloat16, whose 8-bit mantissa
+    would round sums over ~10^5 pixels.
     """
-    weight = mask.to(patches.dtype).unsqueeze(-1) * valid.to(patches.dtype)  # (B, Q, P2)
-    squared = (pred.to(patches.dtype) - patches).square() * weight  # (B, Q, P2)
+    weight = mask.float().unsqueeze(-1) * valid.float()  # (B, Q, P2)
+    squared = (pred.float() - patches.float()).square() * weight  # (B, Q, P2)
     if per_image:
         return MaskedError(sse=squared.sum((1, 2)), count=weight.sum((1, 2)))
     return MaskedError(sse=squared.sum(), count=weight.sum())
@@ -207,6 +208,22 @@ def sincos_2d(rows: torch.Tensor, cols: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([one_axis(rows), one_axis(cols)], dim=1).float()  # (Q, dim)
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float) -> torch.Tensor:
+    """Fused attention (SDPA) of q, k, v (B, h, n, d) -> (B, h, n, d) in q's dtype.
+
+    On a CPU, bfloat16/float16 inputs (autocast) are attended in float32: the CPU
+    flash kernel's backward is about 3x slower in bfloat16 than in float32 at
+    AP-MAE's 19-37 tokens (torch 2.13), and the softmax is exact in float32. Autocast
+    is paused there, or it would cast the inputs straight back. Other devices keep
+    their reduced-precision fused kernels.
+    """
+    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    with torch.autocast("cpu", enabled=False):
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout_p)
+    return out.to(q.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection and SDPA."""
 
@@ -220,7 +237,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        out = attend(q, k, v, dropout_p=self.dropout if self.training else 0.0)  # (B, h, n, d)
         return self.proj_drop(self.proj(rearrange(out, "b h n d -> b n (h d)")))
 
 
@@ -391,9 +408,10 @@ class APMAE(nn.Module):
         return self.unpatchify(merged)
 
     def encode(self, images: torch.Tensor) -> APMAEEncoding:
-        """Encode every triangular patch (no masking): CLS and mean patch embedding, (B, De) each."""
+        """Encode every triangular patch (no masking): CLS and mean patch embedding, (B, De) float32 each."""
         patches = self.patchify(images)
-        x = self._encode_tokens(self.patch_embed(patches) + self.enc_pos_embed)  # (B, 1 + Q, De)
+        x = self._encode_tokens(self.patch_embed(patches) + self.enc_pos_embed).float()  # (B, 1 + Q, De)
+        # float32 under autocast too: encodings go to numpy / scikit-learn, which have no bfloat16
         return APMAEEncoding(cls=x[:, 0], mean=x[:, 1:].mean(dim=1))
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:

@@ -70,6 +70,11 @@ def reconstruct_for_figures(net: Any, images: torch.Tensor, noise: torch.Tensor)
     )
 
 
+def for_matplotlib(rec: Reconstruction) -> Reconstruction:
+    """The same reconstruction on the CPU, images as float32 (numpy and matplotlib have no bfloat16)."""
+    return Reconstruction(**{k: (v.float() if v.is_floating_point() else v).cpu() for k, v in rec.__dict__.items()})
+
+
 class PatternFigures(Callback):
     """Logs reconstruction figures of fixed validation images every N validation epochs.
 
@@ -165,11 +170,12 @@ class PatternFigures(Callback):
         was_training = net.training
         net.eval()
         try:
-            with torch.no_grad():
+            # under the run's precision (e.g. bf16-mixed autocast), so figures show what validation scores
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
                 rec = reconstruct_for_figures(net, images, noise.to(pl_module.device))
         finally:
             net.train(was_training)
-        rec = Reconstruction(**{k: v.float().cpu() for k, v in rec.__dict__.items()})
+        rec = for_matplotlib(rec)
         for i, sample in enumerate(heads):
             fig = head_figure(rec, i, title=f"layer {sample.layer} head {sample.head} | epoch {epoch}")
             self._save(trainer, fig, f"{folder}/head_L{sample.layer}_H{sample.head}.png")
@@ -253,4 +259,5 @@ def grid_figure(rec: Reconstruction, rows: list[list[HeadSample]], *, offset: in
     return fig
 
 
-__all__ = ["PatternFigures", "Reconstruction", "HeadSample", "reconstruct_for_figures", "head_figure", "grid_figure"]
+__all__ = ["PatternFigures", "Reconstruction", "HeadSample", "reconstruct_for_figures", "for_matplotlib", "head_figure",
+           "grid_figure"]

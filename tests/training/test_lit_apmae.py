@@ -75,6 +75,7 @@ def test_lr_scales_with_effective_batch_and_norms_get_no_decay(tmp_path):
     assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
     assert all(id(p) not in decay for n, p in module.net.named_parameters() if p.ndim < 2)
     assert module.learning_rate() == pytest.approx(5e-4)
+    assert trainer.optimizers[0].defaults["fused"] is True  # one kernel for all parameters on a CPU
 
 
 def test_validation_metrics_match_independent_computation(tmp_path):
@@ -132,3 +133,28 @@ def test_validate_without_training_data_explains_what_is_missing(tmp_path):
     with pytest.raises(ValueError, match="mean-pattern baseline"):
         _trainer(tmp_path).validate(module, dataloaders=loader.val_dataloader()[0], verbose=False)
     assert not math.isnan(float(module.baseline_mean.sum()))
+
+
+def test_compile_keeps_parameter_names_and_outputs_and_trains(tmp_path, monkeypatch):
+    import functools
+
+    import torch._dynamo
+
+    # Dynamo tracing only (backend "eager"): the default backend takes minutes to build kernels on a CPU.
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    compiled = _module(compile=True)
+    torch.manual_seed(0)
+    eager = _module()
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    images = causal_patterns(4, 32, seed=2)["images"]
+    noise = compiled.fixed_noise(4, 0, 0)
+    with torch.no_grad():
+        assert torch.equal(compiled.net(images, noise=noise).pred, eager.net(images, noise=noise).pred)
+    assert torch._dynamo.utils.counters["frames"]["ok"] > 0  # the forward went through dynamo
+    data = SyntheticAttentionDataModule(seq_len=32, n_train=8, n_val=8, batch_size=4)
+    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    trainer.fit(compiled, datamodule=data)
+    assert trainer.global_step == 2
+    torch._dynamo.reset()
