@@ -196,14 +196,14 @@ def evaluate(target: Any, scenarios: InterventionScenarios, heads: Mapping[int, 
 def _evaluate_batch(target: Any, batch: InterventionScenarios) -> Outcome:
     import torch
 
-    from apmae.target import _outcome
+    from apmae.target import first_token_outcome
 
     device = target.device
     input_ids = torch.as_tensor(batch.input_ids, dtype=torch.long, device=device)  # (B, S)
     labels = torch.as_tensor(batch.label_ids, dtype=torch.long, device=device)  # (B, K)
     n_tokens = int(batch.label_len.max())
     logits, generated = greedy_generate(target.model, input_ids, n_tokens)  # (B, V), (B, n_tokens)
-    first = _outcome(logits, labels[:, 0], None)
+    first = first_token_outcome(logits.float(), labels[:, 0])
     scored = torch.arange(n_tokens, device=device)[None, :] < torch.as_tensor(batch.label_len, device=device)[:, None]
     hits = (generated == labels[:, :n_tokens]) & scored  # (B, n_tokens)
     return Outcome(prediction=first.prediction.cpu().numpy(), correct=first.correct.cpu().numpy(),

@@ -238,10 +238,10 @@ def _forward(target: Target, input_ids: torch.Tensor, label_first: torch.Tensor,
             "attn_implementation='eager' (fused sdpa/flash kernels do not return them)"
         )
     logits = out.logits[:, -1] if out.logits.shape[1] == 1 else out.logits[torch.arange(len(pos), device=device), pos]
-    return tuple(out.attentions), _outcome(logits.float(), label_first.to(device=device, dtype=torch.long))
+    return tuple(out.attentions), first_token_outcome(logits.float(), label_first.to(device=device, dtype=torch.long))
 
 
-def _outcome(logits: torch.Tensor, label: torch.Tensor) -> FirstToken:
+def first_token_outcome(logits: torch.Tensor, label: torch.Tensor) -> FirstToken:
     """First-token prediction, its probability, correctness and the label's cross-entropy."""
     logp = torch.log_softmax(logits, dim=-1)  # (B, V)
     prediction = logp.argmax(dim=-1)

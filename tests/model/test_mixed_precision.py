@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from apmae.model import APMAE, attend, masked_mse
+from apmae.model import APMAE, attend, masked_error
 from apmae.scaling import scale
 
 from .conftest import causal_patterns, small_config
@@ -17,24 +17,25 @@ def _bf16():
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
-def test_masked_mse_sums_in_float32_whatever_the_prediction_dtype():
+def test_masked_error_sums_in_float32_whatever_the_prediction_dtype():
     # 1 image, 3 patches of 2 x 2 pixels; patch 2 is a diagonal patch with one invalid pixel.
     pred = torch.tensor([[[0.5, 0.25, 1.0, 0.0], [2.0, 2.0, 2.0, 2.0], [1.0, 9.0, 1.0, 1.0]]]).bfloat16()
     target = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]])
     mask = torch.tensor([[1.0, 0.0, 1.0]]).bfloat16()
     valid = torch.tensor([[True] * 4, [True] * 4, [True, False, True, True]])
-    loss = masked_mse(pred, target, mask, valid)
+    loss = masked_error(pred, target, mask, valid).mse
     # masked valid pixels: 0.25 + 0.0625 + 1 + 0 (patch 0), 1 + 1 + 1 (patch 2, pixel 1 invalid)
     assert loss.dtype == torch.float32
     assert float(loss) == pytest.approx((1.3125 + 3.0) / 7, rel=1e-7)
 
 
-def test_masked_mse_counts_pixels_exactly_beyond_bfloat16_precision():
+def test_masked_error_counts_pixels_exactly_beyond_bfloat16_precision():
     # 257 masked pixels: a bfloat16 count rounds to 256, a float32 one does not.
     pred = torch.ones(1, 257, 1, dtype=torch.bfloat16)
-    loss = masked_mse(pred, torch.zeros(1, 257, 1), torch.ones(1, 257, dtype=torch.bfloat16),
-                      torch.ones(257, 1, dtype=torch.bool))
-    assert float(loss) == 1.0
+    err = masked_error(pred, torch.zeros(1, 257, 1, dtype=torch.bfloat16), torch.ones(1, 257, dtype=torch.bfloat16),
+                       torch.ones(257, 1, dtype=torch.bool))
+    assert err.sse.dtype == err.count.dtype == torch.float32
+    assert (float(err.sse), float(err.count), float(err.mse)) == (257.0, 257.0, 1.0)
 
 
 def test_cpu_attention_under_autocast_runs_in_float32_and_returns_the_autocast_dtype():
