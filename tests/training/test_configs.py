@@ -17,9 +17,13 @@ PAPER_BASE = CONFIGS / "paper" / "base.yaml"
 BASES = {CONFIGS / "demo" / "target_lm_b.yaml": CONFIGS / "demo" / "target_lm.yaml",
          CONFIGS / "demo" / "encode.yaml": CONFIGS / "demo" / "apmae.yaml",
          CONFIGS / "demo" / "probe.yaml": CONFIGS / "demo" / "apmae.yaml"}
+# The paper probe stacks on the paper base and the StarCoder2-3B overlay, as its header says.
+PAPER_STACKS = {CONFIGS / "paper" / "probe_starcoder2_3b.yaml": [PAPER_BASE, CONFIGS / "paper" / "starcoder2_3b.yaml"]}
 
 
 def _stack(path: Path) -> list[Path]:
+    if path in PAPER_STACKS:
+        return [*PAPER_STACKS[path], path]
     base = PAPER_BASE if path.parent.name == "paper" else BASES.get(path)
     return [base, path] if base else [path]
 
@@ -47,6 +51,14 @@ def encoder_dir(tmp_path_factory) -> Path:
     return APMAE.from_preset("tiny", seq_len=128, patch_size=16).save(tmp_path_factory.mktemp("apmae"))
 
 
+@pytest.fixture(scope="module")
+def paper_encoder_dir(tmp_path_factory) -> Path:
+    """A small saved AP-MAE at the paper's S = 256 and 32-pixel patches, for the paper probe config."""
+    from apmae.model import APMAE
+
+    return APMAE.from_preset("tiny", seq_len=256, patch_size=32).save(tmp_path_factory.mktemp("apmae256"))
+
+
 def _instantiate(stack: list[Path], extra: list[str]) -> APMAECLI:
     args = [a for p in stack for a in ("--config", str(p))]
     return APMAECLI(args=[*args, *ON_CPU, *extra], run=False)
@@ -56,25 +68,41 @@ def test_every_config_is_covered():
     names = {str(p.relative_to(CONFIGS)) for s in STACKS for p in s}
     assert {"smoke.yaml", "demo/apmae.yaml", "paper/base.yaml", "paper/starcoder2_3b.yaml",
             "paper/starcoder2_7b.yaml", "paper/starcoder2_15b.yaml", "paper/encode_starcoder2_3b.yaml",
-            "demo/encode.yaml"} <= names
+            "demo/encode.yaml", "demo/probe.yaml", "paper/probe_starcoder2_3b.yaml"} <= names
 
 
 @pytest.mark.parametrize("stack", STACKS, ids=lambda s: str(s[-1].relative_to(CONFIGS)))
-def test_config_instantiates_with_linked_seq_len(stack, tokenizer_dir, encoder_dir):
+def test_config_instantiates_with_linked_seq_len(stack, tokenizer_dir, encoder_dir, paper_encoder_dir):
     extra = []
     if stack[-1].name.startswith("target_lm"):  # the target LM reads its tokenizer when built
         extra = ["--model.init_args.tokenizer_dir", str(tokenizer_dir),
                  "--data.init_args.tokenizer_dir", str(tokenizer_dir)]
     if stack[-1].name == "probe.yaml":  # the probe loads the exported AP-MAE when built
         extra = ["--model.init_args.encoder", str(encoder_dir)]
+    if stack[-1].name == "probe_starcoder2_3b.yaml":
+        extra = ["--model.init_args.encoder", str(paper_encoder_dir)]
     cli = _instantiate(stack, extra)
     assert cli.model.hparams.seq_len == cli.datamodule.seq_len
     if hasattr(cli.model, "net"):
         assert cli.model.net.config.seq_len == cli.datamodule.seq_len
     if stack[-1].name in PAPER:
         _check_paper_settings(cli, stack[-1].name)
+    if stack[-1].name.startswith("probe"):
+        _check_probe_settings(cli, paper=stack[-1].parent.name == "paper")
     if stack[-1].name.startswith("encode"):
         _check_encode_settings(cli, paper=stack[-1].parent.name == "paper")
+
+
+def _check_probe_settings(cli: APMAECLI, *, paper: bool) -> None:
+    """Probe overlays: whole scenarios of both classes, balanced, every head, a frozen encoder."""
+    data, hp = cli.datamodule, cli.model.hparams
+    assert (hp.stage, hp.finetune_encoder, data.mode, data.head_selection) == ("probe", False, "scenarios", "all")
+    assert (data.correct_only, data.balance, data.extra_targets) == (False, True, [])
+    assert data.encoder == hp.encoder
+    assert all(p.requires_grad is False for p in cli.model.net.parameters())
+    if paper:
+        assert (data.target, data.seq_len) == ("bigcode/starcoder2-3b", 256)
+        assert cli.config.trainer.precision == "bf16-mixed"
 
 
 def _check_encode_settings(cli: APMAECLI, *, paper: bool) -> None:
