@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,20 +102,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m apmae.demo.run", description=__doc__.split("\n")[0])
     parser.add_argument("--demo-dir", default="artifacts/demo", help="where `make demo` built the inputs")
     parser.add_argument("--config", default=DEFAULT_CONFIG)
+    parser.add_argument("--skip-probe", action="store_true", help="stop after AP-MAE (no probe, interventions, clusters)")
     args, extra = parser.parse_known_args(argv)
     for name in ("eval-corpus", "tokenizer", "target-a", "target-b"):
         if not (Path(args.demo_dir) / name).is_dir():
             raise SystemExit(f"{Path(args.demo_dir) / name} is missing: build the demo inputs first (make demo)")
     from apmae.cli import cli_main
+    from apmae.demo.probe_report import run_probe_stage
 
+    start = time.perf_counter()
     cli = cli_main(["fit", "--config", args.config, *demo_overrides(args.demo_dir), *extra])
+    seconds = {"AP-MAE (mining, extraction, training)": time.perf_counter() - start}
     summary = summarize(cli)
     print("\n".join(summary.lines()))
     ratio = summary.ratio_to_baseline(summary.train_target)
     if ratio >= 1.0:
         print(f"WARNING: AP-MAE did not beat the trivial baseline (ratio {ratio:.3f}); train longer", file=sys.stderr)
         return 1
+    if args.skip_probe:
+        return 0
+    probe = run_probe_stage(args.config, args.demo_dir)
+    print("\n".join(probe.lines()))
+    seconds.update(probe.seconds)
+    print("Stage times: " + " | ".join(f"{k} {_minutes(v)}" for k, v in seconds.items()))
     return 0
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
 
 
 if __name__ == "__main__":
