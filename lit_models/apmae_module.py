@@ -12,6 +12,9 @@ optimiser recipe of the paper, metrics and export. Metrics, per validation
 - ``val/<target>/baseline_mse``: the same pixels predicted by the per-pixel
   mean pattern of the training set (a trivial reconstruction), same masks;
 - ``val/<target>/mse_over_baseline``: AP-MAE error / trivial error (< 1 is better);
+- ``val/<target>/neighbour_mse``: the same pixels predicted from the visible patches
+  of the same row and column bands (:func:`apmae.baselines.neighbour_patches`), a
+  stronger trivial reconstruction; ``mse_over_neighbour`` is AP-MAE's error over it;
 - ``val/<target>/mse_over_train``: error on this target / error on the training
   target (the paper's "minimal degradation on unseen models", measured);
 - ``val/loss``: ``val/<training target>/mse``, the value checkpoints monitor.
@@ -31,6 +34,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
+from apmae.baselines import band_neighbours, neighbour_patches
 from apmae.model import APMAE, APMAEConfig, masked_error
 from apmae.schedules import warmup_cosine
 from lit_models.probe_stage import Collected, ProbeStage, ProbeTraining
@@ -148,6 +152,8 @@ class LitAPMAE(ProbeTraining, LightningModule):
         # Mean scaled training image: the trivial reconstruction every run is compared with.
         self.register_buffer("baseline_mean", torch.zeros(1, 1, seq_len, seq_len))
         self.register_buffer("baseline_images", torch.zeros((), dtype=torch.long))
+        # (Q, Q) patches sharing a grid row or column: the neighbour baseline's averaging weights.
+        self.register_buffer("band_neighbours", band_neighbours(self.net.config.grid), persistent=False)
         self._metrics = nn.ModuleDict()
 
     @property
@@ -298,10 +304,14 @@ class LitAPMAE(ProbeTraining, LightningModule):
         images = batch["images"]
         out = self.net(images, noise=self.fixed_noise(images.shape[0], batch_idx, dataloader_idx))
         model_err = masked_error(out.pred, out.patches, out.mask, out.valid)
-        base_err = masked_error(self.baseline_patches(), out.patches, out.mask, out.valid)
+        base = self.baseline_patches()
+        base_err = masked_error(base, out.patches, out.mask, out.valid)
+        near = neighbour_patches(out.patches, out.mask, out.valid, base, self.band_neighbours)
+        near_err = masked_error(near, out.patches, out.mask, out.valid)
         metrics = self._metrics[f"{stage}_{dataloader_idx}"]
         metrics["mse"].update(model_err.mse, model_err.count)
         metrics["baseline"].update(base_err.mse, base_err.count)
+        metrics["neighbour"].update(near_err.mse, near_err.count)
         return out
 
     def _reset_metrics(self, stage: str, dataloaders: Any) -> None:
@@ -314,7 +324,7 @@ class LitAPMAE(ProbeTraining, LightningModule):
         for key in [k for k in self._metrics if k.startswith(f"{stage}_")]:
             del self._metrics[key]
         for idx in range(count):
-            pair = nn.ModuleDict({"mse": MeanMetric(), "baseline": MeanMetric()})
+            pair = nn.ModuleDict({"mse": MeanMetric(), "baseline": MeanMetric(), "neighbour": MeanMetric()})
             self._metrics[f"{stage}_{idx}"] = pair.to(self.device)
 
     def target_names(self, stage: str) -> tuple[list[str], str]:
@@ -332,13 +342,15 @@ class LitAPMAE(ProbeTraining, LightningModule):
         errors = {}
         for idx, name in enumerate(names):
             metrics = self._metrics[f"{stage}_{idx}"]
-            errors[name] = (metrics["mse"].compute(), metrics["baseline"].compute())
+            errors[name] = (metrics["mse"].compute(), metrics["baseline"].compute(), metrics["neighbour"].compute())
         train_mse = errors[train_name][0]
         values = {f"{stage}/loss": train_mse}
-        for name, (mse, baseline) in errors.items():
+        for name, (mse, baseline, neighbour) in errors.items():
             values[f"{stage}/{name}/mse"] = mse
             values[f"{stage}/{name}/baseline_mse"] = baseline
             values[f"{stage}/{name}/mse_over_baseline"] = mse / baseline.clamp_min(1e-12)
+            values[f"{stage}/{name}/neighbour_mse"] = neighbour
+            values[f"{stage}/{name}/mse_over_neighbour"] = mse / neighbour.clamp_min(1e-12)
             values[f"{stage}/{name}/mse_over_train"] = mse / train_mse.clamp_min(1e-12)
         self.log_dict(values, sync_dist=True, add_dataloader_idx=False)
 

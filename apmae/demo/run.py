@@ -48,7 +48,10 @@ class DemoSummary:
             out.append(
                 f"  {role} {target}: AP-MAE {m[key]:.4f} | trivial mean pattern {m[f'val/{target}/baseline_mse']:.4f}"
                 f" | AP-MAE/trivial {m[f'val/{target}/mse_over_baseline']:.3f}"
-                f" | vs {self.train_target} x{m[f'val/{target}/mse_over_train']:.3f}"
+                + (f" | visible neighbours {m[f'val/{target}/neighbour_mse']:.4f}"
+                   f" | AP-MAE/neighbours {m[f'val/{target}/mse_over_neighbour']:.3f}"
+                   if f"val/{target}/neighbour_mse" in m else "")
+                + f" | vs {self.train_target} x{m[f'val/{target}/mse_over_train']:.3f}"
             )
         if self.head_metrics:
             out.append("Related-work head metrics (tables and heatmaps under head_metrics/ in the run):")

@@ -43,7 +43,8 @@ def test_fit_logs_a_complete_mlflow_run_and_validate_reloads_the_checkpoint(synt
     assert params["data.init_args.seq_len"] == "32" and params["experiment"] == "synthetic-tests"
     metrics = run.data.metrics
     for name in ("synth-a", "synth-b"):
-        for key in ("mse", "baseline_mse", "mse_over_baseline", "mse_over_train"):
+        for key in ("mse", "baseline_mse", "mse_over_baseline", "neighbour_mse", "mse_over_neighbour",
+                    "mse_over_train"):
             assert f"val/{name}/{key}" in metrics
     assert metrics["val/loss"] == metrics["val/synth-a/mse"]
     assert metrics["val/synth-b/mse_over_train"] == pytest.approx(

@@ -32,12 +32,14 @@ def test_summary_reports_baseline_and_cross_model_ratios():
     for name, mse, base in (("target-a", 0.02, 0.08), ("target-b", 0.03, 0.09)):
         metrics |= {f"val/{name}/mse": mse, f"val/{name}/baseline_mse": base,
                     f"val/{name}/mse_over_baseline": mse / base, f"val/{name}/mse_over_train": mse / 0.02}
+    metrics |= {"val/target-b/neighbour_mse": 0.04, "val/target-b/mse_over_neighbour": 0.75}
     summary = DemoSummary(train_target="target-a", metrics=metrics, run_id="abc", experiment="demo-apmae",
                           tracking_uri="sqlite:///mlruns/mlflow.db", artifact_uri="file:///x", export_dir="out")
     text = "\n".join(summary.lines())
     assert ("training target target-a: AP-MAE 0.0200 | trivial mean pattern 0.0800 | AP-MAE/trivial 0.250"
             " | vs target-a x1.000") in text
-    assert "unseen target   target-b: AP-MAE 0.0300 | trivial mean pattern 0.0900 | AP-MAE/trivial 0.333" in text
+    assert ("unseen target   target-b: AP-MAE 0.0300 | trivial mean pattern 0.0900 | AP-MAE/trivial 0.333"
+            " | visible neighbours 0.0400 | AP-MAE/neighbours 0.750 | vs target-a x1.500") in text
     assert "vs target-a x1.500" in text and "make ui" in text and "abc" in text
     assert summary.ratio_to_baseline("target-a") == pytest.approx(0.25)
     assert "head metrics" not in text

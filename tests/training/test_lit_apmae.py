@@ -8,6 +8,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
+from apmae.baselines import band_neighbours, neighbour_patches
 from apmae.model import APMAE, APMAEConfig, masked_error
 from apmae.schedules import warmup_cosine
 from lit_models.apmae_module import LitAPMAE
@@ -93,14 +94,21 @@ def test_validation_metrics_match_independent_computation(tmp_path):
     module.eval()
     with torch.no_grad():
         for idx, name in enumerate(["synth-a", "synth-b"]):
-            sse = base_sse = count = 0.0
+            sse = base_sse = near_sse = count = 0.0
             for b, batch in enumerate(data.val_dataloader()[idx]):
                 out = module.net(batch["images"], noise=module.fixed_noise(batch["images"].shape[0], b, idx))
                 err = masked_error(out.pred, out.patches, out.mask, out.valid)
                 base = masked_error(module.net.patchify(mean), out.patches, out.mask, out.valid)
+                near = neighbour_patches(out.patches, out.mask, out.valid, module.net.patchify(mean),
+                                         band_neighbours(module.net.config.grid))
+                near_err = masked_error(near, out.patches, out.mask, out.valid)
                 sse, base_sse, count = sse + err.sse, base_sse + base.sse, count + err.count
+                near_sse = near_sse + near_err.sse
             assert float(metrics[f"val/{name}/mse"]) == pytest.approx(float(sse / count), rel=1e-5)
             assert float(metrics[f"val/{name}/baseline_mse"]) == pytest.approx(float(base_sse / count), rel=1e-5)
+            assert float(metrics[f"val/{name}/neighbour_mse"]) == pytest.approx(float(near_sse / count), rel=1e-5)
+            assert float(metrics[f"val/{name}/mse_over_neighbour"]) == pytest.approx(
+                float(sse / near_sse), rel=1e-5)
     a, b = float(metrics["val/synth-a/mse"]), float(metrics["val/synth-b/mse"])
     assert float(metrics["val/loss"]) == a
     assert float(metrics["val/synth-a/mse_over_train"]) == pytest.approx(1.0)
