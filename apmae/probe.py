@@ -39,10 +39,13 @@ class HeadProbe(nn.Module):
         hidden: K, width of the shared per-head network.
         extra_dim: E, per-scenario features added linearly to the logit (0 = none).
         dropout: dropout on the per-head hidden features while training.
+        norm: LayerNorm each head's features first (right for embeddings, whose dimensions share
+            one scale; wrong for a few heterogeneous statistics, which should come standardised
+            per feature instead: a LayerNorm across them mixes entropy with distances).
     """
 
     def __init__(self, *, n_layers: int, n_heads: int, in_dim: int, hidden: int = 64, extra_dim: int = 0,
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, norm: bool = True) -> None:
         super().__init__()
         for name, value in (("n_layers", n_layers), ("n_heads", n_heads), ("in_dim", in_dim), ("hidden", hidden)):
             if value < 1:
@@ -50,7 +53,7 @@ class HeadProbe(nn.Module):
         if extra_dim < 0 or not 0.0 <= dropout < 1.0:
             raise ValueError(f"extra_dim must be >= 0 and dropout in [0, 1), got {extra_dim} and {dropout}")
         self.n_layers, self.n_heads, self.in_dim, self.extra_dim = n_layers, n_heads, in_dim, extra_dim
-        self.norm = nn.LayerNorm(in_dim)
+        self.norm = nn.LayerNorm(in_dim) if norm else nn.Identity()
         self.embed = nn.Linear(in_dim, hidden)
         self.position = nn.Parameter(torch.zeros(n_layers * n_heads, hidden))
         nn.init.normal_(self.position, std=0.02)

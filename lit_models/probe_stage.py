@@ -71,10 +71,14 @@ class ProbeStage(nn.Module):
         common = dict(n_layers=n_layers, n_heads=n_heads, hidden=hidden, dropout=dropout)
         self.probes = nn.ModuleDict({
             "probe": HeadProbe(in_dim=width, **common),
-            "stats_probe": HeadProbe(in_dim=n_stats, **common),
+            "stats_probe": HeadProbe(in_dim=n_stats, norm=False, **common),  # fed standardised statistics
             "probe_confidence": HeadProbe(in_dim=width, extra_dim=1, **common),
         })
         self.register_buffer("reference", torch.zeros(n_layers, n_heads, width))  # training mean features
+        # Training mean and std of each head's pattern statistics: they live on unrelated scales (entropy in
+        # nats, distance in tokens, two masses in [0, 1]), so the stats probe sees them standardised.
+        self.register_buffer("stats_mean", torch.zeros(n_layers, n_heads, n_stats))
+        self.register_buffer("stats_std", torch.ones(n_layers, n_heads, n_stats))
         self.register_buffer("head_importance", torch.zeros(n_layers, n_heads))  # mean replacement, signed
         self.register_buffer("ig_importance", torch.zeros(n_layers, n_heads))  # integrated gradients
         self.register_buffer("confidence_threshold", torch.tensor(0.5))
@@ -98,8 +102,12 @@ class ProbeStage(nn.Module):
         """Logits (B,) of every trained predictor."""
         extra = batch["probability"].float().unsqueeze(-1)  # (B, 1)
         return {"probe": self.probes["probe"](features),
-                "stats_probe": self.probes["stats_probe"](batch["stats"].float()),
+                "stats_probe": self.probes["stats_probe"](self.standard_stats(batch["stats"])),
                 "probe_confidence": self.probes["probe_confidence"](features, extra)}
+
+    def standard_stats(self, stats: torch.Tensor) -> torch.Tensor:
+        """(B, L, H, F) pattern statistics standardised by the training split's mean and std."""
+        return (stats.float() - self.stats_mean) / self.stats_std
 
     def loss(self, logits: dict[str, torch.Tensor], correct: torch.Tensor) -> dict[str, torch.Tensor]:
         """Binary cross-entropy of each predictor; the predictors share no parameters, so their sum trains each."""
@@ -134,6 +142,8 @@ class ProbeStage(nn.Module):
     def fit_reference(self, batches: Any, net: nn.Module) -> None:
         """Training mean of each head's features and each task's share of correct scenarios."""
         total = torch.zeros_like(self.reference, dtype=torch.float64)
+        stats_sum = torch.zeros_like(self.stats_mean, dtype=torch.float64)
+        stats_sq = torch.zeros_like(self.stats_mean, dtype=torch.float64)
         n = 0
         correct = torch.zeros(MAX_TASKS, dtype=torch.float64)
         count = torch.zeros(MAX_TASKS, dtype=torch.float64)
@@ -141,6 +151,9 @@ class ProbeStage(nn.Module):
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             total += self.encoding_features(batch, net).sum(0).double()
+            stats = batch["stats"].double()
+            stats_sum += stats.sum(0)
+            stats_sq += stats.square().sum(0)
             n += len(batch["correct"])
             task = batch["task"].long().clamp_max(MAX_TASKS - 1).cpu()
             count.index_add_(0, task, torch.ones(len(task), dtype=torch.float64))
@@ -149,6 +162,10 @@ class ProbeStage(nn.Module):
             raise ValueError("the training split is empty after balancing: the probe has nothing to learn from; "
                              "mine more scenarios per task or change the splits")
         self.reference.copy_((total / n).float())
+        mean = stats_sum / n
+        std = (stats_sq / n - mean.square()).clamp_min(0).sqrt()
+        self.stats_mean.copy_(mean.float())
+        self.stats_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)).float())  # constant stats: keep 1
         share = torch.where(count > 0, correct / count.clamp_min(1), torch.full_like(count, 0.5))
         self.majority_share.copy_(share.float().to(device))
         self.fitted.fill_(True)

@@ -58,6 +58,8 @@ def test_planted_head_is_found_and_probe_is_far_above_chance(planted, tmp_path) 
     trainer, model = fit_probe(planted, tmp_path / "probe")
     metrics = trainer.callback_metrics
     assert float(metrics["val/probe/all/balanced_accuracy"]) >= 0.9
+    # previous-token band vs first-token sink: the planted head's first-token mass and distance tell them apart
+    assert float(metrics["val/stats_probe/all/balanced_accuracy"]) >= 0.9
     assert float(metrics["val/majority/all/balanced_accuracy"]) == pytest.approx(0.5)
     importance = read_head_table(tmp_path / "probe" / "importance.csv", "importance", n_layers=2, n_heads=4)
     top = np.unravel_index(np.argmax(np.abs(importance)), importance.shape)
