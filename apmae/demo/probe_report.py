@@ -32,6 +32,7 @@ class ProbeSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     interventions: list[str] = field(default_factory=list)
     patterns: list[str] = field(default_factory=list)
+    unscored: list[str] = field(default_factory=list)  # tasks with no test scenario left after balancing
 
     def table(self) -> list[str]:
         """Per task: balanced accuracy (AUROC) of every predictor, and the test count."""
@@ -45,6 +46,8 @@ class ProbeSummary:
                 auc = "  -  " if s.auroc != s.auroc else f"{s.auroc:.2f}"
                 cells.append(f"{s.balanced_accuracy:>10.3f} ({auc})")
             out.append(f"  {task:<24}" + "".join(f"{c:>17}" for c in cells) + f"{self.scores['probe'][task].n:>8}")
+        if self.unscored:
+            out.append(f"  not scored (one class only, nothing to balance): {', '.join(self.unscored)}")
         return out
 
     def lines(self) -> list[str]:
@@ -73,8 +76,13 @@ def probe_overrides(demo_dir: str) -> list[str]:
     ]
 
 
-def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True) -> ProbeSummary:
-    """Fit the probe, test its best checkpoint, cluster the encodings; returns what to print."""
+def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, reduction: str = "pca",
+                    workers: int = 1) -> ProbeSummary:
+    """Fit the probe, test its best checkpoint, cluster the encodings; returns what to print.
+
+    ``reduction`` is the clustering's (``pca``, or the paper's ``umap``: ~60 s more on two
+    cores for the demo's 32 heads), ``workers`` the processes clustering heads at once.
+    """
     from apmae.cli import cli_main
     from callbacks.interventions import Interventions
 
@@ -91,20 +99,24 @@ def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True) 
                            run_id=run_id, seconds=seconds,
                            interventions=[line for cb in cli.trainer.callbacks if isinstance(cb, Interventions)
                                           for line in cb.summary_lines()])
+    scored = cli.model.probe_scores["scores"]["probe"]
+    summary.unscored = [t for t in cli.datamodule.task_names if t not in scored]
     if patterns:
         start = time.perf_counter()
-        summary.patterns = _patterns(cli, demo_dir, run_id, getattr(logger, "_tracking_uri", None))
+        summary.patterns = _patterns(cli, demo_dir, run_id, getattr(logger, "_tracking_uri", None),
+                                     reduction=reduction, workers=workers)
         seconds["recurring patterns"] = time.perf_counter() - start
     return summary
 
 
-def _patterns(cli: Any, demo_dir: str, run_id: str | None, tracking_uri: str | None) -> list[str]:
+def _patterns(cli: Any, demo_dir: str, run_id: str | None, tracking_uri: str | None, *, reduction: str,
+              workers: int) -> list[str]:
     from apmae.patterns_run import run_recurring_patterns
 
     data = cli.datamodule
     name = data.train_target_name
     report = run_recurring_patterns(data.encodings[name], data.caches[name], Path(demo_dir) / "patterns",
-                                    run_id=run_id, tracking_uri=tracking_uri)
+                                    reduction=reduction, workers=workers, run_id=run_id, tracking_uri=tracking_uri)
     neural = cli.model.probe_scores["scores"]["probe"]["all"]
     return [*report.lines(), f"  neural AP-MAE probe, test: balanced accuracy {neural.balanced_accuracy:.3f}, "
                              f"AUROC {neural.auroc:.3f} (n={neural.n}, class-balanced)"]

@@ -106,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-dir", default="artifacts/demo", help="where `make demo` built the inputs")
     parser.add_argument("--config", default=DEFAULT_CONFIG)
     parser.add_argument("--skip-probe", action="store_true", help="stop after AP-MAE (no probe, interventions, clusters)")
+    parser.add_argument("--patterns", default="pca", choices=["pca", "umap", "none"],
+                        help="reduction before HDBSCAN in the recurring-patterns stage (umap: the paper's, slower)")
+    parser.add_argument("--pattern-workers", type=int, default=None,
+                        help="processes clustering heads at once (default: 2 for umap, 1 otherwise)")
     args, extra = parser.parse_known_args(argv)
     for name in ("eval-corpus", "tokenizer", "target-a", "target-b"):
         if not (Path(args.demo_dir) / name).is_dir():
@@ -124,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.skip_probe:
         return 0
-    probe = run_probe_stage(args.config, args.demo_dir)
+    probe = run_probe_stage(args.config, args.demo_dir, reduction=args.patterns,
+                            workers=args.pattern_workers or (2 if args.patterns == "umap" else 1))
     print("\n".join(probe.lines()))
     seconds.update(probe.seconds)
     print("Stage times: " + " | ".join(f"{k} {_minutes(v)}" for k, v in seconds.items()))

@@ -52,3 +52,23 @@ def test_summary_reports_baseline_and_cross_model_ratios():
 def test_missing_inputs_are_named(tmp_path):
     with pytest.raises(SystemExit, match="eval-corpus is missing"):
         main(["--demo-dir", str(tmp_path)])
+
+
+def test_probe_table_lists_every_predictor_and_the_unscored_tasks():
+    from apmae.demo.probe_report import COLUMNS, ProbeSummary
+    from apmae.probe_metrics import BinaryScores
+
+    def scores(ba: float, auc: float, n: int) -> BinaryScores:
+        return BinaryScores(accuracy=ba, balanced_accuracy=ba, auroc=auc, f1=ba, n=n)
+
+    table = {key: {"eol": scores(0.625, 0.7, 8), "all": scores(0.6, float("nan"), 8)} for key, _ in COLUMNS}
+    table["probe"]["eol"] = scores(0.75, 0.81, 8)
+    summary = ProbeSummary(scores=table, export_dir="out/probe", run_id="r1", unscored=["noise"])
+    lines = summary.table()
+    assert all(header in lines[1] for _, header in COLUMNS) and lines[1].rstrip().endswith("n test")
+    eol = next(line for line in lines if line.strip().startswith("eol"))
+    assert eol.split()[1:4] == ["0.750", "(0.81)", "0.625"] and eol.split()[-1] == "8"
+    assert "(  -  )" in next(line for line in lines if line.strip().startswith("all"))  # NaN AUROC shown as a dash
+    assert lines[-1] == "  not scored (one class only, nothing to balance): noise"
+    text = "\n".join(summary.lines())
+    assert "out/probe/heatmap.png" in text and "r1" in text
