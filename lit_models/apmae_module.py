@@ -211,10 +211,9 @@ class LitAPMAE(ProbeTraining, LightningModule):
             # One fused kernel over all parameters instead of a loop over tensors: for the paper
             # preset's 127 M parameters 0.14 s instead of 0.79 s per step on one CPU core.
             fused = all(p.device.type in FUSED_ADAMW_DEVICES for group in groups for p in group["params"])
-            # Lightning's mixed-precision plugin refuses to clip the gradients of an optimizer that
-            # unscales them itself (the fused kernels do), so a clipped mixed-precision run uses
-            # the foreach kernel instead.
-            fused = fused and not self._clips_under_mixed_precision()
+            # With a loss scaler (16-mixed) the fused kernel unscales the gradients inside its step, so
+            # they are still scaled when clipped: such runs use the foreach kernel instead.
+            fused = fused and not (self._clip_value() and self._loss_scaler() is not None)
             optimizer = torch.optim.AdamW(groups, lr=self.learning_rate(), betas=tuple(self.hparams.betas), fused=fused)
         if self._scheduler_factory is not None:
             scheduler = self._scheduler_factory(optimizer)
@@ -229,12 +228,30 @@ class LitAPMAE(ProbeTraining, LightningModule):
             )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _clips_under_mixed_precision(self) -> bool:
+    def _clip_value(self) -> float:
         trainer = self._trainer
-        if trainer is None:
-            return False
-        clip = trainer.gradient_clip_val
-        return bool(clip) and float(clip) > 0 and "mixed" in str(trainer.precision)
+        return float(trainer.gradient_clip_val or 0.0) if trainer is not None else 0.0
+
+    def _loss_scaler(self) -> Any:
+        trainer = self._trainer
+        return getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Any = None,
+                                    gradient_clip_algorithm: Optional[str] = None) -> None:
+        """Clip as Lightning does; a fused optimizer under bf16-mixed is clipped here directly.
+
+        Lightning's mixed-precision plugin refuses to clip for any optimizer that unscales its own
+        gradients (the fused kernels), even without a loss scaler. Under bf16-mixed there is none,
+        so the gradients are already the true ones and clipping them directly is exact.
+        """
+        fused = bool(getattr(optimizer, "defaults", {}).get("fused"))
+        if not (gradient_clip_val and fused and self._loss_scaler() is None):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if gradient_clip_algorithm in (None, "norm"):
+            torch.nn.utils.clip_grad_norm_(params, float(gradient_clip_val))
+        else:
+            torch.nn.utils.clip_grad_value_(params, float(gradient_clip_val))
 
     def learning_rate(self) -> float:
         """The run's peak LR: ``lr`` if given, else ``base_lr`` scaled by the effective batch size."""

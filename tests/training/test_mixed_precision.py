@@ -157,3 +157,22 @@ def test_the_paper_command_runs_to_the_end_under_bf16_mixed(tmp_path, tiny_token
     assert "figures/epoch_0000/grid.png" in figures
     assert {a.path for a in client.list_artifacts(run.info.run_id, "apmae_net")} == {
         "apmae_net/config.json", "apmae_net/model.safetensors"}
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_fused_optimizer_gradients_are_clipped_to_the_norm_under_every_cpu_precision(precision):
+    module = LitAPMAE(seq_len=32, net_overrides=MICRO_NET, lr=1e-3)
+    trainer = Trainer(accelerator="cpu", precision=precision, gradient_clip_val=0.5, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False)
+    module.trainer = trainer
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert optimizer.defaults["fused"] is True  # no loss scaler on a CPU: the fused kernel is kept
+    params = [p for p in module.parameters() if p.requires_grad]
+    for i, p in enumerate(params):
+        p.grad = torch.full_like(p, float(i % 3 + 1))
+    before = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    direction = [p.grad / before for p in params]
+    module.configure_gradient_clipping(optimizer, 0.5, "norm")
+    after = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    assert before > 10 and after == pytest.approx(0.5, rel=1e-4)
+    assert all(torch.allclose(p.grad / after, d, rtol=1e-4) for p, d in zip(params, direction))  # rescaled only
