@@ -12,9 +12,10 @@ optimiser recipe of the paper, metrics and export. Metrics, per validation
 - ``val/<target>/baseline_mse``: the same pixels predicted by the per-pixel
   mean pattern of the training set (a trivial reconstruction), same masks;
 - ``val/<target>/mse_over_baseline``: AP-MAE error / trivial error (< 1 is better);
-- ``val/<target>/neighbour_mse``: the same pixels predicted from the visible patches
-  of the same row and column bands (:func:`apmae.baselines.neighbour_patches`), a
-  stronger trivial reconstruction; ``mse_over_neighbour`` is AP-MAE's error over it;
+- ``val/<target>/neighbour_mse``: the same pixels predicted by the mean pattern plus
+  the image's departure from it in the visible patches of the same row and column
+  bands (:func:`apmae.baselines.neighbour_patches`), a stronger trivial
+  reconstruction; ``mse_over_neighbour`` is AP-MAE's error over it;
 - ``val/<target>/mse_over_train``: error on this target / error on the training
   target (the paper's "minimal degradation on unseen models", measured);
 - ``val/loss``: ``val/<training target>/mse``, the value checkpoints monitor.

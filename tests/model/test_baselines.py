@@ -23,7 +23,7 @@ def test_band_neighbours_of_a_two_by_two_grid():
 def test_masked_patches_are_predicted_from_visible_band_neighbours_only():
     patches = torch.tensor([1.0, 2.0, 4.0]).view(1, 3, 1)  # one-pixel patches a, b, c
     valid = torch.ones(3, 1)
-    fallback = torch.full((1, 3, 1), -1.0)
+    fallback = torch.full((1, 3, 1), -1.0)  # a constant reference: departures from it average like values
     near = band_neighbours(2)
     # c hidden: its only band neighbour is b -> 2
     pred = neighbour_patches(patches, torch.tensor([[0.0, 0.0, 1.0]]), valid, fallback, near)
@@ -51,3 +51,13 @@ def test_pixels_above_the_diagonal_of_a_neighbour_are_never_averaged():
     mask = torch.tensor([[0.0, 1.0, 0.0]])
     pred = neighbour_patches(patches, mask, valid, torch.zeros(1, 3, 4), band_neighbours(2))
     assert pred[0, 1].tolist() == [2.0, 0.0, 3.0, 4.0]
+
+
+def test_the_reference_keeps_each_position_structure_and_neighbours_add_their_departure():
+    reference = torch.tensor([10.0, 20.0, 30.0]).view(1, 3, 1)  # the mean pattern differs per position
+    patches = torch.tensor([11.0, 22.0, 33.0]).view(1, 3, 1)  # this image: +1, +2, +3 above it
+    valid, near = torch.ones(3, 1), band_neighbours(2)
+    pred = neighbour_patches(patches, torch.tensor([[0.0, 0.0, 1.0]]), valid, reference, near)
+    assert pred[0, 2, 0] == 32.0  # (1, 1): its reference 30 plus the departure +2 of (1, 0)
+    pred = neighbour_patches(patches, torch.tensor([[0.0, 1.0, 0.0]]), valid, reference, near)
+    assert pred[0, 1, 0] == 22.0  # (1, 0): 20 plus the mean departure of (0, 0) and (1, 1), +2
