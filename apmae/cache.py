@@ -37,7 +37,6 @@ workers can share one :class:`AttentionCache` object.
 from __future__ import annotations
 
 import datetime
-import glob as globlib
 import json
 import os
 import re
@@ -51,6 +50,7 @@ import h5py
 import numpy as np
 
 from apmae.codec import DEFAULT_ENCODING, ENCODINGS, decode_stored, encode_stored, packed_width, stored_dtype
+from apmae.files import expand_files
 from apmae.triangle import from_triangle, triangle_size
 
 SCHEMA_VERSION = 2
@@ -530,17 +530,7 @@ class AttentionCache:
 
 
 def _expand(paths: str | Path | Sequence[str | Path]) -> list[Path]:
-    if isinstance(paths, (str, Path)):
-        text = str(paths)
-        found = sorted(globlib.glob(text)) if any(c in text for c in "*?[") else [text]
-    else:
-        found = [str(p) for p in paths]
-    if not found:
-        raise CacheError(f"no attention cache files match {paths!r}")
-    missing = [p for p in found if not Path(p).is_file()]
-    if missing:
-        raise CacheError(f"attention cache file(s) {missing} do not exist; build the cache first")
-    return [Path(p) for p in found]
+    return expand_files(paths, what="attention cache", hint="build the cache first", error=CacheError)
 
 
 def cache_files(cache_dir: str | Path, name: str) -> list[Path]:

@@ -37,7 +37,6 @@ scenario order.
 from __future__ import annotations
 
 import datetime
-import glob as globlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -46,6 +45,8 @@ from typing import Any, Iterator, Sequence
 
 import h5py
 import numpy as np
+
+from apmae.files import expand_files
 
 SCHEMA_VERSION = 2  # 2: shard attributes (rank, world size, group fingerprint)
 STAT_NAMES = ("entropy", "mean_distance", "first_token_mass", "diagonal_mass")
@@ -359,17 +360,7 @@ def _check_shards(shards: list[_Shard], require_complete: bool) -> None:
 
 
 def _expand(paths: str | Path | Sequence[str | Path]) -> list[Path]:
-    if isinstance(paths, (str, Path)):
-        text = str(paths)
-        found = sorted(globlib.glob(text)) if any(c in text for c in "*?[") else [text]
-    else:
-        found = [str(p) for p in paths]
-    if not found:
-        raise EncodingsError(f"no encodings files match {paths!r}; compute them first")
-    missing = [p for p in found if not Path(p).is_file()]
-    if missing:
-        raise EncodingsError(f"encodings file(s) {missing} do not exist; compute them first")
-    return [Path(p) for p in found]
+    return expand_files(paths, what="encodings", hint="compute them first", error=EncodingsError)
 
 
 class EncodingSet:

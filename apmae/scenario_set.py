@@ -103,3 +103,25 @@ class ScenarioSet:
 
 _COLUMNS = ("input_ids", "label_ids", "label_len", "middle_pos", "task", "source_id",
             "span_start", "span_end", "split")
+
+
+def source_seq_len(source: Any) -> int:
+    """S of a scenario source: a saved ScenarioSet ``.npz`` path, or anything with ``seq_len``
+    (a ScenarioSet, a scenario DataModule), read without loading the whole set."""
+    if not isinstance(source, (str, Path)):
+        return int(source.seq_len)
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"scenarios={str(path)!r} is not a file; pass a ScenarioSet .npz or a scenario DataModule")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return int(z["input_ids"].shape[1])
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"cannot read scenario set {path}: {e}") from e
+
+
+def load_source(source: Any) -> "ScenarioSet":
+    """The ScenarioSet of a source: a saved ``.npz`` path, or a scenario DataModule's set."""
+    if isinstance(source, (str, Path)):
+        return ScenarioSet.load(source)
+    return source.scenario_set()

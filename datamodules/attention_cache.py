@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from apmae.cache import DEFAULT_COMPRESSION, AttentionCache, CacheMismatchError, cache_files
 from apmae.codec import DEFAULT_ENCODING
 from apmae.extract import target_short_name
-from apmae.scenario_set import SPLITS, ScenarioSet
+from apmae.scenario_set import SPLITS, ScenarioSet, load_source, source_seq_len
 from datamodules.java_scenarios import JavaScenarioDataModule
 
 MODES = ("heads", "scenarios")
@@ -299,21 +299,10 @@ class AttentionCacheDataModule(L.LightningDataModule):
 
     # -- scenarios
     def _scenario_seq_len(self) -> int:
-        if not isinstance(self.scenarios, (str, Path)):
-            return int(self.scenarios.seq_len)
-        path = Path(self.scenarios)
-        if not path.is_file():
-            raise ValueError(f"scenarios={str(path)!r} is not a file; pass a ScenarioSet .npz or a scenario DataModule")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return int(z["input_ids"].shape[1])
-        except (OSError, ValueError, KeyError) as e:
-            raise ValueError(f"cannot read scenario set {path}: {e}") from e
+        return source_seq_len(self.scenarios)
 
     def scenario_set(self) -> ScenarioSet:
-        if isinstance(self.scenarios, (str, Path)):
-            return ScenarioSet.load(self.scenarios)
-        return self.scenarios.scenario_set()
+        return load_source(self.scenarios)
 
     # -- building
     def _world(self) -> tuple[int, int, int]:

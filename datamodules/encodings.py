@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from apmae.cache import cache_files, shard_path
 from apmae.encodings import KINDS, EncodingSet, EncodingsError, EncodingsMismatchError
-from apmae.scenario_set import ScenarioSet
+from apmae.scenario_set import ScenarioSet, load_source, source_seq_len
 from datamodules.attention_cache import select_rows, target_short_name
 from datamodules.java_scenarios import JavaScenarioDataModule
 
@@ -170,21 +170,10 @@ class EncodingsDataModule(L.LightningDataModule):
         self._built = False
 
     def _scenario_seq_len(self) -> int:
-        if not isinstance(self.scenarios, (str, Path)):
-            return int(self.scenarios.seq_len)
-        path = Path(self.scenarios)
-        if not path.is_file():
-            raise ValueError(f"scenarios={str(path)!r} is not a file; pass a ScenarioSet .npz or a scenario DataModule")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return int(z["input_ids"].shape[1])
-        except (OSError, ValueError, KeyError) as e:
-            raise ValueError(f"cannot read scenario set {path}: {e}") from e
+        return source_seq_len(self.scenarios)
 
     def scenario_set(self) -> ScenarioSet:
-        if isinstance(self.scenarios, (str, Path)):
-            return ScenarioSet.load(self.scenarios)
-        return self.scenarios.scenario_set()
+        return load_source(self.scenarios)
 
     # -- facts the probe reads (None before setup)
     @property

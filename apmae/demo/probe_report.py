@@ -63,17 +63,11 @@ class ProbeSummary:
 
 def probe_overrides(demo_dir: str) -> list[str]:
     """CLI overrides that point the stacked probe config at ``demo_dir``."""
+    from apmae.demo.run import input_overrides
+
     d = Path(demo_dir)
-    return [
-        f"--data.init_args.target={d / 'target-a'}",
-        f"--data.init_args.cache_dir={d / 'cache'}",
-        f"--data.init_args.scenarios.init_args.sources={d / 'eval-corpus'}",
-        f"--data.init_args.scenarios.init_args.tokenizer={d / 'tokenizer'}",
-        f"--data.init_args.scenarios.init_args.cache_dir={d / 'scenarios'}",
-        f"--trainer.default_root_dir={d / 'probe-runs'}",
-        f"--model.init_args.encoder={d / 'apmae'}",
-        f"--model.init_args.export_dir={d / 'probe'}",
-    ]
+    return [*input_overrides(demo_dir), f"--trainer.default_root_dir={d / 'probe-runs'}",
+            f"--model.init_args.encoder={d / 'apmae'}", f"--model.init_args.export_dir={d / 'probe'}"]
 
 
 def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, reduction: str = "pca",

@@ -65,19 +65,23 @@ class DemoSummary:
         return out
 
 
-def demo_overrides(demo_dir: str) -> list[str]:
-    """CLI overrides that point the demo config at ``demo_dir`` instead of artifacts/demo."""
+def input_overrides(demo_dir: str) -> list[str]:
+    """CLI overrides pointing a demo config's target, caches and scenarios at ``demo_dir``."""
     d = Path(demo_dir)
     return [
         f"--data.init_args.target={d / 'target-a'}",
-        f"--data.init_args.extra_targets=[{d / 'target-b'}]",
         f"--data.init_args.cache_dir={d / 'cache'}",
         f"--data.init_args.scenarios.init_args.sources={d / 'eval-corpus'}",
         f"--data.init_args.scenarios.init_args.tokenizer={d / 'tokenizer'}",
         f"--data.init_args.scenarios.init_args.cache_dir={d / 'scenarios'}",
-        f"--trainer.default_root_dir={d / 'runs'}",
-        f"--model.init_args.export_dir={d / 'apmae'}",
     ]
+
+
+def demo_overrides(demo_dir: str) -> list[str]:
+    """CLI overrides that point the demo config at ``demo_dir`` instead of artifacts/demo."""
+    d = Path(demo_dir)
+    return [*input_overrides(demo_dir), f"--data.init_args.extra_targets=[{d / 'target-b'}]",
+            f"--trainer.default_root_dir={d / 'runs'}", f"--model.init_args.export_dir={d / 'apmae'}"]
 
 
 def summarize(cli: Any) -> DemoSummary:
