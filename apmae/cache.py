@@ -80,6 +80,17 @@ class CacheMismatchError(CacheError):
     """A cache file was written for another model, sequence length, scenario set or sharding."""
 
 
+def check_pattern_kind(pattern_kind: str) -> str:
+    """``pattern_kind`` itself when it is one of :data:`PATTERN_KINDS`.
+
+    Raises:
+        ValueError: another kind, saying which exist.
+    """
+    if pattern_kind not in PATTERN_KINDS:
+        raise ValueError(f"pattern_kind={pattern_kind!r}; use one of {PATTERN_KINDS}")
+    return pattern_kind
+
+
 def shard_path(cache_dir: str | Path, name: str, rank: int) -> Path:
     """``<cache_dir>/<name>.rank<k>.h5``: the file rank ``k`` writes."""
     return Path(cache_dir) / f"{name}.rank{rank}.h5"
@@ -195,8 +206,7 @@ class CacheWriter:
             raise ValueError(f"compression={spec.compression!r}; use one of {COMPRESSIONS}")
         if spec.encoding not in ENCODINGS:
             raise ValueError(f"encoding={spec.encoding!r}; use one of {ENCODINGS}")
-        if spec.pattern_kind not in PATTERN_KINDS:
-            raise ValueError(f"pattern_kind={spec.pattern_kind!r}; use one of {PATTERN_KINDS}")
+        check_pattern_kind(spec.pattern_kind)
         rows = shard_rows(spec.n_scenarios, spec.shard_rank, spec.shard_world_size)
         if path.exists():
             f = _open_h5(path, "r+")
@@ -364,8 +374,8 @@ class AttentionCache:
 
     def __init__(self, paths: str | Path | Sequence[str | Path], *, require_complete: bool = True,
                  pattern_kind: str | None = None) -> None:
-        if pattern_kind is not None and pattern_kind not in PATTERN_KINDS:
-            raise ValueError(f"pattern_kind={pattern_kind!r}; use one of {PATTERN_KINDS} or None")
+        if pattern_kind is not None:
+            check_pattern_kind(pattern_kind)
         self.paths = _expand(paths)
         self.attrs: dict[str, Any] = {}
         self._shards: list[_Shard] = []
