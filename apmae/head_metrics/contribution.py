@@ -29,6 +29,7 @@ expanded to query heads as the model itself does (see
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -94,14 +95,18 @@ def _divide_rows(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Te
 def capture_values(layers: list[AttentionLayer]) -> Iterator[dict[int, torch.Tensor]]:
     """Forward hooks on every layer's ``v_proj``; yields ``{layer: output (B, S, Hkv*hd)}`` of the last forward.
 
+    Only forward passes of the calling thread are captured: extraction runs
+    batches of one model in several threads at once, each with its own hooks.
     The hooks are removed on exit, also when the block raises.
     """
     captured: dict[int, torch.Tensor] = {}
     handles = []
+    owner = threading.get_ident()
 
     def hook_for(index: int):
         def hook(module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
-            captured[index] = output.detach()
+            if threading.get_ident() == owner:
+                captured[index] = output.detach()
         return hook
 
     try:
