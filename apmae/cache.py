@@ -11,7 +11,7 @@ Layout of one file::
     input_ids (N, S) int32, label_ids (N, K) int32, label_len, prediction (int32),
     probability, loss (float32), correct (uint8), task (int16), source_id (str),
     span_start, span_end (int64), split (int8)
-    attrs: schema_version, encoding, target (JSON), seq_len, n_layers, n_heads,
+    attrs: schema_version, encoding, pattern_kind, target (JSON), seq_len, n_layers, n_heads,
            scenario_fingerprint, scenario_meta, task_names, n_scenarios,
            shard_rank, shard_world_size, shard_rows, apmae_version, created,
            compression, committed
@@ -27,6 +27,12 @@ packing, so on a CPU machine it costs more time than the model's forward
 pass. ``compression="gzip"`` (chunks deflated in parallel threads) with
 ``encoding="bfloat16-bits"`` is the smallest option when disk matters more
 than time.
+
+``pattern_kind`` says what the patterns are: ``attention`` (the softmax
+weights) or ``contribution`` (each head's norm-based contribution weights,
+:mod:`apmae.head_metrics.contribution`; same shape, non-negative, rows sum to
+1). It is part of the file's identity, so one file, or one set of shards,
+never mixes the two; files written before the attribute hold attention.
 
 ``committed`` is written only after a batch's rows are flushed, so a run
 killed at any point resumes exactly where it stopped. The reader needs only
@@ -56,6 +62,8 @@ from apmae.triangle import from_triangle, triangle_size
 SCHEMA_VERSION = 2
 COMPRESSIONS = ("none", "lzf", "gzip")
 DEFAULT_COMPRESSION = "none"
+PATTERN_KINDS = ("attention", "contribution")
+DEFAULT_PATTERN_KIND = "attention"
 _CHUNK_BYTES = 1 << 16  # a chunk holds about one S=256 head: one head read touches one chunk
 _GZIP_LEVEL = 1  # level 4 saves only ~2 % more on attention patterns and compresses much slower
 
@@ -70,6 +78,17 @@ class CacheError(ValueError):
 
 class CacheMismatchError(CacheError):
     """A cache file was written for another model, sequence length, scenario set or sharding."""
+
+
+def check_pattern_kind(pattern_kind: str) -> str:
+    """``pattern_kind`` itself when it is one of :data:`PATTERN_KINDS`.
+
+    Raises:
+        ValueError: another kind, saying which exist.
+    """
+    if pattern_kind not in PATTERN_KINDS:
+        raise ValueError(f"pattern_kind={pattern_kind!r}; use one of {PATTERN_KINDS}")
+    return pattern_kind
 
 
 def shard_path(cache_dir: str | Path, name: str, rank: int) -> Path:
@@ -99,6 +118,7 @@ class CacheSpec:
     shard_world_size: int = 1
     compression: str = DEFAULT_COMPRESSION
     encoding: str = DEFAULT_ENCODING
+    pattern_kind: str = DEFAULT_PATTERN_KIND  # one of PATTERN_KINDS
 
     def attrs(self) -> dict[str, Any]:
         """The file attributes this spec fixes (what :func:`identity_of` reads back, plus compression)."""
@@ -106,7 +126,7 @@ class CacheSpec:
         return {"target": json.dumps(t), "seq_len": self.seq_len, "n_layers": t["n_layers"], "n_heads": t["n_heads"],
                 "scenario_fingerprint": self.scenario_fingerprint, "n_scenarios": self.n_scenarios,
                 "shard_rank": self.shard_rank, "shard_world_size": self.shard_world_size,
-                "encoding": self.encoding, "compression": self.compression}
+                "encoding": self.encoding, "pattern_kind": self.pattern_kind, "compression": self.compression}
 
     def identity(self) -> dict[str, Any]:
         return identity_of(self.attrs())
@@ -119,12 +139,16 @@ def identity_of(attrs: Mapping[str, Any]) -> dict[str, Any]:
             "seq_len": int(attrs["seq_len"]), "dtype": target["dtype"],
             "scenario_fingerprint": str(attrs["scenario_fingerprint"]), "n_scenarios": int(attrs["n_scenarios"]),
             "shard_rank": int(attrs["shard_rank"]), "shard_world_size": int(attrs["shard_world_size"]),
-            "encoding": str(attrs["encoding"])}
+            "encoding": str(attrs["encoding"]),
+            # files written before the attribute hold attention
+            "pattern_kind": str(attrs.get("pattern_kind", DEFAULT_PATTERN_KIND))}
 
 
 def check_identity(found: Mapping[str, Any], expected: Mapping[str, Any], path: str | Path) -> None:
     """Raise :class:`CacheMismatchError` naming every key of ``expected`` on which ``found`` differs."""
-    diffs = [f"{k}: file has {found[k]!r}, this run {expected[k]!r}" for k in expected if found[k] != expected[k]]
+    hints = {"pattern_kind": " (attention and contribution patterns never share a file)"}
+    diffs = [f"{k}: file has {found[k]!r}, this run {expected[k]!r}{hints.get(k, '')}"
+             for k in expected if found[k] != expected[k]]
     if diffs:
         raise CacheMismatchError(
             f"attention cache {path} was written for a different run ({'; '.join(diffs)}); "
@@ -164,6 +188,7 @@ class CacheWriter:
         self.path, self._f, self._scenarios, self.rows = path, file, scenarios, rows
         self.committed = int(file.attrs["committed"])
         self.encoding = str(file.attrs["encoding"])
+        self.pattern_kind = identity_of(file.attrs)["pattern_kind"]
         # HDF5 runs its filters in one thread; deflate in Python threads (zlib releases the GIL) scales
         self._pool = ThreadPoolExecutor(_compress_threads()) if file["patterns"].compression == "gzip" else None
 
@@ -173,7 +198,7 @@ class CacheWriter:
 
         Raises:
             CacheMismatchError: the existing file was written for another
-                model, S, scenario set or sharding (names every difference).
+                model, S, scenario set, sharding, encoding or pattern kind (names every difference).
             CacheError: the existing file is corrupt or truncated.
         """
         path = Path(path)
@@ -181,6 +206,7 @@ class CacheWriter:
             raise ValueError(f"compression={spec.compression!r}; use one of {COMPRESSIONS}")
         if spec.encoding not in ENCODINGS:
             raise ValueError(f"encoding={spec.encoding!r}; use one of {ENCODINGS}")
+        check_pattern_kind(spec.pattern_kind)
         rows = shard_rows(spec.n_scenarios, spec.shard_rank, spec.shard_world_size)
         if path.exists():
             f = _open_h5(path, "r+")
@@ -336,15 +362,28 @@ class AttentionCache:
     are numpy arrays, as properties (``cache.correct``, ``cache.task``, ...) and
     by name in the ``columns`` dict; patterns are read on demand through handles
     opened lazily in each process (safe to pickle into DataLoader workers).
+
+    ``pattern_kind`` (one of :data:`PATTERN_KINDS`), when given, is the kind
+    the files must hold; ``None`` accepts either (see :attr:`pattern_kind`).
+
+    Raises:
+        CacheMismatchError: shards of different caches (another model, kind, ...)
+            or files of another ``pattern_kind``.
+        CacheError: missing, corrupt or (with ``require_complete``) incomplete files.
     """
 
-    def __init__(self, paths: str | Path | Sequence[str | Path], *, require_complete: bool = True) -> None:
+    def __init__(self, paths: str | Path | Sequence[str | Path], *, require_complete: bool = True,
+                 pattern_kind: str | None = None) -> None:
+        if pattern_kind is not None:
+            check_pattern_kind(pattern_kind)
         self.paths = _expand(paths)
         self.attrs: dict[str, Any] = {}
         self._shards: list[_Shard] = []
         self._handles: dict[int, h5py.File] = {}
         self._pid = os.getpid()
         self._load_metadata(require_complete)
+        if pattern_kind is not None:
+            check_identity(self.identity, {"pattern_kind": pattern_kind}, self.paths[0])
 
     # -- opening
     def _load_metadata(self, require_complete: bool) -> None:
@@ -363,6 +402,10 @@ class AttentionCache:
                     raise CacheError(f"attention cache {path} is corrupt ({e}); delete it to rebuild") from e
                 shard_of.append(np.full(n, k))
                 local.append(np.arange(n))
+        world = self.identity["shard_world_size"]
+        if require_complete and len(self.paths) != world:
+            raise CacheError(f"cache {self.paths[0]} is one of {world} shards but {len(self.paths)} were given; "
+                             "pass every <name>.rank<k>.h5 file")
         order = np.argsort(np.concatenate(columns["scenario_index"]), kind="stable")
         self._shard_of = np.concatenate(shard_of)[order]
         self._local = np.concatenate(local)[order]
@@ -375,11 +418,7 @@ class AttentionCache:
         if first:
             self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
             self.attrs.pop("committed")
-            world = ident["shard_world_size"]
-            if require_complete and len(self.paths) != world:
-                raise CacheError(f"cache {path} is one of {world} shards but {len(self.paths)} were given; "
-                                 "pass every <name>.rank<k>.h5 file")
-        else:
+        else:  # before the shard count: files of another cache are named as such
             check_identity(ident, {**self.identity, "shard_rank": ident["shard_rank"]}, path)
         if require_complete and int(f.attrs["committed"]) != int(f.attrs["shard_rows"]):
             raise CacheError(f"cache {path} is incomplete ({int(f.attrs['committed'])} of "
@@ -422,6 +461,11 @@ class AttentionCache:
     @property
     def target(self) -> dict[str, Any]:
         return json.loads(self.attrs["target"])
+
+    @property
+    def pattern_kind(self) -> str:
+        """``attention`` or ``contribution``: what the stored patterns are."""
+        return self.identity["pattern_kind"]
 
     @property
     def task_names(self) -> list[str]:

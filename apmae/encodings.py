@@ -18,8 +18,8 @@ written as one HDF5 file per (pattern source, encoder)::
            n_heads, dim, task_names, target (JSON), n_rows, scenario_fingerprint,
            shard_rank, shard_world_size, group_fingerprint, created, committed
 
-``source_fingerprint`` identifies the exact target, scenarios and rows
-(:func:`source_fingerprint`; for a pattern cache :func:`cache_fingerprint`) and
+``source_fingerprint`` identifies the exact target, scenarios, rows and
+pattern kind (:func:`source_fingerprint`; for a pattern cache :func:`cache_fingerprint`) and
 ``encoder_hash`` the exact encoder weights (:func:`encoder_hash`); a file whose
 identity differs is refused, never used. Rows are appended in order and
 ``committed`` moves only after they are flushed, so an interrupted build
@@ -86,19 +86,22 @@ def encoder_hash(net: Any) -> str:
 
 
 def source_fingerprint(target: dict[str, Any], scenario_fingerprint: str, seq_len: int,
-                       scenario_index: np.ndarray) -> str:
-    """16 hex digits identifying encodings' source: the target (its summary), scenario set, S and rows."""
+                       scenario_index: np.ndarray, pattern_kind: str = "attention") -> str:
+    """16 hex digits identifying encodings' source: the target (its summary), scenario set, S, rows and
+    the kind of pattern encoded (:data:`apmae.cache.PATTERN_KINDS`)."""
     h = hashlib.sha256(json.dumps(target, sort_keys=True, default=str).encode())
     h.update(str(scenario_fingerprint).encode())
     h.update(str(int(seq_len)).encode())
     h.update(np.ascontiguousarray(scenario_index, dtype=np.int64).tobytes())
+    if pattern_kind != "attention":  # attention sources keep the fingerprints they had before kinds existed
+        h.update(pattern_kind.encode())
     return h.hexdigest()[:16]
 
 
 def cache_fingerprint(cache: Any) -> str:
-    """The :func:`source_fingerprint` of an attention cache's target, scenarios and rows."""
+    """The :func:`source_fingerprint` of a pattern cache's target, scenarios, rows and pattern kind."""
     return source_fingerprint(cache.target, str(cache.attrs["scenario_fingerprint"]), cache.seq_len,
-                              cache.columns["scenario_index"])
+                              cache.columns["scenario_index"], cache.pattern_kind)
 
 
 # ---------------------------------------------------------------- statistics

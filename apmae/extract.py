@@ -5,7 +5,7 @@ resume an interrupted one, or load the model and extract), as a notebook or
 the DataModule calls it; ``extract`` writes one shard with a loaded target.
 
 Glossary: B scenarios per batch, S tokens, L layers, H query heads, T = S(S+1)/2 lower-triangle
-entries of one head's pattern.
+entries of one head's pattern, W stored elements per head (apmae.codec.packed_width).
 
 Per batch: one eager forward pass, each layer rounded to bfloat16 on the
 model's device and its lower triangles gathered (only 2T bytes per head cross
@@ -32,8 +32,8 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from apmae.cache import (DEFAULT_COMPRESSION, AttentionCache, CacheError, CacheMismatchError, CacheSpec, CacheWriter,
-                         cache_files, check_identity, shard_path)
+from apmae.cache import (DEFAULT_COMPRESSION, DEFAULT_PATTERN_KIND, AttentionCache, CacheError, CacheMismatchError,
+                         CacheSpec, CacheWriter, cache_files, check_identity, check_pattern_kind, shard_path)
 from apmae.codec import DEFAULT_ENCODING
 from apmae.scenario_set import ScenarioSet
 
@@ -67,6 +67,7 @@ def extract(
     compression: str = DEFAULT_COMPRESSION,
     encoding: str = DEFAULT_ENCODING,
     workers: int = 2,
+    pattern_kind: str = DEFAULT_PATTERN_KIND,
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> ExtractionResult:
@@ -74,10 +75,13 @@ def extract(
 
     ``target`` is an :class:`apmae.target.Target`. ``workers`` batches are in
     flight at once (computed in threads, written in order). ``on_batch(committed)``
-    is called after each batch is committed.
+    is called after each batch is committed. ``pattern_kind="contribution"``
+    stores each head's norm-based contribution weights instead of its attention
+    (:func:`apmae.head_metrics.contribution.run_batch_contributions`).
 
     Raises:
-        ValueError: bad batch size or workers, or scenarios whose length differs from an
+        ValueError: bad batch size, workers or pattern kind, contribution weights of a model whose
+            attention modules are not recognised, or scenarios whose length differs from an
             existing cache's (see :class:`apmae.cache.CacheMismatchError`).
     """
     if batch_size < 1:
@@ -85,9 +89,13 @@ def extract(
     if workers < 1:
         raise ValueError(f"workers={workers}; it must be at least 1")
     check_scenarios(scenarios)
+    if check_pattern_kind(pattern_kind) == "contribution":
+        from apmae.head_metrics.layout import attention_layers
+
+        attention_layers(target.model)  # a model whose value projections are not found fails before any file
     spec = CacheSpec(target=target.summary(), seq_len=scenarios.seq_len, scenario_fingerprint=scenarios.fingerprint(),
                      n_scenarios=len(scenarios), shard_rank=rank, shard_world_size=world_size,
-                     compression=compression, encoding=encoding)
+                     compression=compression, encoding=encoding, pattern_kind=pattern_kind)
     start = time.perf_counter()
     with CacheWriter.open(path, spec, scenarios) as writer, threads_per_worker(target.device, workers):
         before = writer.committed
@@ -138,10 +146,18 @@ def _compute(target, scenarios: ScenarioSet, writer: CacheWriter, idx: np.ndarra
 
     from apmae.target import run_batch_stored
 
-    out = run_batch_stored(target, torch.from_numpy(scenarios.input_ids[idx]),
-                           torch.from_numpy(scenarios.label_ids[idx, 0]),
-                           middle_pos=torch.from_numpy(scenarios.middle_pos[idx]), encoding=writer.encoding)
-    return (out.stored, out.prediction.cpu().numpy(), out.probability.cpu().numpy(), out.correct.cpu().numpy(),
+    args = (target, torch.from_numpy(scenarios.input_ids[idx]), torch.from_numpy(scenarios.label_ids[idx, 0]))
+    middle_pos = torch.from_numpy(scenarios.middle_pos[idx])
+    if writer.pattern_kind == "contribution":
+        from apmae.codec import stored_attentions
+        from apmae.head_metrics.contribution import run_batch_contributions
+
+        out = run_batch_contributions(*args, middle_pos=middle_pos)
+        stored = stored_attentions(out.attentions.unbind(1), writer.encoding)  # (B, L, H, W)
+    else:
+        out = run_batch_stored(*args, middle_pos=middle_pos, encoding=writer.encoding)
+        stored = out.stored
+    return (stored, out.prediction.cpu().numpy(), out.probability.cpu().numpy(), out.correct.cpu().numpy(),
             out.loss.cpu().numpy())
 
 
@@ -174,6 +190,16 @@ def target_short_name(name_or_path: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", base)
 
 
+def cache_name(model: str, pattern_kind: str = DEFAULT_PATTERN_KIND) -> str:
+    """The cache's file name stem: ``<short name>`` for attention, ``<short name>.<kind>`` for another kind.
+
+    Raises:
+        ValueError: an unknown pattern kind.
+    """
+    name = target_short_name(model)
+    return name if check_pattern_kind(pattern_kind) == DEFAULT_PATTERN_KIND else f"{name}.{pattern_kind}"
+
+
 @dataclass
 class CacheBuild:
     """What :func:`ensure_cache` found or did for one target model."""
@@ -198,23 +224,28 @@ def ensure_cache(
     compression: str = DEFAULT_COMPRESSION,
     encoding: str = DEFAULT_ENCODING,
     workers: int = 2,
+    pattern_kind: str = DEFAULT_PATTERN_KIND,
     progress: bool = True,
 ) -> CacheBuild:
-    """The attention cache of ``model`` over ``scenarios`` in ``cache_dir``: reused, resumed or built.
+    """The ``pattern_kind`` cache of ``model`` over ``scenarios`` in ``cache_dir``: reused, resumed or built.
 
-    When a complete cache for this model, sequence length and scenario set is
-    there (written under any world size) nothing is loaded; otherwise rank
-    ``rank`` of ``world_size`` loads the model (:func:`apmae.target.load_target`
-    with ``dtype`` on ``device``; ``auto`` = GPU ``local_rank`` when CUDA is
-    present, else CPU) and extracts or resumes its own shard ``<name>.rank<k>.h5``
-    (``name`` defaults to :func:`target_short_name`). The other arguments go to
+    When a complete cache for this model, sequence length, scenario set and
+    pattern kind is there (written under any world size) nothing is loaded;
+    otherwise rank ``rank`` of ``world_size`` loads the model
+    (:func:`apmae.target.load_target` with ``dtype`` on ``device``; ``auto`` =
+    GPU ``local_rank`` when CUDA is present, else CPU) and extracts or resumes
+    its own shard ``<name>.rank<k>.h5`` (``name`` defaults to :func:`cache_name`,
+    so the kinds of one model sit side by side). The other arguments go to
     :func:`extract`.
 
     Raises:
-        CacheMismatchError: a complete cache in ``cache_dir`` under ``name`` was built for another run.
+        CacheMismatchError: a complete cache in ``cache_dir`` under ``name`` was built for another run
+            (another model, S, scenario set or pattern kind).
+        ValueError: an unknown pattern kind.
     """
-    name = name or target_short_name(model)
-    if cache_complete(cache_dir, name, model=model, scenarios=scenarios):
+    check_pattern_kind(pattern_kind)  # also with an explicit name: before the model loads
+    name = name or cache_name(model, pattern_kind)
+    if cache_complete(cache_dir, name, model=model, scenarios=scenarios, pattern_kind=pattern_kind):
         return CacheBuild(name=name, files=cache_files(cache_dir, name), extraction=None)
     import torch
 
@@ -223,18 +254,19 @@ def ensure_cache(
     target = load_target(model, dtype=dtype, device=extraction_device(device, local_rank))
     result = extract(target, scenarios, shard_path(cache_dir, name, rank), rank=rank, world_size=world_size,
                      batch_size=batch_size, compression=compression, encoding=encoding, workers=workers,
-                     progress=progress)
+                     pattern_kind=pattern_kind, progress=progress)
     del target
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the model is gone: leave its memory to training
     return CacheBuild(name=name, files=cache_files(cache_dir, name), extraction=result)
 
 
-def cache_complete(cache_dir: str | Path, name: str, *, model: str, scenarios: ScenarioSet) -> bool:
-    """True when every shard of cache ``name`` is there and fully committed, for this model and scenario set.
+def cache_complete(cache_dir: str | Path, name: str, *, model: str, scenarios: ScenarioSet,
+                   pattern_kind: str = DEFAULT_PATTERN_KIND) -> bool:
+    """True when every shard of cache ``name`` is there and fully committed, for this model, scenario set and kind.
 
     Raises:
-        CacheMismatchError: the cache was built for another model, sequence length or scenario set.
+        CacheMismatchError: the cache was built for another model, sequence length, scenario set or pattern kind.
     """
     files = cache_files(cache_dir, name)
     if not files:
@@ -245,7 +277,8 @@ def cache_complete(cache_dir: str | Path, name: str, *, model: str, scenarios: S
         raise
     except CacheError:
         return False  # incomplete: resume it
-    expected = {"model": model, "seq_len": scenarios.seq_len, "scenario_fingerprint": scenarios.fingerprint()}
+    expected = {"model": model, "seq_len": scenarios.seq_len, "scenario_fingerprint": scenarios.fingerprint(),
+                "pattern_kind": pattern_kind}
     check_identity(cache.identity, expected, files[0])
     return True
 

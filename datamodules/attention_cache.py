@@ -14,8 +14,13 @@ rank extracts its own shard in ``setup`` and the reader merges the shards. Batch
   ``row``, ``task``, ``correct``, ``probability`` (B,);
 - ``mode="scenarios"`` with an ``encoder``: no images; ``cls`` and ``mean``
   (B, L, H, D) AP-MAE encodings of every head, computed once per cache and
-  encoder into ``<encodings_dir>/<target>.<encoder hash>.encodings.h5`` and read
+  encoder into ``<encodings_dir>/<cache name>.<encoder hash>.encodings.h5`` and read
   back by later runs (:mod:`apmae.encodings`), with the same ``stats`` and columns.
+
+``pattern_kind="contribution"`` serves each head's norm-based contribution
+weights instead of its attention, from caches ``<target>.contribution.rank<k>.h5``
+beside the attention caches (:func:`apmae.extract.cache_name`); images, stacks
+and encodings are built from them exactly as from attention.
 
 The first validation/test dataloader reads the training target's cache; one
 more follows per ``extra_targets`` entry (cross-model generalisation).
@@ -33,9 +38,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from apmae.cache import DEFAULT_COMPRESSION, AttentionCache, CacheMismatchError, cache_files
+from apmae.cache import (DEFAULT_COMPRESSION, DEFAULT_PATTERN_KIND, AttentionCache, CacheMismatchError, cache_files,
+                         check_pattern_kind)
 from apmae.codec import DEFAULT_ENCODING
-from apmae.extract import target_short_name
+from apmae.extract import cache_name, target_short_name
 from apmae.scenario_set import SPLITS, ScenarioSet, load_source, source_seq_len
 from datamodules.java_scenarios import JavaScenarioDataModule
 
@@ -225,6 +231,7 @@ class AttentionCacheDataModule(L.LightningDataModule):
         compression: str = DEFAULT_COMPRESSION,
         encoding: str = DEFAULT_ENCODING,
         extraction_workers: int = 2,
+        pattern_kind: str = DEFAULT_PATTERN_KIND,
         seed: int = 0,
         progress: bool = True,
         encoder: str | None = None,
@@ -236,7 +243,8 @@ class AttentionCacheDataModule(L.LightningDataModule):
         Args:
             target: hub name or directory of the target causal LM whose patterns train/validate.
             scenarios: a scenario DataModule (``JavaScenarioDataModule``) or the path of a saved ScenarioSet ``.npz``.
-            cache_dir: directory of the cache files ``<target short name>.rank<k>.h5``.
+            cache_dir: directory of the cache files ``<target short name>.rank<k>.h5``
+                (``<target short name>.contribution.rank<k>.h5`` for contribution weights).
             scaler: ``none``, ``log``, ``log_standardize`` or ``log_normalize`` (the paper's).
             mode: ``heads`` (one head image per sample) or ``scenarios`` (all heads of a scenario).
             head_selection: ``all``, ``layerwise:<fraction>`` (paper: 0.25) or ``[[layer, head], ...]``; mode ``heads`` only.
@@ -253,6 +261,9 @@ class AttentionCacheDataModule(L.LightningDataModule):
             encoding: stored form of the patterns, ``bfloat16-14bit`` (default) or ``bfloat16-bits``
                 (for models whose attention values can leave [0, 2)); see :mod:`apmae.codec`.
             extraction_workers: batches in flight while extracting (threads; on CPU they share torch's threads).
+            pattern_kind: what each head's image is: ``attention`` (default) or ``contribution``, its norm-based
+                contribution weights (:mod:`apmae.head_metrics.contribution`), extracted from the same forward
+                pass into their own cache files; AP-MAE trains and probes on either unchanged.
             seed: seeds the layerwise head choice and class balancing.
             progress: show a progress bar (scenarios/s) while extracting.
             encoder: an exported AP-MAE (``APMAE.save`` directory) or a LitAPMAE checkpoint; with
@@ -271,6 +282,7 @@ class AttentionCacheDataModule(L.LightningDataModule):
         from apmae.scaling import get_scaler
 
         get_scaler(scaler)  # fail at construction on a misspelt scaler
+        self.pattern_kind = check_pattern_kind(pattern_kind)
         if encoder is not None and mode != "scenarios":
             raise ValueError("encoder applies to mode='scenarios' (per-scenario encodings); set mode: scenarios")
         from datamodules.encodings import ENCODER_PRECISIONS
@@ -290,6 +302,8 @@ class AttentionCacheDataModule(L.LightningDataModule):
                            "compression": compression, "encoding": encoding, "workers": extraction_workers}
         self.train_target_name = target_short_name(self.target)
         self.val_target_names = [self.train_target_name, *map(target_short_name, self.extra_targets)]
+        models = [self.target, *self.extra_targets]
+        self.cache_names = {target_short_name(m): cache_name(m, pattern_kind) for m in models}  # short name -> file stem
         if len(set(self.val_target_names)) != len(self.val_target_names):
             raise ValueError(f"target short names {self.val_target_names} collide; their caches would share "
                              "files: give the models distinct directory names")
@@ -327,7 +341,7 @@ class AttentionCacheDataModule(L.LightningDataModule):
         scenarios = self.scenario_set()
         for model in [self.target, *self.extra_targets]:
             ensure_cache(model, scenarios, self.cache_dir, rank=rank, world_size=world, local_rank=local_rank,
-                         progress=self.progress, **self.extraction)
+                         pattern_kind=self.pattern_kind, progress=self.progress, **self.extraction)
 
     # -- setup
     def setup(self, stage: str | None = None) -> None:
@@ -341,7 +355,8 @@ class AttentionCacheDataModule(L.LightningDataModule):
         for model in [self.target, *self.extra_targets]:
             name = target_short_name(model)
             if name not in self.caches:
-                self.caches[name] = AttentionCache(cache_files(self.cache_dir, name))
+                self.caches[name] = AttentionCache(cache_files(self.cache_dir, self.cache_names[name]),
+                                                   pattern_kind=self.pattern_kind)
         cache = self.caches[self.train_target_name]
         if cache.seq_len != self.seq_len:
             raise CacheMismatchError(f"cache {self.train_target_name!r} has S={cache.seq_len}, the scenarios S={self.seq_len}")
@@ -359,7 +374,7 @@ class AttentionCacheDataModule(L.LightningDataModule):
         self.encoder_hash = encoder_hash(net)
         rank, world, _ = self._world()
         for name, cache in self.caches.items():
-            path = self.encodings_dir / f"{name}.{self.encoder_hash}.encodings.h5"
+            path = self.encodings_dir / f"{self.cache_names[name]}.{self.encoder_hash}.encodings.h5"
             if rank == 0:
                 ensure_encodings(net, cache, path, scaler=self.scaler, batch_size=self.encoding["batch_size"],
                                  autocast_dtype=ENCODER_PRECISIONS[self.encoding["precision"]], progress=self.progress)

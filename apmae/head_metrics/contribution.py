@@ -29,12 +29,14 @@ expanded to query heads as the model itself does (see
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 
 from apmae.head_metrics.layout import AttentionLayer, attention_layers
+from apmae.target import TargetOutput, run_batch
 
 
 @dataclass
@@ -93,14 +95,18 @@ def _divide_rows(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Te
 def capture_values(layers: list[AttentionLayer]) -> Iterator[dict[int, torch.Tensor]]:
     """Forward hooks on every layer's ``v_proj``; yields ``{layer: output (B, S, Hkv*hd)}`` of the last forward.
 
+    Only forward passes of the calling thread are captured: extraction runs
+    batches of one model in several threads at once, each with its own hooks.
     The hooks are removed on exit, also when the block raises.
     """
     captured: dict[int, torch.Tensor] = {}
     handles = []
+    owner = threading.get_ident()
 
     def hook_for(index: int):
         def hook(module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
-            captured[index] = output.detach()
+            if threading.get_ident() == owner:
+                captured[index] = output.detach()
         return hook
 
     try:
@@ -140,6 +146,28 @@ def run_contributions(target: Any, input_ids: torch.Tensor) -> ContributionBatch
     return ContributionBatch(attention=torch.stack([a.float() for a in out.attentions], dim=1),
                              signed=torch.stack([w.signed for w in per_layer], dim=1),
                              norm=torch.stack([w.norm for w in per_layer], dim=1))
+
+
+@torch.inference_mode()
+def run_batch_contributions(target: Any, input_ids: torch.Tensor, label_first: torch.Tensor, *,
+                            middle_pos: torch.Tensor | None = None) -> TargetOutput:
+    """:func:`apmae.target.run_batch` with each head's norm-based contribution weights as its patterns.
+
+    Returns a :class:`~apmae.target.TargetOutput` whose ``attentions`` are the
+    weights n_ij (B, L, H, S, S) float32; the first-token outcome is that of the
+    same forward pass, so a contribution cache is row for row comparable with
+    the attention cache of the same scenarios.
+
+    Raises:
+        ValueError: the model's attention modules are not recognised or it returned no attention patterns.
+    """
+    layers = attention_layers(target.model)
+    with capture_values(layers) as values:
+        out = run_batch(target, input_ids, label_first, middle_pos=middle_pos)
+    weights = [norm_contribution(out.attentions[:, layer.index], layer.query_head_values(values[layer.index]),
+                                 layer.output_weight()) for layer in layers]  # L x (B, H, S, S)
+    out.attentions = torch.stack(weights, dim=1)  # (B, L, H, S, S) float32
+    return out
 
 
 def _logits_kwargs(model: Any) -> dict[str, Any]:

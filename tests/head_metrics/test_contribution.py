@@ -118,6 +118,23 @@ def test_value_hooks_are_removed_when_the_block_raises():
     assert not any(layer.v_proj._forward_hooks for layer in layers)
 
 
+def test_values_are_captured_only_from_the_calling_threads_forward_passes():
+    import threading
+
+    model = micro_llama(50)
+    layers = attention_layers(model)
+    ids = torch.arange(1, 9)[None]  # (1, 8)
+    with torch.no_grad(), capture_values(layers) as values:
+        other = threading.Thread(target=lambda: model(input_ids=ids + 1))  # another extraction worker's batch
+        other.start()
+        other.join()
+        assert values == {}
+        model(input_ids=ids)
+        assert sorted(values) == [0, 1]
+        first = model.model.layers[0].input_layernorm(model.model.embed_tokens(ids))  # layer 0's v_proj input
+        assert torch.allclose(values[0], layers[0].v_proj(first))
+
+
 def test_model_without_value_and_output_projections_is_refused():
     from transformers import GPT2Config, GPT2LMHeadModel
 
