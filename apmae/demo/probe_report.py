@@ -85,14 +85,17 @@ def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, 
     cli = cli_main(["fit", "--config", apmae_config, "--config", PROBE_CONFIG, *probe_overrides(demo_dir)])
     seconds["probe fit"] = time.perf_counter() - start
     start = time.perf_counter()
-    cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best")
+    interventions = [cb for cb in cli.trainer.callbacks if isinstance(cb, Interventions)]
+    for callback in interventions:
+        callback.verbose = False  # its key numbers are part of the summary printed at the end
+    # verbose=False: the summary's table replaces Lightning's table of every test metric
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
     seconds["probe test + interventions"] = time.perf_counter() - start
     logger = cli.trainer.logger
     run_id = getattr(logger, "run_id", None)
     summary = ProbeSummary(scores=cli.model.probe_scores["scores"], export_dir=str(cli.model.export_path()),
                            run_id=run_id, seconds=seconds,
-                           interventions=[line for cb in cli.trainer.callbacks if isinstance(cb, Interventions)
-                                          for line in cb.summary_lines()])
+                           interventions=[line for cb in interventions for line in cb.summary_lines()])
     scored = cli.model.probe_scores["scores"]["probe"]
     summary.unscored = [t for t in cli.datamodule.task_names if t not in scored]
     if patterns:
