@@ -45,6 +45,8 @@ class ClusterProbeConfig:
     learning_rate: float = 0.1
     early_stopping_rounds: int = 25
     holdout: float = 0.1  # share of train held out (per class) for early stopping when there is no val split
+    balance: bool = False  # per task as many correct as incorrect rows in every split (the neural probe's rows)
+    balance_seed: int = 0  # the neural probe DataModule's ``seed``: the same rows are drawn
     seed: int = 0
     threads: int = 1  # CatBoost threads
 
@@ -80,6 +82,7 @@ class ClusterProbeResult:
     n_test: int
     eval_source: str  # "val" or "train holdout"
     seconds: float  # fit + SHAP
+    balanced: bool = False  # every split class-balanced per task
 
 
 def feature_names(n_layers: int, n_heads: int) -> list[str]:
@@ -103,17 +106,26 @@ def head_shap(values: np.ndarray, n_layers: int, n_heads: int) -> HeadShap:
                     mean_abs=np.abs(values).mean(0).reshape(shape))
 
 
-def evaluation_rows(split: np.ndarray, correct: np.ndarray, *, holdout: float,
-                    seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+def evaluation_rows(split: np.ndarray, correct: np.ndarray, *, holdout: float, seed: int,
+                    task: np.ndarray | None = None, balance_seed: int | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """Row indices (fit, early stopping, test) and where the early-stopping rows come from.
 
     Without a val split, ``holdout`` of each class of train (at least one row) is held out.
+    Given ``task`` and ``balance_seed``, every split is first class-balanced per task exactly as
+    the probe's DataModules do it (``apmae.scenario_set.balance_per_task``, one generator per split).
 
     Raises:
         ValueError: no test rows, or the fitting rows hold only one class.
     """
     split, correct = np.asarray(split), np.asarray(correct, dtype=bool)
     train, val, test = (np.flatnonzero(split == s) for s in (SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST))
+    if task is not None and balance_seed is not None:
+        from apmae.scenario_set import balance_per_task
+
+        task = np.asarray(task)
+        train, val, test = (balance_per_task(r, task[r], correct[r], np.random.default_rng(balance_seed))
+                            for r in (train, val, test))
     if not len(test):
         raise ValueError("the cluster probe reports on the test split, which is empty: give the scenarios "
                          "a test share (e.g. splits [0.6, 0.2, 0.2])")
@@ -140,7 +152,8 @@ def fit_cluster_probe(labels: np.ndarray, *, correct: np.ndarray, split: np.ndar
         raise ValueError(f"labels must be (N, L, H) with N correct/split/task values, got {labels.shape}")
     n, n_layers, n_heads = labels.shape
     y = np.asarray(correct, dtype=bool)
-    train, val, test, source = evaluation_rows(split, y, holdout=config.holdout, seed=config.seed)
+    train, val, test, source = evaluation_rows(split, y, holdout=config.holdout, seed=config.seed, task=task,
+                                               balance_seed=config.balance_seed if config.balance else None)
     catboost = require("catboost", extra="analysis", purpose="the cluster-id probe")
     x = labels.reshape(n, -1)  # (N, F) layer-major, as feature_names
     names = feature_names(n_layers, n_heads)
@@ -162,7 +175,7 @@ def fit_cluster_probe(labels: np.ndarray, *, correct: np.ndarray, split: np.ndar
         scores=scores, metrics=metric_dict(PREFIX, scores), threshold=threshold,
         shap=head_shap(values, n_layers, n_heads), best_iteration=int(model.get_best_iteration() or 0),
         n_train=len(train), n_eval=len(val), n_test=len(test), eval_source=source,
-        seconds=time.perf_counter() - start)
+        seconds=time.perf_counter() - start, balanced=config.balance)
 
 
 def write_importance_csv(path: str | Path, importance: np.ndarray) -> Path:

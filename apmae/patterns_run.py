@@ -81,7 +81,7 @@ class PatternsReport:
             pooled = self.probe.scores["all"]
             out.append(f"  cluster-id probe (CatBoost over per-head cluster ids), test: balanced accuracy "
                        f"{pooled.balanced_accuracy:.3f}, AUROC {pooled.auroc:.3f} (n={pooled.n}, "
-                       f"{self.probe.seconds:.1f} s)")
+                       f"{'class-balanced, ' if self.probe.balanced else ''}{self.probe.seconds:.1f} s)")
         out.append(f"  montages of heads {', '.join(f'L{l}H{h}' for l, h in self.montage_heads) or 'none'}")
         return out
 
@@ -276,6 +276,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="heads clustered at once (processes)")
     p.add_argument("--no-probe", action="store_true", help="skip the cluster-id probe")
+    p.add_argument("--balance", action="store_true",
+                   help="class-balance every split per task, as the neural probe's DataModule does (its seed: --seed)")
     p.add_argument("--ranking", choices=RANKINGS, default="mean", help="SHAP summary written as importance")
     p.add_argument("--run-id", help="MLflow run to log into")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
@@ -291,7 +293,8 @@ def main(argv: Sequence[str] | None = None) -> PatternsReport:
     report = run_recurring_patterns(
         EncodingSet(args.encodings), cache, args.out, reduction=args.reduction, kind=args.kind,
         min_samples=args.min_samples, min_cluster_size=args.min_cluster_size, seed=args.seed, workers=args.workers,
-        probe=None if args.no_probe else ClusterProbeConfig(seed=args.seed), ranking=args.ranking,
+        probe=None if args.no_probe else ClusterProbeConfig(seed=args.seed, balance=args.balance,
+                                                            balance_seed=args.seed), ranking=args.ranking,
         run_id=args.run_id, tracking_uri=args.tracking_uri)
     print("\n".join(report.lines()))
     return report

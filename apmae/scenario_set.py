@@ -125,3 +125,17 @@ def load_source(source: Any) -> "ScenarioSet":
     if isinstance(source, (str, Path)):
         return ScenarioSet.load(source)
     return source.scenario_set()
+
+
+def balance_per_task(rows: np.ndarray, task: np.ndarray, correct: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``rows`` keeping, per task, as many correct as incorrect (a seeded subset of the larger class), sorted.
+
+    ``task`` and ``correct`` are the rows' values (aligned with ``rows``). A task with one
+    class only keeps nothing. The probe's DataModules and the cluster probe balance with it.
+    """
+    kept = []
+    for t in np.unique(task):
+        pos, neg = rows[(task == t) & correct], rows[(task == t) & ~correct]
+        n = min(len(pos), len(neg))
+        kept += [rng.choice(pos, n, replace=False), rng.choice(neg, n, replace=False)]
+    return np.sort(np.concatenate(kept)) if kept else rows[:0]

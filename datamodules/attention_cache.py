@@ -42,7 +42,7 @@ from apmae.cache import (DEFAULT_COMPRESSION, DEFAULT_PATTERN_KIND, AttentionCac
                          check_pattern_kind)
 from apmae.codec import DEFAULT_ENCODING
 from apmae.extract import cache_name, target_short_name
-from apmae.scenario_set import SPLITS, ScenarioSet, load_source, source_seq_len
+from apmae.scenario_set import SPLITS, ScenarioSet, balance_per_task, load_source, source_seq_len
 from datamodules.java_scenarios import JavaScenarioDataModule
 
 MODES = ("heads", "scenarios")
@@ -191,17 +191,8 @@ def select_rows(cache: AttentionCache, split: str, *, tasks: Sequence[str] | Non
         keep &= cache.correct
     rows = np.flatnonzero(keep)
     if balance:
-        rows = _balance(rows, cache.task[rows], cache.correct[rows], np.random.default_rng(seed))
+        rows = balance_per_task(rows, cache.task[rows], cache.correct[rows], np.random.default_rng(seed))
     return rows
-
-
-def _balance(rows: np.ndarray, task: np.ndarray, correct: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    kept = []
-    for t in np.unique(task):
-        pos, neg = rows[(task == t) & correct], rows[(task == t) & ~correct]
-        n = min(len(pos), len(neg))
-        kept += [rng.choice(pos, n, replace=False), rng.choice(neg, n, replace=False)]
-    return np.sort(np.concatenate(kept)) if kept else rows[:0]
 
 
 # ---------------------------------------------------------------- the DataModule

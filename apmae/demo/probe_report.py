@@ -112,8 +112,13 @@ def _patterns(cli: Any, demo_dir: str, run_id: str | None, tracking_uri: str | N
 
     data = cli.datamodule
     name = data.train_target_name
+    from apmae.cluster_probe import ClusterProbeConfig
+
+    # the cluster probe fits, stops and is scored on the very rows the neural probe used
+    probe = ClusterProbeConfig(balance=data.balance, balance_seed=int(data.seed))
     report = run_recurring_patterns(data.encodings[name], data.caches[name], Path(demo_dir) / "patterns",
-                                    reduction=reduction, workers=workers, run_id=run_id, tracking_uri=tracking_uri)
+                                    reduction=reduction, workers=workers, probe=probe, run_id=run_id,
+                                    tracking_uri=tracking_uri)
     neural = cli.model.probe_scores["scores"]["probe"]["all"]
     return [*report.lines(), f"  neural AP-MAE probe, test: balanced accuracy {neural.balanced_accuracy:.3f}, "
                              f"AUROC {neural.auroc:.3f} (n={neural.n}, class-balanced)"]

@@ -86,3 +86,22 @@ def test_missing_catboost_names_the_extra(monkeypatch) -> None:
     d = _one_head_data(50)
     with pytest.raises(MissingExtraError, match=r"probe needs .*'catboost'.*pip install 'apmae\[analysis\]'"):
         fit_cluster_probe(d["labels"], correct=d["correct"], split=d["split"], task=d["task"], task_names=TASK_NAMES)
+
+
+def test_balanced_rows_are_the_probe_datamodules_rows(tmp_path) -> None:
+    from apmae.cache import AttentionCache
+    from datamodules.attention_cache import select_rows
+    from tests.probe.synthetic_cache import write_planted_cache
+
+    paths = write_planted_cache(tmp_path, n=200)
+    cache = AttentionCache(paths)
+    split, correct, task = cache.split, cache.correct, cache.task
+    train, val, test, source = evaluation_rows(split, correct, holdout=0.1, seed=0, task=task, balance_seed=3)
+    assert source == "val"
+    for rows, name in ((train, "train"), (val, "val"), (test, "test")):
+        np.testing.assert_array_equal(rows, select_rows(cache, name, balance=True, seed=3))
+        for t in np.unique(task[rows]):  # balanced: as many correct as incorrect per task
+            in_task = rows[task[rows] == t]
+            assert correct[in_task].sum() * 2 == len(in_task)
+    unbalanced = evaluation_rows(split, correct, holdout=0.1, seed=0)[2]
+    assert set(test) < set(unbalanced)
