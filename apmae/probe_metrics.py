@@ -16,6 +16,9 @@ the pooled scenarios.
 - ``auroc``: probability that a random correct scenario gets a higher ``p`` than a
   random incorrect one (ties count half); NaN when one class is absent;
 - ``f1``: F1 of the "correct" class; ``n``: scenarios scored.
+
+The counts come from torchmetrics' functional binary metrics; :func:`auroc` is an
+independent Mann-Whitney computation the tests hold torchmetrics' AUROC to.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
+import torch
 
 METRICS = ("accuracy", "balanced_accuracy", "auroc", "f1", "n")
 POOLED = "all"
@@ -64,14 +68,18 @@ def binary_scores(p: np.ndarray, y: np.ndarray, *, threshold: float = 0.5) -> Bi
     if len(p) == 0:
         nan = float("nan")
         return BinaryScores(nan, nan, nan, nan, 0)
-    pred = p >= threshold
-    tp, tn = int((pred & y).sum()), int((~pred & ~y).sum())
-    fp, fn = int((pred & ~y).sum()), int((~pred & y).sum())
-    recalls = [tp / (tp + fn)] if tp + fn else []
-    recalls += [tn / (tn + fp)] if tn + fp else []
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-    return BinaryScores(accuracy=(tp + tn) / len(p), balanced_accuracy=float(np.mean(recalls)),
-                        auroc=auroc(p, y), f1=f1, n=len(p))
+    from torchmetrics.functional.classification import (binary_accuracy, binary_auroc, binary_f1_score,
+                                                         binary_recall, binary_specificity)
+
+    truth = torch.from_numpy(y.astype(np.int64))
+    # thresholded here: torchmetrics counts p > threshold as positive, this module p >= threshold
+    pred = torch.from_numpy((p >= threshold).astype(np.float64))
+    recalls = [float(binary_recall(pred, truth))] if y.any() else []
+    recalls += [float(binary_specificity(pred, truth))] if not y.all() else []
+    one_class = y.all() or not y.any()
+    return BinaryScores(accuracy=float(binary_accuracy(pred, truth)), balanced_accuracy=float(np.mean(recalls)),
+                        auroc=float("nan") if one_class else float(binary_auroc(torch.from_numpy(p), truth)),
+                        f1=float(binary_f1_score(pred, truth, zero_division=0.0)), n=len(p))
 
 
 def per_task_scores(p: np.ndarray, y: np.ndarray, task: np.ndarray, task_names: Sequence[str], *,

@@ -65,3 +65,17 @@ def test_best_threshold_separates_when_possible() -> None:
 def test_mismatched_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="matching 1-D"):
         binary_scores(np.zeros(3), np.zeros(4, dtype=bool))
+
+
+def test_torchmetrics_scores_agree_with_direct_counts_on_random_predictions() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        p = np.round(rng.random(200), 1)  # coarse values: many ties, some exactly at the threshold
+        y = rng.random(200) < 0.4
+        s = binary_scores(p, y, threshold=0.5)
+        pred = p >= 0.5
+        tp, tn, fp, fn = (pred & y).sum(), (~pred & ~y).sum(), (pred & ~y).sum(), (~pred & y).sum()
+        assert s.accuracy == pytest.approx((tp + tn) / 200)
+        assert s.balanced_accuracy == pytest.approx((tp / (tp + fn) + tn / (tn + fp)) / 2)
+        assert s.f1 == pytest.approx(2 * tp / (2 * tp + fp + fn))
+        assert s.auroc == pytest.approx(auroc(p, y), abs=1e-6)  # Mann-Whitney, ties half; torchmetrics sums in float32
