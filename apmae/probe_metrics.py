@@ -68,18 +68,30 @@ def binary_scores(p: np.ndarray, y: np.ndarray, *, threshold: float = 0.5) -> Bi
     if len(p) == 0:
         nan = float("nan")
         return BinaryScores(nan, nan, nan, nan, 0)
-    from torchmetrics.functional.classification import (binary_accuracy, binary_auroc, binary_f1_score,
-                                                         binary_recall, binary_specificity)
+    from torchmetrics.functional.classification import binary_accuracy, binary_auroc, binary_f1_score
 
-    truth = torch.from_numpy(y.astype(np.int64))
-    # thresholded here: torchmetrics counts p > threshold as positive, this module p >= threshold
-    pred = torch.from_numpy((p >= threshold).astype(np.float64))
-    recalls = [float(binary_recall(pred, truth))] if y.any() else []
-    recalls += [float(binary_specificity(pred, truth))] if not y.all() else []
+    pred, truth = _thresholded(p, y, threshold)
     one_class = y.all() or not y.any()
-    return BinaryScores(accuracy=float(binary_accuracy(pred, truth)), balanced_accuracy=float(np.mean(recalls)),
+    return BinaryScores(accuracy=float(binary_accuracy(pred, truth)), balanced_accuracy=_balanced_accuracy(pred, truth),
                         auroc=float("nan") if one_class else float(binary_auroc(torch.from_numpy(p), truth)),
                         f1=float(binary_f1_score(pred, truth, zero_division=0.0)), n=len(p))
+
+
+def _thresholded(p: np.ndarray, y: np.ndarray, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictions (N,) 0/1 and truth (N,) as torchmetrics takes them.
+
+    Thresholded here: torchmetrics counts p > threshold as positive, this module p >= threshold.
+    """
+    return torch.from_numpy((p >= threshold).astype(np.float64)), torch.from_numpy(y.astype(np.int64))
+
+
+def _balanced_accuracy(pred: torch.Tensor, truth: torch.Tensor) -> float:
+    """Mean recall of the classes present in ``truth`` (0/1 predictions and labels)."""
+    from torchmetrics.functional.classification import binary_recall, binary_specificity
+
+    recalls = [float(binary_recall(pred, truth))] if bool(truth.any()) else []
+    recalls += [float(binary_specificity(pred, truth))] if not bool(truth.all()) else []
+    return float(np.mean(recalls))
 
 
 def per_task_scores(p: np.ndarray, y: np.ndarray, task: np.ndarray, task_names: Sequence[str], *,
@@ -110,7 +122,7 @@ def best_threshold(p: np.ndarray, y: np.ndarray) -> float:
         return 0.5
     values = np.unique(p)
     candidates = np.concatenate([[values[0] - 1e-9], (values[1:] + values[:-1]) / 2, [values[-1] + 1e-9]])
-    scores = np.array([binary_scores(p, y, threshold=c).balanced_accuracy for c in candidates])
+    scores = np.array([_balanced_accuracy(*_thresholded(p, y, c)) for c in candidates])  # AUROC and F1 not needed
     best = np.flatnonzero(scores >= scores.max() - 1e-12)
     return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
 
