@@ -42,6 +42,8 @@ from datamodules.java_scenarios import JavaScenarioDataModule
 
 # autocast dtype of each encoder precision (None: float32)
 ENCODER_PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+NET_CONFIG_KEY = "apmae_net_config"  # where LitAPMAE checkpoints record their net's APMAEConfig
+ARRAYS = (*KINDS, "stats")
 
 
 def load_encoder(path: str | Path) -> Any:
@@ -65,8 +67,6 @@ def load_encoder(path: str | Path) -> Any:
     net = APMAE(APMAEConfig.from_dict(checkpoint[NET_CONFIG_KEY]))
     net.load_state_dict(state)
     return net
-NET_CONFIG_KEY = "apmae_net_config"  # where LitAPMAE checkpoints record their net's APMAEConfig
-ARRAYS = (*KINDS, "stats")
 
 
 class EncodingRows(Dataset):
