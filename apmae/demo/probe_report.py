@@ -29,6 +29,7 @@ class ProbeSummary:
     scores: dict[str, dict[str, Any]]  # predictor -> task -> BinaryScores (test split)
     export_dir: str
     run_id: str | None
+    experiment: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     interventions: list[str] = field(default_factory=list)
     patterns: list[str] = field(default_factory=list)
@@ -57,7 +58,7 @@ class ProbeSummary:
         if self.interventions:
             out += ["Interventions on test scenarios (heads zeroed by the probe's ranking):", *self.interventions]
         out += self.patterns
-        out.append(f"  MLflow run:       {self.run_id} (experiment 'demo-probe')")
+        out.append(f"  MLflow run:       {self.run_id} (experiment {self.experiment!r})")
         return out
 
 
@@ -78,6 +79,7 @@ def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, 
     cores for the demo's 32 heads), ``workers`` the processes clustering heads at once.
     """
     from apmae.cli import cli_main
+    from apmae.demo.run import mlflow_location
     from callbacks.interventions import Interventions
 
     seconds = {}
@@ -91,29 +93,26 @@ def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, 
     # verbose=False: the summary's table replaces Lightning's table of every test metric
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
     seconds["probe test + interventions"] = time.perf_counter() - start
-    logger = cli.trainer.logger
-    run_id = getattr(logger, "run_id", None)
+    run_id, experiment, tracking_uri, _ = mlflow_location(cli.trainer.logger)
     summary = ProbeSummary(scores=cli.model.probe_scores["scores"], export_dir=str(cli.model.export_path()),
-                           run_id=run_id, seconds=seconds,
+                           run_id=run_id, experiment=experiment, seconds=seconds,
                            interventions=[line for cb in interventions for line in cb.summary_lines()])
     scored = cli.model.probe_scores["scores"]["probe"]
     summary.unscored = [t for t in cli.datamodule.task_names if t not in scored]
     if patterns:
         start = time.perf_counter()
-        summary.patterns = _patterns(cli, demo_dir, run_id, getattr(logger, "_tracking_uri", None),
-                                     reduction=reduction, workers=workers)
+        summary.patterns = _patterns(cli, demo_dir, run_id, tracking_uri, reduction=reduction, workers=workers)
         seconds["recurring patterns"] = time.perf_counter() - start
     return summary
 
 
 def _patterns(cli: Any, demo_dir: str, run_id: str | None, tracking_uri: str | None, *, reduction: str,
               workers: int) -> list[str]:
+    from apmae.cluster_probe import ClusterProbeConfig
     from apmae.patterns_run import run_recurring_patterns
 
     data = cli.datamodule
     name = data.train_target_name
-    from apmae.cluster_probe import ClusterProbeConfig
-
     # the cluster probe fits, stops and is scored on the very rows the neural probe used
     probe = ClusterProbeConfig(balance=data.balance, balance_seed=int(data.seed))
     report = run_recurring_patterns(data.encodings[name], data.caches[name], Path(demo_dir) / "patterns",

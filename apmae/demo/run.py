@@ -84,20 +84,23 @@ def demo_overrides(demo_dir: str) -> list[str]:
             f"--trainer.default_root_dir={d / 'runs'}", f"--model.init_args.export_dir={d / 'apmae'}"]
 
 
+def mlflow_location(logger: Any) -> tuple[str | None, str | None, str | None, str | None]:
+    """(run id, experiment name, tracking URI, artifact URI) of a run's MLflow logger; Nones without one."""
+    run_id = getattr(logger, "run_id", None)
+    if run_id is None:
+        return None, None, None, None
+    run = logger.experiment.get_run(run_id)
+    experiment = logger.experiment.get_experiment(run.info.experiment_id).name
+    return run_id, experiment, logger._tracking_uri, run.info.artifact_uri
+
+
 def summarize(cli: Any) -> DemoSummary:
     """Collect the final metrics, MLflow locations and head-metric lines of a finished ``fit``."""
     from callbacks.head_metrics import HeadMetrics
 
     trainer = cli.trainer
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    logger = trainer.logger
-    run_id = getattr(logger, "run_id", None)
-    artifact_uri = experiment = uri = None
-    if run_id is not None:
-        run = logger.experiment.get_run(run_id)
-        artifact_uri = run.info.artifact_uri
-        experiment = logger.experiment.get_experiment(run.info.experiment_id).name
-        uri = logger._tracking_uri
+    run_id, experiment, uri, artifact_uri = mlflow_location(trainer.logger)
     return DemoSummary(
         train_target=cli.datamodule.train_target_name, metrics=metrics, run_id=run_id, experiment=experiment,
         tracking_uri=uri, artifact_uri=artifact_uri, export_dir=str(cli.model.export_path()),
