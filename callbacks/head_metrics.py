@@ -162,14 +162,11 @@ class HeadMetrics(Callback):
 
     def _log(self, trainer: Trainer, root: Path, reports: list[tuple[str, Any]]) -> None:
         scalars = {f"head_metrics/{name}/{r.method}/{k}": v for name, r in reports for k, v in r.scalars().items()}
-        logged = False
+        from lit_models.mlflow_runs import log_to_runs
+
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=trainer.global_step)
-            run_id = getattr(logger, "run_id", None)
-            if run_id and hasattr(logger.experiment, "log_artifacts"):
-                logger.experiment.log_artifacts(run_id, str(root), "head_metrics")
-                logged = True
-        if not logged:  # no MLflow logger: keep them next to the run's other outputs
+        if not log_to_runs(trainer.loggers, [root], "head_metrics"):  # no MLflow logger: keep them next to the run's other outputs
             shutil.copytree(root, Path(trainer.default_root_dir) / "head_metrics", dirs_exist_ok=True)
 
 

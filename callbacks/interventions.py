@@ -270,10 +270,10 @@ class Interventions(Callback):
         local = Path(self.output_dir or Path(trainer.default_root_dir) / "interventions")
         files = self._write_files(sweeps, local / "test" if stage == "test" else local, stage)
         location = str(files["curve.png"])
-        for logger in _mlflow_loggers(trainer):
-            for path in files.values():
-                logger.experiment.log_artifact(logger.run_id, str(path), folder)
-            uri = logger.experiment.get_run(logger.run_id).info.artifact_uri
+        from lit_models.mlflow_runs import log_to_runs
+
+        for client, run_id in log_to_runs(trainer.loggers, files.values(), folder):
+            uri = client.get_run(run_id).info.artifact_uri
             location = f"{uri.removeprefix('file://')}/{folder}/curve.png"
         return InterventionRun(stage=stage, step=trainer.global_step, sweeps=sweeps, files=files,
                                curve_location=location)
@@ -354,12 +354,6 @@ def _datamodule(trainer: Trainer) -> Any:
         raise ValueError("Interventions needs the trainer to run with a DataModule "
                          "(trainer.fit(model, datamodule=...))")
     return datamodule
-
-
-def _mlflow_loggers(trainer: Trainer) -> list[Any]:
-    from lightning.pytorch.loggers import MLFlowLogger
-
-    return [lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger) and getattr(lg, "run_id", None)]
 
 
 def _check_args(*, every_n_epochs: Optional[int], n_scenarios: int, batch_size: int, strategies: list[str],

@@ -186,13 +186,12 @@ class PatternFigures(Callback):
     def _save(self, trainer: Trainer, fig: Any, artifact: str) -> None:
         import matplotlib.pyplot as plt
 
-        logged = False
-        for logger in trainer.loggers:
-            run_id = getattr(logger, "run_id", None)
-            if run_id and hasattr(logger.experiment, "log_figure"):
-                logger.experiment.log_figure(run_id, fig, artifact)
-                logged = True
-        if not logged:  # no MLflow logger: keep the figures next to the run's other outputs
+        from lit_models.mlflow_runs import mlflow_runs
+
+        runs = mlflow_runs(trainer.loggers)
+        for client, run_id in runs:
+            client.log_figure(run_id, fig, artifact)
+        if not runs:  # no MLflow logger: keep the figures next to the run's other outputs
             path = Path(trainer.default_root_dir) / artifact
             path.parent.mkdir(parents=True, exist_ok=True)
             fig.savefig(path)

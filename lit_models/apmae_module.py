@@ -38,6 +38,7 @@ from torch import nn
 from apmae.baselines import band_neighbours, neighbour_patches
 from apmae.model import APMAE, APMAEConfig, masked_error
 from apmae.schedules import warmup_cosine
+from lit_models.mlflow_runs import log_to_runs
 from lit_models.probe_stage import Collected, ProbeStage, ProbeTraining
 
 STAGES = ("reconstruct", "probe")
@@ -406,10 +407,7 @@ class LitAPMAE(ProbeTraining, LightningModule):
             return self._export_probe(path, "fit")
         if self.trainer.is_global_zero:
             self.net.save(path)
-            for logger in self.trainer.loggers:
-                experiment = getattr(logger, "experiment", None)
-                if hasattr(experiment, "log_artifacts") and getattr(logger, "run_id", None):
-                    experiment.log_artifacts(logger.run_id, str(path), "apmae_net")
+            log_to_runs(self.trainer.loggers, [path], "apmae_net")
 
     def on_test_end(self) -> None:
         if self.probe is not None:

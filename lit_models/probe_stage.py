@@ -256,11 +256,9 @@ class ProbeTraining:
         scores = getattr(self, "probe_scores", None)
         if scores is not None:
             files.append(write_score_table(directory / f"{scores['stage']}_scores.csv", scores["scores"]))
-        for logger in self.trainer.loggers:
-            experiment, run_id = getattr(logger, "experiment", None), getattr(logger, "run_id", None)
-            if hasattr(experiment, "log_artifact") and run_id:
-                for path in files:
-                    experiment.log_artifact(run_id, str(path), "head_importance")
+        from lit_models.mlflow_runs import log_to_runs
+
+        log_to_runs(self.trainer.loggers, files, "head_importance")
 
 
 def write_score_table(path: Any, scores: dict[str, dict[str, Any]]) -> Any:
