@@ -161,12 +161,13 @@ class HeadMetrics(Callback):
         return target
 
     def _log(self, trainer: Trainer, root: Path, reports: list[tuple[str, Any]]) -> None:
-        scalars = {f"head_metrics/{name}/{r.method}/{k}": v for name, r in reports for k, v in r.scalars().items()}
         from lit_models.mlflow_runs import log_to_runs
 
+        scalars = {f"head_metrics/{name}/{r.method}/{k}": v for name, r in reports for k, v in r.scalars().items()}
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=trainer.global_step)
-        if not log_to_runs(trainer.loggers, [root], "head_metrics"):  # no MLflow logger: keep them next to the run's other outputs
+        if not log_to_runs(trainer.loggers, [root], "head_metrics"):
+            # no MLflow logger: keep them next to the run's other outputs
             shutil.copytree(root, Path(trainer.default_root_dir) / "head_metrics", dirs_exist_ok=True)
 
 
