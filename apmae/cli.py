@@ -200,9 +200,9 @@ def cli_main(args: list[str] | None = None) -> APMAECLI:
     """Run the CLI; ``args`` replaces ``sys.argv[1:]`` (tests call it in-process).
 
     A fit may extract attention caches, so the entry point opts into the
-    allocator tuning extraction relies on (:func:`apmae.allocator.keep_freed_memory`).
+    allocator tuning extraction relies on (:func:`apmae.common.allocator.keep_freed_memory`).
     """
-    from apmae.allocator import keep_freed_memory
+    from apmae.common.allocator import keep_freed_memory
 
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

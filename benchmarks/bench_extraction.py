@@ -44,16 +44,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from apmae.allocator import keep_freed_memory  # noqa: E402
-from apmae.cache import (COMPRESSIONS, DEFAULT_COMPRESSION, AttentionCache, CacheSpec, CacheWriter,  # noqa: E402
+from apmae.common.allocator import keep_freed_memory  # noqa: E402
+from apmae.cache.store import (COMPRESSIONS, DEFAULT_COMPRESSION, AttentionCache, CacheSpec, CacheWriter,  # noqa: E402
                          shard_path)
-from apmae.codec import (DEFAULT_ENCODING, ENCODINGS, decode_patterns, decode_stored,  # noqa: E402
+from apmae.cache.codec import (DEFAULT_ENCODING, ENCODINGS, decode_patterns, decode_stored,  # noqa: E402
                          encode_attentions, encode_patterns, encode_stored, packed_width, to_14bit,
                          to_14bit_torch, triangle_bits_torch)
-from apmae.extract import extract  # noqa: E402
-from apmae.scenario_set import ScenarioSet  # noqa: E402
-from apmae.target import Target, load_target, run_batch_stored, run_batch_triangles, wrap_model  # noqa: E402
-from apmae.triangle import triangle_size  # noqa: E402
+from apmae.cache.extract import extract  # noqa: E402
+from apmae.mining.scenario_set import ScenarioSet  # noqa: E402
+from apmae.target.access import Target, load_target, run_batch_stored, run_batch_triangles, wrap_model  # noqa: E402
+from apmae.common.triangle import triangle_size  # noqa: E402
 
 DEMO = {"layers": 4, "heads": 8, "kv_heads": 2, "hidden": 128, "vocab": 2048}
 STARCODER2_3B = {"layers": 30, "heads": 24, "kv_heads": 2, "hidden": 3072, "vocab": 49152}
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--compression", default=DEFAULT_COMPRESSION, choices=COMPRESSIONS)
     p.add_argument("--encoding", default=DEFAULT_ENCODING, choices=ENCODINGS)
-    p.add_argument("--workers", type=int, default=2, help="batches in flight (apmae.extract.extract)")
+    p.add_argument("--workers", type=int, default=2, help="batches in flight (apmae.cache.extract.extract)")
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--starcoder2-3b", action="store_true", help="random StarCoder2-3B-sized target (GPU, bfloat16)")
     p.add_argument("--device", default="auto")
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--stages", action="store_true", help="per-stage times and the GPU-box projection only")
     p.add_argument("--disk-gb-per-s", type=float, default=2.0, help="disk bandwidth the projection assumes")
     args = p.parse_args(argv)
-    from apmae.target import resolve_device
+    from apmae.target.access import resolve_device
 
     device = str(resolve_device(args.device))
     dtype = args.dtype or ("bfloat16" if args.starcoder2_3b else "float32")

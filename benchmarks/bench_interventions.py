@@ -25,17 +25,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from apmae.head_sets import read_importance_csv, sweep_head_sets, sweep_ks  # noqa: E402
-from apmae.intervention_report import key_numbers  # noqa: E402
-from apmae.interventions import InterventionScenarios, run_sweep  # noqa: E402
-from apmae.target import load_target  # noqa: E402
+from apmae.interventions.head_sets import read_importance_csv, sweep_head_sets, sweep_ks  # noqa: E402
+from apmae.interventions.report import key_numbers  # noqa: E402
+from apmae.interventions.sweep import InterventionScenarios, run_sweep  # noqa: E402
+from apmae.target.access import load_target  # noqa: E402
 from benchmarks.bench_extraction import DEMO, random_scenarios, random_target  # noqa: E402
 
 
 def cached_scenarios(cache_dir: str, name: str, scenarios_path: str, *, n: int, seed: int) -> InterventionScenarios:
     """A seeded choice of ``n`` validation rows of cache ``name`` (noise excluded)."""
-    from apmae.cache import AttentionCache, cache_files
-    from apmae.scenario_set import ScenarioSet
+    from apmae.cache.store import AttentionCache, cache_files
+    from apmae.mining.scenario_set import ScenarioSet
     from datamodules.attention_cache import select_rows
 
     cache = AttentionCache(cache_files(cache_dir, name))

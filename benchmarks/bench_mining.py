@@ -2,7 +2,7 @@
 
     python benchmarks/bench_mining.py CORPUS [CORPUS ...] --workers 0 1 2 --tokenizer DIR_OR_NAME
 
-CORPUS is any source :func:`apmae.scenarios.mine_scenarios` reads (directory, .zip/.tar(.gz)
+CORPUS is any source :func:`apmae.mining.miner.mine_scenarios` reads (directory, .zip/.tar(.gz)
 archive, JSONL/Parquet). Without one, a corpus of ``--files`` files of about
 ``--lines`` lines is generated from the demo corpus generator (several generated
 classes per file). Without ``--tokenizer``, a byte-level BPE with FIM tokens is
@@ -55,7 +55,7 @@ def _cpu_seconds() -> float:
 
 
 def corpus_stats(sources) -> dict:
-    from apmae.sources import JavaSources
+    from apmae.mining.sources import JavaSources
 
     files = JavaSources(sources)
     n, n_bytes, n_lines, sample = 0, 0, 0, []
@@ -80,8 +80,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    from apmae.scenarios import mine_scenarios
-    from apmae.tasks import get_tasks
+    from apmae.mining.miner import mine_scenarios
+    from apmae.mining.tasks import get_tasks
 
     # every task that reads files; noise costs nothing per file
     tasks = [t.name for t in get_tasks() if t.needs_source]
@@ -95,7 +95,7 @@ def main(argv=None) -> dict:
             from apmae.demo.tokenizer import train_tokenizer
 
             tokenizer = train_tokenizer(sample, vocab_size=args.vocab)
-        logging.getLogger("apmae.scenarios").setLevel(logging.ERROR)  # "quota not reached" is expected here
+        logging.getLogger("apmae.mining.miner").setLevel(logging.ERROR)  # "quota not reached" is expected here
         runs = []
         for workers in args.workers:
             start, cpu0 = time.perf_counter(), _cpu_seconds()

@@ -45,8 +45,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from apmae.model import PRESETS, APMAE, APMAEConfig, APMAEOutput, num_visible
-from apmae.scaling import scale
+from apmae.model.net import PRESETS, APMAE, APMAEConfig, APMAEOutput, num_visible
+from apmae.model.scaling import scale
 
 
 class PlainAttention(nn.Module):

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from apmae.cluster_probe import ClusterProbeConfig, fit_cluster_probe
-from apmae.patterns import REDUCTIONS, ClusteringConfig, cluster_head, hdbscan_labels, reduce_encodings
+from apmae.patterns.cluster_probe import ClusterProbeConfig, fit_cluster_probe
+from apmae.patterns.clustering import REDUCTIONS, ClusteringConfig, cluster_head, hdbscan_labels, reduce_encodings
 
 
 def drawn_encodings(rows: int, dim: int, heads: int, seed: int) -> dict[str, np.ndarray]:
@@ -44,7 +44,7 @@ def drawn_encodings(rows: int, dim: int, heads: int, seed: int) -> dict[str, np.
 
 
 def file_encodings(path: str) -> dict[str, np.ndarray]:
-    from apmae.encodings import EncodingSet
+    from apmae.encodings.store import EncodingSet
 
     enc = EncodingSet(path)
     return {"cls": enc.array("cls"), "task": enc.task, "correct": enc.correct, "split": enc.split,

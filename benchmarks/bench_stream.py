@@ -7,10 +7,10 @@
 For each case, in one process over the same scenarios, with the default
 workers and torch threads of both paths and the same batch size:
 
-- ``cache_then_encode``: :func:`apmae.extract.extract` into a pattern cache,
-  then :func:`apmae.encodings.ensure_encodings` over it; its disk need is the
+- ``cache_then_encode``: :func:`apmae.cache.extract.extract` into a pattern cache,
+  then :func:`apmae.encodings.store.ensure_encodings` over it; its disk need is the
   cache plus the encodings;
-- ``stream``: :func:`apmae.stream.stream_encodings`; its disk need is the
+- ``stream``: :func:`apmae.encodings.stream.stream_encodings`; its disk need is the
   encodings file alone.
 
 Both are timed in interleaved rounds (fresh files each round) so that load
@@ -49,15 +49,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_extraction import DEMO, random_scenarios, random_target  # noqa: E402
 
-from apmae.allocator import keep_freed_memory  # noqa: E402
-from apmae.cache import AttentionCache, shard_path  # noqa: E402
-from apmae.encodings import (STAT_NAMES, EncodingsSpec, EncodingsWriter, ensure_encodings,  # noqa: E402
+from apmae.common.allocator import keep_freed_memory  # noqa: E402
+from apmae.cache.store import AttentionCache, shard_path  # noqa: E402
+from apmae.encodings.store import (STAT_NAMES, EncodingsSpec, EncodingsWriter, ensure_encodings,  # noqa: E402
                              placeholder_outcomes)
-from apmae.extract import extract  # noqa: E402
-from apmae.model import APMAE  # noqa: E402
-from apmae.scenario_set import ScenarioSet  # noqa: E402
-from apmae.stream import stream_columns, stream_encodings  # noqa: E402
-from apmae.target import load_target  # noqa: E402
+from apmae.cache.extract import extract  # noqa: E402
+from apmae.model.net import APMAE  # noqa: E402
+from apmae.mining.scenario_set import ScenarioSet  # noqa: E402
+from apmae.encodings.stream import stream_columns, stream_encodings  # noqa: E402
+from apmae.target.access import load_target  # noqa: E402
 
 STARCODER2_3B_ATTENTION = {"layers": 30, "heads": 24, "kv_heads": 2, "hidden": 768, "vocab": 2048}
 STUDY = {"scenarios": 10_000, "heads": 720, "seq_len": 256, "encoder_dim": 512}
@@ -138,7 +138,7 @@ def encodings_bytes_per_scenario(*, layers: int, heads: int, seq_len: int, dim: 
 
 def paper_encoder_images_per_s(n: int = 8) -> float:
     """Images/s of the paper's AP-MAE encoder (24 x 512, S = 256) on this machine, inference."""
-    from apmae.scaling import scale
+    from apmae.model.scaling import scale
 
     net = APMAE.from_preset("paper").eval()
     images = scale(torch.rand(n, 1, 256, 256).tril(), "log_normalize")

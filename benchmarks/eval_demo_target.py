@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from apmae.demo.corpus import write_corpus
-    from apmae.scenarios import mine_scenarios
+    from apmae.mining.miner import mine_scenarios
 
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.target)

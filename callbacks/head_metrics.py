@@ -124,7 +124,7 @@ class HeadMetrics(Callback):
             print(line, flush=True)
 
     def _compute(self, datamodule: Any) -> list[tuple[str, Any]]:
-        from apmae.cache import AttentionCache
+        from apmae.cache.store import AttentionCache
         from apmae.head_metrics import suite
         from datamodules.attention_cache import target_short_name
 
@@ -153,7 +153,7 @@ class HeadMetrics(Callback):
         return reports
 
     def _load(self, path: str) -> Any:
-        from apmae.target import load_target
+        from apmae.target.access import load_target
 
         start = time.perf_counter()
         target = load_target(path, dtype=self.dtype, device=self.device)
@@ -177,7 +177,7 @@ def validation_rows(cache: Any, n: int) -> np.ndarray:
     Raises:
         ValueError: the cache has no validation rows.
     """
-    from apmae.scenario_set import SPLITS
+    from apmae.mining.scenario_set import SPLITS
 
     val = np.flatnonzero(cache.split == SPLITS.index("val"))
     if not len(val):

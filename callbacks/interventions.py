@@ -6,7 +6,7 @@ Every ``every_n_epochs`` validation runs, at the end of fit and at the end of
 test, the callback re-runs the target model (loaded once, never the module
 being trained) on a fixed set of scenarios of the DataModule's training-target
 cache, with head sets chosen from a signed (L, H) head importance by the
-strategies of :mod:`apmae.head_sets` over a k sweep (:mod:`apmae.interventions`).
+strategies of :mod:`apmae.interventions.head_sets` over a k sweep (:mod:`apmae.interventions.sweep`).
 
 The ranking is the LightningModule's current ``head_importance`` ((L, H)
 tensor or array; None until it is computed) when it has one, else the
@@ -43,9 +43,9 @@ from typing import Any, Optional
 import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from apmae.head_sets import (DEFAULT_FRACTIONS, STRATEGIES, check_importance, check_ks, read_importance_csv,
+from apmae.interventions.head_sets import (DEFAULT_FRACTIONS, STRATEGIES, check_importance, check_ks, read_importance_csv,
                              sweep_head_sets, sweep_ks)
-from apmae.scenario_set import SPLITS
+from apmae.mining.scenario_set import SPLITS
 
 ARTIFACTS = ("results.csv", "scenarios.csv", "by_task.csv", "curve.png")
 
@@ -167,7 +167,7 @@ class Interventions(Callback):
     # ------------------------------------------------------------- evaluation
     def evaluate(self, trainer: Trainer, pl_module: LightningModule, *, stage: str) -> Optional[InterventionRun]:
         """One sweep per ranking (global, then per task) on rank 0; None elsewhere or without a ranking."""
-        from apmae.interventions import run_sweep
+        from apmae.interventions.sweep import run_sweep
 
         if not trainer.is_global_zero:
             return None
@@ -185,7 +185,7 @@ class Interventions(Callback):
 
     def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Load the target and choose the scenarios, once."""
-        from apmae.target import load_target
+        from apmae.target.access import load_target
 
         datamodule = _datamodule(trainer)
         if self.target is None:
@@ -258,7 +258,7 @@ class Interventions(Callback):
 
     # ---------------------------------------------------------------- logging
     def _log(self, trainer: Trainer, stage: str, sweeps: list[Any]) -> InterventionRun:
-        from apmae.intervention_report import metric_values
+        from apmae.interventions.report import metric_values
 
         prefix, folder = ("test/interventions", "interventions/test") if stage == "test" else \
             ("interventions", "interventions")
@@ -281,7 +281,7 @@ class Interventions(Callback):
     def _write_files(self, sweeps: list[Any], folder: Path, stage: str) -> dict[str, Path]:
         import matplotlib.pyplot as plt
 
-        from apmae.intervention_report import (RESULT_FIELDS, SCENARIO_FIELDS, TASK_FIELDS, curve_figure,
+        from apmae.interventions.report import (RESULT_FIELDS, SCENARIO_FIELDS, TASK_FIELDS, curve_figure,
                                                result_rows, scenario_rows, task_rows, write_csv)
 
         folder.mkdir(parents=True, exist_ok=True)
@@ -306,7 +306,7 @@ class Interventions(Callback):
 
     def summary_lines(self) -> list[str]:
         """The last evaluation's key numbers per ranking and where its curve is (empty before any)."""
-        from apmae.intervention_report import key_numbers
+        from apmae.interventions.report import key_numbers
 
         if self.last is None:
             return []
@@ -328,7 +328,7 @@ def choose_scenarios(datamodule: Any, *, n: int, split: str, tasks: Optional[lis
     Raises:
         ValueError: the DataModule has no attention cache or scenario set, or the split has no rows.
     """
-    from apmae.interventions import InterventionScenarios
+    from apmae.interventions.sweep import InterventionScenarios
     from datamodules.attention_cache import select_rows
 
     caches = getattr(datamodule, "caches", None) or {}

@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
-from apmae.model import masked_error
+from apmae.model.net import masked_error
 
 
 @dataclass

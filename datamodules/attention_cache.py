@@ -4,22 +4,22 @@ Glossary: B batch, S tokens, L layers, H query heads.
 
 ``prepare_data`` mines the scenarios (when given a scenario DataModule) and
 builds, resumes or reuses one cache per target model with
-:func:`apmae.extract.ensure_cache` (which needs no Lightning); under DDP every
+:func:`apmae.cache.extract.ensure_cache` (which needs no Lightning); under DDP every
 rank extracts its own shard in ``setup`` and the reader merges the shards. Batches are dicts:
 
 - ``mode="heads"``: ``images`` (B, 1, S, S) scaled, and ``scenario``, ``layer``,
   ``head``, ``task``, ``correct`` (B,);
 - ``mode="scenarios"``: ``images`` (B, L*H, 1, S, S) scaled, ``stats`` (B, L, H, F)
-  raw-pattern statistics (:func:`apmae.encodings.pattern_stats`), and ``scenario``,
+  raw-pattern statistics (:func:`apmae.encodings.store.pattern_stats`), and ``scenario``,
   ``row``, ``task``, ``correct``, ``probability`` (B,);
 - ``mode="scenarios"`` with an ``encoder``: no images; ``cls`` and ``mean``
   (B, L, H, D) AP-MAE encodings of every head, computed once per cache and
   encoder into ``<encodings_dir>/<cache name>.<encoder hash>.encodings.h5`` and read
-  back by later runs (:mod:`apmae.encodings`), with the same ``stats`` and columns.
+  back by later runs (:mod:`apmae.encodings.store`), with the same ``stats`` and columns.
 
 ``pattern_kind="contribution"`` serves each head's norm-based contribution
 weights instead of its attention, from caches ``<target>.contribution.rank<k>.h5``
-beside the attention caches (:func:`apmae.extract.cache_name`); images, stacks
+beside the attention caches (:func:`apmae.cache.extract.cache_name`); images, stacks
 and encodings are built from them exactly as from attention.
 
 The first validation/test dataloader reads the training target's cache; one
@@ -38,11 +38,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from apmae.cache import (DEFAULT_COMPRESSION, DEFAULT_PATTERN_KIND, AttentionCache, CacheMismatchError, cache_files,
+from apmae.cache.store import (DEFAULT_COMPRESSION, DEFAULT_PATTERN_KIND, AttentionCache, CacheMismatchError, cache_files,
                          check_pattern_kind)
-from apmae.codec import DEFAULT_ENCODING
-from apmae.extract import cache_name, target_short_name
-from apmae.scenario_set import SPLITS, ScenarioSet, balance_per_task, load_source, source_seq_len
+from apmae.cache.codec import DEFAULT_ENCODING
+from apmae.cache.extract import cache_name, target_short_name
+from apmae.mining.scenario_set import SPLITS, ScenarioSet, balance_per_task, load_source, source_seq_len
+from apmae.model.loading import ENCODER_PRECISIONS, load_encoder
 from datamodules.java_scenarios import JavaScenarioDataModule
 
 MODES = ("heads", "scenarios")
@@ -135,7 +136,7 @@ class ScenarioStackDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, j: int) -> dict[str, Any]:
-        from apmae.encodings import pattern_stats
+        from apmae.encodings.store import pattern_stats
 
         row = int(self.rows[j])
         c = self.cache
@@ -160,7 +161,7 @@ class ScaledCollate:
     _DTYPES = {"correct": torch.bool, "probability": torch.float32}
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        from apmae.scaling import scale
+        from apmae.model.scaling import scale
 
         batch = {}
         for key, value in samples[0].items():
@@ -250,7 +251,7 @@ class AttentionCacheDataModule(L.LightningDataModule):
             device: extraction device, ``auto`` = this rank's GPU if any, else CPU.
             compression: cache compression, ``none`` (default), ``lzf`` or ``gzip``.
             encoding: stored form of the patterns, ``bfloat16-14bit`` (default) or ``bfloat16-bits``
-                (for models whose attention values can leave [0, 2)); see :mod:`apmae.codec`.
+                (for models whose attention values can leave [0, 2)); see :mod:`apmae.cache.codec`.
             extraction_workers: batches in flight while extracting (threads; on CPU they share torch's threads).
             pattern_kind: what each head's image is: ``attention`` (default) or ``contribution``, its norm-based
                 contribution weights (:mod:`apmae.head_metrics.contribution`), extracted from the same forward
@@ -270,14 +271,12 @@ class AttentionCacheDataModule(L.LightningDataModule):
             raise ValueError("head_selection applies to mode='heads'; mode='scenarios' always stacks every head")
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"batch_size={batch_size} must be >= 1 and num_workers={num_workers} >= 0")
-        from apmae.scaling import get_scaler
+        from apmae.model.scaling import get_scaler
 
         get_scaler(scaler)  # fail at construction on a misspelt scaler
         self.pattern_kind = check_pattern_kind(pattern_kind)
         if encoder is not None and mode != "scenarios":
             raise ValueError("encoder applies to mode='scenarios' (per-scenario encodings); set mode: scenarios")
-        from datamodules.encodings import ENCODER_PRECISIONS
-
         if encoder_precision not in ENCODER_PRECISIONS:
             raise ValueError(f"encoder_precision={encoder_precision!r}; use one of {sorted(ENCODER_PRECISIONS)}")
         self.encoder = None if encoder is None else str(encoder)
@@ -326,8 +325,8 @@ class AttentionCacheDataModule(L.LightningDataModule):
             self._build(0, 1, 0)
 
     def _build(self, rank: int, world: int, local_rank: int) -> None:
-        """Reuse, resume or extract (this rank's shard of) every target's cache: :func:`apmae.extract.ensure_cache`."""
-        from apmae.extract import ensure_cache
+        """Reuse, resume or extract (this rank's shard of) every target's cache: :func:`apmae.cache.extract.ensure_cache`."""
+        from apmae.cache.extract import ensure_cache
 
         scenarios = self.scenario_set()
         for model in [self.target, *self.extra_targets]:
@@ -356,9 +355,7 @@ class AttentionCacheDataModule(L.LightningDataModule):
 
     def _encode_caches(self) -> None:
         """Read or compute every cache's encodings under ``encoder`` (rank 0 computes under DDP)."""
-        from apmae.encodings import encoder_hash, ensure_encodings
-        from datamodules.encodings import ENCODER_PRECISIONS, load_encoder
-
+        from apmae.encodings.store import encoder_hash, ensure_encodings
         net = load_encoder(self.encoder)
         device = torch.device(f"cuda:{self._world()[2]}" if torch.cuda.is_available() else "cpu")
         net.to(device)

@@ -5,12 +5,12 @@ Glossary: B batch, L layers, H query heads, D encoder width, F pattern statistic
 ``prepare_data`` / ``setup`` compute (or reuse, or resume) the encodings of
 every scenario under a trained AP-MAE encoder, once per (target, encoder):
 
-- ``stream=True``: target -> encoder -> encodings file (:mod:`apmae.stream`);
+- ``stream=True``: target -> encoder -> encodings file (:mod:`apmae.encodings.stream`);
   no pattern is ever written. Under DDP every rank streams its own shard
   ``<encodings_dir>/<target>.<encoder hash>.rank<k>.h5``.
 - ``stream=False``: the attention cache is built (or reused) in ``cache_dir``
   as :class:`~datamodules.attention_cache.AttentionCacheDataModule` does, then
-  encoded once (:func:`apmae.encodings.ensure_encodings`, rank 0).
+  encoded once (:func:`apmae.encodings.store.ensure_encodings`, rank 0).
 
 Both give the same encodings (to float16 precision) under the same identity,
 so the setting switches the cost, not the results. Batches are dicts, one
@@ -34,39 +34,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from apmae.cache import cache_files, shard_path
-from apmae.encodings import KINDS, EncodingSet, EncodingsError, EncodingsMismatchError
-from apmae.scenario_set import ScenarioSet, load_source, source_seq_len
+from apmae.cache.store import cache_files, shard_path
+from apmae.encodings.store import KINDS, EncodingSet, EncodingsError, EncodingsMismatchError
+from apmae.mining.scenario_set import ScenarioSet, load_source, source_seq_len
+from apmae.model.loading import ENCODER_PRECISIONS, load_encoder
 from datamodules.attention_cache import select_rows, target_short_name
 from datamodules.java_scenarios import JavaScenarioDataModule
 
-# autocast dtype of each encoder precision (None: float32)
-ENCODER_PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-NET_CONFIG_KEY = "apmae_net_config"  # where LitAPMAE checkpoints record their net's APMAEConfig
 ARRAYS = (*KINDS, "stats")
-
-
-def load_encoder(path: str | Path) -> Any:
-    """The AP-MAE net of an export directory (``APMAE.save``) or of a LitAPMAE checkpoint file.
-
-    Raises:
-        ValueError: the path is neither, or the checkpoint holds no AP-MAE net.
-    """
-    from apmae.model import APMAE, APMAEConfig
-
-    path = Path(path)
-    if path.is_dir():
-        return APMAE.load(path)
-    if not path.is_file():
-        raise ValueError(f"encoder {str(path)!r} does not exist; give an exported AP-MAE directory "
-                         "(the run's apmae_net/, e.g. artifacts/demo/apmae) or a LitAPMAE .ckpt file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    state = {k[len("net."):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")}
-    if NET_CONFIG_KEY not in checkpoint or not state:
-        raise ValueError(f"checkpoint {path} holds no AP-MAE net; give a LitAPMAE checkpoint or an export directory")
-    net = APMAE(APMAEConfig.from_dict(checkpoint[NET_CONFIG_KEY]))
-    net.load_state_dict(state)
-    return net
 
 
 class EncodingRows(Dataset):
@@ -148,7 +123,7 @@ class EncodingsDataModule(L.LightningDataModule):
             progress: show a progress bar (scenarios/s) while encoding.
         """
         super().__init__()
-        from apmae.scaling import get_scaler
+        from apmae.model.scaling import get_scaler
 
         get_scaler(scaler)
         if encoder_precision not in ENCODER_PRECISIONS:
@@ -197,7 +172,7 @@ class EncodingsDataModule(L.LightningDataModule):
         return int(trainer.global_rank), int(trainer.world_size), int(trainer.local_rank)
 
     def _device(self, local_rank: int) -> torch.device:
-        from apmae.extract import extraction_device
+        from apmae.cache.extract import extraction_device
 
         return torch.device(extraction_device(self.extraction["device"], local_rank))
 
@@ -209,7 +184,7 @@ class EncodingsDataModule(L.LightningDataModule):
             self._build(0, 1, 0)
 
     def _build(self, rank: int, world: int, local_rank: int) -> None:
-        from apmae.encodings import encoder_hash
+        from apmae.encodings.store import encoder_hash
 
         device = self._device(local_rank)
         net = load_encoder(self.encoder).to(device)
@@ -243,8 +218,8 @@ class EncodingsDataModule(L.LightningDataModule):
         return True
 
     def _stream(self, net: Any, scenarios: ScenarioSet, rank: int, world: int, device: torch.device) -> None:
-        from apmae.stream import stream_encodings
-        from apmae.target import load_target
+        from apmae.encodings.stream import stream_encodings
+        from apmae.target.access import load_target
 
         target = load_target(self.target, dtype=self.extraction["dtype"], device=str(device))
         stream_encodings(target, scenarios, net, shard_path(self.encodings_dir, self.name, rank), rank=rank,
@@ -254,7 +229,7 @@ class EncodingsDataModule(L.LightningDataModule):
 
     def _encode_cache(self, net: Any, scenarios: ScenarioSet, rank: int, world: int, device: torch.device) -> None:
         """Build (or reuse) the attention cache on every rank, then encode it on rank 0."""
-        from apmae.encodings import ensure_encodings
+        from apmae.encodings.store import ensure_encodings
         from datamodules.attention_cache import AttentionCacheDataModule
 
         patterns = AttentionCacheDataModule(

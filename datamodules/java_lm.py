@@ -4,8 +4,8 @@ Glossary: B batch, S ``seq_len`` (tokens per training row), C FIM prompt
 tokens (``context_len``, prefix + suffix + the three FIM tokens).
 
 A FIM row is ``<fim_prefix> prefix <fim_suffix> suffix <fim_middle> middle
-<|endoftext|>`` built by :func:`apmae.fim.fim_sequence`, the function the
-scenario miner uses, with the same context cut, :func:`apmae.fim.balanced_context`:
+<|endoftext|>`` built by :func:`apmae.mining.fim.fim_sequence`, the function the
+scenario miner uses, with the same context cut, :func:`apmae.mining.fim.balanced_context`:
 up to C tokens balanced around the hole, the shorter side kept whole. Holes start and end on lexeme
 boundaries (identifiers, literals, operators, brackets, ``;\\n``) or on token
 boundaries, which covers the spans scenario tasks cut. Every other row is a
@@ -24,7 +24,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from apmae.fim import FimTokens, balanced_context, fim_sequence
+from apmae.mining.fim import FimTokens, balanced_context, fim_sequence
 
 # one lexeme: a word, a number, a string or char literal, an operator, or one other symbol
 LEXEME = re.compile(
@@ -90,9 +90,9 @@ class FimSampler:
         are the syntactic units the scenarios cut (AST-aware FIM); a file that
         does not parse simply contributes fewer spans.
         """
-        from apmae.offsets import byte_to_char
-        from apmae.scenarios import FileMiner, MiningConfig
-        from apmae.tasks import get_tasks
+        from apmae.mining.offsets import byte_to_char
+        from apmae.mining.miner import FileMiner, MiningConfig
+        from apmae.mining.tasks import get_tasks
 
         if self._miner is None:
             tasks = [t for t in get_tasks() if t.needs_source]

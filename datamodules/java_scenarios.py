@@ -7,7 +7,7 @@ Batches are dicts of tensors:
 - ``input_ids`` (B, S) long: ``<fim_prefix> prefix <fim_suffix> suffix <fim_middle>``
 - ``label_ids`` (B, K) long, the hole's tokens padded with 0; ``label_mask`` (B, K) bool
 - ``task`` (B,) long: index into ``task_names``
-- ``index`` (B,) long: row in the :class:`~apmae.scenario_set.ScenarioSet`
+- ``index`` (B,) long: row in the :class:`~apmae.mining.scenario_set.ScenarioSet`
 - ``source`` (B,) long: index into ``source_ids`` (-1 for noise scenarios)
 
 In a notebook::
@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from apmae.scenario_set import FORMAT_VERSION, SPLITS, ScenarioSet
-from apmae.scenarios import mine_scenarios
-from apmae.sources import JavaSources
-from apmae.tasks import get_tasks
+from apmae.mining.scenario_set import FORMAT_VERSION, SPLITS, ScenarioSet
+from apmae.mining.miner import mine_scenarios
+from apmae.mining.sources import JavaSources
+from apmae.mining.tasks import get_tasks
 
 MINER_VERSION = 1  # bump when mining changes what a cached set would contain
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
@@ -74,7 +74,7 @@ class JavaScenarioDataModule(pl.LightningDataModule):
         sources: Java sources: directories, ``.zip``/``.tar(.gz)`` archives, JSONL/Parquet files with a
             ``content`` column, or ``hf:NAME?split=train`` Hugging Face datasets.
         tokenizer: hub name or local directory of a fast tokenizer with FIM tokens.
-        tasks: task names (see ``apmae.tasks.task_names()``); None for all registered tasks.
+        tasks: task names (see ``apmae.mining.tasks.task_names()``); None for all registered tasks.
         seq_len: tokens per prompt.
         n_per_task: scenarios per task (or a mapping task -> count).
         proportions: task -> weight; then ``n_per_task x len(tasks)`` scenarios are shared out by weight.

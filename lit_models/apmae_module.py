@@ -8,13 +8,13 @@ optimiser recipe of the paper, metrics and export. Metrics, per validation
 (or test) dataloader, i.e. per target model whose attention cache it reads:
 
 - ``val/<target>/mse``: MSE over the valid pixels of masked patches
-  (:func:`apmae.model.masked_error`, the pixels AP-MAE's loss uses);
+  (:func:`apmae.model.net.masked_error`, the pixels AP-MAE's loss uses);
 - ``val/<target>/baseline_mse``: the same pixels predicted by the per-pixel
   mean pattern of the training set (a trivial reconstruction), same masks;
 - ``val/<target>/mse_over_baseline``: AP-MAE error / trivial error (< 1 is better);
 - ``val/<target>/neighbour_mse``: the same pixels predicted by the mean pattern plus
   the image's departure from it in the visible patches of the same row and column
-  bands (:func:`apmae.baselines.neighbour_patches`), a stronger trivial
+  bands (:func:`apmae.model.baselines.neighbour_patches`), a stronger trivial
   reconstruction; ``mse_over_neighbour`` is AP-MAE's error over it;
 - ``val/<target>/mse_over_train``: error on this target / error on the training
   target (the paper's "minimal degradation on unseen models", measured);
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -35,9 +36,10 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
-from apmae.baselines import band_neighbours, neighbour_patches
-from apmae.model import APMAE, APMAEConfig, masked_error
-from apmae.schedules import warmup_cosine
+from apmae.model.baselines import band_neighbours, neighbour_patches
+from apmae.model.loading import NET_CONFIG_KEY, load_encoder
+from apmae.model.net import APMAE, APMAEConfig, masked_error
+from apmae.model.schedules import warmup_cosine
 from lit_models.mlflow_runs import log_to_runs
 from lit_models.probe_stage import Collected, ProbeStage, ProbeTraining
 
@@ -187,10 +189,6 @@ class LitAPMAE(ProbeTraining, LightningModule):
         return self.probe.head_importance.detach().cpu()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from dataclasses import asdict
-
-        from datamodules.encodings import NET_CONFIG_KEY
-
         checkpoint[NET_CONFIG_KEY] = asdict(self.net.config)
 
     # ----------------------------------------------------------------- training
@@ -434,8 +432,6 @@ def _probe_encoder(encoder: Optional[str], *, seq_len: int, overrides: Optional[
                          "artifacts/demo/apmae, or a LitAPMAE checkpoint)")
     if overrides:
         raise ValueError("net_overrides do not apply to a loaded encoder: its architecture is fixed by its config")
-    from datamodules.encodings import load_encoder
-
     loaded = load_encoder(encoder)
     if loaded.config.seq_len != seq_len:
         raise ValueError(f"the encoder {encoder} takes S={loaded.config.seq_len} patterns (patch size "

@@ -4,7 +4,7 @@ Glossary: B scenarios, L layers, H query heads, D encoder width, F features per
 head (D or 2D for AP-MAE encodings, 4 for pattern statistics).
 
 Predictors, all trained together on the same (class-balanced) batches and
-scored by :mod:`apmae.probe_metrics` on the same scenarios:
+scored by :mod:`apmae.probe.metrics` on the same scenarios:
 
 - ``probe``: :class:`apmae.probe.HeadProbe` over AP-MAE encodings of every head;
 - ``stats_probe``: the same architecture over per-head pattern statistics
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from apmae.probe import HeadProbe, integrated_gradients_importance, mean_replacement_importance
+from apmae.probe.net import HeadProbe, integrated_gradients_importance, mean_replacement_importance
 
 FEATURES = ("cls", "mean", "both")
 TRAINED = ("probe", "stats_probe", "probe_confidence")
@@ -197,7 +197,7 @@ class ProbeTraining:
         self.probe.collect(self._collected, batch, features, logits, self.hparams.importance_scenarios)
 
     def _probe_epoch_end(self, stage: str) -> None:
-        from apmae.probe_metrics import best_threshold, metric_dict, per_task_scores
+        from apmae.probe.metrics import best_threshold, metric_dict, per_task_scores
 
         if not self._collected.correct:
             return
@@ -230,7 +230,7 @@ class ProbeTraining:
             raise ValueError("the probe stage needs a DataModule with a train split for its reference features")
         served = getattr(datamodule, "encoder_hash", None)
         if served is not None and not self.hparams.finetune_encoder:
-            from apmae.encodings import encoder_hash
+            from apmae.encodings.store import encoder_hash
 
             if served != encoder_hash(self.net):
                 raise ValueError(f"the DataModule serves encodings of encoder {served} but the probe's encoder is "
@@ -243,7 +243,7 @@ class ProbeTraining:
             return
         from pathlib import Path
 
-        from apmae.head_tables import head_heatmap, write_head_table
+        from apmae.common.head_tables import head_heatmap, write_head_table
 
         directory = Path(directory)
         importance = self.probe.head_importance.cpu().numpy()

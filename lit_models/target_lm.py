@@ -25,9 +25,9 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_only
 
-from apmae.atomic import atomic_dir
-from apmae.optim import weight_decay_groups
-from apmae.schedules import warmup_cosine
+from apmae.common.atomic import atomic_dir
+from apmae.model.optim import weight_decay_groups
+from apmae.model.schedules import warmup_cosine
 
 EXPORT_ATTN = "eager"
 
@@ -51,7 +51,7 @@ def starcoder2_config(*, vocab_size: int, special_id: int, hidden_size: int, num
 
 
 def export_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
-    """Save ``model`` + ``tokenizer`` into ``out_dir`` atomically (:func:`apmae.atomic.atomic_dir`).
+    """Save ``model`` + ``tokenizer`` into ``out_dir`` atomically (:func:`apmae.common.atomic.atomic_dir`).
 
     ``config.json`` records ``attn_implementation: eager``. An existing
     ``out_dir`` is replaced.

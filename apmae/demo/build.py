@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from apmae.atomic import atomic_dir
+from apmae.common.atomic import atomic_dir
 
 MARKERS = {"corpus": "MANIFEST.json", "tokenizer": "tokenizer.json", "target": "model.safetensors"}
 

@@ -108,8 +108,8 @@ def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, 
 
 def _patterns(cli: Any, demo_dir: str, run_id: str | None, tracking_uri: str | None, *, reduction: str,
               workers: int) -> list[str]:
-    from apmae.cluster_probe import ClusterProbeConfig
-    from apmae.patterns_run import run_recurring_patterns
+    from apmae.patterns.cluster_probe import ClusterProbeConfig
+    from apmae.patterns.run import run_recurring_patterns
 
     data = cli.datamodule
     name = data.train_target_name

@@ -2,7 +2,7 @@
 
 Each module is one method, plain torch/numpy, usable without Lightning:
 
-- :mod:`apmae.head_metrics.layout`: where a model keeps each head's value and
+- :mod:`apmae.target.layout`: where a model keeps each head's value and
   output projections (grouped-query attention mapped to query heads);
 - :mod:`apmae.head_metrics.contribution`: value-aware contribution weights
   (signed and norm-based) captured in the forward pass that yields the attentions;

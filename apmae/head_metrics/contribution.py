@@ -23,7 +23,7 @@ projection's bias is the same for every key and belongs to no key.
 The values come from a forward hook on each layer's ``v_proj`` in the same
 batched forward pass that returns the attention patterns; key/value heads are
 expanded to query heads as the model itself does (see
-:mod:`apmae.head_metrics.layout`).
+:mod:`apmae.target.layout`).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from typing import Any, Iterator
 
 import torch
 
-from apmae.head_metrics.layout import AttentionLayer, attention_layers
-from apmae.target import TargetOutput, run_batch
+from apmae.target.layout import AttentionLayer, attention_layers
+from apmae.target.access import TargetOutput, run_batch
 
 
 @dataclass
@@ -151,7 +151,7 @@ def run_contributions(target: Any, input_ids: torch.Tensor) -> ContributionBatch
 @torch.inference_mode()
 def run_batch_contributions(target: Any, input_ids: torch.Tensor, label_first: torch.Tensor, *,
                             middle_pos: torch.Tensor | None = None) -> TargetOutput:
-    """:func:`apmae.target.run_batch` with each head's norm-based contribution weights as its patterns.
+    """:func:`apmae.target.access.run_batch` with each head's norm-based contribution weights as its patterns.
 
     Returns a :class:`~apmae.target.TargetOutput` whose ``attentions`` are the
     weights n_ij (B, L, H, S, S) float32; the first-token outcome is that of the

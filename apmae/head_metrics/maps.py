@@ -159,10 +159,10 @@ def model_maps(model: torch.nn.Module, relations: Sequence[Relation], *, first_m
 
     Raises:
         ValueError: unrecognised attention modules or embeddings (see
-            :mod:`apmae.head_metrics.layout`), ``first_mlp`` without a layer-0
+            :mod:`apmae.target.layout`), ``first_mlp`` without a layer-0
             MLP block, or bad relations.
     """
-    from apmae.head_metrics.layout import attention_layers, vocabulary_ends
+    from apmae.target.layout import attention_layers, vocabulary_ends
 
     layers = attention_layers(model)
     ends = vocabulary_ends(model)

@@ -24,7 +24,7 @@ def target_b_dir(tiny_tokenizer, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def target(target_dir):
-    from apmae.target import load_target
+    from apmae.target.access import load_target
 
     return load_target(target_dir, device="cpu")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apmae.scenario_set import ScenarioSet
+from apmae.mining.scenario_set import ScenarioSet
 
 TASKS = ["identifiers", "closing_bracket", "noise"]
 
@@ -54,7 +54,7 @@ def make_half_correct(target, scenarios: ScenarioSet) -> ScenarioSet:
     """Set the first label token of every other scenario to the model's own prediction."""
     import torch
 
-    from apmae.target import run_batch
+    from apmae.target.access import run_batch
 
     out = run_batch(target, torch.from_numpy(scenarios.input_ids), torch.from_numpy(scenarios.label_ids[:, 0]))
     pred = out.prediction.numpy()

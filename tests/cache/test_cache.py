@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from apmae.cache import (AttentionCache, CacheError, CacheMismatchError, CacheSpec, CacheWriter, cache_files,
+from apmae.cache.store import (AttentionCache, CacheError, CacheMismatchError, CacheSpec, CacheWriter, cache_files,
                          shard_path)
-from apmae.extract import ensure_cache, extract
-from apmae.target import load_target, run_batch
+from apmae.cache.extract import ensure_cache, extract
+from apmae.target.access import load_target, run_batch
 from tests.cache.helpers import random_scenarios
 
 COLUMNS = ("scenario_index", "input_ids", "label_ids", "label_len", "task", "source_id", "span_start", "span_end",

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from apmae.cache import cache_files
-from apmae.scaling import scale
-from apmae.scenario_set import SPLITS
+from apmae.cache.store import cache_files
+from apmae.model.scaling import scale
+from apmae.mining.scenario_set import SPLITS
 from datamodules.attention_cache import AttentionCacheDataModule, HeadSelection, target_short_name
 
 
@@ -109,7 +109,7 @@ def test_scenario_mode_stacks_every_head(cache_dir, target_dir, scenarios_path):
     row = int(np.flatnonzero(cache.scenario_index == int(batch["scenario"][1]))[0])
     assert int(batch["row"][1]) == row
     np.testing.assert_array_equal(batch["images"][1, 5, 0].numpy(), cache.pattern(row, 1, 1))  # 5 = layer 1, head 1
-    from apmae.encodings import pattern_stats
+    from apmae.encodings.store import pattern_stats
 
     np.testing.assert_allclose(batch["stats"][1, 1, 1].numpy(), pattern_stats(cache.pattern(row, 1, 1)).numpy())
     assert float(batch["probability"][1]) == pytest.approx(float(cache.probability[row]))
@@ -175,7 +175,7 @@ def test_bad_head_selection_and_scenarios_raise(target_dir, tmp_path):
 
 
 def test_a_cache_for_other_scenarios_is_refused(cache_dir, target_dir, tmp_path, tiny_tokenizer):
-    from apmae.cache import CacheMismatchError
+    from apmae.cache.store import CacheMismatchError
     from tests.cache.helpers import random_scenarios
 
     other = random_scenarios(30, 24, 500, tiny_tokenizer.convert_tokens_to_ids("<fim_middle>"), seed=9)

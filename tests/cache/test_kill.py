@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apmae.cache import AttentionCache, shard_path
-from apmae.extract import extract
+from apmae.cache.store import AttentionCache, shard_path
+from apmae.cache.extract import extract
 
 _CHILD = """
 import sys
-from apmae.extract import extract
-from apmae.scenario_set import ScenarioSet
-from apmae.target import load_target
+from apmae.cache.extract import extract
+from apmae.mining.scenario_set import ScenarioSet
+from apmae.target.access import load_target
 
 target = load_target(sys.argv[1], device="cpu")
 scenarios = ScenarioSet.load(sys.argv[2])

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from apmae.codec import (decode_patterns, decode_stored, encode_attentions, encode_patterns, encode_stored,
+from apmae.cache.codec import (decode_patterns, decode_stored, encode_attentions, encode_patterns, encode_stored,
                          from_14bit, packed_width, stored_attentions, to_14bit, to_14bit_torch,
                          triangle_bits_torch)
-from apmae.triangle import from_triangle, lower_triangle_index, to_triangle
+from apmae.common.triangle import from_triangle, lower_triangle_index, to_triangle
 
 
 @pytest.mark.parametrize("seq_len", [1, 7, 32])
@@ -150,7 +150,7 @@ def test_torch_triangle_bits_equal_numpy_including_the_subnormal_repair(dtype):
 
 @pytest.mark.parametrize("encoding", ["bfloat16-14bit", "bfloat16-bits"])
 def test_device_path_stores_the_same_bytes_as_the_host_path(encoding, target, scenarios):
-    from apmae.target import run_batch
+    from apmae.target.access import run_batch
 
     out = run_batch(target, torch.from_numpy(scenarios.input_ids[:5]), torch.from_numpy(scenarios.label_ids[:5, 0]))
     real = list(out.attentions.unbind(1))  # the micro target's own patterns, (B, H, S, S) per layer

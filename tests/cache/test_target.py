@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from apmae.codec import encode_patterns, encode_stored
-from apmae.target import (Target, load_target, output_projections, run_batch, run_batch_stored, run_batch_triangles,
+from apmae.cache.codec import encode_patterns, encode_stored
+from apmae.target.access import (Target, load_target, output_projections, run_batch, run_batch_stored, run_batch_triangles,
                           wrap_model, zero_heads)
-from apmae.triangle import to_triangle
+from apmae.common.triangle import to_triangle
 
 
 def test_loaded_target_reports_its_shape(target, target_dir):

@@ -99,7 +99,7 @@ def test_target_step_trains_through_the_cli_and_exports(tmp_path, corpus_dir, to
 
 
 def test_a_failing_step_leaves_no_output_and_no_temp_dir(tmp_path):
-    from apmae.atomic import atomic_dir
+    from apmae.common.atomic import atomic_dir
     from apmae.demo.build import build_target
 
     with pytest.raises(RuntimeError, match="boom"):

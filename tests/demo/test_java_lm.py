@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from apmae.fim import FimTokens, balanced_context, fim_sequence
+from apmae.mining.fim import FimTokens, balanced_context, fim_sequence
 from datamodules.java_lm import IGNORE, FimSampler, JavaLMDataModule, collate_rows
 
 
@@ -122,7 +122,7 @@ def test_context_ramp_starts_short_and_reaches_the_full_context(corpus_dir, toke
 
 
 def test_task_spans_are_the_scenario_miners_candidate_holes(demo_tokenizer, corpus_dir):
-    from apmae.scenarios import candidate_spans
+    from apmae.mining.miner import candidate_spans
 
     sampler = FimSampler(demo_tokenizer, seq_len=160, context_len=128, task_span_rate=1.0)
     text = max((p.read_text() for p in sorted(corpus_dir.rglob("*.java"))), key=len)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from apmae.demo.corpus import generate_corpus
-from apmae.fim import EOS, FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX, FimTokens
+from apmae.mining.fim import EOS, FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX, FimTokens
 
 
 def test_round_trip_is_exact_on_generated_files(demo_tokenizer):

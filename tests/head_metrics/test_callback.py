@@ -9,9 +9,9 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from apmae.cache import AttentionCache, cache_files
+from apmae.cache.store import AttentionCache, cache_files
 from apmae.head_metrics.distance import waad
-from apmae.scenario_set import SPLITS
+from apmae.mining.scenario_set import SPLITS
 from callbacks.head_metrics import HeadMetrics, validation_rows
 from datamodules.attention_cache import AttentionCacheDataModule
 from lit_models.apmae_module import LitAPMAE
@@ -82,7 +82,7 @@ def _check_maps_tables(folder, target_dir, cache):
     """The MAPS tables of target-b against the relations and scores computed here from its parameters."""
     from apmae.head_metrics.maps import model_maps
     from apmae.head_metrics.relations import code_relations
-    from apmae.target import load_target
+    from apmae.target.access import load_target
 
     target = load_target(target_dir, device="cpu")
     vocab = target.model.config.vocab_size

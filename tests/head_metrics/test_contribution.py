@@ -7,8 +7,8 @@ import torch
 
 from apmae.head_metrics.contribution import (capture_values, contribution_weights, row_l1, run_contributions,
                                              sink_share)
-from apmae.head_metrics.layout import attention_layers
-from apmae.target import wrap_model
+from apmae.target.layout import attention_layers
+from apmae.target.access import wrap_model
 from tests.cache.helpers import micro_starcoder2
 from tests.head_metrics.helpers import micro_llama
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from apmae.cache import AttentionCache, CacheMismatchError, cache_files
-from apmae.encodings import cache_fingerprint, source_fingerprint
-from apmae.extract import ensure_cache, extract, target_short_name
+from apmae.cache.store import AttentionCache, CacheMismatchError, cache_files
+from apmae.encodings.store import cache_fingerprint, source_fingerprint
+from apmae.cache.extract import ensure_cache, extract, target_short_name
 from apmae.head_metrics.contribution import run_contributions
 from datamodules.attention_cache import AttentionCacheDataModule
 
@@ -57,7 +57,7 @@ def test_one_file_or_shard_set_never_mixes_kinds(caches, target, scenarios, tmp_
 def test_a_model_without_value_projections_fails_before_any_file(scenarios, tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from apmae.target import wrap_model
+    from apmae.target.access import wrap_model
 
     model = GPT2LMHeadModel(GPT2Config(vocab_size=5000, n_embd=16, n_layer=1, n_head=2, n_positions=32)).eval()
     with pytest.raises(ValueError, match="no recognised attention modules"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from apmae.head_metrics.layout import attention_layers, vocabulary_ends
+from apmae.target.layout import attention_layers, vocabulary_ends
 from apmae.head_metrics.maps import maps_scores, model_maps
 from apmae.head_metrics.relations import Relation
 from tests.head_metrics.helpers import micro_llama

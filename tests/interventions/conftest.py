@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from apmae.interventions import InterventionScenarios
-from apmae.scenario_set import ScenarioSet
+from apmae.interventions.sweep import InterventionScenarios
+from apmae.mining.scenario_set import ScenarioSet
 from tests.cache.helpers import micro_starcoder2, random_scenarios, save_target
 
 SEQ_LEN = 16
@@ -60,7 +60,7 @@ def micro_target_dir(tiny_tokenizer, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def micro_target(micro_target_dir):
-    from apmae.target import load_target
+    from apmae.target.access import load_target
 
     return load_target(micro_target_dir, device="cpu")
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from apmae.head_tables import write_head_table
-from apmae.scenario_set import SPLITS, ScenarioSet
-from apmae.target import run_batch, zero_heads
+from apmae.common.head_tables import write_head_table
+from apmae.mining.scenario_set import SPLITS, ScenarioSet
+from apmae.target.access import run_batch, zero_heads
 from callbacks.interventions import Interventions
 from datamodules.attention_cache import AttentionCacheDataModule
 from lit_models.apmae_module import LitAPMAE

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apmae.head_tables import write_head_table
+from apmae.common.head_tables import write_head_table
 from tests.training.test_smoke import smoke_args, smoke_paths  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apmae.head_sets import check_importance, check_ks, head_sets, read_importance_csv, sweep_head_sets, sweep_ks
-from apmae.head_tables import write_head_table
+from apmae.interventions.head_sets import check_importance, check_ks, head_sets, read_importance_csv, sweep_head_sets, sweep_ks
+from apmae.common.head_tables import write_head_table
 
 # 2 layers x 3 heads; flat index = layer * 3 + head.
 IMPORTANCE = np.array([[0.5, -2.0, 0.1],

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from apmae.head_sets import HeadSet, sweep_head_sets, sweep_ks
-from apmae.interventions import (InterventionScenarios, check_prompts_end_at_middle, evaluate, greedy_generate,
+from apmae.interventions.head_sets import HeadSet, sweep_head_sets, sweep_ks
+from apmae.interventions.sweep import (InterventionScenarios, check_prompts_end_at_middle, evaluate, greedy_generate,
                                  run_sweep)
-from apmae.target import output_projections, run_batch, zero_heads
+from apmae.target.access import output_projections, run_batch, zero_heads
 from tests.interventions.conftest import HEADS, LAYERS, generate_without_cache
 
 ALL_HEADS = HeadSet("positive", LAYERS * HEADS, None, tuple((l, h) for l in range(LAYERS) for h in range(HEADS)))
@@ -137,7 +137,7 @@ def test_prompts_must_end_at_fim_middle(scenarios):
 
 
 def test_identical_head_sets_share_one_evaluation(micro_target, scenarios, monkeypatch):
-    import apmae.interventions as interventions
+    import apmae.interventions.sweep as interventions
 
     calls = []
     real = interventions.evaluate
@@ -148,7 +148,7 @@ def test_identical_head_sets_share_one_evaluation(micro_target, scenarios, monke
 
 
 def test_sdpa_attention_scores_like_eager_attention(micro_target_dir, micro_target, scenarios):
-    from apmae.target import load_target
+    from apmae.target.access import load_target
 
     fast = load_target(micro_target_dir, device="cpu")
     fast.model.set_attn_implementation("sdpa")

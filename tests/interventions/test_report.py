@@ -7,10 +7,10 @@ import csv
 import numpy as np
 import pytest
 
-from apmae.head_sets import HeadSet
-from apmae.intervention_report import (RESULT_FIELDS, TASK_FIELDS, curve, key_numbers, metric_values, result_rows,
+from apmae.interventions.head_sets import HeadSet
+from apmae.interventions.report import (RESULT_FIELDS, TASK_FIELDS, curve, key_numbers, metric_values, result_rows,
                                        task_rows, write_csv)
-from apmae.interventions import InterventionScenarios, Outcome, SweepResult, SettingResult, score
+from apmae.interventions.sweep import InterventionScenarios, Outcome, SweepResult, SettingResult, score
 
 LABEL_LEN = np.array([1, 2, 2, 1])
 TASKS = np.array([0, 0, 1, 1])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from apmae.scenario_set import ScenarioSet
+from apmae.mining.scenario_set import ScenarioSet
 from datamodules import java_scenarios
 from datamodules.java_scenarios import JavaScenarioDataModule
 

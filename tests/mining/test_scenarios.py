@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apmae.fim import FimTokens
-from apmae.scenario_set import SPLITS
-from apmae.scenarios import mine_scenarios, split_of
-from apmae.tasks import task_names
+from apmae.mining.fim import FimTokens
+from apmae.mining.scenario_set import SPLITS
+from apmae.mining.miner import mine_scenarios, split_of
+from apmae.mining.tasks import task_names
 from tests.mining.conftest import LEDGER, write_corpus
 
 S = 64  # short prompts keep the hand-written corpus big enough

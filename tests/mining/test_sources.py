@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from apmae.sources import HFSource, JavaSources
+from apmae.mining.sources import HFSource, JavaSources
 from tests.conftest import JAVA_SNIPPETS
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from apmae.scenarios import candidate_spans
-from apmae.tasks import TASKS, register_task, task_names
+from apmae.mining.miner import candidate_spans
+from apmae.mining.tasks import TASKS, register_task, task_names
 
 CODE = '''class A {
     /* if while */ String s = "for (int i = 0; i < n; i++) {}";

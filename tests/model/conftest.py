@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from apmae.model import APMAE, APMAEConfig
+from apmae.model.net import APMAE, APMAEConfig
 
 
 def causal_patterns(batch: int, seq_len: int, *, seed: int = 0) -> torch.Tensor:

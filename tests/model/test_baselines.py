@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from apmae.baselines import band_neighbours, neighbour_patches
-from apmae.patches import valid_pixels
+from apmae.model.baselines import band_neighbours, neighbour_patches
+from apmae.model.patches import valid_pixels
 
 
 def test_band_neighbours_of_a_two_by_two_grid():

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from apmae.model import APMAE, attend, masked_error
-from apmae.scaling import scale
+from apmae.model.net import APMAE, attend, masked_error
+from apmae.model.scaling import scale
 
 from .conftest import causal_patterns, small_config
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from apmae.model import APMAE, masked_error, num_visible
-from apmae.patches import patchify
+from apmae.model.net import APMAE, masked_error, num_visible
+from apmae.model.patches import patchify
 
 from .conftest import causal_patterns, small_config
 
@@ -190,7 +190,7 @@ def test_wrong_image_size_is_a_clear_error(small_model: APMAE) -> None:
 
 def test_forward_and_backward_under_bfloat16_autocast(small_model: APMAE) -> None:
     """The paper configs train under bf16-mixed: the decoder's scatter once failed on mixed dtypes."""
-    from apmae.scaling import scale
+    from apmae.model.scaling import scale
 
     model = small_model.train()
     images = scale(causal_patterns(4, 64), "log_normalize")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from apmae.patches import patchify, unpatchify, valid_pixels
-from apmae.triangle import lower_triangle_index
+from apmae.model.patches import patchify, unpatchify, valid_pixels
+from apmae.common.triangle import lower_triangle_index
 
 
 @pytest.mark.parametrize(("seq_len", "patch_size"), [(8, 2), (32, 8), (48, 16), (64, 8), (256, 32)])

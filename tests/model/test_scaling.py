@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from apmae.scaling import SCALERS, get_scaler, scale
+from apmae.model.scaling import SCALERS, get_scaler, scale
 
 # A 3-token causal pattern: rows sum to 1, upper triangle is structurally zero.
 PATTERN = torch.tensor([

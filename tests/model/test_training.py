@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from apmae.model import APMAE, APMAEConfig
-from apmae.scaling import scale
+from apmae.model.net import APMAE, APMAEConfig
+from apmae.model.scaling import scale
 
 from .conftest import causal_patterns, small_config
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apmae.cache import AttentionCache
-from apmae.encodings import EncodingSet, ensure_encodings
+from apmae.cache.store import AttentionCache
+from apmae.encodings.store import EncodingSet, ensure_encodings
 from tests.probe.synthetic_cache import scenario_set, write_patterns_cache
 
 FAMILIES = ("diagonal", "sink", "block")
@@ -72,7 +72,7 @@ def write_family_cache(cache_dir: Path, *, n: int = 150, layers: int = 2, heads:
 
 def random_encoder_encodings(cache: AttentionCache, path: Path, *, seed: int = 0) -> EncodingSet:
     """Encodings of ``cache`` under a freshly initialised tiny AP-MAE (fixed seed)."""
-    from apmae.model import APMAE
+    from apmae.model.net import APMAE
 
     torch.manual_seed(seed)
     net = APMAE.from_preset("tiny", seq_len=cache.seq_len, patch_size=8)

@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from apmae.cluster_probe import (PREFIX, ClusterProbeConfig, evaluation_rows, feature_names, fit_cluster_probe,
+from apmae.patterns.cluster_probe import (PREFIX, ClusterProbeConfig, evaluation_rows, feature_names, fit_cluster_probe,
                                  split_shap, write_importance_csv)
-from apmae.optional import MissingExtraError
-from apmae.probe_metrics import METRICS
+from apmae.common.optional import MissingExtraError
+from apmae.probe.metrics import METRICS
 
 TASK_NAMES = ["identifiers", "eol"]
 PLANTED = (0, 1)  # neither the first nor the last feature, so an off-by-one column read moves it
@@ -89,7 +89,7 @@ def test_missing_catboost_names_the_extra(monkeypatch) -> None:
 
 
 def test_balanced_rows_are_the_probe_datamodules_rows(tmp_path) -> None:
-    from apmae.cache import AttentionCache
+    from apmae.cache.store import AttentionCache
     from datamodules.attention_cache import select_rows
     from tests.probe.synthetic_cache import write_planted_cache
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from apmae.optional import MissingExtraError
-from apmae.patterns import (ClusteringConfig, cluster_head, cluster_heads, jitter_duplicates, medoid,
+from apmae.common.optional import MissingExtraError
+from apmae.patterns.clustering import (ClusteringConfig, cluster_head, cluster_heads, jitter_duplicates, medoid,
                             reduce_encodings)
 from tests.patterns.families import FAMILIES
 

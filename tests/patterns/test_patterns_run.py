@@ -8,8 +8,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from apmae.cluster_probe import ClusterProbeConfig
-from apmae.patterns_run import SUMMARY_COLUMNS, log_to_mlflow, main, run_recurring_patterns
+from apmae.patterns.cluster_probe import ClusterProbeConfig
+from apmae.patterns.run import SUMMARY_COLUMNS, log_to_mlflow, main, run_recurring_patterns
 from tests.patterns.families import random_encoder_encodings, write_family_cache
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apmae.cache import CacheSpec, CacheWriter, cache_files
-from apmae.codec import encode_attentions
-from apmae.scenario_set import ScenarioSet
+from apmae.cache.store import CacheSpec, CacheWriter, cache_files
+from apmae.cache.codec import encode_attentions
+from apmae.mining.scenario_set import ScenarioSet
 
 TASKS = ["identifiers", "eol", "noise"]
 

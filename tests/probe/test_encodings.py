@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from apmae.cache import AttentionCache
-from apmae.encodings import (EncodingSet, EncodingsMismatchError, encoder_hash, ensure_encodings, pattern_stats)
-from apmae.model import APMAE
-from apmae.scaling import scale
+from apmae.cache.store import AttentionCache
+from apmae.encodings.store import (EncodingSet, EncodingsMismatchError, encoder_hash, ensure_encodings, pattern_stats)
+from apmae.model.net import APMAE
+from apmae.model.scaling import scale
 from tests.probe.synthetic_cache import write_planted_cache
 
 MICRO = dict(seq_len=32, patch_size=8, enc_dim=32, enc_depth=1, enc_heads=2, enc_mlp=64, dec_dim=32, dec_depth=1,

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from apmae.probe_metrics import auroc, best_threshold, binary_scores, metric_dict, per_task_scores
+from apmae.probe.metrics import auroc, best_threshold, binary_scores, metric_dict, per_task_scores
 
 
 def test_binary_scores_by_hand() -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from apmae.head_tables import read_head_table
-from apmae.model import APMAE
+from apmae.common.head_tables import read_head_table
+from apmae.model.net import APMAE
 from datamodules.attention_cache import AttentionCacheDataModule
 from lit_models.apmae_module import LitAPMAE
 from tests.probe.synthetic_cache import write_planted_cache

@@ -14,7 +14,7 @@ def micro_apmae(seed: int = 0):
     """A random-init AP-MAE on S = 24 images (3 x 3 grid of 8-pixel patches, 6 triangular tokens)."""
     import torch
 
-    from apmae.model import APMAE, APMAEConfig
+    from apmae.model.net import APMAE, APMAEConfig
 
     torch.manual_seed(seed)
     return APMAE(APMAEConfig(**MICRO_APMAE)).eval()

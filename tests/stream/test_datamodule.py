@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from apmae.encodings import EncodingSet, EncodingsMismatchError
+from apmae.encodings.store import EncodingSet, EncodingsMismatchError
 from datamodules.attention_cache import target_short_name
 from datamodules.encodings import EncodingsDataModule
 from tests.stream.test_stream import _other_scenarios, assert_same_encodings

@@ -11,19 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apmae.cache import shard_path
-from apmae.encodings import COLUMNS, EncodingSet
-from apmae.stream import stream_encodings
+from apmae.cache.store import shard_path
+from apmae.encodings.store import COLUMNS, EncodingSet
+from apmae.encodings.stream import stream_encodings
 from tests.stream.test_stream import assert_same_encodings
 
 ROOT = Path(__file__).resolve().parents[2]
 # argv: target dir, scenarios .npz, encoder dir, output path, rank, world size, batch size
 _CHILD = """
 import sys
-from apmae.model import APMAE
-from apmae.scenario_set import ScenarioSet
-from apmae.stream import stream_encodings
-from apmae.target import load_target
+from apmae.model.net import APMAE
+from apmae.mining.scenario_set import ScenarioSet
+from apmae.encodings.stream import stream_encodings
+from apmae.target.access import load_target
 
 target = load_target(sys.argv[1], device="cpu")
 rank, world, batch = (int(a) for a in sys.argv[5:8])

@@ -6,11 +6,11 @@ import h5py
 import numpy as np
 import pytest
 
-from apmae.cache import AttentionCache, shard_path
-from apmae.encodings import COLUMNS, EncodingSet, EncodingsError, EncodingsMismatchError, ensure_encodings
-from apmae.extract import extract
-from apmae.scenario_set import ScenarioSet
-from apmae.stream import stream_encodings
+from apmae.cache.store import AttentionCache, shard_path
+from apmae.encodings.store import COLUMNS, EncodingSet, EncodingsError, EncodingsMismatchError, ensure_encodings
+from apmae.cache.extract import extract
+from apmae.mining.scenario_set import ScenarioSet
+from apmae.encodings.stream import stream_encodings
 from tests.stream.conftest import micro_apmae
 
 
@@ -103,7 +103,7 @@ def _other_scenarios(scenarios: ScenarioSet) -> ScenarioSet:
     ("scaler", "scaler"), ("world_size", "shard_world_size")])
 def test_a_file_of_another_run_is_refused_and_left_alone(change, field, target, target_b_dir, scenarios, net,
                                                          tmp_path):
-    from apmae.target import load_target
+    from apmae.target.access import load_target
 
     path = tmp_path / "s.rank0.h5"
     with pytest.raises(Stop):
@@ -138,7 +138,7 @@ def test_bad_arguments_are_refused_with_what_to_change(target, scenarios, net, t
 
 
 def micro_apmae_of_side(seq_len: int):
-    from apmae.model import APMAE, APMAEConfig
+    from apmae.model.net import APMAE, APMAEConfig
     from tests.stream.conftest import MICRO_APMAE
 
     return APMAE(APMAEConfig(**{**MICRO_APMAE, "seq_len": seq_len}))
@@ -172,8 +172,8 @@ def test_shards_of_different_runs_do_not_merge(target, scenarios, net, tmp_path)
 
 
 def test_outcomes_written_with_rows_are_checked(target, scenarios, net, tmp_path):
-    from apmae.encodings import EncodingsWriter, placeholder_outcomes
-    from apmae.stream import stream_columns, stream_spec
+    from apmae.encodings.store import EncodingsWriter, placeholder_outcomes
+    from apmae.encodings.stream import stream_columns, stream_spec
 
     spec = stream_spec(target, scenarios, net, scaler="log_normalize")
     rows = np.arange(len(scenarios))

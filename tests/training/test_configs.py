@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from apmae.cli import APMAECLI
-from apmae.model import APMAEConfig
+from apmae.model.net import APMAEConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAPER_BASE = CONFIGS / "paper" / "base.yaml"
@@ -46,7 +46,7 @@ def tokenizer_dir(tiny_tokenizer, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def encoder_dir(tmp_path_factory) -> Path:
     """A saved AP-MAE shaped like the one the demo exports (S = 128, 16-pixel patches), for the probe config."""
-    from apmae.model import APMAE
+    from apmae.model.net import APMAE
 
     return APMAE.from_preset("tiny", seq_len=128, patch_size=16).save(tmp_path_factory.mktemp("apmae"))
 
@@ -54,7 +54,7 @@ def encoder_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def paper_encoder_dir(tmp_path_factory) -> Path:
     """A small saved AP-MAE at the paper's S = 256 and 32-pixel patches, for the paper probe config."""
-    from apmae.model import APMAE
+    from apmae.model.net import APMAE
 
     return APMAE.from_preset("tiny", seq_len=256, patch_size=32).save(tmp_path_factory.mktemp("apmae256"))
 

@@ -56,7 +56,7 @@ def test_missing_inputs_are_named(tmp_path):
 
 def test_probe_table_lists_every_predictor_and_the_unscored_tasks():
     from apmae.demo.probe_report import COLUMNS, ProbeSummary
-    from apmae.probe_metrics import BinaryScores
+    from apmae.probe.metrics import BinaryScores
 
     def scores(ba: float, auc: float, n: int) -> BinaryScores:
         return BinaryScores(accuracy=ba, balanced_accuracy=ba, auroc=auc, f1=ba, n=n)

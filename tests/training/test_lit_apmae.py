@@ -8,9 +8,9 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from apmae.baselines import band_neighbours, neighbour_patches
-from apmae.model import APMAE, APMAEConfig, masked_error
-from apmae.schedules import warmup_cosine
+from apmae.model.baselines import band_neighbours, neighbour_patches
+from apmae.model.net import APMAE, APMAEConfig, masked_error
+from apmae.model.schedules import warmup_cosine
 from lit_models.apmae_module import LitAPMAE
 from tests.training.conftest import MICRO_NET
 from tests.training.synthetic import SyntheticAttentionDataModule, causal_patterns

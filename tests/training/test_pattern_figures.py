@@ -6,7 +6,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from apmae.model import APMAE, APMAEConfig, masked_error
+from apmae.model.net import APMAE, APMAEConfig, masked_error
 from callbacks.pattern_figures import PatternFigures, reconstruct_for_figures
 from lit_models.apmae_module import LitAPMAE
 from tests.training.conftest import MICRO_NET

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from apmae.optional import require
+from apmae.common.optional import require
 
 REDUCTIONS = ("umap", "pca", "none")
 _SILHOUETTE_ROWS = 2000  # silhouette is quadratic in rows: score a fixed-seed sample beyond this

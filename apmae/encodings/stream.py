@@ -9,10 +9,10 @@ only its encodings (2 x D float16 per head). Per batch this runs the target
 once (eager attention), rounds every head's pattern exactly as the attention
 cache stores it (bfloat16, lower triangle), scales and encodes it with the
 frozen encoder on the same device and appends the encodings with the
-target's outcomes to the file of :mod:`apmae.encodings`. The patterns never
+target's outcomes to the file of :mod:`apmae.encodings.store`. The patterns never
 leave the device: only the (B, L, H, D) encodings, (B, L, H, F) statistics
 and (B,) outcomes reach the host. Because the rounding is the cache's, these
-encodings equal those that :func:`apmae.encodings.ensure_encodings` computes
+encodings equal those that :func:`apmae.encodings.store.ensure_encodings` computes
 from a pattern cache of the same scenarios (to float16 precision), and the
 file carries the same identity.
 
@@ -39,12 +39,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from apmae.cache import shard_rows
-from apmae.codec import round_to_bfloat16
-from apmae.encodings import (COLUMNS, OUTCOMES, EncodingsSpec, EncodingsWriter, check_encoder_seq_len,
+from apmae.cache.store import shard_rows
+from apmae.cache.codec import round_to_bfloat16
+from apmae.encodings.store import (COLUMNS, OUTCOMES, EncodingsSpec, EncodingsWriter, check_encoder_seq_len,
                              encode_patterns, encoder_hash, placeholder_outcomes, source_fingerprint)
-from apmae.extract import ExtractionResult, check_scenarios, run_in_order, threads_per_worker
-from apmae.scenario_set import ScenarioSet
+from apmae.cache.extract import ExtractionResult, check_scenarios, run_in_order, threads_per_worker
+from apmae.mining.scenario_set import ScenarioSet
 
 # Columns copied from the ScenarioSet (``scenario_index`` is the row itself; the outcomes come from the target).
 _SCENARIO_COLUMNS = tuple(c for c in COLUMNS if c != "scenario_index" and c not in OUTCOMES)
@@ -105,7 +105,7 @@ def stream_encodings(
         EncodingsMismatchError: ``path`` belongs to another target, encoder, scaler, scenario
             set or sharding, or the encoder's S is not the scenarios' S.
     """
-    from apmae.scaling import get_scaler
+    from apmae.model.scaling import get_scaler
 
     _check_args(target, net, batch_size=batch_size, workers=workers, chunk=chunk)
     get_scaler(scaler)
@@ -165,7 +165,7 @@ def encode_batch(target: Any, net: Any, scenarios: ScenarioSet, idx: np.ndarray,
     """
     import torch
 
-    from apmae.target import run_batch
+    from apmae.target.access import run_batch
 
     out = run_batch(target, torch.from_numpy(scenarios.input_ids[idx]), torch.from_numpy(scenarios.label_ids[idx, 0]),
                     middle_pos=torch.from_numpy(scenarios.middle_pos[idx]))
@@ -185,7 +185,7 @@ def as_cached(attentions: Any) -> Any:
     """Full patterns (B, L, H, S, S) -> the values an attention cache returns for them, as bfloat16.
 
     The cache keeps the causal lower triangle (diagonal included) in bfloat16
-    (:func:`apmae.codec.round_to_bfloat16`) and reads zeros above it; this
+    (:func:`apmae.cache.codec.round_to_bfloat16`) and reads zeros above it; this
     gives the same values on the patterns' device without packing them.
     """
     return round_to_bfloat16(attentions).tril_()

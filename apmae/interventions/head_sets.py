@@ -5,7 +5,7 @@ Glossary: L layers, H heads per layer, n = L * H heads in all, k heads zeroed.
 A head importance is a signed (L, H) array (positive = the head pushes the
 probe toward "correct"). It comes from a module in memory or from an
 ``importance.csv`` file with columns ``layer,head,importance``, one row per
-head (a head table, :mod:`apmae.head_tables`, as the probe writes it). From it, for each k:
+head (a head table, :mod:`apmae.common.head_tables`, as the probe writes it). From it, for each k:
 
 - ``positive``: the k heads of highest importance;
 - ``negative``: the k heads of lowest importance;
@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from apmae.head_tables import read_head_table
+from apmae.common.head_tables import read_head_table
 
 STRATEGIES = ("positive", "negative", "neutral", "random")
 RANKED_STRATEGIES = ("positive", "negative", "neutral")
@@ -44,7 +44,7 @@ class HeadSet:
     heads: tuple[tuple[int, int], ...]  # sorted (layer, head) pairs
 
     def as_mapping(self) -> dict[int, list[int]]:
-        """``{layer: [heads]}``, the form :func:`apmae.target.zero_heads` takes."""
+        """``{layer: [heads]}``, the form :func:`apmae.target.access.zero_heads` takes."""
         out: dict[int, list[int]] = {}
         for layer, head in self.heads:
             out.setdefault(layer, []).append(head)

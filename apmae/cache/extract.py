@@ -5,7 +5,7 @@ resume an interrupted one, or load the model and extract), as a notebook or
 the DataModule calls it; ``extract`` writes one shard with a loaded target.
 
 Glossary: B scenarios per batch, S tokens, L layers, H query heads, T = S(S+1)/2 lower-triangle
-entries of one head's pattern, W stored elements per head (apmae.codec.packed_width).
+entries of one head's pattern, W stored elements per head (apmae.cache.codec.packed_width).
 
 Per batch: one eager forward pass, each layer rounded to bfloat16 on the
 model's device and its lower triangles gathered (only 2T bytes per head cross
@@ -15,7 +15,7 @@ threads (the model's kernels and numpy release the GIL) while the main thread
 writes finished batches strictly in order. On CPU each worker gets an equal
 share of torch's threads: for the small matrices of a small model, two
 single-threaded forward passes side by side beat one two-threaded pass.
-Entry points that extract also call :func:`apmae.allocator.keep_freed_memory`
+Entry points that extract also call :func:`apmae.common.allocator.keep_freed_memory`
 (a process-wide allocator setting this module never changes by itself).
 """
 
@@ -32,10 +32,10 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from apmae.cache import (DEFAULT_COMPRESSION, DEFAULT_PATTERN_KIND, AttentionCache, CacheError, CacheMismatchError,
+from apmae.cache.store import (DEFAULT_COMPRESSION, DEFAULT_PATTERN_KIND, AttentionCache, CacheError, CacheMismatchError,
                          CacheSpec, CacheWriter, cache_files, check_identity, check_pattern_kind, shard_path)
-from apmae.codec import DEFAULT_ENCODING
-from apmae.scenario_set import ScenarioSet
+from apmae.cache.codec import DEFAULT_ENCODING
+from apmae.mining.scenario_set import ScenarioSet
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -90,7 +90,7 @@ def extract(
         raise ValueError(f"workers={workers}; it must be at least 1")
     check_scenarios(scenarios)
     if check_pattern_kind(pattern_kind) == "contribution":
-        from apmae.head_metrics.layout import attention_layers
+        from apmae.target.layout import attention_layers
 
         attention_layers(target.model)  # a model whose value projections are not found fails before any file
     spec = CacheSpec(target=target.summary(), seq_len=scenarios.seq_len, scenario_fingerprint=scenarios.fingerprint(),
@@ -144,12 +144,12 @@ def _compute(target, scenarios: ScenarioSet, writer: CacheWriter, idx: np.ndarra
     """One batch's stored patterns and outcomes (runs in a worker thread; no file access)."""
     import torch
 
-    from apmae.target import run_batch_stored
+    from apmae.target.access import run_batch_stored
 
     args = (target, torch.from_numpy(scenarios.input_ids[idx]), torch.from_numpy(scenarios.label_ids[idx, 0]))
     middle_pos = torch.from_numpy(scenarios.middle_pos[idx])
     if writer.pattern_kind == "contribution":
-        from apmae.codec import stored_attentions
+        from apmae.cache.codec import stored_attentions
         from apmae.head_metrics.contribution import run_batch_contributions
 
         out = run_batch_contributions(*args, middle_pos=middle_pos)
@@ -232,7 +232,7 @@ def ensure_cache(
     When a complete cache for this model, sequence length, scenario set and
     pattern kind is there (written under any world size) nothing is loaded;
     otherwise rank ``rank`` of ``world_size`` loads the model
-    (:func:`apmae.target.load_target` with ``dtype`` on ``device``; ``auto`` =
+    (:func:`apmae.target.access.load_target` with ``dtype`` on ``device``; ``auto`` =
     GPU ``local_rank`` when CUDA is present, else CPU) and extracts or resumes
     its own shard ``<name>.rank<k>.h5`` (``name`` defaults to :func:`cache_name`,
     so the kinds of one model sit side by side). The other arguments go to
@@ -249,7 +249,7 @@ def ensure_cache(
         return CacheBuild(name=name, files=cache_files(cache_dir, name), extraction=None)
     import torch
 
-    from apmae.target import load_target
+    from apmae.target.access import load_target
 
     target = load_target(model, dtype=dtype, device=extraction_device(device, local_rank))
     result = extract(target, scenarios, shard_path(cache_dir, name, rank), rank=rank, world_size=world_size,

@@ -2,11 +2,11 @@
 
 Glossary: N scenarios, S tokens, L layers, H query heads, K label tokens,
 T = S(S+1)/2 entries of a causal lower triangle (diagonal included),
-W stored elements per head (``apmae.codec.packed_width``).
+W stored elements per head (``apmae.cache.codec.packed_width``).
 
 Layout of one file::
 
-    patterns      (N, L, H, W) uint8    the lower triangles, 14 bits per value (apmae.codec)
+    patterns      (N, L, H, W) uint8    the lower triangles, 14 bits per value (apmae.cache.codec)
     scenario_index (N,) int64            row of the scenario in its ScenarioSet
     input_ids (N, S) int32, label_ids (N, K) int32, label_len, prediction (int32),
     probability, loss (float32), correct (uint8), task (int16), source_id (str),
@@ -16,9 +16,9 @@ Layout of one file::
            shard_rank, shard_world_size, shard_rows, apmae_version, created,
            compression, committed
 
-Values: each head's lower triangle (row-major, :mod:`apmae.triangle`) in the
+Values: each head's lower triangle (row-major, :mod:`apmae.common.triangle`) in the
 stored form of the file's ``encoding``, W elements per head; the encodings
-(bfloat16 bits, 14-bit packing) and their precision live in :mod:`apmae.codec`.
+(bfloat16 bits, 14-bit packing) and their precision live in :mod:`apmae.cache.codec`.
 Compression stays optional. Measured on the demo target's patterns
 (benchmarks/bench_extraction.py): on 14-bit data LZF gains nothing and deflate
 1 %; on uint16 bit patterns deflate gains 1.28x and LZF 1.09x, but either
@@ -55,9 +55,9 @@ from typing import Any, Iterator, Mapping, Sequence
 import h5py
 import numpy as np
 
-from apmae.codec import DEFAULT_ENCODING, ENCODINGS, decode_stored, encode_stored, packed_width, stored_dtype
-from apmae.files import expand_files
-from apmae.triangle import from_triangle, triangle_size
+from apmae.cache.codec import DEFAULT_ENCODING, ENCODINGS, decode_stored, encode_stored, packed_width, stored_dtype
+from apmae.common.files import expand_files
+from apmae.common.triangle import from_triangle, triangle_size
 
 SCHEMA_VERSION = 2
 COMPRESSIONS = ("none", "lzf", "gzip")
@@ -519,7 +519,7 @@ class AttentionCache:
 
     @property
     def split(self) -> np.ndarray:
-        """(N,) int8 index into :data:`apmae.scenario_set.SPLITS`."""
+        """(N,) int8 index into :data:`apmae.mining.scenario_set.SPLITS`."""
         return self.columns["split"]
 
     @property

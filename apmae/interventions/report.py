@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from apmae.interventions import InterventionMetrics, SweepResult
+from apmae.interventions.sweep import InterventionMetrics, SweepResult
 
 METRICS = ("accuracy", "delta_accuracy", "i2c", "c2i", "label_loss", "exact_match", "token_accuracy")
 RESULT_FIELDS = ("scope", "strategy", "k", "seed", *(f.name for f in fields(InterventionMetrics)), "heads")

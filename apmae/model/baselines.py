@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from apmae.triangle import lower_triangle
+from apmae.common.triangle import lower_triangle
 
 
 def band_neighbours(grid: int) -> torch.Tensor:

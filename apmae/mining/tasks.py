@@ -10,7 +10,7 @@ and ``noise`` (random token ids, no source).
 
 Add a task without editing the package::
 
-    from apmae.tasks import register_task
+    from apmae.mining.tasks import register_task
     register_task("lambda_params", "(lambda_expression parameters: (identifier) @p)")
 
 Span offsets are UTF-8 byte offsets into the file, as tree-sitter reports them.
@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from apmae.offsets import char_to_byte_table, code_points, is_whitespace
+from apmae.mining.offsets import char_to_byte_table, code_points, is_whitespace
 
 Span = tuple[int, int]  # (start_byte, end_byte), end exclusive
 

@@ -29,8 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from apmae.optional import require
-from apmae.probe_metrics import BinaryScores, best_threshold, metric_dict, per_task_scores
+from apmae.common.optional import require
+from apmae.probe.metrics import BinaryScores, best_threshold, metric_dict, per_task_scores
 
 PREFIX = "test/cluster_probe"
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = 0, 1, 2
@@ -113,7 +113,7 @@ def evaluation_rows(split: np.ndarray, correct: np.ndarray, *, holdout: float, s
 
     Without a val split, ``holdout`` of each class of train (at least one row) is held out.
     Given ``task`` and ``balance_seed``, every split is first class-balanced per task exactly as
-    the probe's DataModules do it (``apmae.scenario_set.balance_per_task``, one generator per split).
+    the probe's DataModules do it (``apmae.mining.scenario_set.balance_per_task``, one generator per split).
 
     Raises:
         ValueError: no test rows, or the fitting rows hold only one class.
@@ -121,7 +121,7 @@ def evaluation_rows(split: np.ndarray, correct: np.ndarray, *, holdout: float, s
     split, correct = np.asarray(split), np.asarray(correct, dtype=bool)
     train, val, test = (np.flatnonzero(split == s) for s in (SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST))
     if task is not None and balance_seed is not None:
-        from apmae.scenario_set import balance_per_task
+        from apmae.mining.scenario_set import balance_per_task
 
         task = np.asarray(task)
         train, val, test = (balance_per_task(r, task[r], correct[r], np.random.default_rng(balance_seed))

@@ -25,9 +25,9 @@ identity differs is refused, never used. Rows are appended in order and
 ``committed`` moves only after they are flushed, so an interrupted build
 resumes where it stopped.
 
-Shards: encodings streamed from a target under DDP (:mod:`apmae.stream`) are
+Shards: encodings streamed from a target under DDP (:mod:`apmae.encodings.stream`) are
 one file per rank, ``<name>.rank<k>.h5``, each holding the rows
-``apmae.cache.shard_rows(N, k, world)``. ``group_fingerprint`` is the
+``apmae.cache.store.shard_rows(N, k, world)``. ``group_fingerprint`` is the
 fingerprint of all N rows, the one a single file of the whole set has, so a
 merged set of shards and a single file of the same scenarios, target and
 encoder carry the same identity. :class:`EncodingSet` merges shards in
@@ -46,7 +46,7 @@ from typing import Any, Iterator, Sequence
 import h5py
 import numpy as np
 
-from apmae.files import expand_files
+from apmae.common.files import expand_files
 
 SCHEMA_VERSION = 2  # 2: shard attributes (rank, world size, group fingerprint)
 STAT_NAMES = ("entropy", "mean_distance", "first_token_mass", "diagonal_mass")
@@ -374,7 +374,7 @@ class EncodingSet:
     ``cls``/``mean``/``stats`` into memory once (the demo's size); at paper
     scale read per head (:meth:`head`) or per row block (:meth:`rows`).
     ``identity`` of a complete set of shards is that of one file holding every
-    row (see :mod:`apmae.encodings`), so it compares equal across world sizes.
+    row (see :mod:`apmae.encodings.store`), so it compares equal across world sizes.
     """
 
     def __init__(self, paths: str | Path | Sequence[str | Path], *, require_complete: bool = True) -> None:
@@ -510,7 +510,7 @@ def encode_patterns(net: Any, patterns: Any, *, scaler: str, chunk: int = 256,
 
     import torch
 
-    from apmae.scaling import scale
+    from apmae.model.scaling import scale
 
     device = next(net.parameters()).device
     x = torch.as_tensor(patterns).to(device=device, dtype=torch.float32)

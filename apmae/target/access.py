@@ -2,7 +2,7 @@
 
 Glossary: B scenarios in a batch, S prompt tokens, L layers, H query heads,
 hd head width, V vocabulary, T = S(S+1)/2 lower-triangle entries, W stored
-elements per head (apmae.codec.packed_width).
+elements per head (apmae.cache.codec.packed_width).
 
 Any Hugging Face causal LM works (hub name or local directory); attention is
 read with eager attention because the fused kernels return no patterns.
@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from apmae.codec import DEFAULT_ENCODING
+from apmae.cache.codec import DEFAULT_ENCODING
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -89,14 +89,14 @@ class TargetOutput(FirstToken):
 class TriangleOutput(FirstToken):
     """:func:`run_batch_triangles`: the outcome and every head's lower triangle."""
 
-    triangles: torch.Tensor  # (B, L, H, T) row-major (apmae.triangle), model dtype and device
+    triangles: torch.Tensor  # (B, L, H, T) row-major (apmae.common.triangle), model dtype and device
 
 
 @dataclass
 class StoredOutput(FirstToken):
     """:func:`run_batch_stored`: the outcome and the patterns as an attention cache stores them."""
 
-    stored: np.ndarray  # (B, L, H, W) on the host, the stored form of ``encoding`` (apmae.codec)
+    stored: np.ndarray  # (B, L, H, W) on the host, the stored form of ``encoding`` (apmae.cache.codec)
     encoding: str
 
 
@@ -195,7 +195,7 @@ def run_batch_triangles(
     The triangles are gathered layer by layer on the model's device, so the
     full (B, L, H, S, S) stack is never built.
     """
-    from apmae.triangle import lower_triangle_index
+    from apmae.common.triangle import lower_triangle_index
 
     attentions, outcome = _forward(target, input_ids, label_first, middle_pos)
     index = torch.tensor(lower_triangle_index(input_ids.shape[1]), device=attentions[0].device)
@@ -210,11 +210,11 @@ def run_batch_stored(
 ) -> StoredOutput:
     """:func:`run_batch` with the patterns in an attention cache's stored form (B, L, H, W), on the host.
 
-    What extraction writes: :func:`apmae.codec.stored_attentions` of the
+    What extraction writes: :func:`apmae.cache.codec.stored_attentions` of the
     layers' attentions (``encoding="bfloat16-bits"`` gives the bfloat16 bit
     patterns of the triangles, uint16).
     """
-    from apmae.codec import stored_attentions
+    from apmae.cache.codec import stored_attentions
 
     attentions, outcome = _forward(target, input_ids, label_first, middle_pos)
     return StoredOutput(**vars(outcome), stored=stored_attentions(attentions, encoding), encoding=encoding)

@@ -1,7 +1,7 @@
 """Mining FIM completion scenarios from Java sources.
 
 Glossary: S prompt tokens (``seq_len``), Cp / Cs prefix / suffix tokens kept
-around the hole (Cp + Cs = S - 3, split by :func:`apmae.fim.balanced_context`).
+around the hole (Cp + Cs = S - 3, split by :func:`apmae.mining.fim.balanced_context`).
 
 For each file: tokenize once, parse once, run every task's query in one pass,
 draw at most ``max_per_file`` candidate spans per task with an RNG seeded from
@@ -30,11 +30,11 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from apmae.fim import FimTokens, balanced_context, fim_sequence
-from apmae.offsets import byte_to_char, code_points, is_whitespace
-from apmae.scenario_set import SPLITS, ScenarioSet
-from apmae.sources import JavaSources, Source, SourceFile
-from apmae.tasks import NON_CODE_QUERY, FileContext, Span, Task, compile_query, get_tasks, java_language
+from apmae.mining.fim import FimTokens, balanced_context, fim_sequence
+from apmae.mining.offsets import byte_to_char, code_points, is_whitespace
+from apmae.mining.scenario_set import SPLITS, ScenarioSet
+from apmae.mining.sources import JavaSources, Source, SourceFile
+from apmae.mining.tasks import NON_CODE_QUERY, FileContext, Span, Task, compile_query, get_tasks, java_language
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ class _Side:
 
 
 def _balance(budget: int, left: _Side, right: _Side) -> tuple[int, int]:
-    """(prefix, suffix) tokens kept: :func:`apmae.fim.balanced_context`, then off any split character."""
+    """(prefix, suffix) tokens kept: :func:`apmae.mining.fim.balanced_context`, then off any split character."""
     n_left, n_right = balanced_context(left.available, right.available, budget)
     for shift in (0, 1, -1, 2, -2, 3, -3):  # move the cut off a split multi-byte character
         a, b = n_left - shift, n_right + shift
@@ -374,9 +374,9 @@ def mine_scenarios(
 
     Args:
         sources: directories, archives, JSONL/Parquet files, ``hf:NAME?split=...``
-            (see :mod:`apmae.sources`), or a ready :class:`JavaSources`.
+            (see :mod:`apmae.mining.sources`), or a ready :class:`JavaSources`.
         tokenizer: a fast Hugging Face tokenizer with FIM tokens, or its hub name / local directory.
-        tasks: task names (see :func:`apmae.tasks.task_names`); None for all. Task ids follow this order.
+        tasks: task names (see :func:`apmae.mining.tasks.task_names`); None for all. Task ids follow this order.
         seq_len: prompt length S; every prompt has exactly S tokens.
         n_per_task: scenarios per task, or a mapping task -> count.
         proportions: task -> weight; then ``n_per_task * len(tasks)`` scenarios are shared out by weight.

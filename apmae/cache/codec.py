@@ -1,7 +1,7 @@
 """The value codec of attention patterns: bfloat16 bit patterns and their 14-bit packing.
 
 How the cache stores each probability (its ``encoding`` attribute); AP-MAE's
-encodings of heads are another thing, in :mod:`apmae.encodings`.
+encodings of heads are another thing, in :mod:`apmae.encodings.store`.
 
 Glossary: B batch, L layers, H query heads, S tokens, T = S(S+1)/2 entries of
 a causal lower triangle, W stored elements per head (:func:`packed_width`).
@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from apmae.triangle import lower_triangle_index
+from apmae.common.triangle import lower_triangle_index
 
 ENCODINGS = ("bfloat16-14bit", "bfloat16-bits")
 DEFAULT_ENCODING = "bfloat16-14bit"

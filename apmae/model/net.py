@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from apmae.optim import weight_decay_groups
-from apmae.patches import grid_side, patchify, unpatchify, valid_pixels
-from apmae.triangle import lower_triangle, triangle_size
+from apmae.model.optim import weight_decay_groups
+from apmae.model.patches import grid_side, patchify, unpatchify, valid_pixels
+from apmae.common.triangle import lower_triangle, triangle_size
 
 POS_EMBEDS = ("learned", "sincos")
 CONFIG_FILE = "config.json"

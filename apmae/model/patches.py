@@ -4,7 +4,7 @@ Glossary: B batch, S tokens (image side), P patch side, G = S / P grid side,
 Q = G (G + 1) / 2 lower-triangular patches (diagonal included), P2 = P * P.
 
 Triangular patches are numbered row-major over the grid's lower triangle,
-(0, 0), (1, 0), (1, 1), (2, 0), ...: the order of :mod:`apmae.triangle`, the
+(0, 0), (1, 0), (1, 1), (2, 0), ...: the order of :mod:`apmae.common.triangle`, the
 same order the attention cache stores a pattern's values in.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from apmae.triangle import lower_triangle, lower_triangle_index, triangle_size
+from apmae.common.triangle import lower_triangle, lower_triangle_index, triangle_size
 
 
 def grid_side(seq_len: int, patch_size: int) -> int:

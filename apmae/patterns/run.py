@@ -1,6 +1,6 @@
 """Recurring-patterns stage: cluster every head's encodings, draw the families, fit the cluster-id probe.
 
-    python -m apmae.patterns_run --encodings ENC.h5 --cache 'CACHE.rank*.h5' --out DIR
+    python -m apmae.patterns.run --encodings ENC.h5 --cache 'CACHE.rank*.h5' --out DIR
         [--reduction pca|umap|none] [--workers 1] [--run-id RUN --tracking-uri URI]
 
 Glossary: N scenarios, L layers, H heads, D encoder width, K clusters of one head.
@@ -22,7 +22,7 @@ Writes under ``out_dir`` (and, given an MLflow run id, logs as that run's artifa
 
 The demo's reduction is PCA: at the demo's size its 32 heads cluster in ~1 s,
 UMAP's in ~80 s or more (2 s per head plus 15-65 s of numba compilation, figures
-in :mod:`apmae.patterns`); ``--reduction umap`` is the paper's setting.
+in :mod:`apmae.patterns.clustering`); ``--reduction umap`` is the paper's setting.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from apmae.cluster_probe import ClusterProbeConfig, ClusterProbeResult
-from apmae.patterns import REDUCTIONS, ClusteringConfig, HeadClusters, PatternClusters
+from apmae.patterns.cluster_probe import ClusterProbeConfig, ClusterProbeResult
+from apmae.patterns.clustering import REDUCTIONS, ClusteringConfig, HeadClusters, PatternClusters
 
 DEMO_REDUCTION = "pca"
 SUMMARY_COLUMNS = ("layer", "head", "n_clusters", "noise_fraction", "largest_cluster_share", "task_purity",
@@ -139,7 +139,7 @@ def select_montage_heads(clusters: PatternClusters, n: int) -> list[tuple[int, i
 
 def head_montage(head: HeadClusters, cache: Any, task_names: Sequence[str], *, max_clusters: int) -> Any:
     """Montage of the medoid raw patterns of ``head``'s largest ``max_clusters`` clusters."""
-    from apmae.cluster_figures import medoid_montage
+    from apmae.patterns.figures import medoid_montage
 
     order = np.argsort(-head.sizes, kind="stable")[:max_clusters]
     patterns = [cache.pattern(int(head.medoids[k]), head.layer, head.head) for k in order]
@@ -155,7 +155,7 @@ def write_figures(out: Path, clusters: PatternClusters, cache: Any, task_names: 
     """The families heatmap and one montage per chosen head, as PNGs under ``out/clusters``."""
     import matplotlib.pyplot as plt
 
-    from apmae.cluster_figures import families_heatmap
+    from apmae.patterns.figures import families_heatmap
 
     figures = {"clusters/families_heatmap.png": families_heatmap(
         clusters.n_clusters(), title=f"pattern families per head ({clusters.config.reduction} + HDBSCAN)")}
@@ -215,7 +215,7 @@ def run_recurring_patterns(encodings: Any, cache: Any, out_dir: str | Path, *, r
     config = ClusteringConfig(reduction=reduction, min_samples=min_samples, min_cluster_size=min_cluster_size,
                               seed=seed)
     out, start = Path(out_dir), time.perf_counter()
-    from apmae.patterns import cluster_heads
+    from apmae.patterns.clustering import cluster_heads
 
     clusters = cluster_heads(encodings.array(kind), task=encodings.task, correct=encodings.correct,
                              config=config, workers=workers)
@@ -239,7 +239,7 @@ def run_recurring_patterns(encodings: Any, cache: Any, out_dir: str | Path, *, r
 
 def _probe(clusters: PatternClusters, encodings: Any, config: ClusterProbeConfig, ranking: str, out: Path,
            artifacts: dict[str, Path]) -> ClusterProbeResult:
-    from apmae.cluster_probe import fit_cluster_probe, write_importance_csv, write_shap_csv
+    from apmae.patterns.cluster_probe import fit_cluster_probe, write_importance_csv, write_shap_csv
 
     result = fit_cluster_probe(clusters.labels(), correct=encodings.correct, split=encodings.split,
                                task=encodings.task, task_names=encodings.task_names, config=config)
@@ -265,8 +265,8 @@ def log_to_mlflow(report: PatternsReport, *, run_id: str, tracking_uri: str | No
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m apmae.patterns_run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--encodings", required=True, help="encodings file (apmae.encodings) of the cache")
+    p = argparse.ArgumentParser(prog="python -m apmae.patterns.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--encodings", required=True, help="encodings file (apmae.encodings.store) of the cache")
     p.add_argument("--cache", required=True, nargs="+", help="attention cache file(s) or a quoted glob")
     p.add_argument("--out", required=True, help="output folder (clusters/, head_importance/)")
     p.add_argument("--reduction", choices=REDUCTIONS, default=DEMO_REDUCTION)
@@ -286,8 +286,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> PatternsReport:
     args = parse_args(argv)
-    from apmae.cache import AttentionCache
-    from apmae.encodings import EncodingSet
+    from apmae.cache.store import AttentionCache
+    from apmae.encodings.store import EncodingSet
 
     cache = AttentionCache(args.cache[0] if len(args.cache) == 1 else args.cache)
     report = run_recurring_patterns(

@@ -3,8 +3,8 @@
 Glossary: N scenarios, B scenarios in a batch, S prompt tokens, K longest hole
 (tokens), V vocabulary, L layers, H heads.
 
-For one set of heads (:class:`apmae.head_sets.HeadSet`) the target runs every
-scenario's FIM prompt with those heads zeroed (:func:`apmae.target.zero_heads`)
+For one set of heads (:class:`apmae.interventions.head_sets.HeadSet`) the target runs every
+scenario's FIM prompt with those heads zeroed (:func:`apmae.target.access.zero_heads`)
 and is scored twice:
 
 - first token (the paper's measure): the prediction at ``<fim_middle>`` against
@@ -29,7 +29,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from apmae.head_sets import HeadSet
+from apmae.interventions.head_sets import HeadSet
 
 BASELINE = HeadSet(strategy="none", k=0, seed=None, heads=())
 
@@ -153,7 +153,7 @@ def greedy_generate(model: Any, input_ids: Any, n_tokens: int) -> tuple[Any, Any
     """
     import torch
 
-    from apmae.target import _accepts
+    from apmae.target.access import _accepts
 
     keep = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     out = model(input_ids=input_ids, use_cache=True, **keep)
@@ -179,7 +179,7 @@ def evaluate(target: Any, scenarios: InterventionScenarios, heads: Mapping[int, 
     """
     import torch
 
-    from apmae.target import zero_heads
+    from apmae.target.access import zero_heads
 
     if batch_size < 1 or not len(scenarios):
         raise ValueError(f"need batch_size >= 1 (got {batch_size}) and at least one scenario (got {len(scenarios)})")
@@ -196,7 +196,7 @@ def evaluate(target: Any, scenarios: InterventionScenarios, heads: Mapping[int, 
 def _evaluate_batch(target: Any, batch: InterventionScenarios) -> Outcome:
     import torch
 
-    from apmae.target import first_token_outcome
+    from apmae.target.access import first_token_outcome
 
     device = target.device
     input_ids = torch.as_tensor(batch.input_ids, dtype=torch.long, device=device)  # (B, S)
