@@ -18,6 +18,8 @@ from typing import Mapping
 
 import numpy as np
 
+from apmae.common.plotting import pyplot
+
 
 def write_head_table(path: str | Path, columns: Mapping[str, np.ndarray]) -> Path:
     """Write ``layer,head,<column>...`` rows for (L, H) arrays ``columns``; returns the path."""
@@ -88,10 +90,7 @@ def _check_heads(keys: list[tuple[int, int]], path: str | Path, *, n_layers: int
 def head_heatmap(path: str | Path, panels: Mapping[str, np.ndarray], *, title: str = "",
                  signed: bool = True, cmap: str | None = None) -> Path:
     """Save one L x H heatmap per panel side by side (PNG); signed panels are centred on 0."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n = len(panels)
     first = np.asarray(next(iter(panels.values())))

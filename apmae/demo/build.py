@@ -20,10 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
 from apmae.common.atomic import atomic_dir
+from apmae.demo.corpus import write_corpus
+from apmae.demo.tokenizer import build_tokenizer
 
 MARKERS = {"corpus": "MANIFEST.json", "tokenizer": "tokenizer.json", "target": "model.safetensors"}
 
@@ -35,8 +38,6 @@ def is_complete(step: str, out_dir: str | Path) -> bool:
 
 def build_corpus(out_dir: str | Path, *, n_files: int, seed: int) -> bool:
     """Write the generated corpus with a ``MANIFEST.json``; False when it was already there."""
-    from apmae.demo.corpus import write_corpus
-
     if is_complete("corpus", out_dir):
         return False
     with atomic_dir(out_dir) as tmp:
@@ -48,8 +49,6 @@ def build_corpus(out_dir: str | Path, *, n_files: int, seed: int) -> bool:
 
 def build_tokenizer_dir(corpus_dir: str | Path, out_dir: str | Path, *, vocab_size: int) -> bool:
     """Train and save the BPE tokenizer; False when it was already there."""
-    from apmae.demo.tokenizer import build_tokenizer
-
     if is_complete("tokenizer", out_dir):
         return False
     if not is_complete("corpus", corpus_dir):
@@ -70,7 +69,7 @@ def build_target(config: str | Sequence[str], *, corpus_dir: str | Path, tokeniz
     for step, path in (("corpus", corpus_dir), ("tokenizer", tokenizer_dir)):
         if not is_complete(step, path):
             raise ValueError(f"{path} is not a complete demo {step}; run the `{step}` step first")
-    from apmae.cli import cli_main
+    from apmae.cli import cli_main  # import cost ~5 s (Lightning): only the target step trains
 
     configs = [config] if isinstance(config, (str, Path)) else list(config)
     with atomic_dir(out_dir) as tmp:
@@ -108,8 +107,6 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import time
-
     start = time.perf_counter()
     args, extra = parse_args(argv)
     if extra and args.step != "target":

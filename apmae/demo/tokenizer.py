@@ -18,6 +18,7 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 4096, min_frequen
     ``<fim_middle>``, ``<fim_suffix>``, ``<fim_pad>``. Decoding an encoding
     gives back the exact text (byte-level, no normalisation, no added space).
     """
+    # import cost ~0.6 s (transformers): only the demo build trains a tokenizer
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

@@ -29,14 +29,15 @@ expanded to query heads as the model itself does (see
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 
-from apmae.target.layout import AttentionLayer, attention_layers
 from apmae.target.access import TargetOutput, run_batch
+from apmae.target.layout import AttentionLayer, attention_layers
 
 
 @dataclass
@@ -171,8 +172,6 @@ def run_batch_contributions(target: Any, input_ids: torch.Tensor, label_first: t
 
 
 def _logits_kwargs(model: Any) -> dict[str, Any]:
-    import inspect
-
     # only the patterns are needed: the lm_head over all S positions would cost more than the layers
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 

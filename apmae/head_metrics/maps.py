@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from apmae.head_metrics.relations import Relation
+from apmae.target.layout import attention_layers, vocabulary_ends
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 24  # 64 MiB of float32 per (c, V) block
 
@@ -162,8 +163,6 @@ def model_maps(model: torch.nn.Module, relations: Sequence[Relation], *, first_m
             :mod:`apmae.target.layout`), ``first_mlp`` without a layer-0
             MLP block, or bad relations.
     """
-    from apmae.target.layout import attention_layers, vocabulary_ends
-
     layers = attention_layers(model)
     ends = vocabulary_ends(model)
     if first_mlp and ends.first_mlp is None:

@@ -16,17 +16,22 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
+import torch
 
-from apmae.head_metrics.distance import (DEFAULT_LOCAL_THRESHOLD, DEFAULT_WINDOW, anchor_positions, local_heads,
-                                         scenario_distance)
-from apmae.head_metrics.maps import DEFAULT_CHUNK_ELEMENTS, MapsResult
-from apmae.head_metrics.relations import RELATIONS, Relation
+from apmae.head_metrics.contribution import run_contributions, summarize_contributions
+from apmae.head_metrics.distance import (
+    DEFAULT_LOCAL_THRESHOLD,
+    DEFAULT_WINDOW,
+    anchor_positions,
+    local_heads,
+    scenario_distance,
+)
+from apmae.head_metrics.maps import DEFAULT_CHUNK_ELEMENTS, MapsResult, model_maps
+from apmae.head_metrics.relations import RELATIONS, Relation, code_relations, token_texts
 from apmae.head_metrics.report import Panel, head_name, heatmaps, token_text, top_heads, write_head_table, write_rows
 
 
 def _texts(tokenizer: Any, vocab_size: int) -> list[str] | None:
-    from apmae.head_metrics.relations import token_texts
-
     return None if tokenizer is None else token_texts(tokenizer, vocab_size)
 
 
@@ -74,9 +79,7 @@ def contribution_report(target: Any, input_ids: np.ndarray, *, batch_size: int =
 
     ``name`` labels the report (default: the target's name).
     """
-    import torch
 
-    from apmae.head_metrics.contribution import run_contributions, summarize_contributions
 
     start = time.perf_counter()
     parts = []
@@ -251,9 +254,6 @@ def maps_report(target: Any, corpus_ids: np.ndarray, *, relations: Sequence[str]
         ValueError: no tokenizer, corpus ids outside the model's vocabulary, or
             no relation with a pair (each skipped one says what to change).
     """
-    from apmae.head_metrics.maps import model_maps
-    from apmae.head_metrics.relations import code_relations
-
     start = time.perf_counter()
     vocab = int(target.model.get_output_embeddings().weight.shape[0])
     if target.tokenizer is None:

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from apmae.common.plotting import pyplot
 from apmae.interventions.sweep import InterventionMetrics, SweepResult
 
 METRICS = ("accuracy", "delta_accuracy", "i2c", "c2i", "label_loss", "exact_match", "token_accuracy")
@@ -128,10 +129,7 @@ _STYLE = {"positive": ("tab:green", "o"), "negative": ("tab:red", "v"), "neutral
 
 def curve_figure(sweep: SweepResult, *, title: str) -> Any:
     """First-token accuracy and exact match vs k per strategy; random's band is mean +- std over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     points = curve(sweep)
     base = sweep.baseline_metrics()

@@ -22,13 +22,18 @@ import bisect
 import hashlib
 import heapq
 import logging
+import multiprocessing
 import random
 import time
 from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+from tokenizers import Tokenizer
+from tqdm import tqdm
+from tree_sitter import Parser, QueryCursor
 
 from apmae.mining.fim import FimTokens, balanced_context, fim_sequence
 from apmae.mining.offsets import byte_to_char, code_points, is_whitespace
@@ -136,9 +141,6 @@ class FileMiner:
     """Mines one file at a time: the unit of work of a worker process."""
 
     def __init__(self, config: MiningConfig, tasks: Sequence[Task], tokenizer_json: str) -> None:
-        from tokenizers import Tokenizer
-        from tree_sitter import Parser
-
         self.config = config
         self.tasks = tuple(tasks)
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
@@ -189,8 +191,6 @@ class FileMiner:
 
     def _query_spans(self, tree: Any, data: bytes) -> dict[int, list[Span]]:
         """Candidate byte spans per task index from one pass of the combined query."""
-        from tree_sitter import QueryCursor
-
         spans: dict[int, list[Span]] = {}
         non_code: list[Span] = []
         for pattern, captures in QueryCursor(self.query).matches(tree.root_node):
@@ -428,8 +428,6 @@ def mine_scenarios(
 def _collect(files: JavaSources, miner_args: tuple, quotas: dict[str, int], report: MiningReport,
              num_workers: int, progress: bool, max_files: int | None, exhaustive: bool) -> list[list]:
     """Per task, a max-heap of the ``quota`` scenarios with the smallest hash keys."""
-    from tqdm import tqdm
-
     tasks: tuple[Task, ...] = miner_args[1]
     heaps: list[list] = [[] for _ in tasks]
     mined = [ti for ti, t in enumerate(tasks) if t.needs_source and quotas[t.name] > 0]
@@ -512,8 +510,6 @@ def _results(files: Iterator[SourceFile], miner_args: tuple, num_workers: int,
         for f in files:
             yield miner.mine(f)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     # spawn: workers start clean (no inherited tokenizer threads); they only import numpy,
     # tree-sitter and tokenizers, so start-up stays well under a second
@@ -591,7 +587,7 @@ def split_of(source_id: str, fractions: Sequence[float]) -> int:
 def _load_tokenizer(tokenizer: Any) -> tuple[Any, str, FimTokens]:
     """(HF tokenizer, its backend as JSON for workers, FIM ids); a name or directory is loaded."""
     if isinstance(tokenizer, str):
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # import cost ~1 s: only when a name or directory is given
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer)

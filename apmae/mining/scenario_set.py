@@ -8,6 +8,7 @@ that any project can read it without apmae.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,8 +69,6 @@ class ScenarioSet:
 
     def fingerprint(self) -> str:
         """A content hash identifying this exact scenario set (used by caches)."""
-        import hashlib
-
         h = hashlib.sha256()
         for k in _COLUMNS:
             h.update(np.ascontiguousarray(getattr(self, k)).tobytes())

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 from urllib.parse import parse_qs
 
+import pyarrow.parquet as pq
+
 SKIP_REASONS = ("empty", "oversize", "binary", "non_utf8", "duplicate")
 ID_COLUMNS = ("id", "path", "max_stars_repo_path", "file_path", "filename")  # first present one names a row
 HF_PREFIX = "hf:"
@@ -243,8 +245,6 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, str | None]]:
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, str | None]]:
-    import pyarrow.parquet as pq
-
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names
     columns = ["content"] + [c for c in ID_COLUMNS if c in names][:1]
@@ -256,7 +256,7 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, str | None]]:
 
 def _hf_rows(spec: HFSource) -> Iterator[tuple[str, str | None]]:
     try:
-        import datasets
+        import datasets  # optional: the `hf` extra
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ValueError("reading hf: sources needs the `datasets` package: pip install 'apmae[hf]'") from e
     kwargs = {"data_files": spec.data_files} if spec.data_files else {}
@@ -265,7 +265,7 @@ def _hf_rows(spec: HFSource) -> Iterator[tuple[str, str | None]]:
 
 
 def _saved_dataset_rows(path: Path) -> Iterator[tuple[str, str | None]]:
-    import datasets
+    import datasets  # optional: the `hf` extra
 
     ds = datasets.load_from_disk(str(path))  # memory-mapped Arrow: rows are read lazily
     if isinstance(ds, datasets.DatasetDict):

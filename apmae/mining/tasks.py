@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+import tree_sitter_java
+from tree_sitter import Language, Query
 
 from apmae.mining.offsets import char_to_byte_table, code_points, is_whitespace
 
@@ -136,17 +138,12 @@ def java_language():
     """The tree-sitter Java language (loaded once per process)."""
     global _LANGUAGE
     if _LANGUAGE is None:
-        import tree_sitter_java
-        from tree_sitter import Language
-
         _LANGUAGE = Language(tree_sitter_java.language())
     return _LANGUAGE
 
 
 def compile_query(source: str):
     """``tree_sitter.Query`` for the Java grammar; a bad query raises ``ValueError``."""
-    from tree_sitter import Query
-
     try:
         return Query(java_language(), source)
     except Exception as e:  # tree-sitter raises QueryError (a subclass of Exception) with the position

@@ -6,7 +6,6 @@ Plain PyTorch: a checkpoint is read with ``torch.load``; no Lightning import is 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 

@@ -27,11 +27,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from apmae.common.triangle import lower_triangle, triangle_size
 from apmae.model.optim import weight_decay_groups
 from apmae.model.patches import grid_side, patchify, unpatchify, valid_pixels
-from apmae.common.triangle import lower_triangle, triangle_size
 
 POS_EMBEDS = ("learned", "sincos")
 CONFIG_FILE = "config.json"
@@ -424,8 +425,6 @@ class APMAE(nn.Module):
 
     def save(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
-        from safetensors.torch import save_file
-
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         (path / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
@@ -436,8 +435,6 @@ class APMAE(nn.Module):
     @classmethod
     def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "APMAE":
         """Rebuild a model saved by :meth:`save`, weights placed on ``map_location``."""
-        from safetensors.torch import load_file
-
         path = Path(directory)
         missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (path / name).is_file()]
         if missing:

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from apmae.common.optional import require
+from apmae.mining.scenario_set import balance_per_task
 from apmae.probe.metrics import BinaryScores, best_threshold, metric_dict, per_task_scores
 
 PREFIX = "test/cluster_probe"
@@ -121,8 +122,6 @@ def evaluation_rows(split: np.ndarray, correct: np.ndarray, *, holdout: float, s
     split, correct = np.asarray(split), np.asarray(correct, dtype=bool)
     train, val, test = (np.flatnonzero(split == s) for s in (SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST))
     if task is not None and balance_seed is not None:
-        from apmae.mining.scenario_set import balance_per_task
-
         task = np.asarray(task)
         train, val, test = (balance_per_task(r, task[r], correct[r], np.random.default_rng(balance_seed))
                             for r in (train, val, test))

@@ -31,6 +31,7 @@ raw attention pattern is what a "pattern family" looks like.
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -205,7 +206,7 @@ def hdbscan_labels(points: np.ndarray, config: ClusteringConfig) -> np.ndarray:
 
 def medoid(points: np.ndarray) -> int:
     """Index of the row of (M, C) ``points`` with the least total Euclidean distance to the others."""
-    from scipy.spatial.distance import cdist
+    from scipy.spatial.distance import cdist  # optional: scipy comes with the `analysis` extra
 
     totals = np.concatenate([cdist(points[lo:lo + _MEDOID_CHUNK], points).sum(axis=1)
                              for lo in range(0, len(points), _MEDOID_CHUNK)])  # (M,)
@@ -266,7 +267,7 @@ def _run_job(job: _HeadJob) -> HeadClusters:
 
 def _one_thread() -> None:
     """Worker initializer: the processes are the parallelism, so each keeps to one BLAS/OpenMP thread."""
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # optional: comes with the `analysis` extra
 
     threadpool_limits(1)
 
@@ -291,8 +292,6 @@ def cluster_heads(encodings: np.ndarray, *, task: np.ndarray, correct: np.ndarra
     if workers == 1:
         heads = [_run_job(job) for job in jobs]
     else:
-        import multiprocessing
-
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_one_thread,
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
             heads = list(pool.map(_run_job, jobs))

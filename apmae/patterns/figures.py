@@ -15,21 +15,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from apmae.common.plotting import pyplot
+
 _LOG_FLOOR = 1e-4  # lowest probability the colour scale distinguishes
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def families_heatmap(n_clusters: np.ndarray, *, title: str) -> Any:
     """Figure of the (L, H) number of pattern families per head, each cell labelled."""
-    plt = _pyplot()
+    plt = pyplot()
     n_layers, n_heads = n_clusters.shape
     fig, ax = plt.subplots(figsize=(max(4.0, 1.5 + 0.55 * n_heads), max(2.5, 1.2 + 0.5 * n_layers)))
     image = ax.imshow(n_clusters, cmap="viridis", vmin=0, aspect="auto")
@@ -49,9 +42,9 @@ def families_heatmap(n_clusters: np.ndarray, *, title: str) -> Any:
 def medoid_montage(patterns: Sequence[np.ndarray], titles: Sequence[str], *, title: str,
                    columns: int = 4) -> Any:
     """Figure of (S, S) raw patterns, one panel each, on a shared log colour scale."""
-    from matplotlib.colors import LogNorm
+    from matplotlib.colors import LogNorm  # after pyplot(): the backend is chosen first
 
-    plt = _pyplot()
+    plt = pyplot()
     if len(patterns) != len(titles) or not len(patterns):
         raise ValueError(f"need one title per pattern and at least one pattern, got {len(patterns)} and {len(titles)}")
     columns = min(columns, len(patterns))

@@ -68,6 +68,7 @@ def binary_scores(p: np.ndarray, y: np.ndarray, *, threshold: float = 0.5) -> Bi
     if len(p) == 0:
         nan = float("nan")
         return BinaryScores(nan, nan, nan, nan, 0)
+    # import cost ~3 s (torchmetrics): paid by the stages that score, not by every importer
     from torchmetrics.functional.classification import binary_accuracy, binary_auroc, binary_f1_score
 
     pred, truth = _thresholded(p, y, threshold)
@@ -87,7 +88,7 @@ def _thresholded(p: np.ndarray, y: np.ndarray, threshold: float) -> tuple[torch.
 
 def _balanced_accuracy(pred: torch.Tensor, truth: torch.Tensor) -> float:
     """Mean recall of the classes present in ``truth`` (0/1 predictions and labels)."""
-    from torchmetrics.functional.classification import binary_recall, binary_specificity
+    from torchmetrics.functional.classification import binary_recall, binary_specificity  # import cost, as above
 
     recalls = [float(binary_recall(pred, truth))] if bool(truth.any()) else []
     recalls += [float(binary_specificity(pred, truth))] if not bool(truth.all()) else []
