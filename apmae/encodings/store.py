@@ -28,7 +28,7 @@ shared with the attention cache).
 
 Shards: encodings streamed from a target under DDP (:mod:`apmae.encodings.stream`) are
 one file per rank, ``<name>.rank<k>.h5``, each holding the rows
-``apmae.cache.store.shard_rows(N, k, world)``. ``group_fingerprint`` is the
+``apmae.common.h5shards.shard_rows(N, k, world)``. ``group_fingerprint`` is the
 fingerprint of all N rows, the one a single file of the whole set has, so a
 merged set of shards and a single file of the same scenarios, target and
 encoder carry the same identity. :class:`EncodingSet` merges shards in
