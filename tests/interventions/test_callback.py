@@ -15,6 +15,7 @@ from apmae.mining.scenario_set import SPLITS, ScenarioSet
 from apmae.target.access import run_batch, zero_heads
 from callbacks.interventions import Interventions
 from datamodules.attention_cache import AttentionCacheDataModule
+from datamodules.settings import ExtractionSettings
 from lit_models.apmae_module import LitAPMAE
 from tests.interventions.conftest import HEADS, LAYERS
 from tests.training.conftest import MICRO_NET
@@ -56,7 +57,7 @@ def _mlflow_logger(tmp_path: Path):
 def _data(tmp_path, target_dir, scenarios_path) -> AttentionCacheDataModule:
     return AttentionCacheDataModule(target=str(target_dir), scenarios=str(scenarios_path),
                                     cache_dir=str(tmp_path / "cache"),
-                                    device="cpu", batch_size=8, progress=False)
+                                    extraction=ExtractionSettings(device="cpu", progress=False), batch_size=8)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

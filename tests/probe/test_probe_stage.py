@@ -12,6 +12,7 @@ import torch
 from apmae.common.head_tables import read_head_table
 from apmae.model.net import APMAE
 from datamodules.attention_cache import AttentionCacheDataModule
+from datamodules.settings import EncoderSettings, ExtractionSettings
 from lit_models.apmae_module import LitAPMAE
 from tests.probe.synthetic_cache import write_planted_cache
 
@@ -40,7 +41,8 @@ def planted(tmp_path_factory) -> dict[str, Path]:
 
 def probe_data(planted: dict[str, Path], **overrides) -> AttentionCacheDataModule:
     args = dict(target="synth", scenarios=str(planted["scenarios"]), cache_dir=str(planted["cache"]),
-                mode="scenarios", balance=True, batch_size=16, encoder=str(planted["encoder"]), progress=False)
+                mode="scenarios", balance=True, batch_size=16, encoder=EncoderSettings(path=str(planted["encoder"])),
+                extraction=ExtractionSettings(progress=False))
     return AttentionCacheDataModule(**{**args, **overrides})
 
 
