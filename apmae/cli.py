@@ -10,7 +10,8 @@ config cannot state two different lengths; setting ``model.init_args.seq_len``
 is an error that says so.
 
 MLflow: the store is ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlruns/mlflow.db``;
-artifacts go next to the sqlite file (``mlruns/<experiment>/<run id>/artifacts``).
+artifacts go next to the sqlite file (``mlruns/<experiment>/<run id>/artifacts``;
+:mod:`apmae.common.tracking`).
 The experiment and run names come from the config's top-level ``experiment``
 and ``run_name`` (default: the last ``--config`` file's name). Each run logs
 its resolved config as the artifact ``config.yaml`` and its flattened values
@@ -20,35 +21,16 @@ as params, so runs compare side by side in the MLflow UI (``make ui``).
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
-DEFAULT_EXPERIMENT = "apmae"
+from apmae.common.tracking import DEFAULT_EXPERIMENT, artifact_location, tracking_uri
+
 MLFLOW_LOGGER = "lightning.pytorch.loggers.MLFlowLogger"
 LINKED = {"seq_len": ("data.seq_len", "model.init_args.seq_len")}
-
-
-def tracking_uri() -> str:
-    """The MLflow store: ``$MLFLOW_TRACKING_URI`` or the project's sqlite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
-
-
-def artifact_location(uri: str, experiment: str) -> Optional[str]:
-    """Artifact folder of ``experiment`` for a sqlite store: beside the database file.
-
-    ``sqlite:///mlruns/mlflow.db`` -> ``<abs>/mlruns/<experiment>``. Other stores
-    (servers, databases) choose their own artifact location: None.
-    """
-    if not uri.startswith("sqlite:///"):
-        return None
-    folder = Path(uri[len("sqlite:///"):]).resolve().parent
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment) or DEFAULT_EXPERIMENT
-    return (folder / safe).as_uri()
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -37,6 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from apmae.common.tracking import log_to_run
 from apmae.patterns.cluster_probe import ClusterProbeConfig, ClusterProbeResult
 from apmae.patterns.clustering import REDUCTIONS, ClusteringConfig, HeadClusters, PatternClusters
 
@@ -251,14 +252,7 @@ def _probe(clusters: PatternClusters, encodings: Any, config: ClusterProbeConfig
 
 def log_to_mlflow(report: PatternsReport, *, run_id: str, tracking_uri: str | None = None) -> None:
     """Log the report's artifacts (under their folders) and metrics into an existing MLflow run."""
-    import mlflow
-    from mlflow.entities import Metric
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    for name, path in report.artifacts.items():
-        client.log_artifact(run_id, str(path), str(Path(name).parent))
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(report.metrics().items())])
+    log_to_run(run_id, tracking_uri=tracking_uri, artifacts=report.artifacts, metrics=report.metrics())
 
 
 # ---------------------------------------------------------------- command line
