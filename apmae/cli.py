@@ -1,4 +1,8 @@
-"""``python -m apmae``: a LightningCLI with MLflow as the default logger.
+"""``apmae`` / ``python -m apmae``: a LightningCLI with MLflow as the default logger, and the post-hoc stages.
+
+``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's subcommands.
+The post-hoc stages read what a fit wrote and run without a trainer, each with
+its own arguments (:data:`POST_HOC_STAGES`): ``apmae patterns --help``.
 
 Every class a run uses is named in its YAML config (``class_path`` /
 ``init_args``); configs stack (``--config base.yaml --config overlay.yaml``)
@@ -10,7 +14,8 @@ config cannot state two different lengths; setting ``model.init_args.seq_len``
 is an error that says so.
 
 MLflow: the store is ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlruns/mlflow.db``;
-artifacts go next to the sqlite file (``mlruns/<experiment>/<run id>/artifacts``).
+artifacts go next to the sqlite file (``mlruns/<experiment>/<run id>/artifacts``;
+:mod:`apmae.common.tracking`).
 The experiment and run names come from the config's top-level ``experiment``
 and ``run_name`` (default: the last ``--config`` file's name). Each run logs
 its resolved config as the artifact ``config.yaml`` and its flattened values
@@ -20,35 +25,32 @@ as params, so runs compare side by side in the MLflow UI (``make ui``).
 from __future__ import annotations
 
 import os
-import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
-DEFAULT_EXPERIMENT = "apmae"
+from apmae.common.allocator import keep_freed_memory
+from apmae.common.tracking import DEFAULT_EXPERIMENT, artifact_location, tracking_uri
+from apmae.patterns import run as patterns_run
+
 MLFLOW_LOGGER = "lightning.pytorch.loggers.MLFlowLogger"
 LINKED = {"seq_len": ("data.seq_len", "model.init_args.seq_len")}
 
 
-def tracking_uri() -> str:
-    """The MLflow store: ``$MLFLOW_TRACKING_URI`` or the project's sqlite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+@dataclass(frozen=True)
+class PostHocStage:
+    """A stage that reads what a fit wrote and runs without Lightning: ``apmae <name> [its arguments]``."""
+
+    summary: str  # one line in ``apmae --help``
+    main: Callable[[Sequence[str]], Any]  # parses the stage's own arguments and runs it
 
 
-def artifact_location(uri: str, experiment: str) -> Optional[str]:
-    """Artifact folder of ``experiment`` for a sqlite store: beside the database file.
-
-    ``sqlite:///mlruns/mlflow.db`` -> ``<abs>/mlruns/<experiment>``. Other stores
-    (servers, databases) choose their own artifact location: None.
-    """
-    if not uri.startswith("sqlite:///"):
-        return None
-    folder = Path(uri[len("sqlite:///"):]).resolve().parent
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment) or DEFAULT_EXPERIMENT
-    return (folder / safe).as_uri()
+POST_HOC_STAGES = {
+    "patterns": PostHocStage(summary=patterns_run.SUMMARY, main=patterns_run.main),
+}
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -102,6 +104,11 @@ class APMAECLI(LightningCLI):
         kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf+"})
         kwargs.setdefault("trainer_defaults", default_trainer_settings())
         super().__init__(*args, **kwargs)
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict[str, Any],
+                     subparser_kwargs: dict[str, Any]) -> None:
+        main_kwargs = {"epilog": post_hoc_help(), **main_kwargs}  # `apmae --help` lists the post-hoc stages too
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--experiment", type=Optional[str], default=None,
@@ -196,14 +203,24 @@ def default_trainer_settings() -> dict[str, Any]:
     }
 
 
-def cli_main(args: list[str] | None = None) -> APMAECLI:
+def post_hoc_help() -> str:
+    """The post-hoc stages, for the epilog of ``apmae --help``."""
+    stages = "; ".join(f"{name}: {stage.summary}" for name, stage in POST_HOC_STAGES.items())
+    return f"post-hoc stages, run as `apmae <stage> --help` for their arguments: {stages}"
+
+
+def cli_main(args: list[str] | None = None) -> Any:
     """Run the CLI; ``args`` replaces ``sys.argv[1:]`` (tests call it in-process).
 
-    A fit may extract attention caches, so the entry point opts into the
-    allocator tuning extraction relies on (:func:`apmae.common.allocator.keep_freed_memory`).
+    A post-hoc stage's name as the first argument hands the rest to that
+    stage's own parser and returns what the stage returns; anything else goes to
+    LightningCLI and returns the :class:`APMAECLI`. A fit may extract attention
+    caches, so the LightningCLI path opts into the allocator tuning extraction
+    relies on (:func:`apmae.common.allocator.keep_freed_memory`).
     """
-    from apmae.common.allocator import keep_freed_memory
-
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in POST_HOC_STAGES:
+        return POST_HOC_STAGES[argv[0]].main(argv[1:])
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     keep_freed_memory()

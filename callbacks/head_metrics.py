@@ -161,7 +161,7 @@ class HeadMetrics(Callback):
         return target
 
     def _log(self, trainer: Trainer, root: Path, reports: list[tuple[str, Any]]) -> None:
-        from lit_models.mlflow_runs import log_to_runs
+        from apmae.common.tracking import log_to_runs
 
         scalars = {f"head_metrics/{name}/{r.method}/{k}": v for name, r in reports for k, v in r.scalars().items()}
         for logger in trainer.loggers:

@@ -270,7 +270,7 @@ class Interventions(Callback):
         local = Path(self.output_dir or Path(trainer.default_root_dir) / "interventions")
         files = self._write_files(sweeps, local / "test" if stage == "test" else local, stage)
         location = str(files["curve.png"])
-        from lit_models.mlflow_runs import log_to_runs
+        from apmae.common.tracking import log_to_runs
 
         for client, run_id in log_to_runs(trainer.loggers, files.values(), folder):
             uri = client.get_run(run_id).info.artifact_uri

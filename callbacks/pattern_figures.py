@@ -186,7 +186,7 @@ class PatternFigures(Callback):
     def _save(self, trainer: Trainer, fig: Any, artifact: str) -> None:
         import matplotlib.pyplot as plt
 
-        from lit_models.mlflow_runs import mlflow_runs
+        from apmae.common.tracking import mlflow_runs
 
         runs = mlflow_runs(trainer.loggers)
         for client, run_id in runs:

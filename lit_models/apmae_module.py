@@ -40,7 +40,7 @@ from apmae.model.baselines import band_neighbours, neighbour_patches
 from apmae.model.loading import NET_CONFIG_KEY, load_encoder
 from apmae.model.net import APMAE, APMAEConfig, masked_error
 from apmae.model.schedules import warmup_cosine
-from lit_models.mlflow_runs import log_to_runs
+from apmae.common.tracking import log_to_runs
 from lit_models.probe_stage import Collected, ProbeStage, ProbeTraining
 
 STAGES = ("reconstruct", "probe")

@@ -256,7 +256,7 @@ class ProbeTraining:
         scores = getattr(self, "probe_scores", None)
         if scores is not None:
             files.append(write_score_table(directory / f"{scores['stage']}_scores.csv", scores["scores"]))
-        from lit_models.mlflow_runs import log_to_runs
+        from apmae.common.tracking import log_to_runs
 
         log_to_runs(self.trainer.loggers, files, "head_importance")
 

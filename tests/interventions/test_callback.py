@@ -47,7 +47,7 @@ class RankedLitAPMAE(LitAPMAE):
 def _mlflow_logger(tmp_path: Path):
     from lightning.pytorch.loggers import MLFlowLogger
 
-    from apmae.cli import artifact_location
+    from apmae.common.tracking import artifact_location
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     return MLFlowLogger(experiment_name="interventions", tracking_uri=uri,
@@ -91,7 +91,7 @@ def test_a_fit_logs_the_sweep_and_its_tables_to_mlflow(tmp_path, micro_target_di
     callback, trainer = _fit(tmp_path, micro_target_dir, scenario_set_path, logger)
     # Validation 0 had no ranking (skipped), validation 1 evaluated; the fit's end saw the same ranking.
     assert callback.last.stage == "val" and callback.last.step == trainer.global_step
-    client = MlflowClient(logger._tracking_uri)
+    client = MlflowClient(logger.experiment.tracking_uri)
     metrics = client.get_run(logger.run_id).data.metrics
     for strategy in ("positive", "negative", "neutral", "random"):
         for k in (1, 2, 4, 8):

@@ -130,3 +130,17 @@ def test_unknown_keys_are_named_in_the_error(synth_config, tmp_path, capsys):
     err = _config_error(capsys, ["fit", "--config", str(synth_config),
                                  "--model.init_args.net_overrides", "{enc_dept: 2}"])
     assert "unknown APMAEConfig fields ['enc_dept']" in err
+
+
+def test_help_lists_the_post_hoc_stages_and_each_answers_its_own_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli_main(["--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # the help formatter wraps lines
+    assert "{fit,validate,test,predict}" in text
+    assert "apmae <stage> --help" in text and "patterns: cluster every head's encodings" in text
+    with pytest.raises(SystemExit) as info:
+        cli_main(["patterns", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: apmae patterns") and "--encodings" in out and "--no-probe" in out
