@@ -38,6 +38,7 @@ from apmae.patterns import run as patterns_run
 
 MLFLOW_LOGGER = "lightning.pytorch.loggers.MLFlowLogger"
 LINKED = {"seq_len": ("data.seq_len", "model.init_args.seq_len")}
+PROBE_CLASS = "lit_models.probe_module.LitProbe"  # the probe, formerly LitAPMAE's `stage: probe`
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class APMAECLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         _reject_linked_keys(parser, args)
+        _reject_probe_stage(parser, args)
         super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
@@ -161,18 +163,45 @@ def _reject_linked_keys(parser: LightningArgumentParser, args: Any) -> None:
         )
 
 
-def _config_sets_model_seq_len(path: Path) -> bool:
+def _reject_probe_stage(parser: LightningArgumentParser, args: Any) -> None:
+    """Point a config of the former ``stage: probe`` of LitAPMAE at the probe's own module.
+
+    Checked before parsing: jsonargparse would otherwise refuse the first unknown key
+    (``stage``, ``encoder``, ...) without saying where those settings went.
+    """
+    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+    texts = [f"command line `{a}`" for a in argv if a.startswith(("--model.init_args.stage", "--model.stage"))]
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg in ("--config", "-c") and i + 1 < len(argv) else arg.partition("--config=")[2]
+        if path and Path(path).is_file() and "stage" in _config_model_init_args(Path(path)):
+            texts.append(f"config file {path}")
+    if texts:
+        parser.error(
+            f"model.init_args.stage is set in {', '.join(texts)}, but LitAPMAE trains AP-MAE reconstruction "
+            f"only: the probe is {PROBE_CLASS}. Set `model.class_path: {PROBE_CLASS}`, give its settings under "
+            "model.init_args (encoder, finetune_encoder, probe_features, probe_hidden, probe_dropout, probe_layers, "
+            "probe_heads, importance_scenarios, importance_steps, lr, ...; see configs/demo/probe.yaml) and "
+            "remove stage and net_overrides"
+        )
+
+
+def _config_model_init_args(path: Path) -> dict[str, Any]:
+    """The ``model`` init args a YAML config file sets ({} when none, or when it is not valid YAML)."""
     import yaml
 
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:
-        return False  # jsonargparse reports malformed YAML itself
+        return {}  # jsonargparse reports malformed YAML itself
     model = tree.get("model") if isinstance(tree, dict) else None
     if not isinstance(model, dict):
-        return False
+        return {}
     init_args = model.get("init_args") if isinstance(model.get("init_args"), dict) else model
-    return "seq_len" in init_args
+    return init_args
+
+
+def _config_sets_model_seq_len(path: Path) -> bool:
+    return "seq_len" in _config_model_init_args(path)
 
 
 def _name_mlflow_run(config: Any) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
 
 from apmae.cli import APMAECLI
 from apmae.model.net import APMAEConfig
+from lit_models.probe_module import LitProbe
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAPER_BASE = CONFIGS / "paper" / "base.yaml"
@@ -96,7 +98,10 @@ def test_config_instantiates_with_linked_seq_len(stack, tokenizer_dir, encoder_d
 def _check_probe_settings(cli: APMAECLI, *, paper: bool) -> None:
     """Probe overlays: whole scenarios of both classes, balanced, every head, a frozen encoder."""
     data, hp = cli.datamodule, cli.model.hparams
-    assert (hp.stage, hp.finetune_encoder, data.mode, data.head_selection) == ("probe", False, "scenarios", "all")
+    assert isinstance(cli.model, LitProbe)
+    # the AP-MAE base config's model settings that LitProbe does not take are gone, not carried over
+    assert set(cli.config.model.init_args.as_dict()) <= set(inspect.signature(LitProbe).parameters)
+    assert (hp.finetune_encoder, data.mode, data.head_selection) == (False, "scenarios", "all")
     assert (data.correct_only, data.balance, data.extra_targets) == (False, True, [])
     assert data.encoder.path == hp.encoder
     assert all(p.requires_grad is False for p in cli.model.net.parameters())
