@@ -1,10 +1,10 @@
-"""JavaScenarioDataModule: mined FIM completion scenarios as batches, reusable without AP-MAE.
+"""JavaScenarioDataModule: mined completion scenarios (FIM or causal prompts) as batches, reusable without AP-MAE.
 
 Glossary: B batch, N scenarios, S prompt tokens (``seq_len``), K tokens of the longest hole.
 
 Batches are dicts of tensors:
 
-- ``input_ids`` (B, S) long: ``<fim_prefix> prefix <fim_suffix> suffix <fim_middle>``
+- ``input_ids`` (B, S) long: ``<fim_prefix> prefix <fim_suffix> suffix <fim_middle>`` or ``[BOS] prefix``
 - ``label_ids`` (B, K) long, the hole's tokens padded with 0; ``label_mask`` (B, K) bool
 - ``task`` (B,) long: index into ``task_names``
 - ``index`` (B,) long: row in the :class:`~apmae.mining.scenario_set.ScenarioSet`
@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from apmae.mining.scenario_set import FORMAT_VERSION, SPLITS, ScenarioSet
 from apmae.mining.miner import mine_scenarios
+from apmae.mining.prompts import PROMPT_FORMATS
+from apmae.mining.scenario_set import FORMAT_VERSION, SPLITS, ScenarioSet
 from apmae.mining.sources import JavaSources
 from apmae.mining.tasks import get_tasks
 
@@ -68,12 +69,12 @@ class ScenarioDataset(Dataset):
 
 
 class JavaScenarioDataModule(pl.LightningDataModule):
-    """Mines FIM scenarios once (cached by a hash of the inputs) and serves them per split.
+    """Mines completion scenarios once (cached by a hash of the inputs) and serves them per split.
 
     Args:
         sources: Java sources: directories, ``.zip``/``.tar(.gz)`` archives, JSONL/Parquet files with a
             ``content`` column, or ``hf:NAME?split=train`` Hugging Face datasets.
-        tokenizer: hub name or local directory of a fast tokenizer with FIM tokens.
+        tokenizer: hub name or local directory of a fast tokenizer (with FIM tokens for ``fim`` prompts).
         tasks: task names (see ``apmae.mining.tasks.task_names()``); None for all registered tasks.
         seq_len: tokens per prompt.
         n_per_task: scenarios per task (or a mapping task -> count).
@@ -90,6 +91,8 @@ class JavaScenarioDataModule(pl.LightningDataModule):
         max_files: read at most this many source files.
         shuffle: shuffle the training split each epoch.
         progress: show a progress bar and the mining summary.
+        prompt_format: ``fim`` (``<fim_prefix>..<fim_suffix>..<fim_middle>``), ``causal`` (the left context
+            only, for models without FIM training) or ``auto`` (``fim`` when the tokenizer has FIM tokens).
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class JavaScenarioDataModule(pl.LightningDataModule):
         max_files: int | None = None,
         shuffle: bool = True,
         progress: bool = True,
+        prompt_format: str = "fim",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -139,6 +143,9 @@ class JavaScenarioDataModule(pl.LightningDataModule):
         self.max_files = max_files
         self.shuffle = shuffle
         self.progress = progress
+        if prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt_format={prompt_format!r}; use one of {PROMPT_FORMATS}")
+        self.prompt_format = prompt_format
         self._scenarios: ScenarioSet | None = None
         self.datasets: dict[str, ScenarioDataset] = {}
         self.source_ids: list[str] = []
@@ -160,7 +167,7 @@ class JavaScenarioDataModule(pl.LightningDataModule):
             "seq_len": self.seq_len, "n_per_task": self.n_per_task,
             "proportions": self.proportions, "max_per_file": self.max_per_file,
             "max_label_tokens": self.max_label_tokens, "splits": list(self.splits), "seed": self.seed,
-            "pad": self.pad, "max_files": self.max_files,
+            "pad": self.pad, "max_files": self.max_files, "prompt_format": self.prompt_format,
             "format": FORMAT_VERSION, "miner": MINER_VERSION,
         }
         return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -180,7 +187,7 @@ class JavaScenarioDataModule(pl.LightningDataModule):
             n_per_task=self.n_per_task, proportions=self.proportions, max_per_file=self.max_per_file,
             max_label_tokens=self.max_label_tokens,
             splits=self.splits, seed=self.seed, num_workers=self.mining_workers, progress=self.progress,
-            pad=self.pad, max_files=self.max_files)
+            pad=self.pad, max_files=self.max_files, prompt_format=self.prompt_format)
         result.scenarios.meta["mining_report"] = result.report.summary()
         result.scenarios.save(path)
 
