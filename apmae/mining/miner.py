@@ -47,6 +47,7 @@ from apmae.mining.tasks import NON_CODE_QUERY, FileContext, Span, Task, compile_
 log = logging.getLogger(__name__)
 
 FILE_SKIPS = ("too_short",)  # file-level reasons added by mining (sources count the others)
+TINY_SPLIT = 10  # a split with a positive fraction but fewer rows is warned about at mining time
 SCENARIO_SKIPS = ("label_length", "short_context")
 
 
@@ -122,6 +123,8 @@ class MiningReport:
     stopped_early: bool = False  # every quota was filled before the corpus ended
     seconds: float = 0.0
     num_workers: int = 0
+    split_rows: dict[str, int] = field(default_factory=dict)  # split name -> scenarios
+    split_files: dict[str, int] = field(default_factory=dict)  # split name -> source files with scenarios
 
     def summary(self) -> str:
         """A plain-text table for logs and terminals."""
@@ -130,6 +133,8 @@ class MiningReport:
                  f"({rate:.1f} files/s, {self.num_workers} workers)"
                  + (", stopped once every quota was filled" if self.stopped_early else ""),
                  "skipped files: " + (", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items())) or "none"),
+                 "splits (by source file): " + (", ".join(f"{k}={v} scenarios from {self.split_files.get(k, 0)} files"
+                                                          for k, v in self.split_rows.items()) or "none"),
                  f"{'task':<24}{'files':>8}{'w/cand':>8}{'cands':>9}{'built':>8}{'kept':>7}{'quota':>7}  rejected"]
         for t in self.tasks:
             rej = ", ".join(f"{k}={v}" for k, v in sorted(t.rejected.items()))
@@ -449,11 +454,31 @@ def mine_scenarios(
         if tr.kept < tr.quota:
             log.warning("task %s: only %d of %d scenarios (corpus too small or too few candidates)",
                         tr.name, tr.kept, tr.quota)
+    _count_splits(scenarios, report, fractions)
     scenarios.meta.update(_meta(hf_tok, files, config, task_objs, quotas, fractions))
     log.info("scenario mining summary\n%s", report.summary())
     if progress:
         print(report.summary())
     return MiningResult(scenarios, report)
+
+
+def _count_splits(scenarios: ScenarioSet, report: MiningReport, fractions: Sequence[float]) -> None:
+    """Rows and source files per split into the report; a warning for each split left empty or tiny.
+
+    Splits are drawn per source file, so a corpus whose scenarios come from few files can leave a
+    split with a positive fraction empty: the validation of a later stage would then have no rows.
+    """
+    for k, name in enumerate(SPLITS):
+        rows = scenarios.split == k
+        report.split_rows[name] = int(rows.sum())
+        report.split_files[name] = len(set(scenarios.source_id[rows]) - {""})
+    n_files = len(set(scenarios.source_id) - {""})
+    for name, fraction in zip(SPLITS, fractions):
+        if fraction > 0 and report.split_rows[name] < TINY_SPLIT:
+            log.warning("split %s holds %d scenarios (fraction %.2f; rows per split: %s): splits are drawn per "
+                        "source file and the scenarios come from %d files; add source files, raise n_per_task or "
+                        "max_per_file, or raise the %s fraction", name, report.split_rows[name], fraction,
+                        report.split_rows, n_files, name)
 
 
 def _collect(files: JavaSources, miner_args: tuple, quotas: dict[str, int], report: MiningReport,

@@ -103,3 +103,16 @@ def test_a_hole_in_both_formats_has_the_same_label(corpus, tiny_tokenizer):
     common = fim.keys() & causal.keys()
     assert len(common) > 10
     assert all(fim[k] == causal[k] for k in common)
+
+
+def test_a_split_left_empty_or_tiny_by_small_data_is_warned_about_at_mining_time(corpus, tiny_tokenizer, caplog):
+    result = mine_scenarios(corpus, tiny_tokenizer, tasks=["identifiers"], seq_len=S, n_per_task=4, max_per_file=1,
+                            splits=(0.8, 0.1, 0.1), seed=0, progress=False)
+    report, sc = result.report, result.scenarios
+    assert sum(report.split_rows.values()) == len(sc)
+    assert report.split_rows == {name: int((sc.split == k).sum()) for k, name in enumerate(("train", "val", "test"))}
+    tiny = [name for name, rows in report.split_rows.items() if rows < 10]
+    assert tiny  # 4 scenarios cannot fill three splits of 10
+    for name in tiny:
+        assert any(f"split {name} holds {report.split_rows[name]} scenarios" in r.getMessage() for r in caplog.records)
+    assert "splits (by source file): train=" in report.summary()
