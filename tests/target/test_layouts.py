@@ -94,3 +94,25 @@ def test_a_prompt_longer_than_a_sliding_window_or_the_positions_is_refused(tiny_
     few_positions.config.n_positions = 20
     with pytest.raises(ValueError, match=r"has 20 positions.*S=24"):
         extract(wrap_model(few_positions, name="gpt2"), long, tmp_path / "gpt2.h5", progress=False)
+
+
+def test_zeroing_a_head_of_wide_heads_zeroes_exactly_its_slice(tiny_tokenizer):
+    """head_dim 16 with hidden 32 and 4 heads (Gemma-like): zeroing head 2 equals removing its W_O columns."""
+    from apmae.target.access import wrap_model
+    from tests.head_metrics.helpers import micro_llama
+
+    model = micro_llama(len(tiny_tokenizer), head_dim=16)
+    target = wrap_model(model, name="wide")
+    assert target.head_dim == 16 and model.model.layers[0].self_attn.o_proj.in_features == 64
+    ids = torch.randint(5, len(tiny_tokenizer), (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), zero_heads(target, {0: [2]}):
+        zeroed = model(input_ids=ids).logits
+    o_proj = model.model.layers[0].self_attn.o_proj
+    with torch.no_grad():
+        saved = o_proj.weight[:, 32:48].clone()
+        o_proj.weight[:, 32:48] = 0  # head 2's columns: [2 * 16, 3 * 16)
+        removed = model(input_ids=ids).logits
+        o_proj.weight[:, 32:48] = saved
+        base = model(input_ids=ids).logits
+    torch.testing.assert_close(zeroed, removed, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(zeroed, base)
