@@ -1,4 +1,8 @@
-"""``python -m apmae``: a LightningCLI with MLflow as the default logger.
+"""``apmae`` / ``python -m apmae``: a LightningCLI with MLflow as the default logger, and the post-hoc stages.
+
+``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's subcommands.
+The post-hoc stages read what a fit wrote and run without a trainer, each with
+its own arguments (:data:`POST_HOC_STAGES`): ``apmae patterns --help``.
 
 Every class a run uses is named in its YAML config (``class_path`` /
 ``init_args``); configs stack (``--config base.yaml --config overlay.yaml``)
@@ -10,7 +14,8 @@ config cannot state two different lengths; setting ``model.init_args.seq_len``
 is an error that says so.
 
 MLflow: the store is ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlruns/mlflow.db``;
-artifacts go next to the sqlite file (``mlruns/<experiment>/<run id>/artifacts``).
+artifacts go next to the sqlite file (``mlruns/<experiment>/<run id>/artifacts``;
+:mod:`apmae.common.tracking`).
 The experiment and run names come from the config's top-level ``experiment``
 and ``run_name`` (default: the last ``--config`` file's name). Each run logs
 its resolved config as the artifact ``config.yaml`` and its flattened values
@@ -20,35 +25,33 @@ as params, so runs compare side by side in the MLflow UI (``make ui``).
 from __future__ import annotations
 
 import os
-import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
-DEFAULT_EXPERIMENT = "apmae"
+from apmae.common.allocator import keep_freed_memory
+from apmae.common.tracking import DEFAULT_EXPERIMENT, artifact_location, tracking_uri
+from apmae.patterns import run as patterns_run
+
 MLFLOW_LOGGER = "lightning.pytorch.loggers.MLFlowLogger"
 LINKED = {"seq_len": ("data.seq_len", "model.init_args.seq_len")}
+PROBE_CLASS = "lit_models.probe_module.LitProbe"  # the probe, formerly LitAPMAE's `stage: probe`
 
 
-def tracking_uri() -> str:
-    """The MLflow store: ``$MLFLOW_TRACKING_URI`` or the project's sqlite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+@dataclass(frozen=True)
+class PostHocStage:
+    """A stage that reads what a fit wrote and runs without Lightning: ``apmae <name> [its arguments]``."""
+
+    summary: str  # one line in ``apmae --help``
+    main: Callable[[Sequence[str]], Any]  # parses the stage's own arguments and runs it
 
 
-def artifact_location(uri: str, experiment: str) -> Optional[str]:
-    """Artifact folder of ``experiment`` for a sqlite store: beside the database file.
-
-    ``sqlite:///mlruns/mlflow.db`` -> ``<abs>/mlruns/<experiment>``. Other stores
-    (servers, databases) choose their own artifact location: None.
-    """
-    if not uri.startswith("sqlite:///"):
-        return None
-    folder = Path(uri[len("sqlite:///"):]).resolve().parent
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment) or DEFAULT_EXPERIMENT
-    return (folder / safe).as_uri()
+POST_HOC_STAGES = {
+    "patterns": PostHocStage(summary=patterns_run.SUMMARY, main=patterns_run.main),
+}
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -103,6 +106,11 @@ class APMAECLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", default_trainer_settings())
         super().__init__(*args, **kwargs)
 
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict[str, Any],
+                     subparser_kwargs: dict[str, Any]) -> None:
+        main_kwargs = {"epilog": post_hoc_help(), **main_kwargs}  # `apmae --help` lists the post-hoc stages too
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--experiment", type=Optional[str], default=None,
                             help="MLflow experiment name (default: the logger's, 'apmae').")
@@ -113,6 +121,7 @@ class APMAECLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         _reject_linked_keys(parser, args)
+        _reject_probe_stage(parser, args)
         super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
@@ -154,18 +163,45 @@ def _reject_linked_keys(parser: LightningArgumentParser, args: Any) -> None:
         )
 
 
-def _config_sets_model_seq_len(path: Path) -> bool:
+def _reject_probe_stage(parser: LightningArgumentParser, args: Any) -> None:
+    """Point a config of the former ``stage: probe`` of LitAPMAE at the probe's own module.
+
+    Checked before parsing: jsonargparse would otherwise refuse the first unknown key
+    (``stage``, ``encoder``, ...) without saying where those settings went.
+    """
+    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+    texts = [f"command line `{a}`" for a in argv if a.startswith(("--model.init_args.stage", "--model.stage"))]
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg in ("--config", "-c") and i + 1 < len(argv) else arg.partition("--config=")[2]
+        if path and Path(path).is_file() and "stage" in _config_model_init_args(Path(path)):
+            texts.append(f"config file {path}")
+    if texts:
+        parser.error(
+            f"model.init_args.stage is set in {', '.join(texts)}, but LitAPMAE trains AP-MAE reconstruction "
+            f"only: the probe is {PROBE_CLASS}. Set `model.class_path: {PROBE_CLASS}`, give its settings under "
+            "model.init_args (encoder, finetune_encoder, probe_features, probe_hidden, probe_dropout, probe_layers, "
+            "probe_heads, importance_scenarios, importance_steps, lr, ...; see configs/demo/probe.yaml) and "
+            "remove stage and net_overrides"
+        )
+
+
+def _config_model_init_args(path: Path) -> dict[str, Any]:
+    """The ``model`` init args a YAML config file sets ({} when none, or when it is not valid YAML)."""
     import yaml
 
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:
-        return False  # jsonargparse reports malformed YAML itself
+        return {}  # jsonargparse reports malformed YAML itself
     model = tree.get("model") if isinstance(tree, dict) else None
     if not isinstance(model, dict):
-        return False
+        return {}
     init_args = model.get("init_args") if isinstance(model.get("init_args"), dict) else model
-    return "seq_len" in init_args
+    return init_args
+
+
+def _config_sets_model_seq_len(path: Path) -> bool:
+    return "seq_len" in _config_model_init_args(path)
 
 
 def _name_mlflow_run(config: Any) -> None:
@@ -196,14 +232,24 @@ def default_trainer_settings() -> dict[str, Any]:
     }
 
 
-def cli_main(args: list[str] | None = None) -> APMAECLI:
+def post_hoc_help() -> str:
+    """The post-hoc stages, for the epilog of ``apmae --help``."""
+    stages = "; ".join(f"{name}: {stage.summary}" for name, stage in POST_HOC_STAGES.items())
+    return f"post-hoc stages, run as `apmae <stage> --help` for their arguments: {stages}"
+
+
+def cli_main(args: list[str] | None = None) -> Any:
     """Run the CLI; ``args`` replaces ``sys.argv[1:]`` (tests call it in-process).
 
-    A fit may extract attention caches, so the entry point opts into the
-    allocator tuning extraction relies on (:func:`apmae.common.allocator.keep_freed_memory`).
+    A post-hoc stage's name as the first argument hands the rest to that
+    stage's own parser and returns what the stage returns; anything else goes to
+    LightningCLI and returns the :class:`APMAECLI`. A fit may extract attention
+    caches, so the LightningCLI path opts into the allocator tuning extraction
+    relies on (:func:`apmae.common.allocator.keep_freed_memory`).
     """
-    from apmae.common.allocator import keep_freed_memory
-
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in POST_HOC_STAGES:
+        return POST_HOC_STAGES[argv[0]].main(argv[1:])
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     keep_freed_memory()

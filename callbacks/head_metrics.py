@@ -16,7 +16,8 @@ Per target it logs CSV tables and L x H heatmaps as MLflow artifacts under
 ``head_metrics/<target>/`` (under ``<default_root_dir>/head_metrics/`` when
 no MLflow logger is attached), scalars ``head_metrics/<target>/<method>/<name>``
 (``seconds`` among them), and prints one line per method naming the most
-striking heads.
+striking heads. It reads nothing from the LightningModule (only the trainer's
+DataModule), so it works beside any module (see :mod:`lit_models.interfaces`).
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ class HeadMetrics(Callback):
         return target
 
     def _log(self, trainer: Trainer, root: Path, reports: list[tuple[str, Any]]) -> None:
-        from lit_models.mlflow_runs import log_to_runs
+        from apmae.common.tracking import log_to_runs
 
         scalars = {f"head_metrics/{name}/{r.method}/{k}": v for name, r in reports for k, v in r.scalars().items()}
         for logger in trainer.loggers:

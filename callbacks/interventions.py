@@ -9,11 +9,13 @@ cache, with head sets chosen from a signed (L, H) head importance by the
 strategies of :mod:`apmae.interventions.head_sets` over a k sweep (:mod:`apmae.interventions.sweep`).
 
 The ranking is the LightningModule's current ``head_importance`` ((L, H)
-tensor or array; None until it is computed) when it has one, else the
-``importance_csv`` file. With ``per_task``, rankings per task
-(``head_importance_by_task: {task: (L, H)}`` on the module, else
-``importance_csv_by_task``) are each applied to that task's scenarios only.
-Without any ranking an evaluation is skipped with a warning.
+tensor or array; None until it is computed) when the module ranks heads
+(:class:`lit_models.interfaces.RanksHeads`, e.g. ``LitProbe``), else the
+``importance_csv`` file. With ``per_task``, rankings per task (the module's
+``head_importance_by_task: {task: (L, H)}``, else ``importance_csv_by_task``)
+are each applied to that task's scenarios only. Until a ranking exists an
+evaluation is skipped with a warning; a module that ranks no heads, with no
+importance file given, is refused when the trainer sets the callback up.
 
 Logged (validation and fit end; at test end under ``test/interventions/...``
 and the artifact folder ``interventions/test/``):
@@ -46,6 +48,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from apmae.interventions.head_sets import (DEFAULT_FRACTIONS, STRATEGIES, check_importance, check_ks, read_importance_csv,
                              sweep_head_sets, sweep_ks)
 from apmae.mining.scenario_set import SPLITS
+from lit_models.interfaces import RanksHeads, implements, require
 
 ARTIFACTS = ("results.csv", "scenarios.csv", "by_task.csv", "curve.png")
 
@@ -77,7 +80,8 @@ class Interventions(Callback):
         device: target device; ``auto`` = the device of the module being trained.
         attn_implementation: attention kernel of the callback's own target copy; no pattern is read, so
             ``sdpa`` (faster) gives the same function up to rounding; ``eager`` matches ``run_batch`` bit for bit.
-        importance_csv: ``importance.csv`` (``layer,head,importance``) used when the module has no ``head_importance``.
+        importance_csv: ``importance.csv`` (``layer,head,importance``) used when the module has no ``head_importance``
+            (it ranks no heads, or has not computed them yet).
         per_task: also run each task's own ranking on that task's scenarios.
         importance_csv_by_task: ``{task: importance.csv}`` used when the module has no ``head_importance_by_task``.
         strategies: any of ``positive``, ``negative``, ``neutral``, ``random``.
@@ -144,6 +148,18 @@ class Interventions(Callback):
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Refuse a module that ranks no heads when no importance file stands in for it.
+
+        Raises:
+            TypeError: the module lacks :class:`lit_models.interfaces.RanksHeads` and neither
+                ``importance_csv`` nor ``importance_csv_by_task`` is given.
+        """
+        if not (self.importance_csv or self.importance_csv_by_task):
+            require(pl_module, RanksHeads, reader="Interventions",
+                    use="attach the callback to a lit_models.probe_module.LitProbe run, or give importance_csv "
+                        "(a probe run's importance.csv)")
+
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -174,7 +190,7 @@ class Interventions(Callback):
         self._prepare(trainer, pl_module)
         plans = self._plans(pl_module)
         if not plans:
-            self._warn_once("no head importance yet (module has no head_importance, no importance_csv): "
+            self._warn_once("no head importance yet (the module has not computed it, no importance_csv): "
                             "interventions skipped")
             return None
         sweeps = [run_sweep(self.target, scenarios, sets, batch_size=self.batch_size, scope=scope)
@@ -227,7 +243,7 @@ class Interventions(Callback):
     def global_ranking(self, pl_module: LightningModule) -> Optional[np.ndarray]:
         """The module's ``head_importance`` if set, else ``importance_csv``, as (L, H); None without either."""
         t = self.target
-        found = getattr(pl_module, "head_importance", None)
+        found = pl_module.head_importance if implements(pl_module, RanksHeads) else None
         if found is not None:
             return check_importance(found, n_layers=t.n_layers, n_heads=t.n_heads, source="module head_importance")
         if self.importance_csv:
@@ -237,7 +253,7 @@ class Interventions(Callback):
     def task_rankings(self, pl_module: LightningModule) -> dict[str, np.ndarray]:
         """``{task: (L, H)}`` from the module's ``head_importance_by_task``, else ``importance_csv_by_task``."""
         t = self.target
-        found = getattr(pl_module, "head_importance_by_task", None)
+        found = pl_module.head_importance_by_task if implements(pl_module, RanksHeads) else None
         if found is not None:
             return {task: check_importance(v, n_layers=t.n_layers, n_heads=t.n_heads,
                                            source=f"module head_importance_by_task[{task!r}]")
@@ -270,7 +286,7 @@ class Interventions(Callback):
         local = Path(self.output_dir or Path(trainer.default_root_dir) / "interventions")
         files = self._write_files(sweeps, local / "test" if stage == "test" else local, stage)
         location = str(files["curve.png"])
-        from lit_models.mlflow_runs import log_to_runs
+        from apmae.common.tracking import log_to_runs
 
         for client, run_id in log_to_runs(trainer.loggers, files.values(), folder):
             uri = client.get_run(run_id).info.artifact_uri

@@ -2,7 +2,8 @@
 
 Glossary: B images, S image side, P patch side, G = S / P grid side, Q triangular patches.
 
-Every ``every_n_epochs`` validation epochs the callback re-runs AP-MAE on a
+Every ``every_n_epochs`` validation epochs the callback re-runs the module's AP-MAE
+(:class:`lit_models.interfaces.ReconstructsPatterns`, e.g. ``LitAPMAE``) on a
 fixed set of images from the first validation dataloader (the training
 target) with a fixed mask, and logs
 
@@ -27,6 +28,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
 from apmae.model.net import masked_error
+from lit_models.interfaces import ReconstructsPatterns, require
 
 
 @dataclass
@@ -113,6 +115,15 @@ class PatternFigures(Callback):
         self._epochs_seen = 0
         self.logged: list[str] = []  # artifact paths logged so far (also handy in tests)
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Refuse a module without an AP-MAE to reconstruct with.
+
+        Raises:
+            TypeError: the module lacks :class:`lit_models.interfaces.ReconstructsPatterns`.
+        """
+        require(pl_module, ReconstructsPatterns, reader="PatternFigures",
+                use="attach the callback to a lit_models.apmae_module.LitAPMAE run")
+
     def on_validation_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
@@ -186,7 +197,7 @@ class PatternFigures(Callback):
     def _save(self, trainer: Trainer, fig: Any, artifact: str) -> None:
         import matplotlib.pyplot as plt
 
-        from lit_models.mlflow_runs import mlflow_runs
+        from apmae.common.tracking import mlflow_runs
 
         runs = mlflow_runs(trainer.loggers)
         for client, run_id in runs:

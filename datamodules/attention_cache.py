@@ -12,15 +12,17 @@ rank extracts its own shard in ``setup`` and the reader merges the shards. Batch
 - ``mode="scenarios"``: ``images`` (B, L*H, 1, S, S) scaled, ``stats`` (B, L, H, F)
   raw-pattern statistics (:func:`apmae.encodings.store.pattern_stats`), and ``scenario``,
   ``row``, ``task``, ``correct``, ``probability`` (B,);
-- ``mode="scenarios"`` with an ``encoder``: no images; ``cls`` and ``mean``
-  (B, L, H, D) AP-MAE encodings of every head, computed once per cache and
-  encoder into ``<encodings_dir>/<cache name>.<encoder hash>.encodings.h5`` and read
-  back by later runs (:mod:`apmae.encodings.store`), with the same ``stats`` and columns.
+- ``mode="scenarios"`` with an ``encoder`` (:class:`~datamodules.settings.EncoderSettings`):
+  no images; ``cls`` and ``mean`` (B, L, H, D) AP-MAE encodings of every head
+  (:mod:`datamodules.rows`), computed once per cache and encoder into
+  ``<encodings_dir>/<cache name>.<encoder hash>.encodings.h5`` and read back by
+  later runs (:mod:`apmae.encodings.store`), with the same ``stats`` and columns.
 
-``pattern_kind="contribution"`` serves each head's norm-based contribution
-weights instead of its attention, from caches ``<target>.contribution.rank<k>.h5``
-beside the attention caches (:func:`apmae.cache.extract.cache_name`); images, stacks
-and encodings are built from them exactly as from attention.
+``extraction.pattern_kind="contribution"`` (:class:`~datamodules.settings.ExtractionSettings`)
+serves each head's norm-based contribution weights instead of its attention, from
+caches ``<target>.contribution.rank<k>.h5`` beside the attention caches
+(:func:`apmae.cache.extract.cache_name`); images, stacks and encodings are built
+from them exactly as from attention.
 
 The first validation/test dataloader reads the training target's cache; one
 more follows per ``extra_targets`` entry (cross-model generalisation).
@@ -38,15 +40,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from apmae.cache.store import (DEFAULT_COMPRESSION, DEFAULT_PATTERN_KIND, AttentionCache, CacheMismatchError, cache_files,
-                         check_pattern_kind)
-from apmae.cache.codec import DEFAULT_ENCODING
-from apmae.cache.extract import cache_name, target_short_name
-from apmae.mining.scenario_set import SPLITS, ScenarioSet, balance_per_task, load_source, source_seq_len
+from apmae.cache.extract import cache_name, ensure_cache, target_short_name
+from apmae.cache.store import AttentionCache, CacheMismatchError, cache_files
+from apmae.encodings.store import encoder_hash, ensure_encodings, pattern_stats
+from apmae.mining.scenario_set import SPLITS, ScenarioSet, load_source, source_seq_len
 from apmae.model.loading import ENCODER_PRECISIONS, load_encoder
+from apmae.model.scaling import get_scaler, scale
 from datamodules.java_scenarios import JavaScenarioDataModule
+from datamodules.rows import EncodingRows, collate_encodings, row_columns, select_rows
+from datamodules.settings import EncoderSettings, ExtractionSettings, check_settings
 
 MODES = ("heads", "scenarios")
+ENCODER_BATCH_SIZE = 4  # scenarios per encoder step over a cache when encoder.batch_size is null
 
 
 # ---------------------------------------------------------------- head selection
@@ -136,20 +141,11 @@ class ScenarioStackDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, j: int) -> dict[str, Any]:
-        from apmae.encodings.store import pattern_stats
-
         row = int(self.rows[j])
         c = self.cache
         patterns = c.scenario(row)  # (L, H, S, S)
         return {"images": patterns.reshape(c.n_layers * c.n_heads, 1, c.seq_len, c.seq_len),
-                "stats": pattern_stats(patterns).numpy(), **_row_columns(c, row)}
-
-
-def _row_columns(source: Any, row: int) -> dict[str, Any]:
-    """The per-scenario labels every scenario sample carries (cache and encodings alike)."""
-    cols = source.columns
-    return {"scenario": int(cols["scenario_index"][row]), "row": row, "task": int(cols["task"][row]),
-            "correct": bool(cols["correct"][row]), "probability": float(cols["probability"][row])}
+                "stats": pattern_stats(patterns).numpy(), **row_columns(c, row)}
 
 
 class ScaledCollate:
@@ -161,8 +157,6 @@ class ScaledCollate:
     _DTYPES = {"correct": torch.bool, "probability": torch.float32}
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        from apmae.model.scaling import scale
-
         batch = {}
         for key, value in samples[0].items():
             if isinstance(value, np.ndarray):
@@ -172,28 +166,6 @@ class ScaledCollate:
         if "images" in batch:
             batch["images"] = scale(batch["images"], self.scaler).contiguous()
         return batch
-
-
-def select_rows(cache: AttentionCache, split: str, *, tasks: Sequence[str] | None = None,
-                correct_only: bool = False, balance: bool = False, seed: int = 0) -> np.ndarray:
-    """Cache rows of one split after the task / correctness filters, optionally class-balanced per task.
-
-    Balancing keeps, per task, as many correct as incorrect rows (a seeded
-    random subset of the larger class), in cache order.
-    """
-    keep = cache.split == SPLITS.index(split)
-    if tasks is not None:
-        names = cache.task_names
-        unknown = sorted(set(tasks) - set(names))
-        if unknown:
-            raise ValueError(f"tasks {unknown} are not in the cache's tasks {names}")
-        keep &= np.isin(cache.task, [names.index(t) for t in tasks])
-    if correct_only:
-        keep &= cache.correct
-    rows = np.flatnonzero(keep)
-    if balance:
-        rows = balance_per_task(rows, cache.task[rows], cache.correct[rows], np.random.default_rng(seed))
-    return rows
 
 
 # ---------------------------------------------------------------- the DataModule
@@ -217,19 +189,10 @@ class AttentionCacheDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         extra_targets: list[str] | None = None,
-        extraction_batch_size: int = 8,
-        dtype: str = "float32",
-        device: str = "auto",
-        compression: str = DEFAULT_COMPRESSION,
-        encoding: str = DEFAULT_ENCODING,
-        extraction_workers: int = 2,
-        pattern_kind: str = DEFAULT_PATTERN_KIND,
         seed: int = 0,
-        progress: bool = True,
-        encoder: str | None = None,
+        extraction: ExtractionSettings = ExtractionSettings(),
+        encoder: EncoderSettings | None = None,
         encodings_dir: str | None = None,
-        encoding_batch_size: int = 4,
-        encoder_precision: str = "32",
     ) -> None:
         """
         Args:
@@ -246,23 +209,14 @@ class AttentionCacheDataModule(L.LightningDataModule):
             batch_size: samples per batch.
             num_workers: DataLoader worker processes (HDF5 handles open lazily in each).
             extra_targets: more target models; their caches (same scenarios) become extra val/test dataloaders.
-            extraction_batch_size: scenarios per forward pass while building a cache.
-            dtype: target model dtype while extracting (``float32``, ``bfloat16``, ``float16``).
-            device: extraction device, ``auto`` = this rank's GPU if any, else CPU.
-            compression: cache compression, ``none`` (default), ``lzf`` or ``gzip``.
-            encoding: stored form of the patterns, ``bfloat16-14bit`` (default) or ``bfloat16-bits``
-                (for models whose attention values can leave [0, 2)); see :mod:`apmae.cache.codec`.
-            extraction_workers: batches in flight while extracting (threads; on CPU they share torch's threads).
-            pattern_kind: what each head's image is: ``attention`` (default) or ``contribution``, its norm-based
-                contribution weights (:mod:`apmae.head_metrics.contribution`), extracted from the same forward
-                pass into their own cache files; AP-MAE trains and probes on either unchanged.
             seed: seeds the layerwise head choice and class balancing.
-            progress: show a progress bar (scenarios/s) while extracting.
-            encoder: an exported AP-MAE (``APMAE.save`` directory) or a LitAPMAE checkpoint; with
-                ``mode="scenarios"`` batches then carry its per-head encodings instead of images.
+            extraction: how the caches are built: the target's device, dtype and batches, the cache's
+                compression and value encoding, and the pattern kind (``attention``, or ``contribution``:
+                each head's norm-based contribution weights, :mod:`apmae.head_metrics.contribution`, in their
+                own cache files; AP-MAE trains and probes on either unchanged).
+            encoder: a trained AP-MAE; with ``mode="scenarios"`` batches then carry its per-head encodings
+                instead of images (``None``: images).
             encodings_dir: where the encodings files live (default: ``cache_dir``).
-            encoding_batch_size: scenarios encoded per step while computing encodings.
-            encoder_precision: ``32`` or ``bf16-mixed`` / ``16-mixed`` (autocast) while encoding.
         """
         super().__init__()
         if mode not in MODES:
@@ -271,29 +225,25 @@ class AttentionCacheDataModule(L.LightningDataModule):
             raise ValueError("head_selection applies to mode='heads'; mode='scenarios' always stacks every head")
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"batch_size={batch_size} must be >= 1 and num_workers={num_workers} >= 0")
-        from apmae.model.scaling import get_scaler
-
         get_scaler(scaler)  # fail at construction on a misspelt scaler
-        self.pattern_kind = check_pattern_kind(pattern_kind)
+        check_settings("extraction", extraction, ExtractionSettings)
+        if encoder is not None:
+            check_settings("encoder", encoder, EncoderSettings)
         if encoder is not None and mode != "scenarios":
             raise ValueError("encoder applies to mode='scenarios' (per-scenario encodings); set mode: scenarios")
-        if encoder_precision not in ENCODER_PRECISIONS:
-            raise ValueError(f"encoder_precision={encoder_precision!r}; use one of {sorted(ENCODER_PRECISIONS)}")
-        self.encoder = None if encoder is None else str(encoder)
+        self.extraction, self.encoder = extraction, encoder
         self.encodings_dir = Path(encodings_dir) if encodings_dir else Path(cache_dir)
-        self.encoding = {"batch_size": encoding_batch_size, "precision": encoder_precision}
         self.encodings: dict[str, Any] = {}
         self.target, self.scenarios, self.cache_dir = str(target), scenarios, Path(cache_dir)
         self.scaler, self.mode, self.head_selection = scaler, mode, head_selection
         self.balance, self.correct_only, self.tasks = balance, correct_only, tasks
-        self.batch_size, self.num_workers, self.seed, self.progress = batch_size, num_workers, seed, progress
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.extra_targets = [str(t) for t in (extra_targets or [])]
-        self.extraction = {"batch_size": extraction_batch_size, "dtype": dtype, "device": device,
-                           "compression": compression, "encoding": encoding, "workers": extraction_workers}
         self.train_target_name = target_short_name(self.target)
         self.val_target_names = [self.train_target_name, *map(target_short_name, self.extra_targets)]
         models = [self.target, *self.extra_targets]
-        self.cache_names = {target_short_name(m): cache_name(m, pattern_kind) for m in models}  # short name -> file stem
+        self.cache_names = {target_short_name(m): cache_name(m, extraction.pattern_kind)
+                            for m in models}  # short name -> file stem
         if len(set(self.val_target_names)) != len(self.val_target_names):
             raise ValueError(f"target short names {self.val_target_names} collide; their caches would share "
                              "files: give the models distinct directory names")
@@ -326,12 +276,12 @@ class AttentionCacheDataModule(L.LightningDataModule):
 
     def _build(self, rank: int, world: int, local_rank: int) -> None:
         """Reuse, resume or extract (this rank's shard of) every target's cache: :func:`apmae.cache.extract.ensure_cache`."""
-        from apmae.cache.extract import ensure_cache
-
         scenarios = self.scenario_set()
+        x = self.extraction
         for model in [self.target, *self.extra_targets]:
             ensure_cache(model, scenarios, self.cache_dir, rank=rank, world_size=world, local_rank=local_rank,
-                         pattern_kind=self.pattern_kind, progress=self.progress, **self.extraction)
+                         dtype=x.dtype, device=x.device, batch_size=x.batch_size, compression=x.compression,
+                         encoding=x.encoding, workers=x.workers, pattern_kind=x.pattern_kind, progress=x.progress)
 
     # -- setup
     def setup(self, stage: str | None = None) -> None:
@@ -346,7 +296,7 @@ class AttentionCacheDataModule(L.LightningDataModule):
             name = target_short_name(model)
             if name not in self.caches:
                 self.caches[name] = AttentionCache(cache_files(self.cache_dir, self.cache_names[name]),
-                                                   pattern_kind=self.pattern_kind)
+                                                   pattern_kind=self.extraction.pattern_kind)
         cache = self.caches[self.train_target_name]
         if cache.seq_len != self.seq_len:
             raise CacheMismatchError(f"cache {self.train_target_name!r} has S={cache.seq_len}, the scenarios S={self.seq_len}")
@@ -355,8 +305,7 @@ class AttentionCacheDataModule(L.LightningDataModule):
 
     def _encode_caches(self) -> None:
         """Read or compute every cache's encodings under ``encoder`` (rank 0 computes under DDP)."""
-        from apmae.encodings.store import encoder_hash, ensure_encodings
-        net = load_encoder(self.encoder)
+        net = load_encoder(self.encoder.path)
         device = torch.device(f"cuda:{self._world()[2]}" if torch.cuda.is_available() else "cpu")
         net.to(device)
         self.encoder_hash = encoder_hash(net)
@@ -364,8 +313,9 @@ class AttentionCacheDataModule(L.LightningDataModule):
         for name, cache in self.caches.items():
             path = self.encodings_dir / f"{self.cache_names[name]}.{self.encoder_hash}.encodings.h5"
             if rank == 0:
-                ensure_encodings(net, cache, path, scaler=self.scaler, batch_size=self.encoding["batch_size"],
-                                 autocast_dtype=ENCODER_PRECISIONS[self.encoding["precision"]], progress=self.progress)
+                ensure_encodings(net, cache, path, scaler=self.scaler, batch_size=self.encoder.batch_size or ENCODER_BATCH_SIZE,
+                                 autocast_dtype=ENCODER_PRECISIONS[self.encoder.precision],
+                                 progress=self.extraction.progress)
             if world > 1:
                 self.trainer.strategy.barrier("encodings")
             self.encodings[name] = ensure_encodings(net, cache, path, scaler=self.scaler, progress=False).load()
@@ -399,8 +349,6 @@ class AttentionCacheDataModule(L.LightningDataModule):
                              "(n_per_task), change the splits, or set balance: false")
         if self.mode == "scenarios":
             if self.encoder is not None:
-                from datamodules.encodings import EncodingRows
-
                 return EncodingRows(self.encodings[name], rows)
             return ScenarioStackDataset(cache, rows)
         selection = HeadSelection.parse(self.head_selection, n_layers=cache.n_layers, n_heads=cache.n_heads,
@@ -408,8 +356,6 @@ class AttentionCacheDataModule(L.LightningDataModule):
         return HeadImageDataset(cache, rows, selection)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        from datamodules.encodings import EncodingRows, collate_encodings
-
         collate = collate_encodings if isinstance(dataset, EncodingRows) else ScaledCollate(self.scaler)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=collate, persistent_workers=self.num_workers > 0,

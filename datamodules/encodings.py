@@ -30,47 +30,21 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from apmae.cache.store import cache_files, shard_path
-from apmae.encodings.store import KINDS, EncodingSet, EncodingsError, EncodingsMismatchError
+from apmae.cache.extract import extraction_device, target_short_name
+from apmae.cache.store import DEFAULT_PATTERN_KIND, cache_files, shard_path
+from apmae.encodings.store import EncodingSet, EncodingsError, EncodingsMismatchError, encoder_hash, ensure_encodings
+from apmae.encodings.stream import stream_encodings
 from apmae.mining.scenario_set import ScenarioSet, load_source, source_seq_len
 from apmae.model.loading import ENCODER_PRECISIONS, load_encoder
-from datamodules.attention_cache import select_rows, target_short_name
+from apmae.model.scaling import get_scaler
+from apmae.target.access import load_target
+from datamodules.attention_cache import AttentionCacheDataModule
 from datamodules.java_scenarios import JavaScenarioDataModule
-
-ARRAYS = (*KINDS, "stats")
-
-
-class EncodingRows(Dataset):
-    """One sample per selected row: its encodings (read into memory once) and labels."""
-
-    def __init__(self, encodings: EncodingSet, rows: np.ndarray) -> None:
-        self.rows = np.asarray(rows, dtype=np.int64)
-        self.arrays = {name: encodings.rows(self.rows, name) for name in ARRAYS}  # (n, L, H, D or F)
-        cols = encodings.columns
-        self.labels = {"scenario": cols["scenario_index"][self.rows], "row": self.rows, "task": cols["task"][self.rows],
-                       "correct": cols["correct"][self.rows], "probability": cols["probability"][self.rows]}
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, j: int) -> dict[str, Any]:
-        return {**{k: v[j] for k, v in self.arrays.items()}, **{k: v[j] for k, v in self.labels.items()}}
-
-
-_LABEL_DTYPES = {"scenario": torch.long, "row": torch.long, "task": torch.long, "correct": torch.bool,
-                 "probability": torch.float32}
-
-
-def collate_encodings(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack samples: encodings as float32 tensors, labels with their dtypes."""
-    batch = {name: torch.from_numpy(np.stack([s[name] for s in samples]).astype(np.float32)) for name in ARRAYS}
-    for key, dtype in _LABEL_DTYPES.items():
-        batch[key] = torch.as_tensor(np.array([s[key] for s in samples]), dtype=dtype)
-    return batch
+from datamodules.rows import EncodingRows, collate_encodings, select_rows
+from datamodules.settings import EncoderSettings, ExtractionSettings, check_settings
 
 
 class EncodingsDataModule(L.LightningDataModule):
@@ -81,7 +55,7 @@ class EncodingsDataModule(L.LightningDataModule):
         *,
         target: str,
         scenarios: JavaScenarioDataModule | str,
-        encoder: str,
+        encoder: EncoderSettings | None,
         encodings_dir: str = "artifacts/encodings",
         stream: bool = True,
         cache_dir: str = "artifacts/cache",
@@ -91,19 +65,16 @@ class EncodingsDataModule(L.LightningDataModule):
         tasks: list[str] | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
-        extraction_batch_size: int = 8,
-        extraction_workers: int = 2,
-        dtype: str = "float32",
-        device: str = "auto",
-        encoder_precision: str = "32",
         seed: int = 0,
-        progress: bool = True,
+        extraction: ExtractionSettings = ExtractionSettings(),
     ) -> None:
         """
         Args:
             target: hub name or directory of the target causal LM.
             scenarios: a scenario DataModule (``JavaScenarioDataModule``) or the path of a saved ScenarioSet ``.npz``.
-            encoder: an exported AP-MAE (``APMAE.save`` directory, e.g. a run's ``apmae_net/``) or a LitAPMAE checkpoint.
+            encoder: the trained AP-MAE that encodes every head, and its precision; required (typed
+                optional as in ``AttentionCacheDataModule`` so that config overlays switching between the
+                two DataModules carry it over).
             encodings_dir: directory of the encodings files ``<target>.<encoder hash>.rank<k>.h5``.
             stream: True: run target -> encoder directly, no patterns on disk; False: build the
                 attention cache in ``cache_dir`` first and encode it.
@@ -114,28 +85,29 @@ class EncodingsDataModule(L.LightningDataModule):
             tasks: only these task names (default: all).
             batch_size: scenarios per batch.
             num_workers: DataLoader worker processes.
-            extraction_batch_size: scenarios per forward pass of the target while encoding.
-            extraction_workers: batches in flight while encoding (threads; on CPU they share torch's threads).
-            dtype: target model dtype (``float32``, ``bfloat16``, ``float16``).
-            device: device of the target and the encoder, ``auto`` = this rank's GPU if any, else CPU.
-            encoder_precision: ``32``, or ``bf16-mixed`` / ``16-mixed`` to run the encoder under autocast.
             seed: seeds class balancing.
-            progress: show a progress bar (scenarios/s) while encoding.
+            extraction: how the target runs (device, also the encoder's; dtype; scenarios per forward pass;
+                batches in flight; progress bar); compression and value encoding apply to the cache of
+                ``stream=False``; the pattern kind must be ``attention``.
         """
         super().__init__()
-        from apmae.model.scaling import get_scaler
-
         get_scaler(scaler)
-        if encoder_precision not in ENCODER_PRECISIONS:
-            raise ValueError(f"encoder_precision={encoder_precision!r}; use one of {sorted(ENCODER_PRECISIONS)}")
+        if encoder is None:
+            raise ValueError("EncodingsDataModule needs an encoder: set encoder: {path: <exported AP-MAE or "
+                             "LitAPMAE checkpoint>}")
+        check_settings("encoder", encoder, EncoderSettings)
+        check_settings("extraction", extraction, ExtractionSettings)
+        if extraction.pattern_kind != DEFAULT_PATTERN_KIND:
+            raise ValueError(f"extraction.pattern_kind={extraction.pattern_kind!r}: EncodingsDataModule encodes "
+                             f"attention patterns only; set it to {DEFAULT_PATTERN_KIND!r}, or encode "
+                             "contribution caches with AttentionCacheDataModule (mode: scenarios, encoder)")
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"batch_size={batch_size} must be >= 1 and num_workers={num_workers} >= 0")
-        self.target, self.scenarios, self.encoder = str(target), scenarios, str(encoder)
+        self.target, self.scenarios, self.encoder, self.extraction = str(target), scenarios, encoder, extraction
         self.encodings_dir, self.stream, self.cache_dir = Path(encodings_dir), bool(stream), Path(cache_dir)
         self.scaler, self.balance, self.correct_only, self.tasks = scaler, balance, correct_only, tasks
-        self.batch_size, self.num_workers, self.seed, self.progress = batch_size, num_workers, seed, progress
-        self.extraction = {"batch_size": extraction_batch_size, "workers": extraction_workers, "dtype": dtype,
-                           "device": device, "autocast_dtype": ENCODER_PRECISIONS[encoder_precision]}
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.autocast_dtype = ENCODER_PRECISIONS[encoder.precision]
         self.train_target_name = target_short_name(self.target)
         self.val_target_names = [self.train_target_name]
         self.test_target_names = [self.train_target_name]
@@ -172,9 +144,7 @@ class EncodingsDataModule(L.LightningDataModule):
         return int(trainer.global_rank), int(trainer.world_size), int(trainer.local_rank)
 
     def _device(self, local_rank: int) -> torch.device:
-        from apmae.cache.extract import extraction_device
-
-        return torch.device(extraction_device(self.extraction["device"], local_rank))
+        return torch.device(extraction_device(self.extraction.device, local_rank))
 
     def prepare_data(self) -> None:
         """Mine scenarios if needed; compute or resume the encodings (single process; DDP ranks in ``setup``)."""
@@ -184,10 +154,8 @@ class EncodingsDataModule(L.LightningDataModule):
             self._build(0, 1, 0)
 
     def _build(self, rank: int, world: int, local_rank: int) -> None:
-        from apmae.encodings.store import encoder_hash
-
         device = self._device(local_rank)
-        net = load_encoder(self.encoder).to(device)
+        net = load_encoder(self.encoder.path).to(device)
         self.name = f"{self.train_target_name}.{encoder_hash(net)}"
         scenarios = self.scenario_set()
         if not self._complete(scenarios):
@@ -218,30 +186,24 @@ class EncodingsDataModule(L.LightningDataModule):
         return True
 
     def _stream(self, net: Any, scenarios: ScenarioSet, rank: int, world: int, device: torch.device) -> None:
-        from apmae.encodings.stream import stream_encodings
-        from apmae.target.access import load_target
-
-        target = load_target(self.target, dtype=self.extraction["dtype"], device=str(device))
+        x = self.extraction
+        target = load_target(self.target, dtype=x.dtype, device=str(device))
         stream_encodings(target, scenarios, net, shard_path(self.encodings_dir, self.name, rank), rank=rank,
-                         world_size=world, batch_size=self.extraction["batch_size"], scaler=self.scaler,
-                         autocast_dtype=self.extraction["autocast_dtype"], workers=self.extraction["workers"],
-                         progress=self.progress)
+                         world_size=world, batch_size=x.batch_size, scaler=self.scaler,
+                         autocast_dtype=self.autocast_dtype, workers=x.workers, progress=x.progress)
 
     def _encode_cache(self, net: Any, scenarios: ScenarioSet, rank: int, world: int, device: torch.device) -> None:
         """Build (or reuse) the attention cache on every rank, then encode it on rank 0."""
-        from apmae.encodings.store import ensure_encodings
-        from datamodules.attention_cache import AttentionCacheDataModule
-
-        patterns = AttentionCacheDataModule(
-            target=self.target, scenarios=self.scenarios, cache_dir=str(self.cache_dir), scaler=self.scaler,
-            mode="scenarios", extraction_batch_size=self.extraction["batch_size"], dtype=self.extraction["dtype"],
-            device=self.extraction["device"], extraction_workers=self.extraction["workers"], progress=self.progress)
+        patterns = AttentionCacheDataModule(target=self.target, scenarios=self.scenarios, cache_dir=str(self.cache_dir),
+                                            scaler=self.scaler, mode="scenarios", extraction=self.extraction)
         patterns.trainer = self.trainer
         patterns.setup("encode")
         if rank == 0:
+            # by default in the stream's steps, so both settings give the same encodings
+            batch_size = self.encoder.batch_size or self.extraction.batch_size
             ensure_encodings(net, patterns.caches[self.train_target_name], shard_path(self.encodings_dir, self.name, 0),
-                             scaler=self.scaler, batch_size=self.extraction["batch_size"],
-                             autocast_dtype=self.extraction["autocast_dtype"], progress=self.progress)
+                             scaler=self.scaler, batch_size=batch_size, autocast_dtype=self.autocast_dtype,
+                             progress=self.extraction.progress)
         patterns.teardown()
 
     # -- setup

@@ -1,4 +1,4 @@
-"""The probe stage of LitAPMAE: predictors of correctness, their baselines and head importance.
+"""The nets of the probe stage (LitProbe): predictors of correctness, their baselines and head importance.
 
 Glossary: B scenarios, L layers, H query heads, D encoder width, F features per
 head (D or 2D for AP-MAE encodings, 4 for pattern statistics).
@@ -46,6 +46,10 @@ class Collected:
     def arrays(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         probs = {k: torch.cat(v).float().numpy() for k, v in self.probs.items()}
         return probs, torch.cat(self.correct).numpy(), torch.cat(self.task).numpy()
+
+    def kept_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, L, H, F) features of the first N = ``kept`` scenarios and their (N,) task ids."""
+        return torch.cat(self.features), torch.cat(self.task)[: self.kept]
 
 
 class ProbeStage(nn.Module):
@@ -133,10 +137,20 @@ class ProbeStage(nn.Module):
         """Head importance of ``probe`` on the collected scenarios, into the buffers."""
         if not collected.features:
             return
-        features = torch.cat(collected.features).to(self.reference.device)
+        features = collected.kept_features()[0].to(self.reference.device)
         probe = self.probes["probe"]
         self.head_importance.copy_(mean_replacement_importance(probe, features, self.reference))
         self.ig_importance.copy_(integrated_gradients_importance(probe, features, self.reference, steps=steps))
+
+    def importance_by_task(self, collected: Collected, task_names: list[str]) -> dict[str, torch.Tensor]:
+        """``{task: (L, H)}``: the mean-replacement importance of ``probe`` on each task's collected scenarios."""
+        if not collected.features:
+            return {}
+        features, task = collected.kept_features()
+        features = features.to(self.reference.device)
+        probe = self.probes["probe"]
+        return {task_names[int(t)]: mean_replacement_importance(probe, features[task == t], self.reference)
+                for t in torch.unique(task)}
 
     @torch.no_grad()
     def fit_reference(self, batches: Any, net: nn.Module) -> None:
@@ -171,111 +185,4 @@ class ProbeStage(nn.Module):
         self.fitted.fill_(True)
 
 
-class ProbeTraining:
-    """LitAPMAE's probe-stage hooks (mixed into the LightningModule; ``self.probe`` is a ProbeStage)."""
-
-    probe: ProbeStage
-    _collected: Collected
-
-    def _probe_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.probe.encoding_features(batch, self.net)
-
-    def _probe_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        losses = self.probe.loss(self.probe.logits(batch, self._probe_features(batch)), batch["correct"])
-        total = sum(losses.values())
-        size = len(batch["correct"])
-        self.log("train/loss", losses["probe"], prog_bar=True, on_step=True, on_epoch=True, batch_size=size)
-        for name in ("stats_probe", "probe_confidence"):
-            self.log(f"train/{name}_loss", losses[name], on_step=False, on_epoch=True, batch_size=size)
-        return total
-
-    def _probe_evaluate(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> None:
-        if dataloader_idx > 0:
-            return  # the probe is scored on the training target's scenarios only
-        features = self._probe_features(batch)
-        logits = self.probe.logits(batch, features)
-        self.probe.collect(self._collected, batch, features, logits, self.hparams.importance_scenarios)
-
-    def _probe_epoch_end(self, stage: str) -> None:
-        from apmae.probe.metrics import best_threshold, metric_dict, per_task_scores
-
-        if not self._collected.correct:
-            return
-        probs, correct, task = self._collected.arrays()
-        names = self._task_names()
-        if stage == "val" and not self.trainer.sanity_checking:
-            self.probe.confidence_threshold.fill_(best_threshold(probs["confidence"], correct))
-            self.probe.importance(self._collected, steps=self.hparams.importance_steps)
-        thresholds = {"confidence": float(self.probe.confidence_threshold)}
-        values, scores = {}, {}
-        for name, p in probs.items():
-            scores[name] = per_task_scores(p, correct, task, names, threshold=thresholds.get(name, 0.5))
-            values.update(metric_dict(f"{stage}/{name}", scores[name]))
-        logit = torch.logit(torch.from_numpy(probs["probe"]).clamp(1e-6, 1 - 1e-6))
-        values[f"{stage}/loss"] = float(nn.functional.binary_cross_entropy_with_logits(
-            logit, torch.from_numpy(correct).float()))
-        self.log_dict({k: v for k, v in values.items() if np.isfinite(v)}, add_dataloader_idx=False)
-        self.probe_scores = {"stage": stage, "scores": scores}
-
-    def _task_names(self) -> list[str]:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        names = getattr(datamodule, "task_names", None)
-        return list(names) if names else [f"task{i}" for i in range(MAX_TASKS)]
-
-    def _ensure_probe_reference(self) -> None:
-        if bool(self.probe.fitted):
-            return
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None:
-            raise ValueError("the probe stage needs a DataModule with a train split for its reference features")
-        served = getattr(datamodule, "encoder_hash", None)
-        if served is not None and not self.hparams.finetune_encoder:
-            from apmae.encodings.store import encoder_hash
-
-            if served != encoder_hash(self.net):
-                raise ValueError(f"the DataModule serves encodings of encoder {served} but the probe's encoder is "
-                                 f"{encoder_hash(self.net)}: point data.encoder and model.encoder at the same AP-MAE")
-        self.probe.fit_reference(datamodule.train_dataloader(), self.net)
-
-    def _export_probe(self, directory: Any, stage: str) -> None:
-        """importance.csv, integrated_gradients.csv, heatmap.png and the score table, on disk and in MLflow."""
-        if not self.trainer.is_global_zero:
-            return
-        from pathlib import Path
-
-        from apmae.common.head_tables import head_heatmap, write_head_table
-
-        directory = Path(directory)
-        importance = self.probe.head_importance.cpu().numpy()
-        ig = self.probe.ig_importance.cpu().numpy()
-        files = [write_head_table(directory / "importance.csv", {"importance": importance}),
-                 write_head_table(directory / "integrated_gradients.csv", {"importance": ig}),
-                 head_heatmap(directory / "heatmap.png",
-                              {"mean replacement (logit change)": importance, "integrated gradients": ig},
-                              title="probe head importance: + pushes toward 'correct'")]
-        scores = getattr(self, "probe_scores", None)
-        if scores is not None:
-            files.append(write_score_table(directory / f"{scores['stage']}_scores.csv", scores["scores"]))
-        from lit_models.mlflow_runs import log_to_runs
-
-        log_to_runs(self.trainer.loggers, files, "head_importance")
-
-
-def write_score_table(path: Any, scores: dict[str, dict[str, Any]]) -> Any:
-    """CSV of predictor x task scores: predictor, task, accuracy, balanced_accuracy, auroc, f1, n."""
-    import csv
-    from dataclasses import asdict
-    from pathlib import Path
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = None
-        for predictor, per_task in scores.items():
-            for task, s in per_task.items():
-                row = {"predictor": predictor, "task": task, **asdict(s)}
-                if writer is None:
-                    writer = csv.DictWriter(f, fieldnames=list(row))
-                    writer.writeheader()
-                writer.writerow(row)
-    return path
+__all__ = ["Collected", "ProbeStage", "FEATURES", "TRAINED", "REPORTED", "MAX_TASKS"]

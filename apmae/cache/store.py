@@ -34,8 +34,10 @@ weights) or ``contribution`` (each head's norm-based contribution weights,
 1). It is part of the file's identity, so one file, or one set of shards,
 never mixes the two; files written before the attribute hold attention.
 
-``committed`` is written only after a batch's rows are flushed, so a run
-killed at any point resumes exactly where it stopped. The reader needs only
+Creating, resuming, committing and merging rank shards follow the row-store
+protocol of :mod:`apmae.common.h5shards`: ``committed`` is written only after a
+batch's rows are flushed, so a run killed at any point resumes exactly where
+it stopped. The reader needs only
 numpy and h5py and opens its file handles lazily per process, so DataLoader
 workers can share one :class:`AttentionCache` object.
 """
@@ -45,18 +47,22 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import re
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
 
+from apmae import __version__
 from apmae.cache.codec import DEFAULT_ENCODING, ENCODINGS, decode_stored, encode_stored, packed_width, stored_dtype
+from apmae.common import h5shards
 from apmae.common.files import expand_files
+from apmae.common.h5shards import RowWriter, StoreError, StoreFormat, StoreMessages
+from apmae.common.h5shards import shard_path, shard_rows  # noqa: F401 (the cache's file names and rank rows, as before)
 from apmae.common.triangle import from_triangle, triangle_size
 
 SCHEMA_VERSION = 2
@@ -70,9 +76,10 @@ _GZIP_LEVEL = 1  # level 4 saves only ~2 % more on attention patterns and compre
 # Scenario columns copied from the ScenarioSet, then the per-scenario results of the target.
 _SCENARIO_COLUMNS = ("input_ids", "label_ids", "label_len", "task", "source_id", "span_start", "span_end", "split")
 _RESULT_COLUMNS = {"prediction": np.int32, "probability": np.float32, "correct": np.uint8, "loss": np.float32}
+_COLUMNS = ("scenario_index", *_SCENARIO_COLUMNS, *_RESULT_COLUMNS)
 
 
-class CacheError(ValueError):
+class CacheError(StoreError):
     """A cache file cannot be used (corrupt, truncated, incomplete or foreign)."""
 
 
@@ -89,18 +96,6 @@ def check_pattern_kind(pattern_kind: str) -> str:
     if pattern_kind not in PATTERN_KINDS:
         raise ValueError(f"pattern_kind={pattern_kind!r}; use one of {PATTERN_KINDS}")
     return pattern_kind
-
-
-def shard_path(cache_dir: str | Path, name: str, rank: int) -> Path:
-    """``<cache_dir>/<name>.rank<k>.h5``: the file rank ``k`` writes."""
-    return Path(cache_dir) / f"{name}.rank{rank}.h5"
-
-
-def shard_rows(n_scenarios: int, rank: int, world_size: int) -> np.ndarray:
-    """Scenario rows that rank ``rank`` of ``world_size`` extracts (strided, so shards are balanced)."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside world size {world_size}")
-    return np.arange(rank, n_scenarios, world_size, dtype=np.int64)
 
 
 # ---------------------------------------------------------------- writing
@@ -144,49 +139,42 @@ def identity_of(attrs: Mapping[str, Any]) -> dict[str, Any]:
             "pattern_kind": str(attrs.get("pattern_kind", DEFAULT_PATTERN_KIND))}
 
 
+def _run_identity(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """What every shard of one cache shares: its identity but for the rank."""
+    identity = identity_of(attrs)
+    del identity["shard_rank"]
+    return identity
+
+
+FORMAT = StoreFormat(
+    version=SCHEMA_VERSION, rows_dataset="patterns", rows_attr="shard_rows", identity=identity_of,
+    shard_identity=_run_identity, error=CacheError, mismatch_error=CacheMismatchError,
+    messages=StoreMessages(
+        noun="attention cache", short_noun="cache", shards_noun="attention cache shards", schema="cache",
+        remedy="delete it to rebuild", foreign="not a complete apmae attention cache ({error}); delete it to rebuild",
+        refusal="was written for a different run ({diffs}); it is never appended to or reused: delete it or "
+                "choose another cache_dir/name",
+        resume="run the extraction again to resume it",
+        hints={"pattern_kind": "attention and contribution patterns never share a file"}))
+
+
 def check_identity(found: Mapping[str, Any], expected: Mapping[str, Any], path: str | Path) -> None:
     """Raise :class:`CacheMismatchError` naming every key of ``expected`` on which ``found`` differs."""
-    hints = {"pattern_kind": " (attention and contribution patterns never share a file)"}
-    diffs = [f"{k}: file has {found[k]!r}, this run {expected[k]!r}{hints.get(k, '')}"
-             for k in expected if found[k] != expected[k]]
-    if diffs:
-        raise CacheMismatchError(
-            f"attention cache {path} was written for a different run ({'; '.join(diffs)}); "
-            "it is never appended to or reused: delete it or choose another cache_dir/name"
-        )
+    h5shards.check_identity(found, expected, path, FORMAT)
 
 
-def _open_h5(path: Path, mode: str) -> h5py.File:
-    try:
-        return h5py.File(path, mode)
-    except OSError as e:
-        raise CacheError(f"attention cache {path} is truncated or corrupt ({e}); delete it to rebuild") from e
-
-
-def _check_schema(f: h5py.File, path: Path) -> None:
-    try:
-        version = int(f.attrs["schema_version"])
-        identity_of(f.attrs)
-        committed = int(f.attrs["committed"])
-        rows = f["patterns"].shape[0]
-    except (KeyError, OSError, ValueError, json.JSONDecodeError) as e:
-        raise CacheError(f"{path} is not a complete apmae attention cache ({e}); delete it to rebuild") from e
-    if version != SCHEMA_VERSION:
-        raise CacheError(f"{path} has cache schema {version}, this apmae reads {SCHEMA_VERSION}; delete it to rebuild")
-    if not 0 <= committed <= rows:
-        raise CacheError(f"{path} claims {committed} committed rows but holds {rows}; delete it to rebuild")
-
-
-class CacheWriter:
+class CacheWriter(RowWriter):
     """Appends scenario rows of one shard in a fixed order; resumes after a kill.
 
     Use :meth:`open`; then :meth:`append` the results for :meth:`pending`
     rows in order, a batch at a time.
     """
 
+    _unit = "shard"
+
     def __init__(self, path: Path, file: h5py.File, scenarios: Any, rows: np.ndarray) -> None:
-        self.path, self._f, self._scenarios, self.rows = path, file, scenarios, rows
-        self.committed = int(file.attrs["committed"])
+        super().__init__(path, file, n_rows=len(rows))
+        self._scenarios, self.rows = scenarios, rows
         self.encoding = str(file.attrs["encoding"])
         self.pattern_kind = identity_of(file.attrs)["pattern_kind"]
         # HDF5 runs its filters in one thread; deflate in Python threads (zlib releases the GIL) scales
@@ -208,22 +196,9 @@ class CacheWriter:
             raise ValueError(f"encoding={spec.encoding!r}; use one of {ENCODINGS}")
         check_pattern_kind(spec.pattern_kind)
         rows = shard_rows(spec.n_scenarios, spec.shard_rank, spec.shard_world_size)
-        if path.exists():
-            f = _open_h5(path, "r+")
-            try:
-                _check_schema(f, path)
-                check_identity(identity_of(f.attrs), spec.identity(), path)
-            except CacheError:
-                f.close()
-                raise
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            f = _create(path, spec, scenarios, len(rows))
+        f = h5shards.open_or_create(path, FORMAT, spec.identity(),
+                                    partial(_lay_out, spec=spec, scenarios=scenarios, n_rows=len(rows)))
         return cls(path, f, scenarios, rows)
-
-    @property
-    def complete(self) -> bool:
-        return self.committed == len(self.rows)
 
     def pending(self) -> np.ndarray:
         """Scenario rows still to extract, in the order they must be appended."""
@@ -237,15 +212,13 @@ class CacheWriter:
         """Write the next ``B`` rows: patterns as :meth:`encode` returns them, plus their outcomes.
 
         The rows are flushed before ``committed`` moves, so a kill in between
-        leaves them uncommitted and the resumed run rewrites them.
+        leaves them uncommitted and the resumed run rewrites them
+        (:meth:`apmae.common.h5shards.RowWriter._commit`).
 
         Raises:
             ValueError: the rows overrun the shard or the patterns have the wrong shape or type.
         """
-        b = len(patterns)
-        lo, hi = self.committed, self.committed + b
-        if hi > len(self.rows):
-            raise ValueError(f"appending {b} rows overruns the shard's {len(self.rows)} rows")
+        lo, hi = self._reserve(len(patterns))
         ds = self._f["patterns"]
         if patterns.shape[1:] != ds.shape[1:] or patterns.dtype != ds.dtype:
             raise ValueError(f"patterns of shape {patterns.shape[1:]} {patterns.dtype} do not fit this cache's "
@@ -257,22 +230,12 @@ class CacheWriter:
             f[name][lo:hi] = getattr(self._scenarios, name)[idx]
         for name, value in zip(_RESULT_COLUMNS, (prediction, probability, correct, loss)):
             f[name][lo:hi] = np.asarray(value).astype(_RESULT_COLUMNS[name])
-        f.flush()
-        f.attrs["committed"] = hi
-        f.flush()
-        self.committed = hi
+        self._commit(hi)
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
-        if self._f.id.valid:
-            self._f.close()
-
-    def __enter__(self) -> "CacheWriter":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+        super().close()
 
 
 def chunk_heads(n_heads: int, head_bytes: int) -> int:
@@ -313,12 +276,9 @@ def _shuffle_deflate(block: np.ndarray) -> bytes:
     return zlib.compress(shuffled.tobytes(), _GZIP_LEVEL)
 
 
-def _create(path: Path, spec: CacheSpec, scenarios: Any, n_rows: int) -> h5py.File:
-    """A new shard file with every dataset at its final size; ``committed`` = 0."""
-    t = spec.target
-    n_layers, n_heads, s = t["n_layers"], t["n_heads"], spec.seq_len
-    tmp = path.with_name(path.name + ".creating")
-    f = h5py.File(tmp, "w")
+def _lay_out(f: h5py.File, spec: CacheSpec, scenarios: Any, n_rows: int) -> None:
+    """A new shard file's datasets, every one at its final size, and its attributes."""
+    n_layers, n_heads, s = spec.target["n_layers"], spec.target["n_heads"], spec.seq_len
     width, dtype = packed_width(triangle_size(s), spec.encoding), stored_dtype(spec.encoding)
     f.create_dataset("patterns", shape=(n_rows, n_layers, n_heads, width), dtype=dtype,
                      chunks=(1, 1, chunk_heads(n_heads, width * dtype.itemsize), width),
@@ -331,28 +291,17 @@ def _create(path: Path, spec: CacheSpec, scenarios: Any, n_rows: int) -> h5py.Fi
     for name, dtype in _RESULT_COLUMNS.items():
         f.create_dataset(name, shape=(n_rows,), dtype=dtype)
     _write_attrs(f, spec, scenarios, n_rows)
-    f.close()
-    tmp.replace(path)  # a kill during creation never leaves a half-made file under the real name
-    return _open_h5(path, "r+")
 
 
 def _write_attrs(f: h5py.File, spec: CacheSpec, scenarios: Any, n_rows: int) -> None:
-    from apmae import __version__
-
     f.attrs.update({
-        "schema_version": SCHEMA_VERSION, **spec.attrs(), "scenario_meta": json.dumps(scenarios.meta, default=str),
+        **spec.attrs(), "scenario_meta": json.dumps(scenarios.meta, default=str),
         "task_names": json.dumps(list(scenarios.task_names)), "shard_rows": n_rows, "apmae_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(), "committed": 0,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
     })
 
 
 # ---------------------------------------------------------------- reading
-
-
-@dataclass
-class _Shard:
-    path: Path
-    committed: int
 
 
 class AttentionCache:
@@ -369,7 +318,8 @@ class AttentionCache:
     Raises:
         CacheMismatchError: shards of different caches (another model, kind, ...)
             or files of another ``pattern_kind``.
-        CacheError: missing, corrupt or (with ``require_complete``) incomplete files.
+        CacheError: missing, corrupt or (with ``require_complete``) incomplete files, or shards
+            that repeat a rank or a scenario.
     """
 
     def __init__(self, paths: str | Path | Sequence[str | Path], *, require_complete: bool = True,
@@ -377,58 +327,24 @@ class AttentionCache:
         if pattern_kind is not None:
             check_pattern_kind(pattern_kind)
         self.paths = _expand(paths)
-        self.attrs: dict[str, Any] = {}
-        self._shards: list[_Shard] = []
-        self._handles: dict[int, h5py.File] = {}
-        self._pid = os.getpid()
-        self._load_metadata(require_complete)
-        if pattern_kind is not None:
-            check_identity(self.identity, {"pattern_kind": pattern_kind}, self.paths[0])
-
-    # -- opening
-    def _load_metadata(self, require_complete: bool) -> None:
-        columns: dict[str, list[np.ndarray]] = {}
-        shard_of, local = [], []
-        for k, path in enumerate(self.paths):
-            with _open_h5(path, "r") as f:
-                _check_schema(f, path)
-                self._check_shard(f, path, k == 0, require_complete)
-                n = int(f.attrs["committed"])
-                self._shards.append(_Shard(path, n))
-                try:
-                    for name in ("scenario_index", *_SCENARIO_COLUMNS, *_RESULT_COLUMNS):
-                        columns.setdefault(name, []).append(f[name][:n])
-                except (KeyError, OSError) as e:
-                    raise CacheError(f"attention cache {path} is corrupt ({e}); delete it to rebuild") from e
-                shard_of.append(np.full(n, k))
-                local.append(np.arange(n))
-        world = self.identity["shard_world_size"]
-        if require_complete and len(self.paths) != world:
-            raise CacheError(f"cache {self.paths[0]} is one of {world} shards but {len(self.paths)} were given; "
-                             "pass every <name>.rank<k>.h5 file")
-        order = np.argsort(np.concatenate(columns["scenario_index"]), kind="stable")
-        self._shard_of = np.concatenate(shard_of)[order]
-        self._local = np.concatenate(local)[order]
-        self.columns = {k: np.concatenate(v)[order] for k, v in columns.items()}
+        merged = h5shards.read_shards(self.paths, FORMAT, _COLUMNS, require_complete=require_complete)
+        self._shards = merged.shards
+        self.attrs: dict[str, Any] = dict(self._shards[0].attrs)
+        self.attrs.pop("committed")
+        self._shard_of, self._local = merged.shard_of, merged.local
+        self.columns = merged.columns
         self.columns["source_id"] = self.columns["source_id"].astype(str)
         self.columns["correct"] = self.columns["correct"].astype(bool)
-
-    def _check_shard(self, f: h5py.File, path: Path, first: bool, require_complete: bool) -> None:
-        ident = identity_of(f.attrs)
-        if first:
-            self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-            self.attrs.pop("committed")
-        else:  # before the shard count: files of another cache are named as such
-            check_identity(ident, {**self.identity, "shard_rank": ident["shard_rank"]}, path)
-        if require_complete and int(f.attrs["committed"]) != int(f.attrs["shard_rows"]):
-            raise CacheError(f"cache {path} is incomplete ({int(f.attrs['committed'])} of "
-                             f"{int(f.attrs['shard_rows'])} rows); run the extraction again to resume it")
+        self._handles: dict[int, h5py.File] = {}
+        self._pid = os.getpid()
+        if pattern_kind is not None:
+            check_identity(self.identity, {"pattern_kind": pattern_kind}, self.paths[0])
 
     def _file(self, shard: int) -> h5py.File:
         if self._pid != os.getpid():  # forked into a worker: never share the parent's HDF5 handles
             self._handles, self._pid = {}, os.getpid()
         if shard not in self._handles:
-            self._handles[shard] = _open_h5(self._shards[shard].path, "r")
+            self._handles[shard] = h5shards.open_checked(self._shards[shard].path, "r", FORMAT)
         return self._handles[shard]
 
     def __getstate__(self) -> dict[str, Any]:
@@ -579,6 +495,4 @@ def _expand(paths: str | Path | Sequence[str | Path]) -> list[Path]:
 
 def cache_files(cache_dir: str | Path, name: str) -> list[Path]:
     """Every shard file of cache ``name`` in ``cache_dir``, in rank order."""
-    pattern = re.compile(re.escape(name) + r"\.rank(\d+)\.h5")
-    ranked = [(int(m.group(1)), p) for p in Path(cache_dir).glob(f"{name}.rank*.h5") if (m := pattern.fullmatch(p.name))]
-    return [p for _, p in sorted(ranked)]
+    return h5shards.shard_files(cache_dir, name)

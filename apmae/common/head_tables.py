@@ -4,7 +4,9 @@ Glossary: L layers, H query heads.
 
 A head table is a CSV with one row per (layer, head), in layer-major order,
 and one column per quantity (``layer,head,importance`` for a head ranking),
-so any tool can rank, join or re-plot heads. The heatmap draws one quantity as
+so any tool can rank, join or re-plot heads. Floats are written with 6
+significant digits; integers and labels (a head's ``focus``, ``local`` or
+``global``) as they are. The heatmap draws one quantity as
 an L x H image: layers as rows, heads as columns; signed quantities use a
 diverging colour map centred on 0.
 """
@@ -14,19 +16,23 @@ from __future__ import annotations
 import csv
 from collections import Counter
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from apmae.common.plotting import pyplot
 
 
-def write_head_table(path: str | Path, columns: Mapping[str, np.ndarray]) -> Path:
-    """Write ``layer,head,<column>...`` rows for (L, H) arrays ``columns``; returns the path."""
-    arrays = {name: np.asarray(v, dtype=np.float64) for name, v in columns.items()}
+def write_head_table(path: str | Path, columns: Mapping[str, Any]) -> Path:
+    """Write ``layer,head,<column>...`` rows for (L, H) arrays ``columns``; returns the path.
+
+    Raises:
+        ValueError: no columns, or columns that are not all (L, H) arrays of one shape.
+    """
+    arrays = {name: np.asarray(v) for name, v in columns.items()}
     shapes = {a.shape for a in arrays.values()}
     if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-        raise ValueError(f"head table columns must all be (L, H) arrays, got shapes {sorted(shapes)}")
+        raise ValueError(f"head table columns must all be (L, H) arrays of one shape, got shapes {sorted(shapes)}")
     n_layers, n_heads = next(iter(shapes))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,8 +41,15 @@ def write_head_table(path: str | Path, columns: Mapping[str, np.ndarray]) -> Pat
         writer.writerow(["layer", "head", *arrays])
         for layer in range(n_layers):
             for head in range(n_heads):
-                writer.writerow([layer, head, *(f"{a[layer, head]:.6g}" for a in arrays.values())])
+                writer.writerow([layer, head, *(table_cell(a[layer, head]) for a in arrays.values())])
     return path
+
+
+def table_cell(value: Any) -> Any:
+    """How a CSV table writes one value: floats with 6 significant digits, anything else as it is."""
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.6g}"
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def read_head_table(path: str | Path, column: str, *, n_layers: int | None = None,
@@ -119,4 +132,4 @@ def head_heatmap(path: str | Path, panels: Mapping[str, np.ndarray], *, title: s
     return path
 
 
-__all__ = ["head_heatmap", "read_head_table", "write_head_table"]
+__all__ = ["head_heatmap", "read_head_table", "table_cell", "write_head_table"]

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apmae.common.tracking import run_location
+from apmae.demo.overrides import input_overrides
+
 PROBE_CONFIG = "configs/demo/probe.yaml"
 # table columns: (metric key, header)
 COLUMNS = (("probe", "AP-MAE probe"), ("stats_probe", "pattern stats"), ("confidence", "confidence"),
@@ -64,8 +67,6 @@ class ProbeSummary:
 
 def probe_overrides(demo_dir: str) -> list[str]:
     """CLI overrides that point the stacked probe config at ``demo_dir``."""
-    from apmae.demo.run import input_overrides
-
     d = Path(demo_dir)
     return [*input_overrides(demo_dir), f"--trainer.default_root_dir={d / 'probe-runs'}",
             f"--model.init_args.encoder={d / 'apmae'}", f"--model.init_args.export_dir={d / 'probe'}"]
@@ -79,7 +80,6 @@ def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, 
     cores for the demo's 32 heads), ``workers`` the processes clustering heads at once.
     """
     from apmae.cli import cli_main
-    from apmae.demo.run import mlflow_location
     from callbacks.interventions import Interventions
 
     seconds = {}
@@ -93,7 +93,7 @@ def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, 
     # verbose=False: the summary's table replaces Lightning's table of every test metric
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
     seconds["probe test + interventions"] = time.perf_counter() - start
-    run_id, experiment, tracking_uri, _ = mlflow_location(cli.trainer.logger)
+    run_id, experiment, tracking_uri, _ = run_location(cli.trainer.logger)
     summary = ProbeSummary(scores=cli.model.probe_scores["scores"], export_dir=str(cli.model.export_path()),
                            run_id=run_id, experiment=experiment, seconds=seconds,
                            interventions=[line for cb in interventions for line in cb.summary_lines()])

@@ -20,6 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apmae.common.tracking import run_location
+from apmae.demo.overrides import input_overrides
+from apmae.demo.probe_report import run_probe_stage
+
 DEFAULT_CONFIG = "configs/demo/apmae.yaml"
 
 
@@ -65,33 +69,11 @@ class DemoSummary:
         return out
 
 
-def input_overrides(demo_dir: str) -> list[str]:
-    """CLI overrides pointing a demo config's target, caches and scenarios at ``demo_dir``."""
-    d = Path(demo_dir)
-    return [
-        f"--data.init_args.target={d / 'target-a'}",
-        f"--data.init_args.cache_dir={d / 'cache'}",
-        f"--data.init_args.scenarios.init_args.sources={d / 'eval-corpus'}",
-        f"--data.init_args.scenarios.init_args.tokenizer={d / 'tokenizer'}",
-        f"--data.init_args.scenarios.init_args.cache_dir={d / 'scenarios'}",
-    ]
-
-
 def demo_overrides(demo_dir: str) -> list[str]:
     """CLI overrides that point the demo config at ``demo_dir`` instead of artifacts/demo."""
     d = Path(demo_dir)
     return [*input_overrides(demo_dir), f"--data.init_args.extra_targets=[{d / 'target-b'}]",
             f"--trainer.default_root_dir={d / 'runs'}", f"--model.init_args.export_dir={d / 'apmae'}"]
-
-
-def mlflow_location(logger: Any) -> tuple[str | None, str | None, str | None, str | None]:
-    """(run id, experiment name, tracking URI, artifact URI) of a run's MLflow logger; Nones without one."""
-    run_id = getattr(logger, "run_id", None)
-    if run_id is None:
-        return None, None, None, None
-    run = logger.experiment.get_run(run_id)
-    experiment = logger.experiment.get_experiment(run.info.experiment_id).name
-    return run_id, experiment, logger._tracking_uri, run.info.artifact_uri
 
 
 def summarize(cli: Any) -> DemoSummary:
@@ -100,7 +82,7 @@ def summarize(cli: Any) -> DemoSummary:
 
     trainer = cli.trainer
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    run_id, experiment, uri, artifact_uri = mlflow_location(trainer.logger)
+    run_id, experiment, uri, artifact_uri = run_location(trainer.logger)
     return DemoSummary(
         train_target=cli.datamodule.train_target_name, metrics=metrics, run_id=run_id, experiment=experiment,
         tracking_uri=uri, artifact_uri=artifact_uri, export_dir=str(cli.model.export_path()),
@@ -121,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("eval-corpus", "tokenizer", "target-a", "target-b"):
         if not (Path(args.demo_dir) / name).is_dir():
             raise SystemExit(f"{Path(args.demo_dir) / name} is missing: build the demo inputs first (make demo)")
+    # Lightning takes ~5 s to import: missing inputs and --help answer before it
     from apmae.cli import cli_main
-    from apmae.demo.probe_report import run_probe_stage
 
     start = time.perf_counter()
     cli = cli_main(["fit", "--config", args.config, *demo_overrides(args.demo_dir), *extra])

@@ -23,11 +23,12 @@ pattern kind (:func:`source_fingerprint`; for a pattern cache :func:`cache_finge
 ``encoder_hash`` the exact encoder weights (:func:`encoder_hash`); a file whose
 identity differs is refused, never used. Rows are appended in order and
 ``committed`` moves only after they are flushed, so an interrupted build
-resumes where it stopped.
+resumes where it stopped (the row-store protocol of :mod:`apmae.common.h5shards`,
+shared with the attention cache).
 
 Shards: encodings streamed from a target under DDP (:mod:`apmae.encodings.stream`) are
 one file per rank, ``<name>.rank<k>.h5``, each holding the rows
-``apmae.cache.store.shard_rows(N, k, world)``. ``group_fingerprint`` is the
+``apmae.common.h5shards.shard_rows(N, k, world)``. ``group_fingerprint`` is the
 fingerprint of all N rows, the one a single file of the whole set has, so a
 merged set of shards and a single file of the same scenarios, target and
 encoder carry the same identity. :class:`EncodingSet` merges shards in
@@ -40,13 +41,17 @@ import datetime
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
 
+from apmae import __version__
+from apmae.common import h5shards
 from apmae.common.files import expand_files
+from apmae.common.h5shards import RowWriter, StoreError, StoreFormat, StoreMessages
 
 SCHEMA_VERSION = 2  # 2: shard attributes (rank, world size, group fingerprint)
 STAT_NAMES = ("entropy", "mean_distance", "first_token_mass", "diagonal_mass")
@@ -60,10 +65,12 @@ OUTCOMES = {"prediction": np.int32, "probability": np.float32, "correct": np.boo
 _IDENTITY = ("source_fingerprint", "encoder_hash", "scaler", "seq_len", "n_layers", "n_heads", "dim", "n_rows",
              "shard_rank", "shard_world_size")
 _STRINGS = ("source_fingerprint", "encoder_hash", "scaler")
+# What every rank shard of one encoding run shares (each shard's source_fingerprint covers its own rows).
+_RUN_IDENTITY = ("encoder_hash", "scaler", "seq_len", "n_layers", "n_heads", "dim", "shard_world_size")
 _ROW_CHUNK = 64
 
 
-class EncodingsError(ValueError):
+class EncodingsError(StoreError):
     """An encodings file cannot be used (corrupt, incomplete or not an encodings file)."""
 
 
@@ -158,49 +165,42 @@ class EncodingsSpec:
                 "task_names": json.dumps(list(self.task_names)), "target": json.dumps(self.target)}
 
 
-def _file_identity(f: h5py.File) -> dict[str, Any]:
-    a = f.attrs
-    return {k: (str(a[k]) if k in _STRINGS else int(a[k])) for k in _IDENTITY}
+def _file_identity(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """A file's identity (the :class:`EncodingsSpec` fields it was written for) from its attributes."""
+    return {k: (str(attrs[k]) if k in _STRINGS else int(attrs[k])) for k in _IDENTITY}
 
 
-def _open(path: Path, mode: str) -> h5py.File:
-    try:
-        f = h5py.File(path, mode)
-    except OSError as e:
-        raise EncodingsError(f"encodings file {path} is truncated or corrupt ({e}); delete it to recompute") from e
-    try:
-        version = int(f.attrs["schema_version"])
-        if version == SCHEMA_VERSION:
-            _file_identity(f)
-    except (KeyError, ValueError) as e:
-        f.close()
-        raise EncodingsError(f"{path} is not an apmae encodings file ({e}); delete it or choose another path") from e
-    if version != SCHEMA_VERSION:
-        f.close()
-        raise EncodingsError(f"{path} has encodings schema {version}, this apmae reads {SCHEMA_VERSION}; "
-                             "delete it to recompute")
-    return f
+def _run_identity(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """What every rank shard of one encoding run shares: encoder, scaler, shapes, world size, all rows' source."""
+    identity = _file_identity(attrs)
+    return {**{k: identity[k] for k in _RUN_IDENTITY}, "group_fingerprint": str(attrs["group_fingerprint"])}
+
+
+_SCENARIOS_HINT = "other scenarios or another target"
+FORMAT = StoreFormat(
+    version=SCHEMA_VERSION, rows_dataset="cls", rows_attr="n_rows", identity=_file_identity,
+    shard_identity=_run_identity, error=EncodingsError, mismatch_error=EncodingsMismatchError,
+    messages=StoreMessages(
+        noun="encodings file", short_noun="encodings file", shards_noun="encodings shards", schema="encodings",
+        remedy="delete it to recompute",
+        foreign="not an apmae encodings file ({error}); delete it or choose another path",
+        refusal="was computed for a different run ({diffs}); it is never used or appended to: delete it, or point "
+                "encodings_path elsewhere",
+        resume="run the encoding again to resume it",
+        hints={"encoder_hash": "another AP-MAE encoder", "source_fingerprint": _SCENARIOS_HINT,
+               "group_fingerprint": _SCENARIOS_HINT, "shard_world_size": "another number of ranks"}))
 
 
 def check_identity(found: dict[str, Any], expected: dict[str, Any], path: Path) -> None:
     """Raise :class:`EncodingsMismatchError` naming every field in which ``found`` differs."""
-    hints = {"encoder_hash": "another AP-MAE encoder", "source_fingerprint": "other scenarios or another target",
-             "shard_world_size": "another number of ranks"}
-    diffs = [f"{k}: file has {found[k]!r}, this run {expected[k]!r}" + (f" ({hints[k]})" if k in hints else "")
-             for k in _IDENTITY if found[k] != expected[k]]
-    if diffs:
-        raise EncodingsMismatchError(
-            f"encodings file {path} was computed for a different run ({'; '.join(diffs)}); it is never "
-            "used or appended to: delete it, or point encodings_path elsewhere")
+    h5shards.check_identity(found, expected, path, FORMAT)
 
 
-class EncodingsWriter:
+class EncodingsWriter(RowWriter):
     """Appends rows of an encodings file in order; reopening a partial file resumes it."""
 
     def __init__(self, path: Path, file: h5py.File) -> None:
-        self.path, self._f = path, file
-        self.committed = int(file.attrs["committed"])
-        self.n_rows = int(file.attrs["n_rows"])
+        super().__init__(path, file, n_rows=int(file.attrs["n_rows"]))
 
     @classmethod
     def open(cls, path: str | Path, spec: EncodingsSpec, columns: dict[str, np.ndarray]) -> "EncodingsWriter":
@@ -211,23 +211,11 @@ class EncodingsWriter:
             EncodingsError: the existing file is corrupt.
         """
         path = Path(path)
-        if path.exists():
-            f = _open(path, "r+")
-            try:
-                check_identity(_file_identity(f), spec.identity(), path)
-            except EncodingsError:
-                f.close()
-                raise
-            return cls(path, f)
         missing = [c for c in COLUMNS if c not in columns]
-        if missing:
+        if missing and not path.exists():  # a file being resumed has its columns already
             raise ValueError(f"columns {missing} are missing; an encodings file carries {list(COLUMNS)}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return cls(path, _create(path, spec, columns))
-
-    @property
-    def complete(self) -> bool:
-        return self.committed == self.n_rows
+        return cls(path, h5shards.open_or_create(path, FORMAT, spec.identity(),
+                                                 partial(_lay_out, spec=spec, columns=columns)))
 
     def append(self, cls_: np.ndarray, mean: np.ndarray, stats: np.ndarray,
                outcomes: dict[str, np.ndarray] | None = None) -> None:
@@ -239,9 +227,7 @@ class EncodingsWriter:
                 column that is not an outcome or has another number of rows.
         """
         b = len(cls_)
-        lo, hi = self.committed, self.committed + b
-        if hi > self.n_rows:
-            raise ValueError(f"appending {b} rows overruns the file's {self.n_rows} rows")
+        lo, hi = self._reserve(b)
         expected = self._f["cls"].shape[1:]
         if cls_.shape[1:] != expected or mean.shape != cls_.shape or stats.shape[:-1] != cls_.shape[:-1]:
             raise ValueError(f"encodings of shape {cls_.shape[1:]} / {mean.shape[1:]} / {stats.shape[1:]} do not "
@@ -251,20 +237,7 @@ class EncodingsWriter:
         self._f["stats"][lo:hi] = stats.astype(np.float32)
         for name, value in _checked_outcomes(outcomes or {}, b).items():
             self._f[name][lo:hi] = value
-        self._f.flush()
-        self._f.attrs["committed"] = hi
-        self._f.flush()
-        self.committed = hi
-
-    def close(self) -> None:
-        if self._f.id.valid:
-            self._f.close()
-
-    def __enter__(self) -> "EncodingsWriter":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+        self._commit(hi)
 
 
 def _checked_outcomes(outcomes: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
@@ -284,82 +257,26 @@ def placeholder_outcomes(n: int) -> dict[str, np.ndarray]:
             "correct": np.zeros(n, np.bool_), "loss": np.full(n, np.nan, np.float32)}
 
 
-def _create(path: Path, spec: EncodingsSpec, columns: dict[str, np.ndarray]) -> h5py.File:
-    from apmae import __version__
-
-    tmp = path.with_name(path.name + ".creating")
+def _lay_out(f: h5py.File, spec: EncodingsSpec, columns: dict[str, np.ndarray]) -> None:
+    """A new file's encodings datasets at their final size, its per-scenario columns and attributes."""
     n, shape = spec.n_rows, (spec.n_rows, spec.n_layers, spec.n_heads)
-    with h5py.File(tmp, "w") as f:
-        chunks = (min(max(n, 1), _ROW_CHUNK), 1, spec.n_heads)
-        for kind in KINDS:
-            f.create_dataset(kind, shape=(*shape, spec.dim), dtype=_DTYPES[kind], chunks=(*chunks, spec.dim))
-        f.create_dataset("stats", shape=(*shape, len(STAT_NAMES)), dtype=_DTYPES["stats"])
-        for name in COLUMNS:
-            col = np.asarray(columns[name])
-            if len(col) != n:
-                raise ValueError(f"column {name!r} has {len(col)} rows, expected {n}")
-            if col.dtype.kind in "UO":
-                f.create_dataset(name, data=col.astype(object), dtype=h5py.string_dtype())
-            else:
-                f.create_dataset(name, data=col)
-        f.attrs.update({**spec.attrs(), "schema_version": SCHEMA_VERSION, "stat_names": json.dumps(list(STAT_NAMES)),
-                        "apmae_version": __version__, "committed": 0,
-                        "created": datetime.datetime.now(datetime.timezone.utc).isoformat()})
-    tmp.replace(path)  # a kill during creation never leaves a half-made file under the real name
-    return _open(path, "r+")
+    chunks = (min(max(n, 1), _ROW_CHUNK), 1, spec.n_heads)
+    for kind in KINDS:
+        f.create_dataset(kind, shape=(*shape, spec.dim), dtype=_DTYPES[kind], chunks=(*chunks, spec.dim))
+    f.create_dataset("stats", shape=(*shape, len(STAT_NAMES)), dtype=_DTYPES["stats"])
+    for name in COLUMNS:
+        col = np.asarray(columns[name])
+        if len(col) != n:
+            raise ValueError(f"column {name!r} has {len(col)} rows, expected {n}")
+        if col.dtype.kind in "UO":
+            f.create_dataset(name, data=col.astype(object), dtype=h5py.string_dtype())
+        else:
+            f.create_dataset(name, data=col)
+    f.attrs.update({**spec.attrs(), "stat_names": json.dumps(list(STAT_NAMES)), "apmae_version": __version__,
+                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat()})
 
 
 # ---------------------------------------------------------------- reading
-
-
-@dataclass
-class _Shard:
-    """One file of an encodings set: its identity, facts and per-scenario columns."""
-
-    path: Path
-    identity: dict[str, Any]
-    group: str  # group_fingerprint
-    committed: int
-    task_names: list[str]
-    target: dict[str, Any]
-    scenario_fingerprint: str
-    columns: dict[str, np.ndarray]
-
-
-def _read_shard(path: Path, require_complete: bool) -> _Shard:
-    with _open(path, "r") as f:
-        identity, committed = _file_identity(f), int(f.attrs["committed"])
-        if require_complete and committed != identity["n_rows"]:
-            raise EncodingsError(f"encodings file {path} is incomplete ({committed} of {identity['n_rows']} "
-                                 "rows); run the encoding again to resume it")
-        try:
-            columns = {name: f[name][:committed] for name in COLUMNS}
-        except (KeyError, OSError) as e:
-            raise EncodingsError(f"encodings file {path} is corrupt ({e}); delete it to recompute") from e
-        return _Shard(path, identity, str(f.attrs["group_fingerprint"]), committed, json.loads(f.attrs["task_names"]),
-                      json.loads(f.attrs["target"]), str(f.attrs["scenario_fingerprint"]), columns)
-
-
-def _check_shards(shards: list[_Shard], require_complete: bool) -> None:
-    """Shards merge only when they are distinct ranks of one encoding run (all of them when complete)."""
-    first = shards[0]
-    same = ("encoder_hash", "scaler", "seq_len", "n_layers", "n_heads", "dim", "shard_world_size")
-    for shard in shards[1:]:
-        diffs = [f"{k}: {shard.identity[k]!r} vs {first.identity[k]!r}" for k in same
-                 if shard.identity[k] != first.identity[k]]
-        if shard.group != first.group:
-            diffs.append("other scenarios or another target (group_fingerprint)")
-        if diffs:
-            raise EncodingsMismatchError(f"encodings shards {shard.path} and {first.path} belong to different runs "
-                                         f"({'; '.join(diffs)}); pass the shards of one run")
-    ranks = [s.identity["shard_rank"] for s in shards]
-    world = first.identity["shard_world_size"]
-    if len(set(ranks)) != len(ranks):
-        raise EncodingsError(f"encodings shards {[str(s.path) for s in shards]} repeat ranks {sorted(ranks)}; "
-                             "pass each <name>.rank<k>.h5 file once")
-    if require_complete and len(shards) != world:
-        raise EncodingsError(f"encodings file {first.path} is one of {world} shards but {len(shards)} were given; "
-                             "pass every <name>.rank<k>.h5 file")
 
 
 def _expand(paths: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -380,22 +297,19 @@ class EncodingSet:
     def __init__(self, paths: str | Path | Sequence[str | Path], *, require_complete: bool = True) -> None:
         self.paths = _expand(paths)
         self.path = self.paths[0]
-        shards = [_read_shard(p, require_complete) for p in self.paths]
-        _check_shards(shards, require_complete)
-        first = shards[0]
-        self.identity = first.identity if len(shards) == 1 else {
-            **first.identity, "source_fingerprint": first.group, "n_rows": sum(s.identity["n_rows"] for s in shards),
-            "shard_rank": 0, "shard_world_size": 1}
-        self.task_names, self.target = first.task_names, first.target
-        self.scenario_fingerprint = first.scenario_fingerprint
-        order = np.argsort(np.concatenate([s.columns["scenario_index"] for s in shards]), kind="stable")
+        merged = h5shards.read_shards(self.paths, FORMAT, COLUMNS, require_complete=require_complete)
+        shards, first = merged.shards, merged.shards[0].attrs
+        self.identity = _file_identity(first) if len(shards) == 1 else {
+            **_file_identity(first), "source_fingerprint": str(first["group_fingerprint"]),
+            "n_rows": sum(int(s.attrs["n_rows"]) for s in shards), "shard_rank": 0, "shard_world_size": 1}
+        self.task_names, self.target = json.loads(first["task_names"]), json.loads(first["target"])
+        self.scenario_fingerprint = str(first["scenario_fingerprint"])
         self._files = [(s.path, s.committed) for s in shards]
-        self._shard_of = np.concatenate([np.full(s.committed, k) for k, s in enumerate(shards)])[order]
-        self._local = np.concatenate([np.arange(s.committed) for s in shards])[order]
-        self.columns = {name: np.concatenate([s.columns[name] for s in shards])[order] for name in COLUMNS}
+        self._shard_of, self._local = merged.shard_of, merged.local
+        self.columns = merged.columns
         self.columns["source_id"] = self.columns["source_id"].astype(str)
         self.columns["correct"] = self.columns["correct"].astype(bool)
-        self.committed = len(order)
+        self.committed = len(self._local)
         self._memory: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:

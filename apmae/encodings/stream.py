@@ -39,11 +39,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from apmae.cache.store import shard_rows
 from apmae.cache.codec import round_to_bfloat16
 from apmae.encodings.store import (COLUMNS, OUTCOMES, EncodingsSpec, EncodingsWriter, check_encoder_seq_len,
                              encode_patterns, encoder_hash, placeholder_outcomes, source_fingerprint)
 from apmae.cache.extract import ExtractionResult, check_scenarios, run_in_order, threads_per_worker
+from apmae.common.h5shards import shard_rows
 from apmae.mining.scenario_set import ScenarioSet
 from apmae.target.context import check_context
 

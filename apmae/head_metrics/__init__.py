@@ -10,6 +10,7 @@ Each module is one method, plain torch/numpy, usable without Lightning:
   future attention influence (FAI), the local/global head rule and anchor tokens;
 - :mod:`apmae.head_metrics.relations` and :mod:`apmae.head_metrics.maps`: MAPS,
   what a head's OV circuit maps tokens to, from its parameters alone;
-- :mod:`apmae.head_metrics.report`: per-head CSV tables and L x H heatmaps;
+- :mod:`apmae.head_metrics.report`: L x H heatmap panels and plain CSV tables (the per-head
+  tables are :mod:`apmae.common.head_tables`);
 - :mod:`apmae.head_metrics.suite`: all three on a target and a cache's rows.
 """

@@ -1,6 +1,9 @@
-"""Per-head CSV tables and L x H heatmaps, the common output of every head metric.
+"""Heatmap panels, plain CSV tables and head naming: the common output of every head metric.
 
 Glossary: L layers, H heads.
+
+Per-head tables are :func:`apmae.common.head_tables.write_head_table`'s, the
+format every head-level result shares.
 """
 
 from __future__ import annotations
@@ -8,26 +11,15 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
+
+from apmae.common.head_tables import table_cell
 
 
 def head_name(layer: int, head: int) -> str:
     return f"L{layer}H{head}"
-
-
-def write_head_table(path: Path, columns: Mapping[str, np.ndarray]) -> Path:
-    """One row per (layer, head) with a column per (L, H) array, in layer-major order."""
-    first = next(iter(columns.values()))
-    n_layers, n_heads = first.shape
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["layer", "head", *columns])
-        for layer in range(n_layers):
-            for head in range(n_heads):
-                writer.writerow([layer, head, *(_cell(c[layer, head]) for c in columns.values())])
-    return path
 
 
 def write_rows(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
@@ -35,14 +27,8 @@ def write_rows(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]])
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
-        writer.writerows([[_cell(v) for v in row] for row in rows])
+        writer.writerows([[table_cell(v) for v in row] for row in rows])
     return path
-
-
-def _cell(value: Any) -> Any:
-    if isinstance(value, (float, np.floating)):
-        return f"{float(value):.6g}"
-    return value.item() if isinstance(value, np.generic) else value
 
 
 @dataclass

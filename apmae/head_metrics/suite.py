@@ -18,17 +18,13 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import torch
 
+from apmae.common.head_tables import write_head_table
 from apmae.head_metrics.contribution import run_contributions, summarize_contributions
-from apmae.head_metrics.distance import (
-    DEFAULT_LOCAL_THRESHOLD,
-    DEFAULT_WINDOW,
-    anchor_positions,
-    local_heads,
-    scenario_distance,
-)
+from apmae.head_metrics.distance import (DEFAULT_LOCAL_THRESHOLD, DEFAULT_WINDOW, anchor_positions, local_heads,
+                                         scenario_distance)
 from apmae.head_metrics.maps import DEFAULT_CHUNK_ELEMENTS, MapsResult, model_maps
 from apmae.head_metrics.relations import RELATIONS, Relation, code_relations, token_texts
-from apmae.head_metrics.report import Panel, head_name, heatmaps, token_text, top_heads, write_head_table, write_rows
+from apmae.head_metrics.report import Panel, head_name, heatmaps, token_text, top_heads, write_rows
 
 
 def _texts(tokenizer: Any, vocab_size: int) -> list[str] | None:

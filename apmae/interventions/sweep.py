@@ -153,9 +153,9 @@ def greedy_generate(model: Any, input_ids: Any, n_tokens: int) -> tuple[Any, Any
     """
     import torch
 
-    from apmae.target.access import _accepts
+    from apmae.target.access import accepts_argument
 
-    keep = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    keep = {"logits_to_keep": 1} if accepts_argument(model, "logits_to_keep") else {}
     out = model(input_ids=input_ids, use_cache=True, **keep)
     first = out.logits[:, -1].float()  # (B, V)
     tokens = [first.argmax(dim=-1)]

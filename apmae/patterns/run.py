@@ -1,7 +1,9 @@
 """Recurring-patterns stage: cluster every head's encodings, draw the families, fit the cluster-id probe.
 
-    python -m apmae.patterns.run --encodings ENC.h5 --cache 'CACHE.rank*.h5' --out DIR
+    apmae patterns --encodings ENC.h5 --cache 'CACHE.rank*.h5' --out DIR
         [--reduction pca|umap|none] [--workers 1] [--run-id RUN --tracking-uri URI]
+
+(``python -m apmae patterns ...`` is the same command; :func:`main` is its parser.)
 
 Glossary: N scenarios, L layers, H heads, D encoder width, K clusters of one head.
 
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +38,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from apmae.patterns.cluster_probe import ClusterProbeConfig, ClusterProbeResult
-from apmae.patterns.clustering import REDUCTIONS, ClusteringConfig, HeadClusters, PatternClusters
+from apmae.cache.store import AttentionCache
+from apmae.common.tracking import log_to_run
+from apmae.encodings.store import EncodingSet
+from apmae.patterns.cluster_probe import (ClusterProbeConfig, ClusterProbeResult, fit_cluster_probe,
+                                          write_importance_csv, write_shap_csv)
+from apmae.patterns.clustering import REDUCTIONS, ClusteringConfig, HeadClusters, PatternClusters, cluster_heads
+from apmae.patterns.figures import families_heatmap, medoid_montage
 
 DEMO_REDUCTION = "pca"
+SUMMARY = "cluster every head's encodings, draw the pattern families, fit the cluster-id probe"
 SUMMARY_COLUMNS = ("layer", "head", "n_clusters", "noise_fraction", "largest_cluster_share", "task_purity",
                    "correct_purity", "silhouette")
 RANKINGS = ("mean", "mean_positive", "mean_negative", "mean_abs")
@@ -139,8 +146,6 @@ def select_montage_heads(clusters: PatternClusters, n: int) -> list[tuple[int, i
 
 def head_montage(head: HeadClusters, cache: Any, task_names: Sequence[str], *, max_clusters: int) -> Any:
     """Montage of the medoid raw patterns of ``head``'s largest ``max_clusters`` clusters."""
-    from apmae.patterns.figures import medoid_montage
-
     order = np.argsort(-head.sizes, kind="stable")[:max_clusters]
     patterns = [cache.pattern(int(head.medoids[k]), head.layer, head.head) for k in order]
     titles = [f"c{k}: n={head.sizes[k]} | {task_names[head.majority_task[k]]} "
@@ -153,9 +158,8 @@ def head_montage(head: HeadClusters, cache: Any, task_names: Sequence[str], *, m
 def write_figures(out: Path, clusters: PatternClusters, cache: Any, task_names: Sequence[str], *,
                   heads: list[tuple[int, int]], max_clusters: int) -> dict[str, Path]:
     """The families heatmap and one montage per chosen head, as PNGs under ``out/clusters``."""
+    # pyplot only after apmae.patterns.figures chose its non-interactive backend
     import matplotlib.pyplot as plt
-
-    from apmae.patterns.figures import families_heatmap
 
     figures = {"clusters/families_heatmap.png": families_heatmap(
         clusters.n_clusters(), title=f"pattern families per head ({clusters.config.reduction} + HDBSCAN)")}
@@ -215,8 +219,6 @@ def run_recurring_patterns(encodings: Any, cache: Any, out_dir: str | Path, *, r
     config = ClusteringConfig(reduction=reduction, min_samples=min_samples, min_cluster_size=min_cluster_size,
                               seed=seed)
     out, start = Path(out_dir), time.perf_counter()
-    from apmae.patterns.clustering import cluster_heads
-
     clusters = cluster_heads(encodings.array(kind), task=encodings.task, correct=encodings.correct,
                              config=config, workers=workers)
     artifacts = {"clusters/summary.csv": write_summary(out / "clusters/summary.csv", clusters),
@@ -239,8 +241,6 @@ def run_recurring_patterns(encodings: Any, cache: Any, out_dir: str | Path, *, r
 
 def _probe(clusters: PatternClusters, encodings: Any, config: ClusterProbeConfig, ranking: str, out: Path,
            artifacts: dict[str, Path]) -> ClusterProbeResult:
-    from apmae.patterns.cluster_probe import fit_cluster_probe, write_importance_csv, write_shap_csv
-
     result = fit_cluster_probe(clusters.labels(), correct=encodings.correct, split=encodings.split,
                                task=encodings.task, task_names=encodings.task_names, config=config)
     for name, write, value in (("cluster_probe_importance.csv", write_importance_csv, getattr(result.shap, ranking)),
@@ -251,21 +251,15 @@ def _probe(clusters: PatternClusters, encodings: Any, config: ClusterProbeConfig
 
 def log_to_mlflow(report: PatternsReport, *, run_id: str, tracking_uri: str | None = None) -> None:
     """Log the report's artifacts (under their folders) and metrics into an existing MLflow run."""
-    import mlflow
-    from mlflow.entities import Metric
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    for name, path in report.artifacts.items():
-        client.log_artifact(run_id, str(path), str(Path(name).parent))
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(report.metrics().items())])
+    log_to_run(run_id, tracking_uri=tracking_uri, artifacts=report.artifacts, metrics=report.metrics())
 
 
 # ---------------------------------------------------------------- command line
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m apmae.patterns.run", description=__doc__.split("\n\n")[0])
+    """The arguments of ``apmae patterns``."""
+    p = argparse.ArgumentParser(prog="apmae patterns", description=__doc__.split("\n\n")[0])
     p.add_argument("--encodings", required=True, help="encodings file (apmae.encodings.store) of the cache")
     p.add_argument("--cache", required=True, nargs="+", help="attention cache file(s) or a quoted glob")
     p.add_argument("--out", required=True, help="output folder (clusters/, head_importance/)")
@@ -285,10 +279,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> PatternsReport:
+    """``apmae patterns [arguments]``: run the stage on the files named in ``argv`` and print its report."""
     args = parse_args(argv)
-    from apmae.cache.store import AttentionCache
-    from apmae.encodings.store import EncodingSet
-
     cache = AttentionCache(args.cache[0] if len(args.cache) == 1 else args.cache)
     report = run_recurring_patterns(
         EncodingSet(args.encodings), cache, args.out, reduction=args.reduction, kind=args.kind,
@@ -298,7 +290,3 @@ def main(argv: Sequence[str] | None = None) -> PatternsReport:
         run_id=args.run_id, tracking_uri=args.tracking_uri)
     print("\n".join(report.lines()))
     return report
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

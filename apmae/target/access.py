@@ -5,14 +5,16 @@ hd head width, V vocabulary, T = S(S+1)/2 lower-triangle entries, W stored
 elements per head (apmae.cache.codec.packed_width).
 
 Any Hugging Face causal LM works (hub name or local directory); attention is
-read with eager attention because the fused kernels return no patterns.
+read with eager attention because the fused kernels return no patterns. Where
+a model keeps its heads' outputs (the input of each layer's attention output
+projection, which :func:`zero_heads` masks) is :mod:`apmae.target.layout`'s
+registry.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -22,18 +24,9 @@ import torch
 
 from apmae.cache.codec import DEFAULT_ENCODING
 from apmae.target.gguf import convert_gguf, is_gguf
+from apmae.target.layout import output_projections
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-# Per-layer attention output projections: the module whose input is the
-# concatenation of the heads' outputs, (B, S, H*hd).
-_OUTPUT_PROJECTIONS = (
-    re.compile(r"(?:^|\.)layers\.(\d+)\.self_attn\.o_proj$"),  # StarCoder2, Llama, Mistral, Qwen
-    re.compile(r"(?:^|\.)h\.(\d+)\.attn\.c_proj$"),  # GPT-2 (Conv1D)
-    re.compile(r"(?:^|\.)h\.(\d+)\.attn\.out_proj$"),  # GPT-J, CodeGen
-    re.compile(r"(?:^|\.)layers\.(\d+)\.attention\.dense$"),  # GPT-NeoX
-    re.compile(r"(?:^|\.)h\.(\d+)\.self_attention\.dense$"),  # Falcon, Bloom
-)
 
 
 @dataclass
@@ -150,31 +143,14 @@ def wrap_model(model: Any, *, tokenizer: Any = None, name: str = "", dtype: str 
                   n_layers=n_layers, n_heads=n_heads, head_dim=head_dim, dtype=dtype)
 
 
-def output_projections(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Each layer's attention output projection, in layer order.
+def accepts_argument(model: Any, name: str) -> bool:
+    """Whether ``model.forward`` takes the keyword argument ``name``.
 
-    Raises:
-        ValueError: no module matches a known layout (StarCoder2/Llama
-            ``self_attn.o_proj``, GPT-2 ``attn.c_proj``, NeoX, Falcon, GPT-J).
+    Optional speed-ups differ between architectures and transformers versions
+    (``logits_to_keep`` skips the lm_head at positions no one reads): pass them
+    only to models that take them.
     """
-    for pattern in _OUTPUT_PROJECTIONS:
-        found = {}
-        for name, module in model.named_modules():
-            m = pattern.search(name)
-            if m:
-                found[int(m.group(1))] = module
-        if found:
-            if sorted(found) != list(range(len(found))):
-                raise ValueError(f"attention output projections of layers {sorted(found)} are not contiguous")
-            return [found[i] for i in range(len(found))]
-    raise ValueError(
-        f"{type(model).__name__} has no recognisable per-layer attention output projection "
-        "(expected e.g. layers.<i>.self_attn.o_proj or h.<i>.attn.c_proj); head interventions need one"
-    )
-
-
-def _accepts(model: Any, arg: str) -> bool:
-    return arg in inspect.signature(model.forward).parameters
+    return name in inspect.signature(model.forward).parameters
 
 
 @torch.inference_mode()
@@ -236,7 +212,7 @@ def _forward(target: Target, input_ids: torch.Tensor, label_first: torch.Tensor,
     pos = torch.full((len(input_ids),), seq_len - 1, device=device) if middle_pos is None else middle_pos.to(device)
     kwargs: dict[str, Any] = {"output_attentions": True, "use_cache": False}
     all_last = bool((pos == seq_len - 1).all())
-    if all_last and _accepts(model, "logits_to_keep"):
+    if all_last and accepts_argument(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = 1  # the lm_head over all S positions would cost more than the layers
     out = model(input_ids=input_ids, **kwargs)
     if not out.attentions:

@@ -4,11 +4,16 @@ Glossary: B batch, S tokens, L layers, H query heads, Hkv key/value heads,
 r = H / Hkv query heads per key/value head, hd head width, D model width,
 V vocabulary.
 
-Supported layout: ``layers.<i>.self_attn`` modules with separate ``v_proj``
-(D -> Hkv*hd) and ``o_proj`` (H*hd -> D) linear layers, as in StarCoder2,
-Llama, Mistral and Qwen. Grouped-query attention: query head h reads
-key/value head ``h // r`` (Hugging Face's ``repeat_kv`` serves key/value head
-k to query heads k*r .. k*r + r - 1).
+:data:`ATTENTION_LAYOUTS` is the one registry of where model families keep
+their attention modules. Every family names its per-layer output projection
+(input: the heads' outputs side by side, (B, S, H*hd)), which is all head
+interventions need (:func:`output_projections`). The head metrics also read each
+head's values, so :func:`attention_layers` needs a layout with a separate value
+projection: ``layers.<i>.self_attn`` with ``v_proj`` (D -> Hkv*hd) and
+``o_proj`` (H*hd -> D) linear layers, as in StarCoder2, Llama, Mistral and
+Qwen. Grouped-query attention: query head h reads key/value head ``h // r``
+(Hugging Face's ``repeat_kv`` serves key/value head k to query heads
+k*r .. k*r + r - 1).
 """
 
 from __future__ import annotations
@@ -19,7 +24,72 @@ from typing import Any, Callable
 
 import torch
 
-_ATTENTION = re.compile(r"(?:^|\.)layers\.(\d+)\.self_attn$")
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """Where one model family keeps each layer's attention module and its projections."""
+
+    families: str  # the model families with this layout, for messages
+    module: re.Pattern[str]  # a layer's attention module's name; group 1 is the layer index
+    output: str  # attribute of that module: the output projection, input (B, S, H*hd)
+    value: str | None = None  # attribute: a separate value projection (D -> Hkv*hd); None when fused with Q, K
+
+
+ATTENTION_LAYOUTS = (
+    AttentionLayout("StarCoder2, Llama, Mistral, Qwen", re.compile(r"(?:^|\.)layers\.(\d+)\.self_attn$"),
+                    output="o_proj", value="v_proj"),
+    AttentionLayout("GPT-2 (Conv1D)", re.compile(r"(?:^|\.)h\.(\d+)\.attn$"), output="c_proj"),
+    AttentionLayout("GPT-J, CodeGen", re.compile(r"(?:^|\.)h\.(\d+)\.attn$"), output="out_proj"),
+    AttentionLayout("GPT-NeoX", re.compile(r"(?:^|\.)layers\.(\d+)\.attention$"), output="dense"),
+    AttentionLayout("Falcon, Bloom", re.compile(r"(?:^|\.)h\.(\d+)\.self_attention$"), output="dense"),
+)
+
+
+@dataclass
+class AttentionModules:
+    """A model's attention modules in layer order and the layout they were found by."""
+
+    layout: AttentionLayout
+    modules: list[torch.nn.Module]  # modules[i]: layer i's attention module
+
+    def output_projections(self) -> list[torch.nn.Module]:
+        """Each layer's output projection, in layer order."""
+        return [getattr(m, self.layout.output) for m in self.modules]
+
+
+def find_attention(model: torch.nn.Module) -> AttentionModules | None:
+    """The attention modules of the first layout in :data:`ATTENTION_LAYOUTS` that ``model`` has; None if none.
+
+    Raises:
+        ValueError: the layout's modules are found but not for every layer from 0 on.
+    """
+    for layout in ATTENTION_LAYOUTS:
+        found = {}
+        for name, module in model.named_modules():
+            m = layout.module.search(name)
+            if m and isinstance(getattr(module, layout.output, None), torch.nn.Module):
+                found[int(m.group(1))] = module
+        if found:
+            if sorted(found) != list(range(len(found))):
+                raise ValueError(f"attention modules of layers {sorted(found)} are not contiguous from 0")
+            return AttentionModules(layout, [found[i] for i in range(len(found))])
+    return None
+
+
+def output_projections(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Each layer's attention output projection, in layer order (where head interventions act).
+
+    Raises:
+        ValueError: no module matches a layout of :data:`ATTENTION_LAYOUTS` (StarCoder2/Llama
+            ``self_attn.o_proj``, GPT-2 ``attn.c_proj``, NeoX, Falcon, GPT-J), or layers missing.
+    """
+    found = find_attention(model)
+    if found is None:
+        raise ValueError(
+            f"{type(model).__name__} has no recognisable per-layer attention output projection "
+            "(expected e.g. layers.<i>.self_attn.o_proj or h.<i>.attn.c_proj); head interventions need one")
+    return found.output_projections()
 
 
 @dataclass
@@ -66,28 +136,29 @@ def attention_layers(model: torch.nn.Module) -> list[AttentionLayer]:
             ``o_proj`` linear layers, layers missing, or projections whose
             sizes disagree with the config's head counts.
     """
-    found = {}
-    for name, module in model.named_modules():
-        m = _ATTENTION.search(name)
-        if m and isinstance(getattr(module, "v_proj", None), torch.nn.Linear) and isinstance(
-                getattr(module, "o_proj", None), torch.nn.Linear):
-            found[int(m.group(1))] = module
-    if not found:
+    found = find_attention(model)
+    if found is None or not _linear_value_and_output(found):
         raise ValueError(
             f"{type(model).__name__} has no recognised attention modules: contribution weights and MAPS need "
             "layers.<i>.self_attn with separate v_proj and o_proj linear layers (StarCoder2, Llama, Mistral, "
             "Qwen layouts); models with fused QKV projections are not supported")
-    if sorted(found) != list(range(len(found))):
-        raise ValueError(f"attention modules of layers {sorted(found)} are not contiguous from 0")
     n_heads, n_kv_heads, head_dim = _head_counts(model.config)
-    layers = [AttentionLayer(i, found[i].v_proj, found[i].o_proj, n_heads, n_kv_heads, head_dim)
-              for i in range(len(found))]
+    value, output = found.layout.value, found.layout.output
+    layers = [AttentionLayer(i, getattr(m, value), getattr(m, output), n_heads, n_kv_heads, head_dim)
+              for i, m in enumerate(found.modules)]
     first = layers[0]
     if first.v_proj.out_features != n_kv_heads * head_dim or first.o_proj.in_features != n_heads * head_dim:
         raise ValueError(f"v_proj ({first.v_proj.out_features} outputs) and o_proj ({first.o_proj.in_features} "
                          f"inputs) do not match {n_heads} heads / {n_kv_heads} key/value heads of width {head_dim} "
                          "in the model's config")
     return layers
+
+
+def _linear_value_and_output(found: AttentionModules) -> bool:
+    """Every attention module has a separate value projection and an output projection, both linear."""
+    names = (found.layout.value, found.layout.output)
+    return None not in names and all(isinstance(getattr(m, name, None), torch.nn.Linear)
+                                     for m in found.modules for name in names)
 
 
 def _head_counts(cfg: Any) -> tuple[int, int, int]:

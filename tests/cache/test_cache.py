@@ -151,6 +151,8 @@ def test_rank_shards_merge_into_the_single_process_cache(cache_path, target, sce
     _assert_same_cache(AttentionCache(str(tmp_path / "target-a.rank*.h5")), AttentionCache(cache_path))
     with pytest.raises(CacheError, match="one of 2 shards but 1 were given"):
         AttentionCache(files[:1])
+    with pytest.raises(CacheError, match="repeat ranks \\[0, 0\\]"):  # two files, yet every odd row missing
+        AttentionCache([files[0], files[0]])
 
 
 def test_a_shard_cannot_be_resumed_under_another_world_size(target, scenarios, tmp_path):

@@ -10,6 +10,9 @@ from apmae.cache.store import cache_files
 from apmae.model.scaling import scale
 from apmae.mining.scenario_set import SPLITS
 from datamodules.attention_cache import AttentionCacheDataModule, HeadSelection, target_short_name
+from datamodules.settings import ExtractionSettings
+
+CPU = ExtractionSettings(device="cpu", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -17,15 +20,14 @@ def cache_dir(tmp_path_factory, target_dir, target_b_dir, scenarios_path):
     """Caches of both targets, built once through prepare_data."""
     out = tmp_path_factory.mktemp("caches")
     dm = AttentionCacheDataModule(target=str(target_dir), scenarios=str(scenarios_path), cache_dir=str(out),
-                                  extra_targets=[str(target_b_dir)], device="cpu", progress=False)
+                                  extra_targets=[str(target_b_dir)], extraction=CPU)
     dm.prepare_data()
     return out
 
 
 def _dm(cache_dir, target_dir, scenarios_path, **kwargs) -> AttentionCacheDataModule:
-    kwargs.setdefault("progress", False)
     dm = AttentionCacheDataModule(target=str(target_dir), scenarios=str(scenarios_path), cache_dir=str(cache_dir),
-                                  device="cpu", **kwargs)
+                                  extraction=CPU, **kwargs)
     dm.setup("fit")
     return dm
 
@@ -42,7 +44,7 @@ def test_prepare_data_builds_one_cache_per_target_and_is_then_a_no_op(cache_dir,
     assert [len(f) for f in files] == [1, 1]
     mtimes = [f[0].stat().st_mtime_ns for f in files]
     dm = AttentionCacheDataModule(target=str(target_dir), scenarios=str(scenarios_path), cache_dir=str(cache_dir),
-                                  extra_targets=[str(target_b_dir)], device="cpu", progress=False)
+                                  extra_targets=[str(target_b_dir)], extraction=CPU)
     dm.prepare_data()
     assert [f[0].stat().st_mtime_ns for f in files] == mtimes
     assert dm.seq_len == 24 and dm.val_target_names == names and dm.train_target_name == names[0]
@@ -181,7 +183,7 @@ def test_a_cache_for_other_scenarios_is_refused(cache_dir, target_dir, tmp_path,
     other = random_scenarios(30, 24, 500, tiny_tokenizer.convert_tokens_to_ids("<fim_middle>"), seed=9)
     path = other.save(tmp_path / "other.npz")
     dm = AttentionCacheDataModule(target=str(target_dir), scenarios=str(path), cache_dir=str(cache_dir),
-                                  device="cpu", progress=False)
+                                  extraction=CPU)
     with pytest.raises(CacheMismatchError, match="scenario_fingerprint"):
         dm.prepare_data()
 
@@ -201,7 +203,7 @@ class _FakeTrainer:
 def test_ddp_ranks_extract_disjoint_shards_that_merge(cache_dir, target_dir, scenarios_path, tmp_path):
     def rank_dm(rank: int) -> AttentionCacheDataModule:
         dm = AttentionCacheDataModule(target=str(target_dir), scenarios=str(scenarios_path), cache_dir=str(tmp_path),
-                                      device="cpu", progress=False)
+                                      extraction=CPU)
         dm.trainer = _FakeTrainer(rank, 2)
         return dm
 
@@ -234,7 +236,7 @@ def test_a_scenario_datamodule_is_mined_then_extracted(tmp_path, tiny_tokenizer,
                                    max_label_tokens=8, n_per_task=4, tasks=["identifiers", "closing_bracket"],
                                    cache_dir=str(tmp_path / "scenarios"), progress=False)
     dm = AttentionCacheDataModule(target=str(target_dir), scenarios=mined, cache_dir=str(tmp_path / "cache"),
-                                  device="cpu", progress=False, batch_size=1000)
+                                  extraction=CPU, batch_size=1000)
     assert dm.seq_len == 24
     dm.prepare_data()
     dm.setup("fit")

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from apmae.cache.codec import encode_patterns, encode_stored
-from apmae.target.access import (Target, load_target, output_projections, run_batch, run_batch_stored, run_batch_triangles,
-                          wrap_model, zero_heads)
+from apmae.target.access import (Target, accepts_argument, load_target, run_batch, run_batch_stored,
+                                 run_batch_triangles, wrap_model, zero_heads)
+from apmae.target.layout import ATTENTION_LAYOUTS, attention_layers, find_attention, output_projections
 from apmae.common.triangle import to_triangle
 
 
@@ -77,6 +78,34 @@ def test_model_without_attentions_raises(target, scenarios):
 def test_model_without_output_projection_raises():
     with pytest.raises(ValueError, match="no recognisable per-layer attention output projection"):
         output_projections(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+
+
+def test_one_layout_registry_serves_interventions_and_head_metrics():
+    llama, gpt2 = _llama(50), _gpt2(50)
+    assert output_projections(llama) == [layer.self_attn.o_proj for layer in llama.model.layers]
+    assert output_projections(gpt2) == [block.attn.c_proj for block in gpt2.transformer.h]
+    found = find_attention(llama)
+    assert found.layout is ATTENTION_LAYOUTS[0] and found.modules == [l.self_attn for l in llama.model.layers]
+    assert find_attention(gpt2).layout.families == "GPT-2 (Conv1D)"
+    assert find_attention(torch.nn.Sequential(torch.nn.Linear(4, 4))) is None
+    layers = attention_layers(llama)  # the head metrics' view: the same output projections, plus values
+    assert [l.o_proj for l in layers] == output_projections(llama)
+    assert [l.v_proj for l in layers] == [layer.self_attn.v_proj for layer in llama.model.layers]
+    with pytest.raises(ValueError, match="separate v_proj and o_proj"):
+        attention_layers(gpt2)  # interventions reach GPT-2's heads; the head metrics need separate values
+
+
+def test_layers_missing_from_the_layout_are_refused():
+    llama = _llama(50)
+    llama.model.layers[0].self_attn = torch.nn.Identity()  # layer 0 without an output projection
+    with pytest.raises(ValueError, match=r"attention modules of layers \[1\] are not contiguous from 0"):
+        output_projections(llama)
+
+
+def test_accepts_argument_reads_the_forward_signature():
+    assert accepts_argument(_llama(50), "logits_to_keep") and accepts_argument(_llama(50), "labels")
+    assert not accepts_argument(torch.nn.Linear(4, 4), "logits_to_keep")
+    assert accepts_argument(torch.nn.Linear(4, 4), "input")
 
 
 # ---------------------------------------------------------------- head zeroing

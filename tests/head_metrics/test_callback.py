@@ -14,6 +14,7 @@ from apmae.head_metrics.distance import waad
 from apmae.mining.scenario_set import SPLITS
 from callbacks.head_metrics import HeadMetrics, validation_rows
 from datamodules.attention_cache import AttentionCacheDataModule
+from datamodules.settings import ExtractionSettings
 from lit_models.apmae_module import LitAPMAE
 from tests.training.conftest import MICRO_NET
 
@@ -21,7 +22,8 @@ from tests.training.conftest import MICRO_NET
 def _fit(tmp_path, target_dir, target_b_dir, scenarios_path, cache_dir, callbacks, logger=False):
     torch.manual_seed(0)
     data = AttentionCacheDataModule(target=str(target_dir), scenarios=str(scenarios_path), cache_dir=str(cache_dir),
-                                    extra_targets=[str(target_b_dir)], device="cpu", progress=False, batch_size=8)
+                                    extra_targets=[str(target_b_dir)], batch_size=8,
+                                    extraction=ExtractionSettings(device="cpu", progress=False))
     module = LitAPMAE(seq_len=24, net_overrides=dict(MICRO_NET), baseline_batches=1)
     trainer = Trainer(accelerator="cpu", devices=1, max_steps=2, limit_val_batches=1, num_sanity_val_steps=0,
                       logger=logger, enable_progress_bar=False, enable_checkpointing=False,

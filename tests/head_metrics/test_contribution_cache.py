@@ -14,6 +14,7 @@ from apmae.encodings.store import cache_fingerprint, source_fingerprint
 from apmae.cache.extract import ensure_cache, extract, target_short_name
 from apmae.head_metrics.contribution import run_contributions
 from datamodules.attention_cache import AttentionCacheDataModule
+from datamodules.settings import ExtractionSettings
 
 
 @pytest.fixture(scope="module")
@@ -99,12 +100,13 @@ def test_ensure_cache_keeps_each_kind_under_its_own_name(target_dir, scenarios, 
 
 def test_datamodule_serves_contribution_images_from_caches_beside_the_attention_caches(
         tmp_path, target_dir, scenarios_path, caches):
-    common = dict(target=str(target_dir), scenarios=str(scenarios_path), cache_dir=str(tmp_path), device="cpu",
-                  progress=False, batch_size=4, scaler="none", extraction_batch_size=16)
+    common = dict(target=str(target_dir), scenarios=str(scenarios_path), cache_dir=str(tmp_path), batch_size=4,
+                  scaler="none")
+    extraction = dict(device="cpu", progress=False, batch_size=16)
     name = target_short_name(str(target_dir))
     reference = {kind: AttentionCache(caches / f"{kind}.h5") for kind in ("attention", "contribution")}
     for kind in ("attention", "contribution"):
-        dm = AttentionCacheDataModule(pattern_kind=kind, **common)
+        dm = AttentionCacheDataModule(extraction=ExtractionSettings(pattern_kind=kind, **extraction), **common)
         dm.prepare_data()
         dm.setup("fit")
         assert dm.caches[name].pattern_kind == kind
@@ -116,4 +118,4 @@ def test_datamodule_serves_contribution_images_from_caches_beside_the_attention_
     assert [p.name for p in cache_files(tmp_path, name)] == [f"{name}.rank0.h5"]
     assert [p.name for p in cache_files(tmp_path, f"{name}.contribution")] == [f"{name}.contribution.rank0.h5"]
     with pytest.raises(ValueError, match="pattern_kind='norm'"):
-        AttentionCacheDataModule(pattern_kind="norm", **common)
+        AttentionCacheDataModule(extraction=ExtractionSettings(pattern_kind="norm", **extraction), **common)

@@ -15,6 +15,7 @@ from apmae.mining.scenario_set import SPLITS, ScenarioSet
 from apmae.target.access import run_batch, zero_heads
 from callbacks.interventions import Interventions
 from datamodules.attention_cache import AttentionCacheDataModule
+from datamodules.settings import ExtractionSettings
 from lit_models.apmae_module import LitAPMAE
 from tests.interventions.conftest import HEADS, LAYERS
 from tests.training.conftest import MICRO_NET
@@ -46,7 +47,7 @@ class RankedLitAPMAE(LitAPMAE):
 def _mlflow_logger(tmp_path: Path):
     from lightning.pytorch.loggers import MLFlowLogger
 
-    from apmae.cli import artifact_location
+    from apmae.common.tracking import artifact_location
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     return MLFlowLogger(experiment_name="interventions", tracking_uri=uri,
@@ -56,7 +57,7 @@ def _mlflow_logger(tmp_path: Path):
 def _data(tmp_path, target_dir, scenarios_path) -> AttentionCacheDataModule:
     return AttentionCacheDataModule(target=str(target_dir), scenarios=str(scenarios_path),
                                     cache_dir=str(tmp_path / "cache"),
-                                    device="cpu", batch_size=8, progress=False)
+                                    extraction=ExtractionSettings(device="cpu", progress=False), batch_size=8)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -90,7 +91,7 @@ def test_a_fit_logs_the_sweep_and_its_tables_to_mlflow(tmp_path, micro_target_di
     callback, trainer = _fit(tmp_path, micro_target_dir, scenario_set_path, logger)
     # Validation 0 had no ranking (skipped), validation 1 evaluated; the fit's end saw the same ranking.
     assert callback.last.stage == "val" and callback.last.step == trainer.global_step
-    client = MlflowClient(logger._tracking_uri)
+    client = MlflowClient(logger.experiment.tracking_uri)
     metrics = client.get_run(logger.run_id).data.metrics
     for strategy in ("positive", "negative", "neutral", "random"):
         for k in (1, 2, 4, 8):

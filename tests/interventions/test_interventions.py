@@ -9,7 +9,8 @@ import torch
 from apmae.interventions.head_sets import HeadSet, sweep_head_sets, sweep_ks
 from apmae.interventions.sweep import (InterventionScenarios, check_prompts_end_at_middle, evaluate, greedy_generate,
                                  run_sweep)
-from apmae.target.access import output_projections, run_batch, zero_heads
+from apmae.target.access import run_batch, zero_heads
+from apmae.target.layout import output_projections
 from tests.interventions.conftest import HEADS, LAYERS, generate_without_cache
 
 ALL_HEADS = HeadSet("positive", LAYERS * HEADS, None, tuple((l, h) for l in range(LAYERS) for h in range(HEADS)))

@@ -8,6 +8,7 @@ import mlflow
 import numpy as np
 import pytest
 
+from apmae.cli import cli_main
 from apmae.patterns.cluster_probe import ClusterProbeConfig
 from apmae.patterns.run import SUMMARY_COLUMNS, log_to_mlflow, main, run_recurring_patterns
 from tests.patterns.families import random_encoder_encodings, write_family_cache
@@ -75,4 +76,26 @@ def test_command_line_without_probe(tmp_path, capsys) -> None:
                    str(tmp_path / "out"), "--no-probe", "--min-samples", "10", "--min-cluster-size", "15"])
     assert report.probe is None and not (tmp_path / "out/head_importance").exists()
     assert report.clusters.config.min_cluster_size == 15
+    assert "heads show more than one recurring pattern" in capsys.readouterr().out
+
+
+def _files(root) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def test_apmae_patterns_writes_what_the_stage_function_writes(family_data, tmp_path, capsys) -> None:
+    cache, enc, _ = family_data
+    function, command = tmp_path / "function", tmp_path / "command"
+    expected = run_recurring_patterns(enc, cache, function, reduction="pca", min_samples=10, min_cluster_size=15,
+                                      seed=3, probe=None, montage_heads=3)
+    report = cli_main(["patterns", "--encodings", str(enc.path), "--cache", *map(str, cache.paths), "--out",
+                       str(command), "--reduction", "pca", "--min-samples", "10", "--min-cluster-size", "15",
+                       "--seed", "3", "--no-probe"])
+    assert _files(command) == _files(function) == sorted(expected.artifacts)
+    assert (command / "clusters/summary.csv").read_bytes() == (function / "clusters/summary.csv").read_bytes()
+    saved, reference = np.load(command / "clusters/labels.npz"), np.load(function / "clusters/labels.npz")
+    assert sorted(saved) == sorted(reference)
+    for key in reference:
+        np.testing.assert_array_equal(saved[key], reference[key])
+    assert report.montage_heads == expected.montage_heads and report.probe is None
     assert "heads show more than one recurring pattern" in capsys.readouterr().out

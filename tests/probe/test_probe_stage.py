@@ -12,7 +12,8 @@ import torch
 from apmae.common.head_tables import read_head_table
 from apmae.model.net import APMAE
 from datamodules.attention_cache import AttentionCacheDataModule
-from lit_models.apmae_module import LitAPMAE
+from datamodules.settings import EncoderSettings, ExtractionSettings
+from lit_models.probe_module import LitProbe
 from tests.probe.synthetic_cache import write_planted_cache
 
 PLANTED = (1, 2)
@@ -40,14 +41,14 @@ def planted(tmp_path_factory) -> dict[str, Path]:
 
 def probe_data(planted: dict[str, Path], **overrides) -> AttentionCacheDataModule:
     args = dict(target="synth", scenarios=str(planted["scenarios"]), cache_dir=str(planted["cache"]),
-                mode="scenarios", balance=True, batch_size=16, encoder=str(planted["encoder"]), progress=False)
+                mode="scenarios", balance=True, batch_size=16, encoder=EncoderSettings(path=str(planted["encoder"])),
+                extraction=ExtractionSettings(progress=False))
     return AttentionCacheDataModule(**{**args, **overrides})
 
 
-def fit_probe(planted: dict[str, Path], out: Path, epochs: int = 30) -> tuple[L.Trainer, LitAPMAE]:
+def fit_probe(planted: dict[str, Path], out: Path, epochs: int = 30) -> tuple[L.Trainer, LitProbe]:
     L.seed_everything(0)
-    model = LitAPMAE(seq_len=32, stage="probe", encoder=str(planted["encoder"]), lr=1e-2, export_dir=str(out),
-                     importance_steps=8)
+    model = LitProbe(seq_len=32, encoder=str(planted["encoder"]), lr=1e-2, export_dir=str(out), importance_steps=8)
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=probe_data(planted))
@@ -94,7 +95,7 @@ def test_encodings_are_stored_once_and_reused(planted) -> None:
 def test_encoder_of_another_sequence_length_is_refused(planted, tmp_path) -> None:
     other = APMAE.from_preset("tiny", **{**MICRO, "seq_len": 64}).save(tmp_path / "enc64")
     with pytest.raises(ValueError, match="S=64"):
-        LitAPMAE(seq_len=32, stage="probe", encoder=str(other))
+        LitProbe(seq_len=32, encoder=str(other))
 
 
 def test_unknown_task_is_refused(planted) -> None:
@@ -109,3 +110,19 @@ def test_one_class_split_is_a_clear_error(planted) -> None:
     data.setup("fit")
     with pytest.raises(ValueError, match="both correct and incorrect"):
         data.train_dataloader()
+
+
+def test_per_task_importance_splits_the_global_importance_by_task(planted, tmp_path) -> None:
+    trainer, model = fit_probe(planted, tmp_path / "probe", epochs=2)
+    (loader,) = trainer.datamodule.val_dataloader()
+    task = torch.cat([batch["task"] for batch in loader]).long()  # every val scenario (fewer than 512 are kept)
+    names = trainer.datamodule.task_names
+    by_task = model.head_importance_by_task
+    assert set(by_task) == {names[int(t)] for t in torch.unique(task)}
+    assert all(v.shape == (2, 4) for v in by_task.values())
+    # mean-replacement importance is a mean over scenarios: the task means weighted by task size give it back
+    weighted = sum((task == names.index(name)).sum() * value for name, value in by_task.items()) / len(task)
+    torch.testing.assert_close(weighted.float(), model.head_importance, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(*by_task.values())  # the tasks are ranked apart, not copies of one ranking
+    model.on_load_checkpoint({"state_dict": {}})
+    assert model.head_importance_by_task is None  # a checkpoint keeps the global ranking only

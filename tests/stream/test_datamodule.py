@@ -11,13 +11,18 @@ import torch
 from apmae.encodings.store import EncodingSet, EncodingsMismatchError
 from datamodules.attention_cache import target_short_name
 from datamodules.encodings import EncodingsDataModule
+from datamodules.settings import EncoderSettings, ExtractionSettings
 from tests.stream.test_stream import _other_scenarios, assert_same_encodings
 
 
-def _dm(target_dir, scenarios_path, encoder_dir, encodings_dir, **kwargs) -> EncodingsDataModule:
-    kwargs.setdefault("progress", False)
-    return EncodingsDataModule(target=str(target_dir), scenarios=str(scenarios_path), encoder=str(encoder_dir),
-                               encodings_dir=str(encodings_dir), device="cpu", **kwargs)
+def _dm(target_dir, scenarios_path, encoder_dir, encodings_dir, *, extraction: dict | None = None,
+        encoder: dict | None = None, **kwargs) -> EncodingsDataModule:
+    """On the CPU, no progress bar; ``extraction`` and ``encoder`` add settings fields."""
+    return EncodingsDataModule(target=str(target_dir), scenarios=str(scenarios_path),
+                               encoder=EncoderSettings(path=str(encoder_dir), **(encoder or {})),
+                               encodings_dir=str(encodings_dir),
+                               extraction=ExtractionSettings(device="cpu", progress=False, **(extraction or {})),
+                               **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +110,45 @@ def test_encodings_of_other_scenarios_are_refused(streamed, target_dir, scenario
 
 
 def test_bad_settings_are_refused_at_construction(target_dir, scenarios_path, encoder_dir, tmp_path):
-    with pytest.raises(ValueError, match="encoder_precision"):
-        _dm(target_dir, scenarios_path, encoder_dir, tmp_path, encoder_precision="bf16")
+    with pytest.raises(ValueError, match="encoder.precision"):
+        _dm(target_dir, scenarios_path, encoder_dir, tmp_path, encoder={"precision": "bf16"})
     with pytest.raises(ValueError, match="unknown scaler"):
         _dm(target_dir, scenarios_path, encoder_dir, tmp_path, scaler="logg")
     with pytest.raises(ValueError, match="is not a file"):
         _dm(target_dir, tmp_path / "missing.npz", encoder_dir, tmp_path)
+
+
+def test_the_encoder_is_required_and_only_attention_is_encoded(target_dir, scenarios_path, encoder_dir, tmp_path):
+    with pytest.raises(ValueError) as info:
+        EncodingsDataModule(target=str(target_dir), scenarios=str(scenarios_path), encoder=None)
+    assert str(info.value) == ("EncodingsDataModule needs an encoder: set encoder: {path: <exported AP-MAE or "
+                               "LitAPMAE checkpoint>}")
+    with pytest.raises(ValueError) as info:
+        _dm(target_dir, scenarios_path, encoder_dir, tmp_path, extraction={"pattern_kind": "contribution"})
+    assert str(info.value) == ("extraction.pattern_kind='contribution': EncodingsDataModule encodes attention "
+                               "patterns only; set it to 'attention', or encode contribution caches with "
+                               "AttentionCacheDataModule (mode: scenarios, encoder)")
+    with pytest.raises(TypeError, match="encoder='enc': pass encoder=EncoderSettings"):
+        EncodingsDataModule(target=str(target_dir), scenarios=str(scenarios_path), encoder="enc")
+
+
+@pytest.mark.parametrize("encoder, steps", [({}, 8), ({"batch_size": 3}, 3)])
+def test_a_cache_is_encoded_in_the_stream_s_steps_unless_the_encoder_says_otherwise(
+        encoder, steps, target_dir, scenarios_path, encoder_dir, tmp_path, monkeypatch):
+    import datamodules.encodings as module
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append((kwargs["batch_size"], kwargs["autocast_dtype"]))
+        return ensure(*args, **kwargs)
+
+    ensure = module.ensure_encodings
+    monkeypatch.setattr(module, "ensure_encodings", recording)
+    dm = _dm(target_dir, scenarios_path, encoder_dir, tmp_path / "encodings", stream=False,
+             cache_dir=str(tmp_path / "cache"), encoder={**encoder, "precision": "bf16-mixed"})
+    dm.prepare_data()
+    assert seen == [(steps, torch.bfloat16)]
 
 
 class _Trainer:
@@ -123,14 +161,14 @@ class _Trainer:
 
 def test_under_ddp_each_rank_streams_its_shard_and_reads_the_merged_set(target_dir, scenarios_path, encoder_dir,
                                                                         tmp_path):
-    ranks = [_dm(target_dir, scenarios_path, encoder_dir, tmp_path, extraction_batch_size=1) for _ in range(2)]
+    ranks = [_dm(target_dir, scenarios_path, encoder_dir, tmp_path, extraction={"batch_size": 1}) for _ in range(2)]
     ranks[0].trainer = _Trainer(0, 2)
     ranks[1].trainer = _Trainer(1, 2, on_barrier=lambda: ranks[0].setup("fit"))
     ranks[1].prepare_data()  # under DDP a no-op: the ranks build in setup
     assert not list(tmp_path.glob("*.h5"))
     ranks[1].setup("fit")
     assert sorted(p.name.split(".")[-2] for p in tmp_path.glob("*.h5")) == ["rank0", "rank1"]
-    single = _dm(target_dir, scenarios_path, encoder_dir, tmp_path / "one", extraction_batch_size=1)
+    single = _dm(target_dir, scenarios_path, encoder_dir, tmp_path / "one", extraction={"batch_size": 1})
     single.setup("fit")
     for dm in ranks:
         assert_same_encodings(dm.encodings, single.encodings)

@@ -130,3 +130,28 @@ def test_unknown_keys_are_named_in_the_error(synth_config, tmp_path, capsys):
     err = _config_error(capsys, ["fit", "--config", str(synth_config),
                                  "--model.init_args.net_overrides", "{enc_dept: 2}"])
     assert "unknown APMAEConfig fields ['enc_dept']" in err
+
+
+def test_help_lists_the_post_hoc_stages_and_each_answers_its_own_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli_main(["--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # the help formatter wraps lines
+    assert "{fit,validate,test,predict}" in text
+    assert "apmae <stage> --help" in text and "patterns: cluster every head's encodings" in text
+    with pytest.raises(SystemExit) as info:
+        cli_main(["patterns", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: apmae patterns") and "--encodings" in out and "--no-probe" in out
+
+
+def test_the_former_probe_stage_names_the_probe_module(synth_config, tmp_path, capsys):
+    overlay = tmp_path / "old_probe.yaml"
+    overlay.write_text("model:\n  init_args:\n    stage: probe\n    encoder: artifacts/demo/apmae\n"
+                       "    net_overrides: null\n    probe_hidden: 64\n")
+    err = _config_error(capsys, ["fit", "--config", str(synth_config), "--config", str(overlay)])
+    assert f"model.init_args.stage is set in config file {overlay}" in err
+    assert "Set `model.class_path: lit_models.probe_module.LitProbe`" in err and "remove stage" in err
+    err = _config_error(capsys, ["fit", "--config", str(synth_config), "--model.init_args.stage", "probe"])
+    assert "command line `--model.init_args.stage`" in err and "lit_models.probe_module.LitProbe" in err

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
 
 from apmae.cli import APMAECLI
 from apmae.model.net import APMAEConfig
+from lit_models.probe_module import LitProbe
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAPER_BASE = CONFIGS / "paper" / "base.yaml"
@@ -96,9 +98,12 @@ def test_config_instantiates_with_linked_seq_len(stack, tokenizer_dir, encoder_d
 def _check_probe_settings(cli: APMAECLI, *, paper: bool) -> None:
     """Probe overlays: whole scenarios of both classes, balanced, every head, a frozen encoder."""
     data, hp = cli.datamodule, cli.model.hparams
-    assert (hp.stage, hp.finetune_encoder, data.mode, data.head_selection) == ("probe", False, "scenarios", "all")
+    assert isinstance(cli.model, LitProbe)
+    # the AP-MAE base config's model settings that LitProbe does not take are gone, not carried over
+    assert set(cli.config.model.init_args.as_dict()) <= set(inspect.signature(LitProbe).parameters)
+    assert (hp.finetune_encoder, data.mode, data.head_selection) == (False, "scenarios", "all")
     assert (data.correct_only, data.balance, data.extra_targets) == (False, True, [])
-    assert data.encoder == hp.encoder
+    assert data.encoder.path == hp.encoder
     assert all(p.requires_grad is False for p in cli.model.net.parameters())
     if paper:
         assert (data.target, data.seq_len) == ("bigcode/starcoder2-3b", 256)
@@ -129,3 +134,57 @@ def _check_paper_settings(cli: APMAECLI, name: str) -> None:
     assert cli.config.run_name == "starcoder2-" + name.split("_")[1].split(".")[0]
     hp = cli.model.hparams
     assert (hp.base_lr, hp.lr_reference_batch, tuple(hp.betas), hp.weight_decay) == (1.5e-4, 50, (0.9, 0.95), 0.05)
+
+
+def _printed(capsys, args: list[str]) -> dict:
+    """The config ``apmae fit`` resolves (``--print_config``), as a dict."""
+    import yaml
+
+    from apmae.cli import cli_main
+
+    with pytest.raises(SystemExit) as info:
+        cli_main(["fit", *args, "--print_config"])
+    assert info.value.code == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_nested_settings_merge_field_by_field_and_round_trip_through_the_cli(tmp_path, capsys, monkeypatch):
+    """Overlays and command-line keys set single fields of ``extraction`` / ``encoder``; the rest is kept."""
+    import yaml
+
+    from datamodules.settings import EncoderSettings, ExtractionSettings
+
+    monkeypatch.setattr("sys.argv", ["python -m apmae"])
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("data:\n  init_args:\n    extraction: {dtype: bfloat16}\n    encoder: {precision: bf16-mixed}\n")
+    args = ["--config", str(CONFIGS / "demo" / "apmae.yaml"), "--config", str(CONFIGS / "demo" / "encode.yaml"),
+            "--config", str(overlay), "--data.init_args.extraction.workers", "3"]
+    printed = _printed(capsys, args)["data"]["init_args"]
+    # batch_size from encode.yaml, device from encode.yaml, dtype from the overlay, workers from the command line
+    assert printed["extraction"] == {"batch_size": 8, "workers": 3, "dtype": "bfloat16", "device": "cpu",
+                                     "compression": "none", "encoding": "bfloat16-14bit",
+                                     "pattern_kind": "attention", "progress": True}
+    assert printed["encoder"] == {"path": "artifacts/demo/apmae", "precision": "bf16-mixed", "batch_size": None}
+    again = tmp_path / "printed.yaml"
+    again.write_text(yaml.safe_dump({"data": {"class_path": "datamodules.encodings.EncodingsDataModule",
+                                              "init_args": printed}}))
+    assert _printed(capsys, [*args[:2], "--config", str(again)])["data"]["init_args"] == printed
+    data = _instantiate([CONFIGS / "demo" / "apmae.yaml", again], []).datamodule
+    assert data.extraction == ExtractionSettings(batch_size=8, workers=3, dtype="bfloat16", device="cpu")
+    assert data.encoder == EncoderSettings(path="artifacts/demo/apmae", precision="bf16-mixed")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("extraction.dtype", "fp32", "extraction.dtype='fp32'; use one of ['float32', 'float16', 'bfloat16']"),
+    ("extraction.batch_size", "0", "extraction.batch_size=0 and extraction.workers=2 must both be at least 1"),
+    ("encoder.precision", "bf16", "encoder.precision='bf16'; use one of ['32', 'bf16-mixed', '16-mixed']"),
+])
+def test_a_bad_nested_setting_is_named_in_the_cli_error(key, value, message, capsys, monkeypatch):
+    from apmae.cli import cli_main
+
+    monkeypatch.setattr("sys.argv", ["python -m apmae"])
+    with pytest.raises(SystemExit) as info:
+        cli_main(["fit", "--config", str(CONFIGS / "demo" / "apmae.yaml"), "--config",
+                  str(CONFIGS / "demo" / "encode.yaml"), *ON_CPU, f"--data.init_args.{key}", value])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: invalid configuration: {message}"

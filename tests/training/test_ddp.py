@@ -41,6 +41,7 @@ def test_fit_with_two_cpu_processes(smoke_args, smoke_paths, tmp_path, tracking_
     # Every rank trained on half the data: the step count is that of one rank.
     from datamodules.attention_cache import AttentionCacheDataModule
     from datamodules.java_scenarios import JavaScenarioDataModule
+    from datamodules.settings import ExtractionSettings
 
     ckpt = torch.load(next((tmp_path / "runs").rglob("last.ckpt")), map_location="cpu", weights_only=False)
     p = smoke_paths
@@ -49,7 +50,8 @@ def test_fit_with_two_cpu_processes(smoke_args, smoke_paths, tmp_path, tracking_
                                   tasks=["identifiers", "closing_bracket", "eol", "keywords"],
                                   cache_dir=str(p["scenarios"]), progress=False)
     data = AttentionCacheDataModule(target=str(p["target_a"]), scenarios=scen, cache_dir=str(p["cache"]),
-                                    head_selection="layerwise:0.5", batch_size=8, progress=False)
+                                    head_selection="layerwise:0.5", batch_size=8,
+                                    extraction=ExtractionSettings(progress=False))
     data.setup("fit")
     n_train = len(data.dataset("target-a", "train"))
     per_rank = -(-n_train // 2)

@@ -74,13 +74,14 @@ def test_probe_table_lists_every_predictor_and_the_unscored_tasks():
     assert "out/probe/heatmap.png" in text and "r1" in text
 
 
-def test_mlflow_location_names_the_run_the_logger_writes_to(tracking_uri):
-    from lightning.pytorch.loggers import MLFlowLogger
+def test_run_location_names_the_run_the_logger_writes_to(tmp_path, tracking_uri):
+    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
 
-    from apmae.demo.run import mlflow_location
+    from apmae.common.tracking import run_location
 
-    assert mlflow_location(None) == (None, None, None, None)
+    assert run_location(None) == (None, None, None, None)
+    assert run_location(CSVLogger(tmp_path / "csv")) == (None, None, None, None)
     logger = MLFlowLogger(experiment_name="probe-elsewhere", tracking_uri=tracking_uri)
-    run_id, experiment, uri, artifact_uri = mlflow_location(logger)
+    run_id, experiment, uri, artifact_uri = run_location(logger)
     assert run_id == logger.run_id and experiment == "probe-elsewhere" and uri == tracking_uri
     assert artifact_uri == logger.experiment.get_run(run_id).info.artifact_uri

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -166,3 +167,39 @@ def test_compile_keeps_parameter_names_and_outputs_and_trains(tmp_path, monkeypa
     trainer.fit(compiled, datamodule=data)
     assert trainer.global_step == 2
     torch._dynamo.reset()
+
+
+PROBE_ONLY = {"stage", "encoder", "finetune_encoder", "probe_features", "probe_hidden", "probe_dropout", "probe_layers",
+              "probe_heads", "importance_scenarios", "importance_steps"}
+
+
+def test_the_constructor_takes_no_probe_argument():
+    from lit_models.probe_module import LitProbe
+
+    assert not set(inspect.signature(LitAPMAE).parameters) & PROBE_ONLY
+    assert PROBE_ONLY - {"stage"} <= set(inspect.signature(LitProbe).parameters)
+    with pytest.raises(TypeError, match="stage"):
+        _module(stage="probe")
+
+
+def test_checkpoints_of_the_former_combined_module_load_or_name_the_probe_module(tmp_path):
+    data = SyntheticAttentionDataModule(seq_len=32, n_train=16, n_val=8, batch_size=4)
+    module = _module(lr=1e-3, export_dir=str(tmp_path / "net"))
+    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    trainer.fit(module, datamodule=data)
+    checkpoint = tmp_path / "old.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    state = torch.load(checkpoint, weights_only=False)
+    # the probe arguments every checkpoint of the former module recorded, at their defaults
+    state["hyper_parameters"].update(stage="reconstruct", encoder=None, finetune_encoder=False, probe_features="both",
+                                     probe_hidden=64, probe_dropout=0.1, probe_layers=None, probe_heads=None,
+                                     importance_scenarios=512, importance_steps=32)
+    torch.save(state, checkpoint)
+    loaded = LitAPMAE.load_from_checkpoint(checkpoint)
+    for name, value in module.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value, rtol=0, atol=0)
+    assert int(loaded.baseline_images) == int(module.baseline_images) > 0
+    state["hyper_parameters"]["stage"] = "probe"
+    torch.save(state, checkpoint)
+    with pytest.raises(ValueError, match=r"load it with lit_models\.probe_module\.LitProbe\.load_from_checkpoint"):
+        LitAPMAE.load_from_checkpoint(checkpoint)

@@ -125,7 +125,7 @@ def test_the_paper_command_runs_to_the_end_under_bf16_mixed(tmp_path, tiny_token
         "--data.init_args.scenarios.init_args.tokenizer", str(tokenizer),
         "--data.init_args.scenarios.init_args.n_per_task", "4",
         "--data.init_args.scenarios.init_args.mining_workers", "0", "--data.init_args.num_workers", "0",
-        "--data.init_args.batch_size", "4", "--data.init_args.dtype", "float32",
+        "--data.init_args.batch_size", "4", "--data.init_args.extraction.dtype", "float32",
         "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
         "--trainer.max_steps", "2",
         # Local stand-ins, not part of the command: paths in tmp_path; random micro targets are

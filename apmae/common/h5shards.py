@@ -1,0 +1,337 @@
+"""The resumable, sharded HDF5 row store under the attention cache and the encodings file.
+
+Glossary: N rows of one run (scenarios), R rank shards of one run, B rows appended at once.
+
+A run writes one HDF5 file per rank, ``<name>.rank<k>.h5``; rank ``k`` of ``R``
+holds the scenario rows :func:`shard_rows` gives it, in that order. Every
+file carries a ``scenario_index`` dataset, the attributes ``schema_version``
+and ``committed`` and an identity (what must agree before a file is appended
+to, reused or merged). What a row holds, and which attributes make the
+identity, is the business of each store (:mod:`apmae.cache.store`,
+:mod:`apmae.encodings.store`); :class:`StoreFormat` tells this module. The
+protocol, in the order its steps run:
+
+1. Create (:func:`open_or_create`): every dataset at its final size, the
+   store's attributes, ``schema_version`` and ``committed = 0``, written under
+   ``<file>.creating`` and renamed into place. A rename is atomic, so a kill
+   during creation never leaves a half-made file under the real name; a file
+   under the real name always has its full layout.
+2. Open or resume (:func:`open_checked`): the schema version is checked first
+   (a file of another version may lack what the next checks read, and the
+   only answer to it is to delete it), then the identity is parsed and
+   ``committed`` must lie within the rows the file holds. An existing file is
+   then compared with this run's identity; every differing key is named and
+   the file is never appended to.
+3. Append (:class:`RowWriter`): rows ``committed .. committed + B`` are
+   written, the file flushed, ``committed`` moved, the file flushed again. The
+   first flush puts the rows on disk before the count claims them, so a kill
+   in between leaves them uncommitted and the resumed run rewrites them; the
+   second makes the new count durable before the writer reports it.
+   Readers never look past ``committed``.
+4. Read and merge (:func:`read_shards`): each shard is opened as in 2, must
+   share its run's identity but for its rank, and (when completeness is
+   required) hold all its rows; ranks must not repeat, every rank must be
+   there, and no ``scenario_index`` may appear twice. Rows are then ordered by
+   a stable sort of ``scenario_index``, so any sharding of a run reads exactly
+   as the single file of the whole run.
+
+Plain h5py and numpy: readers stay light enough for DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+Attrs = Mapping[str, Any]
+
+
+class StoreError(ValueError):
+    """A store file cannot be used; the common base of each store's own errors."""
+
+
+# ---------------------------------------------------------------- what differs between stores
+
+
+@dataclass(frozen=True)
+class StoreMessages:
+    """How one store names itself and its remedies in errors (tests and users match on these words)."""
+
+    noun: str  # one file: "attention cache"
+    short_noun: str  # one shard, where the store is clear from context: "cache"
+    shards_noun: str  # several files: "attention cache shards"
+    schema: str  # "<path> has <schema> schema 1, ..."
+    remedy: str  # what to do with a damaged file: "delete it to rebuild"
+    foreign: str  # after "<path> is ": a file that is not this store's, with {error}
+    refusal: str  # after "<noun> <path> ": a file of another run, with {diffs}
+    resume: str  # what resumes an incomplete file: "run the extraction again to resume it"
+    hints: Mapping[str, str] = field(default_factory=dict)  # identity key -> what a difference in it means
+
+
+@dataclass(frozen=True)
+class StoreFormat:
+    """One kind of sharded row file: schema, row count, identity, errors."""
+
+    version: int  # the schema_version this apmae writes and reads
+    rows_dataset: str  # a dataset every file has; its first axis is the file's rows
+    rows_attr: str  # the attribute holding the rows this shard is laid out for
+    identity: Callable[[Attrs], dict[str, Any]]  # attributes -> identity (raises KeyError / ValueError)
+    shard_identity: Callable[[Attrs], dict[str, Any]]  # what every shard of one run shares
+    error: type[StoreError]
+    mismatch_error: type[StoreError]  # a file of another run
+    messages: StoreMessages
+
+
+# ---------------------------------------------------------------- shard files of a run
+
+
+def shard_path(directory: str | Path, name: str, rank: int) -> Path:
+    """``<directory>/<name>.rank<k>.h5``: the file rank ``k`` writes."""
+    return Path(directory) / f"{name}.rank{rank}.h5"
+
+
+def shard_rows(n_scenarios: int, rank: int, world_size: int) -> np.ndarray:
+    """Scenario rows that rank ``rank`` of ``world_size`` writes (strided, so shards are balanced)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    return np.arange(rank, n_scenarios, world_size, dtype=np.int64)
+
+
+def shard_files(directory: str | Path, name: str) -> list[Path]:
+    """Every shard file of run ``name`` in ``directory``, in rank order."""
+    pattern = re.compile(re.escape(name) + r"\.rank(\d+)\.h5")
+    ranked = [(int(m.group(1)), p) for p in Path(directory).glob(f"{name}.rank*.h5")
+              if (m := pattern.fullmatch(p.name))]
+    return [p for _, p in sorted(ranked)]
+
+
+# ---------------------------------------------------------------- opening and identity
+
+
+def identity_diffs(found: Attrs, expected: Attrs, hints: Mapping[str, str]) -> list[str]:
+    """``key: file has X, this run Y (hint)`` for every key of ``expected`` on which ``found`` differs."""
+    return [f"{k}: file has {found[k]!r}, this run {expected[k]!r}" + (f" ({hints[k]})" if k in hints else "")
+            for k in expected if found[k] != expected[k]]
+
+
+def check_identity(found: Attrs, expected: Attrs, path: str | Path, fmt: StoreFormat) -> None:
+    """Raise ``fmt.mismatch_error`` naming every key of ``expected`` on which ``found`` differs."""
+    words = fmt.messages
+    diffs = identity_diffs(found, expected, words.hints)
+    if diffs:
+        raise fmt.mismatch_error(f"{words.noun} {path} " + words.refusal.format(diffs="; ".join(diffs)))
+
+
+def open_checked(path: Path, mode: str, fmt: StoreFormat) -> h5py.File:
+    """The file opened in ``mode``, its schema version, identity and ``committed`` checked (step 2).
+
+    Raises:
+        fmt.error: the file is unreadable, not of this store, of another schema version,
+            or claims more committed rows than it holds.
+    """
+    words = fmt.messages
+    try:
+        f = h5py.File(path, mode)
+    except OSError as e:
+        raise fmt.error(f"{words.noun} {path} is truncated or corrupt ({e}); {words.remedy}") from e
+    try:
+        _check_schema(f, path, fmt)
+    except StoreError:
+        f.close()
+        raise
+    return f
+
+
+def _check_schema(f: h5py.File, path: Path, fmt: StoreFormat) -> None:
+    words = fmt.messages
+    try:
+        version = int(f.attrs["schema_version"])
+        if version == fmt.version:  # another version may lack what is read below
+            fmt.identity(f.attrs)
+            committed, rows = int(f.attrs["committed"]), f[fmt.rows_dataset].shape[0]
+    except (KeyError, OSError, ValueError) as e:
+        raise fmt.error(f"{path} is " + words.foreign.format(error=e)) from e
+    if version != fmt.version:
+        raise fmt.error(f"{path} has {words.schema} schema {version}, this apmae reads {fmt.version}; "
+                        f"{words.remedy}")
+    if not 0 <= committed <= rows:
+        raise fmt.error(f"{path} claims {committed} committed rows but holds {rows}; {words.remedy}")
+
+
+def open_or_create(path: str | Path, fmt: StoreFormat, identity: Attrs,
+                   create: Callable[[h5py.File], None]) -> h5py.File:
+    """An existing file of this run reopened for appending, or a new one (steps 1 and 2).
+
+    ``create`` lays out a new file: every dataset at its final size and the store's
+    attributes; ``schema_version`` and ``committed`` are written here.
+
+    Raises:
+        fmt.mismatch_error: the existing file belongs to another run (names every difference).
+        fmt.error: the existing file is corrupt, truncated or not of this store.
+    """
+    path = Path(path)
+    if path.exists():
+        f = open_checked(path, "r+", fmt)
+        try:
+            check_identity(fmt.identity(f.attrs), identity, path, fmt)
+        except StoreError:
+            f.close()
+            raise
+        return f
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".creating")
+    with h5py.File(tmp, "w") as f:
+        create(f)
+        f.attrs.update({"schema_version": fmt.version, "committed": 0})
+    tmp.replace(path)  # a kill during creation never leaves a half-made file under the real name
+    return open_checked(path, "r+", fmt)
+
+
+# ---------------------------------------------------------------- appending
+
+
+class RowWriter:
+    """Appends rows of one file in order and commits them (step 3); resumes where ``committed`` stands.
+
+    Subclasses write their datasets for :meth:`_reserve`'s rows, then call :meth:`_commit`.
+    """
+
+    _unit = "file"  # how overrun errors name what holds the rows
+
+    def __init__(self, path: Path, file: h5py.File, *, n_rows: int) -> None:
+        """``file`` open for writing (:func:`open_or_create`), laid out for ``n_rows`` rows."""
+        self.path, self._f, self.n_rows = path, file, n_rows
+        self.committed = int(file.attrs["committed"])
+
+    @property
+    def complete(self) -> bool:
+        return self.committed == self.n_rows
+
+    def _reserve(self, b: int) -> tuple[int, int]:
+        """``(lo, hi)``: the next ``b`` rows, or ValueError when they overrun the file."""
+        lo, hi = self.committed, self.committed + b
+        if hi > self.n_rows:
+            raise ValueError(f"appending {b} rows overruns the {self._unit}'s {self.n_rows} rows")
+        return lo, hi
+
+    def _commit(self, hi: int) -> None:
+        """Rows below ``hi`` are written: flush, commit, flush (see the module docstring)."""
+        self._f.flush()
+        self._f.attrs["committed"] = hi
+        self._f.flush()
+        self.committed = hi
+
+    def close(self) -> None:
+        if self._f.id.valid:
+            self._f.close()
+
+    def __enter__(self) -> "RowWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------- reading and merging
+
+
+@dataclass
+class Shard:
+    """One file of a run as read: where it is, its attributes and how many rows it committed."""
+
+    path: Path
+    attrs: dict[str, Any]  # every file attribute as a Python value, ``committed`` included
+    committed: int
+
+
+@dataclass
+class MergedRows:
+    """Shards merged into scenario order: merged row ``i`` is row ``local[i]`` of ``shards[shard_of[i]]``."""
+
+    shards: list[Shard]
+    shard_of: np.ndarray  # (N,) int64
+    local: np.ndarray  # (N,) int64
+    columns: dict[str, np.ndarray]  # (N, ...) per column, ordered by scenario_index
+
+
+def read_shards(paths: Sequence[Path], fmt: StoreFormat, columns: Sequence[str], *,
+                require_complete: bool = True) -> MergedRows:
+    """The committed rows of one run's shard files, merged in ``scenario_index`` order (step 4).
+
+    ``columns`` are read into memory (``scenario_index`` always is).
+
+    Raises:
+        fmt.mismatch_error: a shard belongs to another run (names every difference).
+        fmt.error: a shard is unreadable or incomplete, ranks repeat, ranks are missing
+            (``require_complete``), or a scenario appears in two rows.
+    """
+    columns = tuple(dict.fromkeys(("scenario_index", *columns)))
+    shards: list[Shard] = []
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in columns}
+    for path in paths:
+        shard, data = _read_shard(path, fmt, columns, require_complete)
+        if shards:  # before the rank checks: a file of another run is named as such
+            _check_same_run(shard, shards[0], fmt)
+        shards.append(shard)
+        for name in columns:
+            parts[name].append(data[name])
+    _check_ranks(shards, fmt, require_complete)
+    index = np.concatenate(parts["scenario_index"])
+    order = np.argsort(index, kind="stable")
+    _check_unique(index[order], shards, fmt)
+    return MergedRows(
+        shards=shards,
+        shard_of=np.concatenate([np.full(s.committed, k, dtype=np.int64) for k, s in enumerate(shards)])[order],
+        local=np.concatenate([np.arange(s.committed, dtype=np.int64) for s in shards])[order],
+        columns={name: np.concatenate(parts.pop(name))[order] for name in columns})
+
+
+def _read_shard(path: Path, fmt: StoreFormat, columns: Sequence[str],
+                require_complete: bool) -> tuple[Shard, dict[str, np.ndarray]]:
+    """One file's attributes and the committed rows of ``columns``."""
+    words = fmt.messages
+    with open_checked(path, "r", fmt) as f:
+        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+        committed, n_rows = int(attrs["committed"]), int(attrs[fmt.rows_attr])
+        if require_complete and committed != n_rows:
+            raise fmt.error(f"{words.short_noun} {path} is incomplete ({committed} of {n_rows} rows); "
+                            f"{words.resume}")
+        try:
+            data = {name: f[name][:committed] for name in columns}
+        except (KeyError, OSError) as e:
+            raise fmt.error(f"{words.noun} {path} is corrupt ({e}); {words.remedy}") from e
+    return Shard(path, attrs, committed), data
+
+
+def _check_same_run(shard: Shard, first: Shard, fmt: StoreFormat) -> None:
+    words = fmt.messages
+    diffs = identity_diffs(fmt.shard_identity(shard.attrs), fmt.shard_identity(first.attrs), words.hints)
+    if diffs:
+        raise fmt.mismatch_error(f"{words.shards_noun} {shard.path} and {first.path} belong to different runs "
+                                 f"({'; '.join(diffs)}); pass the shards of one run")
+
+
+def _check_ranks(shards: list[Shard], fmt: StoreFormat, require_complete: bool) -> None:
+    words = fmt.messages
+    ranks = [int(s.attrs["shard_rank"]) for s in shards]
+    world = int(shards[0].attrs["shard_world_size"])
+    if len(set(ranks)) != len(ranks):
+        raise fmt.error(f"{words.shards_noun} {[str(s.path) for s in shards]} repeat ranks {sorted(ranks)}; "
+                        "pass each <name>.rank<k>.h5 file once")
+    if require_complete and len(shards) != world:
+        raise fmt.error(f"{words.short_noun} {shards[0].path} is one of {world} shards but {len(shards)} were "
+                        "given; pass every <name>.rank<k>.h5 file")
+
+
+def _check_unique(sorted_index: np.ndarray, shards: list[Shard], fmt: StoreFormat) -> None:
+    """No scenario is held twice (shards that overlap would count it twice in every statistic)."""
+    twice = np.unique(sorted_index[1:][sorted_index[1:] == sorted_index[:-1]])
+    if len(twice):
+        raise fmt.error(f"{fmt.messages.shards_noun} {[str(s.path) for s in shards]} hold scenarios "
+                        f"{twice[:5].tolist()}{' ...' if len(twice) > 5 else ''} more than once; pass the "
+                        "shards of one run, each once")

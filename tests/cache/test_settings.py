@@ -1,0 +1,74 @@
+"""ExtractionSettings / EncoderSettings: defaults, and errors that name the key to change."""
+
+from __future__ import annotations
+
+import pytest
+
+from datamodules.attention_cache import AttentionCacheDataModule
+from datamodules.settings import EncoderSettings, ExtractionSettings
+
+
+def test_defaults_are_the_documented_ones():
+    x = ExtractionSettings()
+    assert (x.batch_size, x.workers, x.dtype, x.device, x.progress) == (8, 2, "float32", "auto", True)
+    assert (x.compression, x.encoding, x.pattern_kind) == ("none", "bfloat16-14bit", "attention")
+    e = EncoderSettings(path="enc")
+    assert (e.path, e.precision, e.batch_size) == ("enc", "32", None)
+
+
+def test_settings_are_values():
+    """Frozen and compared by value: a config and a hand-built object mean the same run."""
+    assert ExtractionSettings(dtype="bfloat16") == ExtractionSettings(dtype="bfloat16") != ExtractionSettings()
+    with pytest.raises(AttributeError):
+        ExtractionSettings().batch_size = 4  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 0}, "extraction.batch_size=0 and extraction.workers=2 must both be at least 1"),
+    ({"workers": 0}, "extraction.batch_size=8 and extraction.workers=0 must both be at least 1"),
+    ({"dtype": "fp16"}, "extraction.dtype='fp16'; use one of ['float32', 'float16', 'bfloat16']"),
+    ({"compression": "zstd"}, "extraction.compression='zstd'; use one of ['none', 'lzf', 'gzip']"),
+    ({"encoding": "float16"}, "extraction.encoding='float16'; use one of ['bfloat16-14bit', 'bfloat16-bits']"),
+    ({"pattern_kind": "value"}, "extraction.pattern_kind='value'; use one of ['attention', 'contribution']"),
+    ({"device": "gpu"}, "extraction.device='gpu' is not a torch device; use auto, cpu, cuda or cuda:<index>"),
+])
+def test_bad_extraction_settings_name_the_key(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        ExtractionSettings(**kwargs)
+    assert str(info.value) == message
+
+
+def test_any_torch_device_is_accepted_without_touching_it():
+    assert [ExtractionSettings(device=d).device for d in ("cpu", "cuda", "cuda:1", "auto")] == [
+        "cpu", "cuda", "cuda:1", "auto"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"path": ""}, "encoder.path is empty; give an exported AP-MAE directory or a LitAPMAE checkpoint"),
+    ({"path": "enc", "precision": "bf16"}, "encoder.precision='bf16'; use one of ['32', 'bf16-mixed', '16-mixed']"),
+    ({"path": "enc", "batch_size": 0},
+     "encoder.batch_size=0; it must be at least 1 (or null for the DataModule's default)"),
+])
+def test_bad_encoder_settings_name_the_key(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        EncoderSettings(**kwargs)
+    assert str(info.value) == message
+
+
+def test_a_bare_value_for_a_settings_argument_says_what_to_pass(target_dir, scenarios_path, tmp_path):
+    common = dict(target=str(target_dir), scenarios=str(scenarios_path), cache_dir=str(tmp_path), mode="scenarios")
+    with pytest.raises(TypeError) as info:
+        AttentionCacheDataModule(encoder="artifacts/apmae", **common)  # type: ignore[arg-type]
+    assert str(info.value) == ("encoder='artifacts/apmae': pass encoder=EncoderSettings(...) (in a config, "
+                               "a nested mapping under encoder:)")
+    with pytest.raises(TypeError, match=r"extraction=\{'dtype': 'bfloat16'\}: pass extraction=ExtractionSettings"):
+        AttentionCacheDataModule(extraction={"dtype": "bfloat16"}, **common)  # type: ignore[arg-type]
+
+
+def test_the_datamodule_keeps_its_settings(target_dir, scenarios_path, tmp_path):
+    extraction = ExtractionSettings(device="cpu", pattern_kind="contribution")
+    encoder = EncoderSettings(path="enc", precision="16-mixed")
+    dm = AttentionCacheDataModule(target=str(target_dir), scenarios=str(scenarios_path), cache_dir=str(tmp_path),
+                                  mode="scenarios", extraction=extraction, encoder=encoder)
+    assert dm.extraction is extraction and dm.encoder is encoder
+    assert dm.cache_names == {dm.train_target_name: f"{dm.train_target_name}.contribution"}

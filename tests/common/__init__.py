@@ -1,0 +1,1 @@
+"""What every stage shares: the sharded HDF5 row store."""
