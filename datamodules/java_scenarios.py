@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,11 +30,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from apmae.mining.miner import mine_scenarios
-from apmae.mining.prompts import PROMPT_FORMATS
+from apmae.mining.miner import load_tokenizer, mine_scenarios
+from apmae.mining.prompts import PROMPT_FORMATS, tokenizer_fingerprint
+from apmae.mining.retokenize import retokenize
 from apmae.mining.scenario_set import FORMAT_VERSION, SPLITS, ScenarioSet
 from apmae.mining.sources import JavaSources
 from apmae.mining.tasks import get_tasks
+
+log = logging.getLogger(__name__)
 
 MINER_VERSION = 1  # bump when mining changes what a cached set would contain
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
@@ -147,6 +151,7 @@ class JavaScenarioDataModule(pl.LightningDataModule):
             raise ValueError(f"prompt_format={prompt_format!r}; use one of {PROMPT_FORMATS}")
         self.prompt_format = prompt_format
         self._scenarios: ScenarioSet | None = None
+        self._tokenizer_fingerprint: str | None = None
         self.datasets: dict[str, ScenarioDataset] = {}
         self.source_ids: list[str] = []
 
@@ -197,6 +202,34 @@ class JavaScenarioDataModule(pl.LightningDataModule):
             self.prepare_data()
             self._scenarios = ScenarioSet.load(self.scenario_path)
         return self._scenarios
+
+    def tokenizer_fingerprint(self) -> str:
+        """The fingerprint (:func:`apmae.mining.prompts.tokenizer_fingerprint`) of the mining tokenizer."""
+        if self._tokenizer_fingerprint is None:
+            self._tokenizer_fingerprint = tokenizer_fingerprint(load_tokenizer(self.tokenizer, "auto")[0])
+        return self._tokenizer_fingerprint
+
+    def scenario_set_for(self, tokenizer: Any) -> ScenarioSet:
+        """The same holes cut for another target's ``tokenizer`` (:func:`apmae.mining.retokenize.retokenize`).
+
+        The mining tokenizer gets :meth:`scenario_set` itself; another one a set cut from the same
+        source files at the same holes, stored beside it (``scenarios-<key>.<tokenizer>.npz``) and
+        reused. How many holes did not survive is printed and kept in the set's metadata.
+        """
+        fingerprint = tokenizer_fingerprint(tokenizer)
+        if fingerprint == self.tokenizer_fingerprint():
+            return self.scenario_set()
+        path = self.scenario_path.with_name(f"{self.scenario_path.stem}.{fingerprint}.npz")
+        if not path.exists():
+            recut, report = retokenize(self.scenario_set(), JavaSources(self.sources), tokenizer,
+                                       prompt_format=self.prompt_format)
+            name = getattr(tokenizer, "name_or_path", "") or fingerprint
+            log.warning("scenarios for tokenizer %s (cut at the holes of the mining tokenizer's set): %s",
+                        name, report.summary())
+            if self.progress:
+                print(f"scenarios for tokenizer {name}: {report.summary()}")
+            recut.save(path)
+        return ScenarioSet.load(path)
 
     @property
     def task_names(self) -> list[str]:

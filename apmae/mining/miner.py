@@ -39,7 +39,7 @@ from tree_sitter import Parser, QueryCursor
 
 from apmae.mining.fim import FimTokens, balanced_context, fim_sequence
 from apmae.mining.offsets import byte_to_char, code_points, is_whitespace
-from apmae.mining.prompts import FIM_OVERHEAD, PromptFormat, resolve_prompt_format
+from apmae.mining.prompts import FIM_OVERHEAD, PromptFormat, resolve_prompt_format, tokenizer_fingerprint
 from apmae.mining.scenario_set import SPLITS, ScenarioSet
 from apmae.mining.sources import JavaSources, Source, SourceFile
 from apmae.mining.tasks import NON_CODE_QUERY, FileContext, Span, Task, compile_query, get_tasks, java_language
@@ -180,7 +180,7 @@ class FileMiner:
             result.candidates[ti] = len(cands)
             picked = rng.sample(cands, min(cfg.max_per_file, len(cands)))
             chosen.extend((ti, span) for span in sorted(picked))
-        self._assemble_all(file, enc, chosen, result)
+        self.assemble(file, enc, chosen, result)
         return result
 
     def candidates(self, file: SourceFile, enc: Any) -> dict[int, list[Span]]:
@@ -222,7 +222,9 @@ class FileMiner:
             spans[ti] = task.refine(data, found) if task.refine else found
         return spans
 
-    def _assemble_all(self, file: SourceFile, enc: Any, chosen: list[tuple[int, Span]], result: FileResult) -> None:
+    def assemble(self, file: SourceFile, enc: Any, chosen: list[tuple[int, Span]], result: FileResult) -> None:
+        """Prompts for the ``chosen`` (task index, byte span) holes of ``file`` (``enc``: its encoding) into
+        ``result``: built ones as scenarios, the others counted by reason."""
         if not chosen:
             return
         to_char = byte_to_char(file.data, file.text)
@@ -343,7 +345,7 @@ def _left_only(budget: int, left: _Side) -> int:
 def candidate_spans(text: str, tokenizer: Any, tasks: Sequence[str] | None = None, *,
                     seed: int = 0) -> dict[str, list[Span]]:
     """Every candidate hole of each task in one Java text, as byte spans (to inspect a task)."""
-    _, tok_json, prompt = _load_tokenizer(tokenizer, "auto")
+    _, tok_json, prompt = load_tokenizer(tokenizer, "auto")
     task_objs = get_tasks(tasks)
     return FileMiner(MiningConfig(seed=seed, fim=prompt.fim, prompt_format=prompt.name, bos=prompt.bos), task_objs,
                      tok_json).text_candidates(text)
@@ -431,8 +433,8 @@ def mine_scenarios(
     quotas = _quotas(task_objs, n_per_task, proportions)
     fractions = _check_splits(splits)
     _check_sizes(seq_len, max_per_file, max_label_tokens, num_workers)
-    hf_tok, tok_json, prompt = _load_tokenizer(tokenizer, prompt_format)
-    pad_id = _pad_id(hf_tok, prompt) if pad else None
+    hf_tok, tok_json, prompt = load_tokenizer(tokenizer, prompt_format)
+    pad_id = pad_id_of(hf_tok, prompt) if pad else None
     if pad and pad_id is None:
         raise ValueError("pad=True needs a <fim_pad>, pad or end-of-text token in the tokenizer")
     config = MiningConfig(seq_len=seq_len, max_per_file=max_per_file, max_label_tokens=max_label_tokens,
@@ -443,7 +445,7 @@ def mine_scenarios(
     start = time.perf_counter()
     heaps = _collect(files, (config, task_objs, tok_json), quotas, report, num_workers, progress,
                      max_files, exhaustive)
-    noise = [(ti, _noise(config, t, quotas[t.name], _noise_vocab(hf_tok, prompt.fim)))
+    noise = [(ti, noise_scenarios(config, t, quotas[t.name], noise_vocab(hf_tok, prompt.fim)))
              for ti, t in enumerate(task_objs) if not t.needs_source]
     scenarios = _to_set(heaps, noise, task_objs, fractions, seed)
     report.seconds = time.perf_counter() - start
@@ -640,7 +642,7 @@ def split_of(source_id: str, fractions: Sequence[float]) -> int:
     return int(min(np.searchsorted(edges, u, side="right"), len(fractions) - 1))
 
 
-def _load_tokenizer(tokenizer: Any, prompt_format: str) -> tuple[Any, str, PromptFormat]:
+def load_tokenizer(tokenizer: Any, prompt_format: str) -> tuple[Any, str, PromptFormat]:
     """(HF tokenizer, its backend as JSON for workers, prompt format); a name or directory is loaded."""
     if isinstance(tokenizer, str):
         from transformers import AutoTokenizer  # import cost ~1 s: only when a name or directory is given
@@ -657,7 +659,7 @@ def _load_tokenizer(tokenizer: Any, prompt_format: str) -> tuple[Any, str, Promp
     return tokenizer, backend.to_str(), prompt
 
 
-def _pad_id(tokenizer: Any, prompt: PromptFormat) -> int | None:
+def pad_id_of(tokenizer: Any, prompt: PromptFormat) -> int | None:
     """The id short prompts are left-padded with: ``<fim_pad>``, else the pad token, else end of text."""
     fim = prompt.fim
     for candidate in ((fim.pad, fim.eos) if fim is not None else ()) + (tokenizer.pad_token_id, tokenizer.eos_token_id):
@@ -666,7 +668,7 @@ def _pad_id(tokenizer: Any, prompt: PromptFormat) -> int | None:
     return None
 
 
-def _noise_vocab(tokenizer: Any, fim: FimTokens | None) -> np.ndarray:
+def noise_vocab(tokenizer: Any, fim: FimTokens | None) -> np.ndarray:
     """Token ids a noise scenario may use: every id but special tokens."""
     special = set(tokenizer.all_special_ids)
     if fim is not None:
@@ -674,7 +676,7 @@ def _noise_vocab(tokenizer: Any, fim: FimTokens | None) -> np.ndarray:
     return np.array([i for i in range(len(tokenizer)) if i not in special], dtype=np.int32)
 
 
-def _noise(cfg: MiningConfig, task: Task, n: int, vocab: np.ndarray) -> list[Mined]:
+def noise_scenarios(cfg: MiningConfig, task: Task, n: int, vocab: np.ndarray) -> list[Mined]:
     """``n`` control scenarios of random token ids with the prompt format's structure and no source."""
     rng = np.random.default_rng(_stable_int(cfg.seed, task.name))
     lo, hi = task.label_tokens or (1, cfg.max_label_tokens)
@@ -725,6 +727,7 @@ def _meta(tokenizer: Any, files: JavaSources, cfg: MiningConfig, tasks: Sequence
           quotas: dict[str, int], fractions: Sequence[float]) -> dict[str, Any]:
     return {
         "tokenizer": getattr(tokenizer, "name_or_path", ""),
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "vocab_size": len(tokenizer),
         "seq_len": cfg.seq_len,
         "seed": cfg.seed,

@@ -21,6 +21,8 @@ tokenizer has the FIM tokens, else ``causal``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +49,18 @@ def bos_id(tokenizer: Any) -> int | None:
         return None
     ids = tokenizer("x", add_special_tokens=True)["input_ids"]
     return int(bos) if len(ids) > 0 and ids[0] == bos else None
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """What decides a tokenizer's ids, hashed: vocabulary, merges, pre-tokenizer, special tokens, BOS handling.
+
+    Two loads of one tokenizer, or copies saved beside different models, agree; truncation and
+    padding settings, which change no id, are left out.
+    """
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    for key in ("truncation", "padding"):
+        spec.pop(key, None)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

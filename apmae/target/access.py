@@ -131,6 +131,18 @@ def load_target(name_or_path: str | Path, *, dtype: str = "float32", device: str
     return wrap_model(model, tokenizer=tokenizer, name=name, dtype=dtype)
 
 
+def load_target_tokenizer(name_or_path: str | Path, *, gguf_cache: str | Path | None = None) -> Any:
+    """The tokenizer of a target (hub name, directory or ``.gguf`` file), or None when it has none."""
+    from transformers import AutoTokenizer  # import cost ~1 s: only when a target is loaded
+
+    name = str(name_or_path)
+    source = str(convert_gguf(name, cache_dir=gguf_cache)) if is_gguf(name) else name
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError):
+        return None
+
+
 def wrap_model(model: Any, *, tokenizer: Any = None, name: str = "", dtype: str = "float32") -> Target:
     """A :class:`Target` around an already loaded model (switched to eager attention)."""
     if getattr(model.config, "_attn_implementation", "eager") != "eager":
