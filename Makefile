@@ -17,7 +17,7 @@ export TOKENIZERS_PARALLELISM := false
 $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(PIP_CONSTRAINTS) -e '.[dev,analysis]'
+	$(PY) -m pip install -q $(PIP_CONSTRAINTS) -e '.[dev,analysis,gguf]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -43,9 +43,11 @@ from torch.utils.data import DataLoader, Dataset
 from apmae.cache.extract import cache_name, ensure_cache, target_short_name
 from apmae.cache.store import AttentionCache, CacheMismatchError, cache_files
 from apmae.encodings.store import encoder_hash, ensure_encodings, pattern_stats
+from apmae.mining.prompts import tokenizer_fingerprint
 from apmae.mining.scenario_set import SPLITS, ScenarioSet, load_source, source_seq_len
 from apmae.model.loading import ENCODER_PRECISIONS, load_encoder
 from apmae.model.scaling import get_scaler, scale
+from apmae.target.access import load_target_tokenizer
 from datamodules.java_scenarios import JavaScenarioDataModule
 from datamodules.rows import EncodingRows, collate_encodings, row_columns, select_rows
 from datamodules.settings import EncoderSettings, ExtractionSettings, check_settings
@@ -208,7 +210,9 @@ class AttentionCacheDataModule(L.LightningDataModule):
             tasks: only these task names (default: all).
             batch_size: samples per batch.
             num_workers: DataLoader worker processes (HDF5 handles open lazily in each).
-            extra_targets: more target models; their caches (same scenarios) become extra val/test dataloaders.
+            extra_targets: more target models; their caches become extra val/test dataloaders. A target with
+                the scenario set's tokenizer reads the set itself; one with another tokenizer reads the same
+                holes cut with its own tokens (see :meth:`scenario_set_of`).
             seed: seeds the layerwise head choice and class balancing.
             extraction: how the caches are built: the target's device, dtype and batches, the cache's
                 compression and value encoding, and the pattern kind (``attention``, or ``contribution``:
@@ -258,6 +262,31 @@ class AttentionCacheDataModule(L.LightningDataModule):
     def scenario_set(self) -> ScenarioSet:
         return load_source(self.scenarios)
 
+    def scenario_set_of(self, model: str) -> ScenarioSet:
+        """The scenarios a target reads: the set itself, or for an extra target with another tokenizer the
+        same holes cut with its own tokens (:meth:`JavaScenarioDataModule.scenario_set_for`).
+
+        Raises:
+            ValueError: an extra target tokenizes differently and ``scenarios`` is a saved set (no sources
+                to cut from), or its tokenizer cannot serve the prompt format.
+        """
+        base = self.scenario_set()
+        if model == self.target:
+            return base
+        tokenizer = load_target_tokenizer(model)
+        if tokenizer is None:
+            return base  # patterns need only ids: a target saved without a tokenizer reads the set as it is
+        if isinstance(self.scenarios, JavaScenarioDataModule):
+            try:
+                return self.scenarios.scenario_set_for(tokenizer)
+            except ValueError as e:
+                raise ValueError(f"extra target {model!r}: its scenarios cannot be built: {e}") from e
+        if tokenizer_fingerprint(tokenizer) == base.meta.get("tokenizer_fingerprint"):
+            return base
+        raise ValueError(f"extra target {model!r} has another tokenizer than the saved scenario set {self.scenarios} "
+                         "(or the set does not record its tokenizer): give scenarios as a JavaScenarioDataModule, "
+                         "whose sources the same holes are cut from for each tokenizer")
+
     # -- building
     def _world(self) -> tuple[int, int, int]:
         """(global rank, world size, local rank) from the trainer, or a single process."""
@@ -276,10 +305,9 @@ class AttentionCacheDataModule(L.LightningDataModule):
 
     def _build(self, rank: int, world: int, local_rank: int) -> None:
         """Reuse, resume or extract (this rank's shard of) every target's cache: :func:`apmae.cache.extract.ensure_cache`."""
-        scenarios = self.scenario_set()
         x = self.extraction
         for model in [self.target, *self.extra_targets]:
-            ensure_cache(model, scenarios, self.cache_dir, rank=rank, world_size=world, local_rank=local_rank,
+            ensure_cache(model, self.scenario_set_of(model), self.cache_dir, rank=rank, world_size=world, local_rank=local_rank,
                          dtype=x.dtype, device=x.device, batch_size=x.batch_size, compression=x.compression,
                          encoding=x.encoding, workers=x.workers, pattern_kind=x.pattern_kind, progress=x.progress)
 

@@ -1,10 +1,10 @@
-"""JavaScenarioDataModule: mined FIM completion scenarios as batches, reusable without AP-MAE.
+"""JavaScenarioDataModule: mined completion scenarios (FIM or causal prompts) as batches, reusable without AP-MAE.
 
 Glossary: B batch, N scenarios, S prompt tokens (``seq_len``), K tokens of the longest hole.
 
 Batches are dicts of tensors:
 
-- ``input_ids`` (B, S) long: ``<fim_prefix> prefix <fim_suffix> suffix <fim_middle>``
+- ``input_ids`` (B, S) long: ``<fim_prefix> prefix <fim_suffix> suffix <fim_middle>`` or ``[BOS] prefix``
 - ``label_ids`` (B, K) long, the hole's tokens padded with 0; ``label_mask`` (B, K) bool
 - ``task`` (B,) long: index into ``task_names``
 - ``index`` (B,) long: row in the :class:`~apmae.mining.scenario_set.ScenarioSet`
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,10 +30,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from apmae.mining.miner import load_tokenizer, mine_scenarios
+from apmae.mining.prompts import PROMPT_FORMATS, tokenizer_fingerprint
+from apmae.mining.retokenize import retokenize
 from apmae.mining.scenario_set import FORMAT_VERSION, SPLITS, ScenarioSet
-from apmae.mining.miner import mine_scenarios
 from apmae.mining.sources import JavaSources
 from apmae.mining.tasks import get_tasks
+
+log = logging.getLogger(__name__)
 
 MINER_VERSION = 1  # bump when mining changes what a cached set would contain
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
@@ -68,12 +73,12 @@ class ScenarioDataset(Dataset):
 
 
 class JavaScenarioDataModule(pl.LightningDataModule):
-    """Mines FIM scenarios once (cached by a hash of the inputs) and serves them per split.
+    """Mines completion scenarios once (cached by a hash of the inputs) and serves them per split.
 
     Args:
         sources: Java sources: directories, ``.zip``/``.tar(.gz)`` archives, JSONL/Parquet files with a
             ``content`` column, or ``hf:NAME?split=train`` Hugging Face datasets.
-        tokenizer: hub name or local directory of a fast tokenizer with FIM tokens.
+        tokenizer: hub name or local directory of a fast tokenizer (with FIM tokens for ``fim`` prompts).
         tasks: task names (see ``apmae.mining.tasks.task_names()``); None for all registered tasks.
         seq_len: tokens per prompt.
         n_per_task: scenarios per task (or a mapping task -> count).
@@ -90,6 +95,8 @@ class JavaScenarioDataModule(pl.LightningDataModule):
         max_files: read at most this many source files.
         shuffle: shuffle the training split each epoch.
         progress: show a progress bar and the mining summary.
+        prompt_format: ``fim`` (``<fim_prefix>..<fim_suffix>..<fim_middle>``), ``causal`` (the left context
+            only, for models without FIM training) or ``auto`` (``fim`` when the tokenizer has FIM tokens).
     """
 
     def __init__(
@@ -113,6 +120,7 @@ class JavaScenarioDataModule(pl.LightningDataModule):
         max_files: int | None = None,
         shuffle: bool = True,
         progress: bool = True,
+        prompt_format: str = "fim",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -139,7 +147,11 @@ class JavaScenarioDataModule(pl.LightningDataModule):
         self.max_files = max_files
         self.shuffle = shuffle
         self.progress = progress
+        if prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt_format={prompt_format!r}; use one of {PROMPT_FORMATS}")
+        self.prompt_format = prompt_format
         self._scenarios: ScenarioSet | None = None
+        self._tokenizer_fingerprint: str | None = None
         self.datasets: dict[str, ScenarioDataset] = {}
         self.source_ids: list[str] = []
 
@@ -160,7 +172,7 @@ class JavaScenarioDataModule(pl.LightningDataModule):
             "seq_len": self.seq_len, "n_per_task": self.n_per_task,
             "proportions": self.proportions, "max_per_file": self.max_per_file,
             "max_label_tokens": self.max_label_tokens, "splits": list(self.splits), "seed": self.seed,
-            "pad": self.pad, "max_files": self.max_files,
+            "pad": self.pad, "max_files": self.max_files, "prompt_format": self.prompt_format,
             "format": FORMAT_VERSION, "miner": MINER_VERSION,
         }
         return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -180,7 +192,7 @@ class JavaScenarioDataModule(pl.LightningDataModule):
             n_per_task=self.n_per_task, proportions=self.proportions, max_per_file=self.max_per_file,
             max_label_tokens=self.max_label_tokens,
             splits=self.splits, seed=self.seed, num_workers=self.mining_workers, progress=self.progress,
-            pad=self.pad, max_files=self.max_files)
+            pad=self.pad, max_files=self.max_files, prompt_format=self.prompt_format)
         result.scenarios.meta["mining_report"] = result.report.summary()
         result.scenarios.save(path)
 
@@ -190,6 +202,34 @@ class JavaScenarioDataModule(pl.LightningDataModule):
             self.prepare_data()
             self._scenarios = ScenarioSet.load(self.scenario_path)
         return self._scenarios
+
+    def tokenizer_fingerprint(self) -> str:
+        """The fingerprint (:func:`apmae.mining.prompts.tokenizer_fingerprint`) of the mining tokenizer."""
+        if self._tokenizer_fingerprint is None:
+            self._tokenizer_fingerprint = tokenizer_fingerprint(load_tokenizer(self.tokenizer, "auto")[0])
+        return self._tokenizer_fingerprint
+
+    def scenario_set_for(self, tokenizer: Any) -> ScenarioSet:
+        """The same holes cut for another target's ``tokenizer`` (:func:`apmae.mining.retokenize.retokenize`).
+
+        The mining tokenizer gets :meth:`scenario_set` itself; another one a set cut from the same
+        source files at the same holes, stored beside it (``scenarios-<key>.<tokenizer>.npz``) and
+        reused. How many holes did not survive is printed and kept in the set's metadata.
+        """
+        fingerprint = tokenizer_fingerprint(tokenizer)
+        if fingerprint == self.tokenizer_fingerprint():
+            return self.scenario_set()
+        path = self.scenario_path.with_name(f"{self.scenario_path.stem}.{fingerprint}.npz")
+        if not path.exists():
+            recut, report = retokenize(self.scenario_set(), JavaSources(self.sources), tokenizer,
+                                       prompt_format=self.prompt_format)
+            name = getattr(tokenizer, "name_or_path", "") or fingerprint
+            log.warning("scenarios for tokenizer %s (cut at the holes of the mining tokenizer's set): %s",
+                        name, report.summary())
+            if self.progress:
+                print(f"scenarios for tokenizer {name}: {report.summary()}")
+            recut.save(path)
+        return ScenarioSet.load(path)
 
     @property
     def task_names(self) -> list[str]:

@@ -77,3 +77,36 @@ def tiny_tokenizer():
 def _mlflow_into_tmp(tmp_path, monkeypatch):
     """Any MLflow logging a test triggers goes to its own tmp store, never the repo's mlruns/."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def _causal_tokenizer(*, adds_bos: bool):
+    """A byte-level BPE tokenizer without FIM tokens, like a Llama (adds ``<s>``) or a GPT-2 (adds nothing)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<s>", "</s>", "<pad>"] if adds_bos else ["<|endoftext|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(JAVA_SNIPPETS * 20, trainer=trainer)
+    if adds_bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                           special_tokens=[("<s>", tok.token_to_id("<s>"))])
+        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                       clean_up_tokenization_spaces=False, model_max_length=1 << 20)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   clean_up_tokenization_spaces=False, model_max_length=1 << 20)
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer():
+    """No FIM tokens; puts a BOS token ``<s>`` in front of every text, as Llama and Gemma tokenizers do."""
+    return _causal_tokenizer(adds_bos=True)
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    """No FIM tokens and no BOS added, as GPT-2 style tokenizers."""
+    return _causal_tokenizer(adds_bos=False)

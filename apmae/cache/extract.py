@@ -36,6 +36,7 @@ from apmae.cache.store import (DEFAULT_COMPRESSION, DEFAULT_PATTERN_KIND, Attent
                          CacheSpec, CacheWriter, cache_files, check_identity, check_pattern_kind, shard_path)
 from apmae.cache.codec import DEFAULT_ENCODING
 from apmae.mining.scenario_set import ScenarioSet
+from apmae.target.context import check_context
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -89,6 +90,7 @@ def extract(
     if workers < 1:
         raise ValueError(f"workers={workers}; it must be at least 1")
     check_scenarios(scenarios)
+    check_context(target, scenarios.seq_len)
     if check_pattern_kind(pattern_kind) == "contribution":
         from apmae.target.layout import attention_layers
 

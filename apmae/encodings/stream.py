@@ -45,6 +45,7 @@ from apmae.encodings.store import (COLUMNS, OUTCOMES, EncodingsSpec, EncodingsWr
 from apmae.cache.extract import ExtractionResult, check_scenarios, run_in_order, threads_per_worker
 from apmae.common.h5shards import shard_rows
 from apmae.mining.scenario_set import ScenarioSet
+from apmae.target.context import check_context
 
 # Columns copied from the ScenarioSet (``scenario_index`` is the row itself; the outcomes come from the target).
 _SCENARIO_COLUMNS = tuple(c for c in COLUMNS if c != "scenario_index" and c not in OUTCOMES)
@@ -110,6 +111,7 @@ def stream_encodings(
     _check_args(target, net, batch_size=batch_size, workers=workers, chunk=chunk)
     get_scaler(scaler)
     check_scenarios(scenarios)
+    check_context(target, scenarios.seq_len)
     spec = stream_spec(target, scenarios, net, scaler=scaler, rank=rank, world_size=world_size)
     rows = shard_rows(len(scenarios), rank, world_size)
     encode = partial(encode_batch, target, net, scenarios, scaler=scaler, autocast_dtype=autocast_dtype, chunk=chunk)

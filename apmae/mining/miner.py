@@ -1,13 +1,15 @@
-"""Mining FIM completion scenarios from Java sources.
+"""Mining completion scenarios from Java sources, as FIM or left-context (causal) prompts.
 
 Glossary: S prompt tokens (``seq_len``), Cp / Cs prefix / suffix tokens kept
-around the hole (Cp + Cs = S - 3, split by :func:`apmae.mining.fim.balanced_context`).
+around the hole (FIM: Cp + Cs = S - 3, split by :func:`apmae.mining.fim.balanced_context`;
+causal: Cp = S, or S - 1 after a BOS; see :mod:`apmae.mining.prompts`).
 
 For each file: tokenize once, parse once, run every task's query in one pass,
 draw at most ``max_per_file`` candidate spans per task with an RNG seeded from
 (seed, source id, task), and assemble each into exactly ``S`` tokens::
 
     <fim_prefix> prefix[-Cp:] <fim_suffix> suffix[:Cs] <fim_middle>     label = hole tokens
+    [BOS] prefix[-Cp:]                                                  (prompt_format causal)
 
 Prefix, hole and suffix are tokenized separately (as a FIM user would), so
 decoding prefix + label + suffix gives back the file's text around the hole.
@@ -37,6 +39,7 @@ from tree_sitter import Parser, QueryCursor
 
 from apmae.mining.fim import FimTokens, balanced_context, fim_sequence
 from apmae.mining.offsets import byte_to_char, code_points, is_whitespace
+from apmae.mining.prompts import FIM_OVERHEAD, PromptFormat, resolve_prompt_format, tokenizer_fingerprint
 from apmae.mining.scenario_set import SPLITS, ScenarioSet
 from apmae.mining.sources import JavaSources, Source, SourceFile
 from apmae.mining.tasks import NON_CODE_QUERY, FileContext, Span, Task, compile_query, get_tasks, java_language
@@ -44,6 +47,7 @@ from apmae.mining.tasks import NON_CODE_QUERY, FileContext, Span, Task, compile_
 log = logging.getLogger(__name__)
 
 FILE_SKIPS = ("too_short",)  # file-level reasons added by mining (sources count the others)
+TINY_SPLIT = 10  # a split with a positive fraction but fewer rows is warned about at mining time
 SCENARIO_SKIPS = ("label_length", "short_context")
 
 
@@ -57,7 +61,14 @@ class MiningConfig:
     seed: int = 0
     pad: bool = False  # left-pad short contexts with <fim_pad> instead of skipping them
     pad_id: int | None = None
-    fim: FimTokens | None = None
+    fim: FimTokens | None = None  # the FIM ids (prompt_format fim)
+    prompt_format: str = "fim"  # "fim" or "causal" (resolved, see apmae.mining.prompts)
+    bos: int | None = None  # causal: the BOS id put first, when the tokenizer adds one
+
+    @property
+    def overhead(self) -> int:
+        """Prompt tokens that are not context: three FIM tokens, or the causal BOS."""
+        return FIM_OVERHEAD if self.prompt_format == "fim" else int(self.bos is not None)
 
 
 @dataclass
@@ -112,6 +123,8 @@ class MiningReport:
     stopped_early: bool = False  # every quota was filled before the corpus ended
     seconds: float = 0.0
     num_workers: int = 0
+    split_rows: dict[str, int] = field(default_factory=dict)  # split name -> scenarios
+    split_files: dict[str, int] = field(default_factory=dict)  # split name -> source files with scenarios
 
     def summary(self) -> str:
         """A plain-text table for logs and terminals."""
@@ -120,6 +133,8 @@ class MiningReport:
                  f"({rate:.1f} files/s, {self.num_workers} workers)"
                  + (", stopped once every quota was filled" if self.stopped_early else ""),
                  "skipped files: " + (", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items())) or "none"),
+                 "splits (by source file): " + (", ".join(f"{k}={v} scenarios from {self.split_files.get(k, 0)} files"
+                                                          for k, v in self.split_rows.items()) or "none"),
                  f"{'task':<24}{'files':>8}{'w/cand':>8}{'cands':>9}{'built':>8}{'kept':>7}{'quota':>7}  rejected"]
         for t in self.tasks:
             rej = ", ".join(f"{k}={v}" for k, v in sorted(t.rejected.items()))
@@ -156,7 +171,7 @@ class FileMiner:
         cfg = self.config
         result = FileResult(file.source_id, len(self.tasks))
         enc = self.tokenizer.encode(file.text, add_special_tokens=False)
-        if len(enc.ids) < cfg.seq_len - 3 and not cfg.pad:
+        if len(enc.ids) < cfg.seq_len - cfg.overhead and not cfg.pad:
             result.skip = "too_short"
             return result
         chosen: list[tuple[int, Span]] = []
@@ -165,7 +180,7 @@ class FileMiner:
             result.candidates[ti] = len(cands)
             picked = rng.sample(cands, min(cfg.max_per_file, len(cands)))
             chosen.extend((ti, span) for span in sorted(picked))
-        self._assemble_all(file, enc, chosen, result)
+        self.assemble(file, enc, chosen, result)
         return result
 
     def candidates(self, file: SourceFile, enc: Any) -> dict[int, list[Span]]:
@@ -207,7 +222,9 @@ class FileMiner:
             spans[ti] = task.refine(data, found) if task.refine else found
         return spans
 
-    def _assemble_all(self, file: SourceFile, enc: Any, chosen: list[tuple[int, Span]], result: FileResult) -> None:
+    def assemble(self, file: SourceFile, enc: Any, chosen: list[tuple[int, Span]], result: FileResult) -> None:
+        """Prompts for the ``chosen`` (task index, byte span) holes of ``file`` (``enc``: its encoding) into
+        ``result``: built ones as scenarios, the others counted by reason."""
         if not chosen:
             return
         to_char = byte_to_char(file.data, file.text)
@@ -231,13 +248,19 @@ class FileMiner:
         lo, hi = task.label_tokens or (1, cfg.max_label_tokens)
         if not lo <= len(label) <= hi:
             return "label_length"
-        budget = cfg.seq_len - 3  # the hole is not in the prompt: S = 3 FIM tokens + prefix + suffix
-        n_left, n_right = _balance(budget, left, right)
+        budget = cfg.seq_len - cfg.overhead  # the hole is not in the prompt: S = overhead + context
+        if cfg.prompt_format == "causal":
+            n_left, n_right = _left_only(budget, left), 0
+        else:
+            n_left, n_right = _balance(budget, left, right)
         pad = budget - n_left - n_right
         if pad and not cfg.pad:
             return "short_context"
         left_ids = left.ids[len(left.ids) - n_left:] if n_left else []
-        prompt = [cfg.pad_id] * pad + fim_sequence(left_ids, right.ids[:n_right], cfg.fim)
+        if cfg.prompt_format == "causal":
+            prompt = [cfg.pad_id] * pad + ([cfg.bos] if cfg.bos is not None else []) + left_ids
+        else:
+            prompt = [cfg.pad_id] * pad + fim_sequence(left_ids, right.ids[:n_right], cfg.fim)
         return np.asarray(prompt, dtype=np.int32)
 
 
@@ -310,12 +333,22 @@ def _balance(budget: int, left: _Side, right: _Side) -> tuple[int, int]:
     return n_left, n_right
 
 
+def _left_only(budget: int, left: _Side) -> int:
+    """Prefix tokens kept by a causal prompt: the budget, or fewer to start on a whole character."""
+    n = min(left.available, budget)
+    for shift in range(4):  # a UTF-8 character spans at most 4 byte-level tokens
+        if n - shift >= 0 and left.clean_cut(n - shift):
+            return n - shift
+    return n
+
+
 def candidate_spans(text: str, tokenizer: Any, tasks: Sequence[str] | None = None, *,
                     seed: int = 0) -> dict[str, list[Span]]:
     """Every candidate hole of each task in one Java text, as byte spans (to inspect a task)."""
-    _, tok_json, fim = _load_tokenizer(tokenizer)
+    _, tok_json, prompt = load_tokenizer(tokenizer, "auto")
     task_objs = get_tasks(tasks)
-    return FileMiner(MiningConfig(seed=seed, fim=fim), task_objs, tok_json).text_candidates(text)
+    return FileMiner(MiningConfig(seed=seed, fim=prompt.fim, prompt_format=prompt.name, bos=prompt.bos), task_objs,
+                     tok_json).text_candidates(text)
 
 
 def _outside(spans: list[Span], regions: list[Span]) -> list[Span]:
@@ -369,13 +402,14 @@ def mine_scenarios(
     max_bytes: int = 1_000_000,
     max_files: int | None = None,
     exhaustive: bool = False,
+    prompt_format: str = "fim",
 ) -> MiningResult:
-    """Mine FIM scenarios from Java ``sources`` into a :class:`ScenarioSet`.
+    """Mine completion scenarios from Java ``sources`` into a :class:`ScenarioSet`.
 
     Args:
         sources: directories, archives, JSONL/Parquet files, ``hf:NAME?split=...``
             (see :mod:`apmae.mining.sources`), or a ready :class:`JavaSources`.
-        tokenizer: a fast Hugging Face tokenizer with FIM tokens, or its hub name / local directory.
+        tokenizer: a fast Hugging Face tokenizer (with FIM tokens for ``fim``), or its hub name / local directory.
         tasks: task names (see :func:`apmae.mining.tasks.task_names`); None for all. Task ids follow this order.
         seq_len: prompt length S; every prompt has exactly S tokens.
         n_per_task: scenarios per task, or a mapping task -> count.
@@ -386,28 +420,32 @@ def mine_scenarios(
         seed: drives every random choice; same corpus + seed -> same scenarios for any ``num_workers``.
         num_workers: processes mining files in parallel (0: in this process).
         progress: show a progress bar and print the summary.
-        pad: left-pad prompts of short files with ``<fim_pad>`` instead of skipping them.
+        pad: left-pad prompts of short files (``<fim_pad>``, else the pad or end-of-text token) instead of
+            skipping them.
         max_bytes: larger files are skipped as ``oversize``.
         max_files: read at most this many files.
         exhaustive: read the whole corpus even once every quota is filled (a uniform sample
             over the corpus instead of over its first files).
+        prompt_format: ``fim``, ``causal`` (left context only, for models without FIM training) or
+            ``auto`` (``fim`` when the tokenizer has the FIM tokens); see :mod:`apmae.mining.prompts`.
     """
     task_objs = get_tasks(tasks)
     quotas = _quotas(task_objs, n_per_task, proportions)
     fractions = _check_splits(splits)
     _check_sizes(seq_len, max_per_file, max_label_tokens, num_workers)
-    hf_tok, tok_json, fim = _load_tokenizer(tokenizer)
-    pad_id = (fim.pad if fim.pad is not None else fim.eos) if pad else None
+    hf_tok, tok_json, prompt = load_tokenizer(tokenizer, prompt_format)
+    pad_id = pad_id_of(hf_tok, prompt) if pad else None
     if pad and pad_id is None:
-        raise ValueError("pad=True needs a <fim_pad> or end-of-text token in the tokenizer")
+        raise ValueError("pad=True needs a <fim_pad>, pad or end-of-text token in the tokenizer")
     config = MiningConfig(seq_len=seq_len, max_per_file=max_per_file, max_label_tokens=max_label_tokens,
-                          seed=seed, pad=pad, pad_id=pad_id, fim=fim)
+                          seed=seed, pad=pad, pad_id=pad_id, fim=prompt.fim, prompt_format=prompt.name,
+                          bos=prompt.bos)
     files = sources if isinstance(sources, JavaSources) else JavaSources(sources, max_bytes=max_bytes)
     report = MiningReport([TaskReport(t.name, quota=quotas[t.name]) for t in task_objs], num_workers=num_workers)
     start = time.perf_counter()
     heaps = _collect(files, (config, task_objs, tok_json), quotas, report, num_workers, progress,
                      max_files, exhaustive)
-    noise = [(ti, _noise(config, t, quotas[t.name], _noise_vocab(hf_tok, fim)))
+    noise = [(ti, noise_scenarios(config, t, quotas[t.name], noise_vocab(hf_tok, prompt.fim)))
              for ti, t in enumerate(task_objs) if not t.needs_source]
     scenarios = _to_set(heaps, noise, task_objs, fractions, seed)
     report.seconds = time.perf_counter() - start
@@ -418,11 +456,31 @@ def mine_scenarios(
         if tr.kept < tr.quota:
             log.warning("task %s: only %d of %d scenarios (corpus too small or too few candidates)",
                         tr.name, tr.kept, tr.quota)
+    _count_splits(scenarios, report, fractions)
     scenarios.meta.update(_meta(hf_tok, files, config, task_objs, quotas, fractions))
     log.info("scenario mining summary\n%s", report.summary())
     if progress:
         print(report.summary())
     return MiningResult(scenarios, report)
+
+
+def _count_splits(scenarios: ScenarioSet, report: MiningReport, fractions: Sequence[float]) -> None:
+    """Rows and source files per split into the report; a warning for each split left empty or tiny.
+
+    Splits are drawn per source file, so a corpus whose scenarios come from few files can leave a
+    split with a positive fraction empty: the validation of a later stage would then have no rows.
+    """
+    for k, name in enumerate(SPLITS):
+        rows = scenarios.split == k
+        report.split_rows[name] = int(rows.sum())
+        report.split_files[name] = len(set(scenarios.source_id[rows]) - {""})
+    n_files = len(set(scenarios.source_id) - {""})
+    for name, fraction in zip(SPLITS, fractions):
+        if fraction > 0 and report.split_rows[name] < TINY_SPLIT:
+            log.warning("split %s holds %d scenarios (fraction %.2f; rows per split: %s): splits are drawn per "
+                        "source file and the scenarios come from %d files; add source files, raise n_per_task or "
+                        "max_per_file, or raise the %s fraction", name, report.split_rows[name], fraction,
+                        report.split_rows, n_files, name)
 
 
 def _collect(files: JavaSources, miner_args: tuple, quotas: dict[str, int], report: MiningReport,
@@ -570,7 +628,7 @@ def _check_splits(splits: Sequence[float]) -> tuple[float, float, float]:
 def _check_sizes(seq_len: int, max_per_file: int, max_label_tokens: int, num_workers: int) -> None:
     if max_label_tokens < 1 or seq_len < max_label_tokens + 5:
         raise ValueError(f"seq_len={seq_len} must exceed max_label_tokens={max_label_tokens} by >= 5 "
-                         "(three FIM tokens and some context); raise seq_len or lower max_label_tokens")
+                         "(up to three FIM tokens and some context); raise seq_len or lower max_label_tokens")
     if max_per_file < 1:
         raise ValueError(f"max_per_file must be >= 1, got {max_per_file}")
     if num_workers < 0:
@@ -584,8 +642,8 @@ def split_of(source_id: str, fractions: Sequence[float]) -> int:
     return int(min(np.searchsorted(edges, u, side="right"), len(fractions) - 1))
 
 
-def _load_tokenizer(tokenizer: Any) -> tuple[Any, str, FimTokens]:
-    """(HF tokenizer, its backend as JSON for workers, FIM ids); a name or directory is loaded."""
+def load_tokenizer(tokenizer: Any, prompt_format: str) -> tuple[Any, str, PromptFormat]:
+    """(HF tokenizer, its backend as JSON for workers, prompt format); a name or directory is loaded."""
     if isinstance(tokenizer, str):
         from transformers import AutoTokenizer  # import cost ~1 s: only when a name or directory is given
 
@@ -593,31 +651,45 @@ def _load_tokenizer(tokenizer: Any) -> tuple[Any, str, FimTokens]:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot load tokenizer {tokenizer!r}: {e}") from e
-    fim = FimTokens.from_tokenizer(tokenizer)
+    prompt = resolve_prompt_format(prompt_format, tokenizer)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} is not a fast "
                          "(Rust) tokenizer; load it with use_fast=True")
-    return tokenizer, backend.to_str(), fim
+    return tokenizer, backend.to_str(), prompt
 
 
-def _noise_vocab(tokenizer: Any, fim: FimTokens) -> np.ndarray:
+def pad_id_of(tokenizer: Any, prompt: PromptFormat) -> int | None:
+    """The id short prompts are left-padded with: ``<fim_pad>``, else the pad token, else end of text."""
+    fim = prompt.fim
+    for candidate in ((fim.pad, fim.eos) if fim is not None else ()) + (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return None
+
+
+def noise_vocab(tokenizer: Any, fim: FimTokens | None) -> np.ndarray:
     """Token ids a noise scenario may use: every id but special tokens."""
-    special = set(tokenizer.all_special_ids) | {fim.prefix, fim.middle, fim.suffix, fim.pad, fim.eos}
+    special = set(tokenizer.all_special_ids)
+    if fim is not None:
+        special |= {fim.prefix, fim.middle, fim.suffix, fim.pad, fim.eos}
     return np.array([i for i in range(len(tokenizer)) if i not in special], dtype=np.int32)
 
 
-def _noise(cfg: MiningConfig, task: Task, n: int, vocab: np.ndarray) -> list[Mined]:
-    """``n`` control scenarios of random token ids with the FIM structure and no source."""
+def noise_scenarios(cfg: MiningConfig, task: Task, n: int, vocab: np.ndarray) -> list[Mined]:
+    """``n`` control scenarios of random token ids with the prompt format's structure and no source."""
     rng = np.random.default_rng(_stable_int(cfg.seed, task.name))
     lo, hi = task.label_tokens or (1, cfg.max_label_tokens)
     out = []
     for _ in range(n):
         n_label = int(rng.integers(lo, hi + 1))
-        budget = cfg.seq_len - 3
+        budget = cfg.seq_len - cfg.overhead
         ids = rng.choice(vocab, size=budget + n_label).tolist()
         half = budget // 2
-        prompt = fim_sequence(ids[:half], ids[half:budget], cfg.fim)
+        if cfg.prompt_format == "causal":
+            prompt = ([cfg.bos] if cfg.bos is not None else []) + ids[:budget]
+        else:
+            prompt = fim_sequence(ids[:half], ids[half:budget], cfg.fim)
         out.append(Mined(-1, -1, -1, np.asarray(prompt, dtype=np.int32), np.asarray(ids[budget:], dtype=np.int32)))
     return out
 
@@ -641,7 +713,7 @@ def _to_set(heaps: list[list], noise: list[tuple[int, list[Mined]]], tasks: Sequ
         input_ids=np.stack([m.input_ids for _, _, m in rows]) if rows else np.zeros((0, seq_len), np.int32),
         label_ids=labels,
         label_len=np.array([len(m.label_ids) for _, _, m in rows], dtype=np.int32),
-        middle_pos=np.full(len(rows), seq_len - 1, dtype=np.int32),  # every prompt ends with <fim_middle>
+        middle_pos=np.full(len(rows), seq_len - 1, dtype=np.int32),  # the last position is scored (<fim_middle>)
         task=np.array([ti for ti, _, _ in rows], dtype=np.int16),
         source_id=np.array([src for _, src, _ in rows], dtype=str),
         span_start=np.array([m.span_start for _, _, m in rows], dtype=np.int64),
@@ -655,6 +727,7 @@ def _meta(tokenizer: Any, files: JavaSources, cfg: MiningConfig, tasks: Sequence
           quotas: dict[str, int], fractions: Sequence[float]) -> dict[str, Any]:
     return {
         "tokenizer": getattr(tokenizer, "name_or_path", ""),
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "vocab_size": len(tokenizer),
         "seq_len": cfg.seq_len,
         "seed": cfg.seed,
@@ -665,5 +738,5 @@ def _meta(tokenizer: Any, files: JavaSources, cfg: MiningConfig, tasks: Sequence
         "max_label_tokens": cfg.max_label_tokens,
         "splits": dict(zip(SPLITS, fractions)),
         "pad": cfg.pad,
-        "fim": {"prefix": cfg.fim.prefix, "suffix": cfg.fim.suffix, "middle": cfg.fim.middle},
+        **PromptFormat(cfg.prompt_format, fim=cfg.fim, bos=cfg.bos).describe(),
     }

@@ -1,4 +1,4 @@
-"""A set of mined FIM scenarios: the hand-over between mining and extraction.
+"""A set of mined completion scenarios: the hand-over between mining and extraction.
 
 Glossary: N scenarios, S prompt tokens (``seq_len``), K tokens of the longest label.
 
@@ -24,10 +24,10 @@ FORMAT_VERSION = 1
 class ScenarioSet:
     """Column-wise scenarios; row ``i`` of every array is scenario ``i``."""
 
-    input_ids: np.ndarray  # (N, S) int32, FIM prompt ending with <fim_middle>
+    input_ids: np.ndarray  # (N, S) int32, prompt ending right before the hole (FIM: with <fim_middle>)
     label_ids: np.ndarray  # (N, K) int32, the hole's tokens, padded with 0
     label_len: np.ndarray  # (N,) int32, valid entries of label_ids (>= 1)
-    middle_pos: np.ndarray  # (N,) int32, position of <fim_middle> in input_ids
+    middle_pos: np.ndarray  # (N,) int32, the scored position in input_ids (FIM: <fim_middle>; mined: S - 1)
     task: np.ndarray  # (N,) int16, index into task_names
     source_id: np.ndarray  # (N,) str, stable id of the source file ("" for noise)
     span_start: np.ndarray  # (N,) int64, byte offset of the hole in the file (-1 for noise)
@@ -52,6 +52,11 @@ class ScenarioSet:
     def seq_len(self) -> int:
         return int(self.input_ids.shape[1])
 
+    @property
+    def prompt_format(self) -> str:
+        """``fim`` or ``causal`` (:mod:`apmae.mining.prompts`); sets mined before formats existed are FIM."""
+        return str(self.meta.get("prompt_format", "fim"))
+
     def labels(self, i: int) -> list[int]:
         """The hole's token ids of scenario ``i``."""
         return self.label_ids[i, : self.label_len[i]].tolist()
@@ -73,6 +78,8 @@ class ScenarioSet:
         for k in _COLUMNS:
             h.update(np.ascontiguousarray(getattr(self, k)).tobytes())
         h.update(json.dumps(self.task_names).encode())
+        if self.prompt_format != "fim":  # FIM sets keep the fingerprint they had before formats existed
+            h.update(f"prompt_format={self.prompt_format}".encode())
         return h.hexdigest()[:16]
 
     def save(self, path: str | Path) -> Path:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from apmae.cache.codec import DEFAULT_ENCODING
+from apmae.target.gguf import convert_gguf, is_gguf
 from apmae.target.layout import output_projections
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -100,28 +101,46 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_target(name_or_path: str | Path, *, dtype: str = "float32", device: str = "auto") -> Target:
-    """Load a causal LM (hub name or local directory) with eager attention.
+def load_target(name_or_path: str | Path, *, dtype: str = "float32", device: str = "auto",
+                gguf_cache: str | Path | None = None) -> Target:
+    """Load a causal LM (hub name, local directory or ``.gguf`` file) with eager attention.
+
+    A ``.gguf`` file is converted once to a Hugging Face directory under ``gguf_cache``
+    (default ``~/.cache/apmae/gguf``, or ``$APMAE_GGUF_CACHE``) and loaded from there
+    (:mod:`apmae.target.gguf`); the target keeps the file's path as its name.
 
     Raises:
-        ValueError: unknown dtype, unloadable model, or a model without a
-            recognisable per-layer attention output projection.
+        ValueError: unknown dtype, unloadable model, a damaged GGUF file, or a model
+            without a recognisable per-layer attention output projection.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(DTYPES)}")
     name = str(name_or_path)
+    source = str(convert_gguf(name, cache_dir=gguf_cache)) if is_gguf(name) else name
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES[dtype], attn_implementation="eager")
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], attn_implementation="eager")
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot load target model {name!r}: {e}") from e
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError):
         tokenizer = None  # patterns need only ids; the scenario set carries the tokenizer facts
     model.to(resolve_device(device)).eval()
     return wrap_model(model, tokenizer=tokenizer, name=name, dtype=dtype)
+
+
+def load_target_tokenizer(name_or_path: str | Path, *, gguf_cache: str | Path | None = None) -> Any:
+    """The tokenizer of a target (hub name, directory or ``.gguf`` file), or None when it has none."""
+    from transformers import AutoTokenizer  # import cost ~1 s: only when a target is loaded
+
+    name = str(name_or_path)
+    source = str(convert_gguf(name, cache_dir=gguf_cache)) if is_gguf(name) else name
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError):
+        return None
 
 
 def wrap_model(model: Any, *, tokenizer: Any = None, name: str = "", dtype: str = "float32") -> Target:

@@ -67,7 +67,7 @@ def _direct(model, input_ids: torch.Tensor):
     """Contributions from the layer inputs with full D-dim vectors, and the model's own o_proj inputs."""
     cfg = model.config
     h, kv = cfg.num_attention_heads, cfg.num_key_value_heads
-    hd = cfg.hidden_size // h
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // h  # Gemma-like heads are wider
     o_inputs = {}
     hooks = [layer.self_attn.o_proj.register_forward_pre_hook(
         lambda m, args, i=i: o_inputs.__setitem__(i, args[0].detach())) for i, layer in enumerate(model.model.layers)]
@@ -93,7 +93,13 @@ def _direct(model, input_ids: torch.Tensor):
     return results
 
 
-@pytest.mark.parametrize("build", [micro_starcoder2, micro_llama], ids=["starcoder2", "llama"])
+def wide_head_llama(vocab_size, **kwargs):
+    """Llama with head_dim 16 > hidden 32 / 4 heads, as Gemma's heads are wider than hidden / heads."""
+    return micro_llama(vocab_size, head_dim=16, **kwargs)
+
+
+@pytest.mark.parametrize("build", [micro_starcoder2, micro_llama, wide_head_llama],
+                         ids=["starcoder2", "llama", "llama-wide-heads"])
 def test_agrees_with_direct_einsum_on_micro_models(build):
     model = build(97, layers=2, heads=4, kv_heads=2, hidden=32)
     ids = torch.randint(0, 97, (3, 11), generator=torch.Generator().manual_seed(0))

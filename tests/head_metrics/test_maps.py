@@ -61,9 +61,12 @@ def test_final_norm_scale_changes_the_ranking():
     assert unscaled == 1.0 and scores == pytest.approx(5 / 6)
 
 
-def test_gqa_mapping_matches_the_model_forward():
-    """Each query head's OV output as the model computes it: one-token inputs, values swapped in at v_proj."""
-    model = micro_llama(40, layers=2, heads=4, kv_heads=2, hidden=32)
+@pytest.mark.parametrize("head_dim", [8, 16], ids=["hidden-over-heads", "wide-heads"])
+def test_gqa_mapping_matches_the_model_forward(head_dim):
+    """Each query head's OV output as the model computes it: one-token inputs, values swapped in at v_proj.
+
+    head_dim 16 with hidden 32 and 4 heads: heads wider than hidden / heads, as Gemma's."""
+    model = micro_llama(40, layers=2, heads=4, kv_heads=2, hidden=32, head_dim=head_dim)
     layers, ends = attention_layers(model), vocabulary_ends(model)
     sources = torch.arange(40)
     captured = {}
@@ -76,7 +79,7 @@ def test_gqa_mapping_matches_the_model_forward():
     finally:
         swap.remove()
         grab.remove()
-    z = captured["z"][:, 0].view(40, 4, 8)  # (n, H, hd) the model's own kv head for each query head
+    z = captured["z"][:, 0].view(40, 4, head_dim)  # (n, H, hd) the model's own kv head for each query head
     w_o = layers[1].output_weight()  # (H, D, hd)
     readout = ends.unembed * ends.final_scale
     direct = torch.einsum("nhk,hdk,vd->hnv", z, w_o, readout)  # (H, n, V)
