@@ -31,6 +31,7 @@ more follows per ``extra_targets`` entry (cross-model generalisation).
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -281,11 +282,17 @@ class AttentionCacheDataModule(L.LightningDataModule):
                 return self.scenarios.scenario_set_for(tokenizer)
             except ValueError as e:
                 raise ValueError(f"extra target {model!r}: its scenarios cannot be built: {e}") from e
-        if tokenizer_fingerprint(tokenizer) == base.meta.get("tokenizer_fingerprint"):
+        recorded = base.meta.get("tokenizer_fingerprint")
+        if recorded is None:  # a set saved before tokenizers were recorded: read as it is, as before
+            warnings.warn(f"the scenario set {self.scenarios} records no tokenizer, so extra target {model!r} reads "
+                          "it as it is (right when both share a tokenizer); give scenarios as a "
+                          "JavaScenarioDataModule to cut the holes for each target's tokenizer", stacklevel=2)
             return base
-        raise ValueError(f"extra target {model!r} has another tokenizer than the saved scenario set {self.scenarios} "
-                         "(or the set does not record its tokenizer): give scenarios as a JavaScenarioDataModule, "
-                         "whose sources the same holes are cut from for each tokenizer")
+        if tokenizer_fingerprint(tokenizer) == recorded:
+            return base
+        raise ValueError(f"extra target {model!r} has another tokenizer than the saved scenario set {self.scenarios}: "
+                         "give scenarios as a JavaScenarioDataModule, whose sources the same holes are cut from "
+                         "for each tokenizer")
 
     # -- building
     def _world(self) -> tuple[int, int, int]:

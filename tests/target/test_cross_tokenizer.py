@@ -72,3 +72,10 @@ def test_extra_targets_whose_scenarios_cannot_be_built_are_named(java_corpus, st
                                     extra_targets=[str(llama_dir)])
     with pytest.raises(ValueError, match="another tokenizer than the saved scenario set.*JavaScenarioDataModule"):
         data.prepare_data()
+    legacy = fim.scenario_set()
+    legacy.meta.pop("tokenizer_fingerprint")
+    legacy_path = legacy.save(tmp_path / "legacy.npz")  # a set saved before tokenizers were recorded
+    data = AttentionCacheDataModule(target=str(starcoder2_dir), scenarios=str(legacy_path),
+                                    cache_dir=str(tmp_path / "c3"), extra_targets=[str(llama_dir)])
+    with pytest.warns(UserWarning, match="records no tokenizer"):
+        assert data.scenario_set_of(str(llama_dir)).fingerprint() == legacy.fingerprint()
