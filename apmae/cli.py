@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+import yaml
+from lightning.pytorch.loggers import MLFlowLogger
 
 from apmae.common.allocator import keep_freed_memory
 from apmae.common.tracking import DEFAULT_EXPERIMENT, artifact_location, tracking_uri
@@ -73,8 +75,6 @@ class LogConfigToMLflow(SaveConfigCallback):
     """Logs the resolved config (artifact + flattened params) to every MLflow logger of the trainer."""
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
-        from lightning.pytorch.loggers import MLFlowLogger
-
         config = _with_linked_values(self.config, trainer)
         text = self.parser.dump(config, skip_none=False, skip_link_targets=False)
         params = _flatten(config.as_dict())
@@ -187,8 +187,6 @@ def _reject_probe_stage(parser: LightningArgumentParser, args: Any) -> None:
 
 def _config_model_init_args(path: Path) -> dict[str, Any]:
     """The ``model`` init args a YAML config file sets ({} when none, or when it is not valid YAML)."""
-    import yaml
-
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:

@@ -35,8 +35,14 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
-from apmae.head_metrics.distance import DEFAULT_LOCAL_THRESHOLD, DEFAULT_WINDOW
+from apmae.cache.store import AttentionCache
+from apmae.common.tracking import log_to_runs
+from apmae.head_metrics import suite
+from apmae.head_metrics.distance import DEFAULT_LOCAL_THRESHOLD, DEFAULT_WINDOW, local_heads
 from apmae.head_metrics.relations import RELATIONS
+from apmae.mining.scenario_set import SPLITS
+from apmae.target.access import load_target
+from datamodules.attention_cache import target_short_name
 
 METHODS = ("contribution", "distance", "maps")
 
@@ -87,7 +93,6 @@ class HeadMetrics(Callback):
         if n_scenarios < 1 or batch_size < 1 or anchors_per_scenario < 1:
             raise ValueError(f"n_scenarios={n_scenarios}, batch_size={batch_size} and "
                              f"anchors_per_scenario={anchors_per_scenario} must be >= 1")
-        from apmae.head_metrics.distance import local_heads
 
         local_heads(np.zeros((1, 1)), window=window, local_threshold=local_threshold)  # fail early on bad values
         self.methods, self.n_scenarios = list(methods), n_scenarios
@@ -125,10 +130,6 @@ class HeadMetrics(Callback):
             print(line, flush=True)
 
     def _compute(self, datamodule: Any) -> list[tuple[str, Any]]:
-        from apmae.cache.store import AttentionCache
-        from apmae.head_metrics import suite
-        from datamodules.attention_cache import target_short_name
-
         target_path = self.target or datamodule.target
         name = target_short_name(target_path)
         cache = AttentionCache(self.cache) if self.cache else datamodule.caches[datamodule.train_target_name]
@@ -154,16 +155,12 @@ class HeadMetrics(Callback):
         return reports
 
     def _load(self, path: str) -> Any:
-        from apmae.target.access import load_target
-
         start = time.perf_counter()
         target = load_target(path, dtype=self.dtype, device=self.device)
         self.seconds[f"load {Path(str(path)).name}"] = time.perf_counter() - start
         return target
 
     def _log(self, trainer: Trainer, root: Path, reports: list[tuple[str, Any]]) -> None:
-        from apmae.common.tracking import log_to_runs
-
         scalars = {f"head_metrics/{name}/{r.method}/{k}": v for name, r in reports for k, v in r.scalars().items()}
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=trainer.global_step)
@@ -178,8 +175,6 @@ def validation_rows(cache: Any, n: int) -> np.ndarray:
     Raises:
         ValueError: the cache has no validation rows.
     """
-    from apmae.mining.scenario_set import SPLITS
-
     val = np.flatnonzero(cache.split == SPLITS.index("val"))
     if not len(val):
         raise ValueError("the attention cache has no validation rows; give the scenario splits a val fraction > 0")

@@ -45,9 +45,16 @@ from typing import Any, Optional
 import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from apmae.interventions.head_sets import (DEFAULT_FRACTIONS, STRATEGIES, check_importance, check_ks, read_importance_csv,
-                             sweep_head_sets, sweep_ks)
+from apmae.common.plotting import pyplot
+from apmae.common.tracking import log_to_runs
+from apmae.interventions.head_sets import (DEFAULT_FRACTIONS, STRATEGIES, check_importance, check_ks,
+                                           read_importance_csv, sweep_head_sets, sweep_ks)
+from apmae.interventions.report import (RESULT_FIELDS, SCENARIO_FIELDS, TASK_FIELDS, curve_figure, key_numbers,
+                                        metric_values, result_rows, scenario_rows, task_rows, write_csv)
+from apmae.interventions.sweep import InterventionScenarios, run_sweep
 from apmae.mining.scenario_set import SPLITS
+from apmae.target.access import load_target
+from datamodules.rows import select_rows
 from lit_models.interfaces import RanksHeads, implements, require
 
 ARTIFACTS = ("results.csv", "scenarios.csv", "by_task.csv", "curve.png")
@@ -183,8 +190,6 @@ class Interventions(Callback):
     # ------------------------------------------------------------- evaluation
     def evaluate(self, trainer: Trainer, pl_module: LightningModule, *, stage: str) -> Optional[InterventionRun]:
         """One sweep per ranking (global, then per task) on rank 0; None elsewhere or without a ranking."""
-        from apmae.interventions.sweep import run_sweep
-
         if not trainer.is_global_zero:
             return None
         self._prepare(trainer, pl_module)
@@ -201,8 +206,6 @@ class Interventions(Callback):
 
     def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Load the target and choose the scenarios, once."""
-        from apmae.target.access import load_target
-
         datamodule = _datamodule(trainer)
         if self.target is None:
             device = str(pl_module.device) if self.device == "auto" else self.device
@@ -274,8 +277,6 @@ class Interventions(Callback):
 
     # ---------------------------------------------------------------- logging
     def _log(self, trainer: Trainer, stage: str, sweeps: list[Any]) -> InterventionRun:
-        from apmae.interventions.report import metric_values
-
         prefix, folder = ("test/interventions", "interventions/test") if stage == "test" else \
             ("interventions", "interventions")
         values: dict[str, float] = {}
@@ -286,7 +287,6 @@ class Interventions(Callback):
         local = Path(self.output_dir or Path(trainer.default_root_dir) / "interventions")
         files = self._write_files(sweeps, local / "test" if stage == "test" else local, stage)
         location = str(files["curve.png"])
-        from apmae.common.tracking import log_to_runs
 
         for client, run_id in log_to_runs(trainer.loggers, files.values(), folder):
             uri = client.get_run(run_id).info.artifact_uri
@@ -295,11 +295,7 @@ class Interventions(Callback):
                                curve_location=location)
 
     def _write_files(self, sweeps: list[Any], folder: Path, stage: str) -> dict[str, Path]:
-        import matplotlib.pyplot as plt
-
-        from apmae.interventions.report import (RESULT_FIELDS, SCENARIO_FIELDS, TASK_FIELDS, curve_figure,
-                                               result_rows, scenario_rows, task_rows, write_csv)
-
+        plt = pyplot()
         folder.mkdir(parents=True, exist_ok=True)
         main = sweeps[0]
         files = {
@@ -322,8 +318,6 @@ class Interventions(Callback):
 
     def summary_lines(self) -> list[str]:
         """The last evaluation's key numbers per ranking and where its curve is (empty before any)."""
-        from apmae.interventions.report import key_numbers
-
         if self.last is None:
             return []
         lines = []
@@ -344,9 +338,6 @@ def choose_scenarios(datamodule: Any, *, n: int, split: str, tasks: Optional[lis
     Raises:
         ValueError: the DataModule has no attention cache or scenario set, or the split has no rows.
     """
-    from apmae.interventions.sweep import InterventionScenarios
-    from datamodules.attention_cache import select_rows
-
     caches = getattr(datamodule, "caches", None) or {}
     name = getattr(datamodule, "train_target_name", None)
     if name not in caches or not hasattr(datamodule, "scenario_set"):

@@ -27,6 +27,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
+from apmae.common.plotting import pyplot
+from apmae.common.tracking import mlflow_runs
 from apmae.model.net import masked_error
 from lit_models.interfaces import ReconstructsPatterns, require
 
@@ -195,10 +197,7 @@ class PatternFigures(Callback):
             self._save(trainer, fig, f"{folder}/grid.png")
 
     def _save(self, trainer: Trainer, fig: Any, artifact: str) -> None:
-        import matplotlib.pyplot as plt
-
-        from apmae.common.tracking import mlflow_runs
-
+        plt = pyplot()
         runs = mlflow_runs(trainer.loggers)
         for client, run_id in runs:
             client.log_figure(run_id, fig, artifact)
@@ -212,7 +211,7 @@ class PatternFigures(Callback):
 
 def _outline(ax: Any, masked: torch.Tensor, patch: int) -> None:
     """Draw a rectangle around every masked patch of a (G, G) flag grid."""
-    from matplotlib.patches import Rectangle
+    from matplotlib.patches import Rectangle  # after pyplot(): the backend is chosen first
 
     for row, col in masked.nonzero().tolist():
         ax.add_patch(Rectangle((col * patch - 0.5, row * patch - 0.5), patch, patch,
@@ -221,10 +220,7 @@ def _outline(ax: Any, masked: torch.Tensor, patch: int) -> None:
 
 def head_figure(rec: Reconstruction, i: int, *, title: str) -> Any:
     """Figure of image ``i``: original | visible input | predicted | combined."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     patch = rec.original.shape[-1] // rec.masked_patches.shape[-1]
     panels = [("original", rec.original), ("visible input", rec.visible),
@@ -243,10 +239,7 @@ def head_figure(rec: Reconstruction, i: int, *, title: str) -> Any:
 
 def grid_figure(rec: Reconstruction, rows: list[list[HeadSample]], *, offset: int, epoch: int) -> Any:
     """Grid of combined reconstructions: one row per layer, one column per head."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     patch = rec.original.shape[-1] // rec.masked_patches.shape[-1]
     cols = max(len(r) for r in rows)

@@ -19,12 +19,16 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from functools import partial
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from apmae.mining.fim import FimTokens, balanced_context, fim_sequence
+from apmae.mining.miner import FileMiner, MiningConfig
+from apmae.mining.offsets import byte_to_char
+from apmae.mining.tasks import get_tasks
 
 # one lexeme: a word, a number, a string or char literal, an operator, or one other symbol
 LEXEME = re.compile(
@@ -90,10 +94,6 @@ class FimSampler:
         are the syntactic units the scenarios cut (AST-aware FIM); a file that
         does not parse simply contributes fewer spans.
         """
-        from apmae.mining.offsets import byte_to_char
-        from apmae.mining.miner import FileMiner, MiningConfig
-        from apmae.mining.tasks import get_tasks
-
         if self._miner is None:
             tasks = [t for t in get_tasks() if t.needs_source]
             self._miner = FileMiner(MiningConfig(fim=self.fim), tasks, self.tokenizer.backend_tokenizer.to_str())
@@ -294,7 +294,7 @@ class JavaLMDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # import cost ~1 s: only when a tokenizer is named
 
         hp = self.hparams
         files = sorted(Path(self.corpus_dir).rglob("*.java"))[: hp.max_files]
@@ -313,8 +313,6 @@ class JavaLMDataModule(pl.LightningDataModule):
                                      seed=hp.seed + 1)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        from functools import partial
-
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=partial(collate_rows, pad_id=self.pad_id))
 

@@ -35,7 +35,7 @@ EXPORT_ATTN = "eager"
 def starcoder2_config(*, vocab_size: int, special_id: int, hidden_size: int, num_layers: int, num_heads: int,
                       num_kv_heads: int, intermediate_size: int, max_positions: int, rope_theta: float = 10000.0):
     """A small ``Starcoder2Config``; ``special_id`` (end of text) is bos, eos and pad."""
-    from transformers import Starcoder2Config
+    from transformers import Starcoder2Config  # import cost ~5 s: only the demo build makes a target
 
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size={hidden_size} is not a multiple of num_heads={num_heads}")
@@ -130,7 +130,7 @@ class TargetLM(LightningModule):
         if total_steps <= warmup_steps:
             raise ValueError(f"total_steps={total_steps} must exceed warmup_steps={warmup_steps}")
         self.save_hyperparameters()
-        from transformers import AutoTokenizer, Starcoder2ForCausalLM
+        from transformers import AutoTokenizer, Starcoder2ForCausalLM  # import cost, as above
 
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         special = self.tokenizer.convert_tokens_to_ids(self.tokenizer.eos_token)

@@ -48,7 +48,7 @@ def round_to_bfloat16(values: Any) -> Any:
     subnormals below 2**-133) becomes the smallest positive bfloat16, so zero
     in the cache always means zero in float32.
     """
-    import torch
+    import torch  # import cost ~1.4 s: readers decode with numpy; torch only on the device path
 
     y = values.to(torch.bfloat16)
     lost = (y == 0) & (values != 0)
@@ -60,7 +60,7 @@ def round_to_bfloat16(values: Any) -> Any:
 
 def encode_patterns(values: Any) -> np.ndarray:
     """Float patterns (torch tensor on any device) -> bfloat16 bits as uint16 numpy (:func:`round_to_bfloat16`)."""
-    import torch
+    import torch  # import cost ~1.4 s: readers decode with numpy; torch only on the device path
 
     return round_to_bfloat16(values).view(torch.int16).cpu().numpy().view(np.uint16)
 
@@ -79,7 +79,7 @@ def encode_attentions(attentions: Sequence[Any]) -> np.ndarray:
     (:func:`triangle_bits_torch`) and only they are copied. Non-zero values
     that round to zero are repaired as in :func:`encode_patterns`.
     """
-    import torch
+    import torch  # import cost ~1.4 s: readers decode with numpy; torch only on the device path
 
     first = attentions[0]
     if first.device.type != "cpu":
@@ -203,7 +203,7 @@ def triangle_bits_torch(attentions: Sequence[Any]) -> Any:
     that rounded to +0 (only float32 subnormals below 2**-133) to the smallest
     positive bfloat16, so zero still means zero.
     """
-    import torch
+    import torch  # import cost ~1.4 s: readers decode with numpy; torch only on the device path
 
     index = torch.tensor(lower_triangle_index(attentions[0].shape[-1]), device=attentions[0].device)
     layers = []
@@ -224,7 +224,7 @@ def to_14bit_torch(bits: Any) -> Any:
     Raises:
         ValueError: a value is negative, >= 2 or not finite (its two leading bits are not 0).
     """
-    import torch
+    import torch  # import cost ~1.4 s: readers decode with numpy; torch only on the device path
 
     if bits.numel() and bool(((bits < 0) | (bits >= 0x4000)).any()):  # int16 < 0: the sign bit is set
         raise ValueError(_OUTSIDE_14BIT)

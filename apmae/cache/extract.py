@@ -31,12 +31,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
-from apmae.cache.store import (DEFAULT_COMPRESSION, DEFAULT_PATTERN_KIND, AttentionCache, CacheError, CacheMismatchError,
-                         CacheSpec, CacheWriter, cache_files, check_identity, check_pattern_kind, shard_path)
-from apmae.cache.codec import DEFAULT_ENCODING
+from apmae.cache.codec import DEFAULT_ENCODING, stored_attentions
+from apmae.cache.store import (DEFAULT_COMPRESSION, DEFAULT_PATTERN_KIND, AttentionCache, CacheError,
+                               CacheMismatchError, CacheSpec, CacheWriter, cache_files, check_identity,
+                               check_pattern_kind, shard_path)
+from apmae.head_metrics.contribution import run_batch_contributions
 from apmae.mining.scenario_set import ScenarioSet
+from apmae.target.access import load_target, run_batch_stored
 from apmae.target.context import check_context
+from apmae.target.layout import attention_layers
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -92,8 +98,6 @@ def extract(
     check_scenarios(scenarios)
     check_context(target, scenarios.seq_len)
     if check_pattern_kind(pattern_kind) == "contribution":
-        from apmae.target.layout import attention_layers
-
         attention_layers(target.model)  # a model whose value projections are not found fails before any file
     spec = CacheSpec(target=target.summary(), seq_len=scenarios.seq_len, scenario_fingerprint=scenarios.fingerprint(),
                      n_scenarios=len(scenarios), shard_rank=rank, shard_world_size=world_size,
@@ -109,8 +113,6 @@ def extract(
 
 def _run(target, scenarios: ScenarioSet, writer: CacheWriter, batch_size: int, workers: int, progress: bool,
          on_batch: Callable[[int], None] | None) -> None:
-    from tqdm.auto import tqdm
-
     pending = writer.pending()
     batches = [pending[lo:lo + batch_size] for lo in range(0, len(pending), batch_size)]
     bar = tqdm(total=len(writer.rows), initial=writer.committed, unit="scenario", disable=not progress,
@@ -144,16 +146,9 @@ def run_in_order(jobs: Sequence[J], compute: Callable[[J], R], commit: Callable[
 
 def _compute(target, scenarios: ScenarioSet, writer: CacheWriter, idx: np.ndarray) -> tuple:
     """One batch's stored patterns and outcomes (runs in a worker thread; no file access)."""
-    import torch
-
-    from apmae.target.access import run_batch_stored
-
     args = (target, torch.from_numpy(scenarios.input_ids[idx]), torch.from_numpy(scenarios.label_ids[idx, 0]))
     middle_pos = torch.from_numpy(scenarios.middle_pos[idx])
     if writer.pattern_kind == "contribution":
-        from apmae.cache.codec import stored_attentions
-        from apmae.head_metrics.contribution import run_batch_contributions
-
         out = run_batch_contributions(*args, middle_pos=middle_pos)
         stored = stored_attentions(out.attentions.unbind(1), writer.encoding)  # (B, L, H, W)
     else:
@@ -175,8 +170,6 @@ def _commit(result: tuple, writer: CacheWriter, bar, on_batch: Callable[[int], N
 @contextmanager
 def threads_per_worker(device: Any, workers: int) -> Iterator[None]:
     """On CPU, split torch's threads between the workers for the block; the thread count is restored after."""
-    import torch
-
     threads = torch.get_num_threads()
     if torch.device(device).type == "cpu":
         torch.set_num_threads(max(1, threads // workers))
@@ -249,9 +242,6 @@ def ensure_cache(
     name = name or cache_name(model, pattern_kind)
     if cache_complete(cache_dir, name, model=model, scenarios=scenarios, pattern_kind=pattern_kind):
         return CacheBuild(name=name, files=cache_files(cache_dir, name), extraction=None)
-    import torch
-
-    from apmae.target.access import load_target
 
     target = load_target(model, dtype=dtype, device=extraction_device(device, local_rank))
     result = extract(target, scenarios, shard_path(cache_dir, name, rank), rank=rank, world_size=world_size,
@@ -287,8 +277,6 @@ def cache_complete(cache_dir: str | Path, name: str, *, model: str, scenarios: S
 
 def extraction_device(device: str, local_rank: int = 0) -> str:
     """``auto``: this process's GPU (``cuda:<local_rank>``) when CUDA is present, else the CPU; else ``device``."""
-    import torch
-
     if device == "auto":
         return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     return device

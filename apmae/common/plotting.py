@@ -15,6 +15,6 @@ def pyplot() -> Any:
     import matplotlib  # import cost ~0.5 s: paid by the stages that draw, not by every importer
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use(): the backend is chosen first
 
     return plt

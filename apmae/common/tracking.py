@@ -74,7 +74,7 @@ def log_to_run(run_id: str, *, tracking_uri: str | None = None, artifacts: Mappi
     """
     # mlflow takes ~2 s to import; the duck-typed helpers above never need it
     import mlflow
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric  # import cost, as above
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     for name, path in (artifacts or {}).items():

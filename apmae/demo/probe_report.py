@@ -18,6 +18,8 @@ from typing import Any
 
 from apmae.common.tracking import run_location
 from apmae.demo.overrides import input_overrides
+from apmae.patterns.cluster_probe import ClusterProbeConfig
+from apmae.patterns.run import run_recurring_patterns
 
 PROBE_CONFIG = "configs/demo/probe.yaml"
 # table columns: (metric key, header)
@@ -79,6 +81,7 @@ def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, 
     ``reduction`` is the clustering's (``pca``, or the paper's ``umap``: ~60 s more on two
     cores for the demo's 32 heads), ``workers`` the processes clustering heads at once.
     """
+    # import cost ~5 s (Lightning): the demo's --skip-probe and --help never pay it
     from apmae.cli import cli_main
     from callbacks.interventions import Interventions
 
@@ -108,9 +111,6 @@ def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, 
 
 def _patterns(cli: Any, demo_dir: str, run_id: str | None, tracking_uri: str | None, *, reduction: str,
               workers: int) -> list[str]:
-    from apmae.patterns.cluster_probe import ClusterProbeConfig
-    from apmae.patterns.run import run_recurring_patterns
-
     data = cli.datamodule
     name = data.train_target_name
     # the cluster probe fits, stops and is scored on the very rows the neural probe used

@@ -20,7 +20,7 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 4096, min_frequen
     """
     # import cost ~0.6 s (transformers): only the demo build trains a tokenizer
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # import cost, as above
 
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size={vocab_size} is below the 256 byte symbols + {len(SPECIAL_TOKENS)} special tokens")

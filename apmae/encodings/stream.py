@@ -38,13 +38,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 from apmae.cache.codec import round_to_bfloat16
-from apmae.encodings.store import (COLUMNS, OUTCOMES, EncodingsSpec, EncodingsWriter, check_encoder_seq_len,
-                             encode_patterns, encoder_hash, placeholder_outcomes, source_fingerprint)
 from apmae.cache.extract import ExtractionResult, check_scenarios, run_in_order, threads_per_worker
 from apmae.common.h5shards import shard_rows
+from apmae.encodings.store import (COLUMNS, OUTCOMES, EncodingsSpec, EncodingsWriter, check_encoder_seq_len,
+                                   encode_patterns, encoder_hash, placeholder_outcomes, source_fingerprint)
 from apmae.mining.scenario_set import ScenarioSet
+from apmae.model.scaling import get_scaler
+from apmae.target.access import run_batch
 from apmae.target.context import check_context
 
 # Columns copied from the ScenarioSet (``scenario_index`` is the row itself; the outcomes come from the target).
@@ -106,8 +110,6 @@ def stream_encodings(
         EncodingsMismatchError: ``path`` belongs to another target, encoder, scaler, scenario
             set or sharding, or the encoder's S is not the scenarios' S.
     """
-    from apmae.model.scaling import get_scaler
-
     _check_args(target, net, batch_size=batch_size, workers=workers, chunk=chunk)
     get_scaler(scaler)
     check_scenarios(scenarios)
@@ -137,8 +139,6 @@ def _check_args(target: Any, net: Any, *, batch_size: int, workers: int, chunk: 
 
 def _run(writer: EncodingsWriter, rows: np.ndarray, encode: Callable, batch_size: int, workers: int,
          progress: bool, on_batch: Callable[[int], None] | None) -> None:
-    from tqdm.auto import tqdm
-
     pending = rows[writer.committed:]
     batches = [pending[lo:lo + batch_size] for lo in range(0, len(pending), batch_size)]
     bar = tqdm(total=writer.n_rows, initial=writer.committed, unit="scenario", disable=not progress,
@@ -165,10 +165,6 @@ def encode_batch(target: Any, net: Any, scenarios: ScenarioSet, idx: np.ndarray,
     a few layers at a time (about ``chunk`` head images), so the float32
     copies the encoder needs never exceed one chunk's worth.
     """
-    import torch
-
-    from apmae.target.access import run_batch
-
     out = run_batch(target, torch.from_numpy(scenarios.input_ids[idx]), torch.from_numpy(scenarios.label_ids[idx, 0]),
                     middle_pos=torch.from_numpy(scenarios.middle_pos[idx]))
     patterns = as_cached(out.attentions)  # (B, L, H, S, S) bfloat16 on the target's device

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from apmae.common.head_tables import table_cell
+from apmae.common.plotting import pyplot
 
 
 def head_name(layer: int, head: int) -> str:
@@ -47,10 +48,7 @@ def heatmaps(path: Path, panels: Sequence[Panel], *, title: str, columns: int | 
 
     Cells carry their values while the model has at most 256 heads.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     columns = columns or len(panels)
     rows = -(-len(panels) // columns)

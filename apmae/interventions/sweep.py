@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from apmae.interventions.head_sets import HeadSet
+from apmae.target.access import accepts_argument, first_token_outcome, zero_heads
 
 BASELINE = HeadSet(strategy="none", k=0, seed=None, heads=())
 
@@ -151,10 +153,6 @@ def greedy_generate(model: Any, input_ids: Any, n_tokens: int) -> tuple[Any, Any
     Returns the float32 logits (B, V) at the last prompt position and the
     generated tokens (B, n_tokens); the first token is the argmax of those logits.
     """
-    import torch
-
-    from apmae.target.access import accepts_argument
-
     keep = {"logits_to_keep": 1} if accepts_argument(model, "logits_to_keep") else {}
     out = model(input_ids=input_ids, use_cache=True, **keep)
     first = out.logits[:, -1].float()  # (B, V)
@@ -177,10 +175,6 @@ def evaluate(target: Any, scenarios: InterventionScenarios, heads: Mapping[int, 
     Raises:
         ValueError: a head out of range, no scenarios, ``batch_size`` < 1.
     """
-    import torch
-
-    from apmae.target.access import zero_heads
-
     if batch_size < 1 or not len(scenarios):
         raise ValueError(f"need batch_size >= 1 (got {batch_size}) and at least one scenario (got {len(scenarios)})")
     mapping = heads.as_mapping() if isinstance(heads, HeadSet) else heads
@@ -194,9 +188,6 @@ def evaluate(target: Any, scenarios: InterventionScenarios, heads: Mapping[int, 
 
 
 def _evaluate_batch(target: Any, batch: InterventionScenarios) -> Outcome:
-    import torch
-
-    from apmae.target.access import first_token_outcome
 
     device = target.device
     input_ids = torch.as_tensor(batch.input_ids, dtype=torch.long, device=device)  # (B, S)

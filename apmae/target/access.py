@@ -22,7 +22,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from apmae.cache.codec import DEFAULT_ENCODING
+from apmae.cache.codec import DEFAULT_ENCODING, stored_attentions
+from apmae.common.triangle import lower_triangle_index
 from apmae.target.gguf import convert_gguf, is_gguf
 from apmae.target.layout import output_projections
 
@@ -113,7 +114,7 @@ def load_target(name_or_path: str | Path, *, dtype: str = "float32", device: str
         ValueError: unknown dtype, unloadable model, a damaged GGUF file, or a model
             without a recognisable per-layer attention output projection.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # import cost ~5 s: only when a target is loaded
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(DTYPES)}")
@@ -190,8 +191,6 @@ def run_batch_triangles(
     The triangles are gathered layer by layer on the model's device, so the
     full (B, L, H, S, S) stack is never built.
     """
-    from apmae.common.triangle import lower_triangle_index
-
     attentions, outcome = _forward(target, input_ids, label_first, middle_pos)
     index = torch.tensor(lower_triangle_index(input_ids.shape[1]), device=attentions[0].device)
     triangles = torch.stack([a.flatten(-2).index_select(-1, index) for a in attentions], dim=1)  # (B, L, H, T)
@@ -209,8 +208,6 @@ def run_batch_stored(
     layers' attentions (``encoding="bfloat16-bits"`` gives the bfloat16 bit
     patterns of the triangles, uint16).
     """
-    from apmae.cache.codec import stored_attentions
-
     attentions, outcome = _forward(target, input_ids, label_first, middle_pos)
     return StoredOutput(**vars(outcome), stored=stored_attentions(attentions, encoding), encoding=encoding)
 
