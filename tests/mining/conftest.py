@@ -81,3 +81,11 @@ def tokenizer_dir(tiny_tokenizer, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tokenizer")
     tiny_tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def java_corpus(tmp_path_factory) -> Path:
+    """:func:`write_corpus` with 4 variants of each file, written once for the mining tests."""
+    root = tmp_path_factory.mktemp("corpus")
+    write_corpus(root, n_copies=4)
+    return root
