@@ -27,6 +27,7 @@ import random
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -111,7 +112,12 @@ class HeadMetrics(Callback):
     def _run(self, trainer: Trainer) -> None:
         self.lines, self.seconds, self.artifacts = [], {}, []
         with _restored_rng(), torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
-            reports = self._compute(trainer.datamodule)
+            try:
+                reports = self._compute(trainer.datamodule)
+            except NoValidationRows as e:  # small data: the metrics are skipped, the training goes on
+                self.lines = [f"head metrics skipped: {e}"]
+                warnings.warn(self.lines[0], stacklevel=2)
+                return
             start = time.perf_counter()
             root = Path(tmp) / "head_metrics"
             for name, report in reports:
@@ -169,15 +175,22 @@ class HeadMetrics(Callback):
             shutil.copytree(root, Path(trainer.default_root_dir) / "head_metrics", dirs_exist_ok=True)
 
 
+class NoValidationRows(ValueError):
+    """The cache's validation split is empty (small data: splits are drawn per source file)."""
+
+
 def validation_rows(cache: Any, n: int) -> np.ndarray:
     """``n`` rows of the cache's validation split spread evenly over it (all of them when there are fewer).
 
     Raises:
-        ValueError: the cache has no validation rows.
+        NoValidationRows: the cache has no validation rows.
     """
     val = np.flatnonzero(cache.split == SPLITS.index("val"))
     if not len(val):
-        raise ValueError("the attention cache has no validation rows; give the scenario splits a val fraction > 0")
+        counts = {name: int((cache.split == k).sum()) for k, name in enumerate(SPLITS)}
+        raise NoValidationRows(f"the attention cache has no validation rows (rows per split: {counts}); splits are "
+                               "drawn per source file, so give the scenarios more source files, raise n_per_task "
+                               "or max_per_file, or raise the val fraction")
     if len(val) <= n:
         return val
     return val[np.linspace(0, len(val) - 1, n).round().astype(int)]

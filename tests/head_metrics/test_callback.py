@@ -12,7 +12,7 @@ from lightning.pytorch import Trainer
 from apmae.cache.store import AttentionCache, cache_files
 from apmae.head_metrics.distance import waad
 from apmae.mining.scenario_set import SPLITS
-from callbacks.head_metrics import HeadMetrics, validation_rows
+from callbacks.head_metrics import HeadMetrics, NoValidationRows, validation_rows
 from datamodules.attention_cache import AttentionCacheDataModule
 from datamodules.settings import ExtractionSettings
 from lit_models.apmae_module import LitAPMAE
@@ -129,3 +129,28 @@ def test_validation_rows_spread_over_the_split(cache_dir, target_dir):
 def test_bad_arguments_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         HeadMetrics(**kwargs)
+
+
+def test_a_cache_without_validation_rows_skips_the_metrics_and_the_fit_goes_on(tmp_path, target, scenarios):
+    """Small data can leave the validation split empty: a warning with the counts, no metrics, the fit runs."""
+    from apmae.cache.extract import extract
+    from apmae.mining.scenario_set import ScenarioSet
+
+    cols = {k: getattr(scenarios, k) for k in ("input_ids", "label_ids", "label_len", "middle_pos", "task",
+                                               "source_id", "span_start", "span_end")}
+    no_val = ScenarioSet(**cols, split=np.where(scenarios.split == 1, 0, scenarios.split).astype(np.int8),
+                         task_names=scenarios.task_names, meta=scenarios.meta)
+    path = extract(target, no_val, tmp_path / "t.rank0.h5", progress=False).path
+    with pytest.raises(NoValidationRows, match=r"no validation rows \(rows per split: \{'train': \d+, 'val': 0"):
+        validation_rows(AttentionCache(path), 4)
+    callback = HeadMetrics(n_scenarios=2, methods=["distance"], cache=str(path), target=target.name)
+
+    class Stub:
+        datamodule = None
+        loggers = []
+        global_step = 0
+        default_root_dir = str(tmp_path)
+
+    with pytest.warns(UserWarning, match="head metrics skipped: the attention cache has no validation rows"):
+        callback._run(Stub())
+    assert callback.lines and callback.lines[0].startswith("head metrics skipped") and not callback.artifacts
