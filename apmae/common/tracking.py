@@ -84,6 +84,15 @@ def log_to_run(run_id: str, *, tracking_uri: str | None = None, artifacts: Mappi
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in sorted((metrics or {}).items())])
 
 
+def download_run_artifacts(run_id: str, destination: str | Path, *, tracking_uri: str | None = None) -> Path:
+    """Copy every artifact of run ``run_id`` into ``destination``; returns the folder holding them."""
+    import mlflow  # import cost, as above
+
+    Path(destination).mkdir(parents=True, exist_ok=True)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    return Path(client.download_artifacts(run_id, "", str(destination)))
+
+
 class RunLocation(NamedTuple):
     """Where a logger's MLflow run is; all None for a logger without one."""
 
@@ -104,5 +113,5 @@ def run_location(logger: Any) -> RunLocation:
     return RunLocation(run_id, experiment, client.tracking_uri, run.info.artifact_uri)
 
 
-__all__ = ["DEFAULT_EXPERIMENT", "DEFAULT_TRACKING_URI", "RunLocation", "artifact_location", "log_to_run",
-           "log_to_runs", "mlflow_runs", "run_location", "tracking_uri"]
+__all__ = ["DEFAULT_EXPERIMENT", "DEFAULT_TRACKING_URI", "RunLocation", "artifact_location", "download_run_artifacts",
+           "log_to_run", "log_to_runs", "mlflow_runs", "run_location", "tracking_uri"]
