@@ -12,7 +12,7 @@ CSS = """
 body{font:13px system-ui,sans-serif;margin:12px;color:#222}
 h1{font-size:18px;margin:0 0 4px} .sub{color:#666;margin-bottom:8px}
 #top{display:flex;gap:16px;align-items:flex-start}
-#left{flex:0 0 auto;max-width:62vw;overflow:auto}
+#left{flex:0 0 auto;max-width:56vw;overflow:auto}
 #panel{flex:1 1 auto;min-width:320px;border-left:1px solid #ddd;padding-left:12px}
 #grid{display:grid;gap:1px;background:#fff;margin-top:6px}
 .cell{width:var(--cell);height:var(--cell);cursor:pointer}
@@ -29,7 +29,7 @@ td:first-child,th:first-child{text-align:left}
 tr:hover{background:#f3f7ff;cursor:pointer}
 .missing{color:#a60} canvas.pat{image-rendering:pixelated;border:1px solid #ccc}
 .fam{display:inline-block;margin:2px;text-align:center;font-size:10px}
-.why{color:#666;font-size:11px}
+.why{color:#666;font-size:11px} td.why{white-space:normal;text-align:left}
 """
 
 SCRIPT = r"""

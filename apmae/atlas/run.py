@@ -40,6 +40,7 @@ from apmae.common.head_tables import write_head_table
 from apmae.common.tracking import download_run_artifacts, log_to_run
 
 SUMMARY = "join every head-level result of a run into one page: atlas/index.html, heads.csv, grid PNG/SVG"
+INPUT_FOLDERS = ("head_importance", "clusters", "head_metrics", "interventions")  # a run's folders the atlas reads
 COLOUR_ORDER = ("importance", "shap", "zeroed_delta_accuracy", "integrated_gradients", "waad", "families")
 
 
@@ -167,8 +168,8 @@ def main(argv: Sequence[str] | None = None) -> AtlasReport:
         raise SystemExit(f"--pattern-rows {args.pattern_rows}: average at least one scenario")
     cache = AttentionCache(args.cache) if args.cache else None
     with tempfile.TemporaryDirectory() as tmp:
-        roots = args.artifacts or [download_run_artifacts(run, Path(tmp) / run, tracking_uri=args.tracking_uri)
-                                   for run in args.run_id]
+        roots = args.artifacts or [download_run_artifacts(run, Path(tmp) / run, tracking_uri=args.tracking_uri,
+                                                          folders=INPUT_FOLDERS) for run in args.run_id]
         try:
             report = build_atlas(roots, args.out, cache=cache, target=args.target, colour=args.colour,
                                  n_pattern_rows=args.pattern_rows)
@@ -180,4 +181,4 @@ def main(argv: Sequence[str] | None = None) -> AtlasReport:
     return report
 
 
-__all__ = ["AtlasReport", "SUMMARY", "build_atlas", "default_colour", "main", "write_heads_csv"]
+__all__ = ["AtlasReport", "INPUT_FOLDERS", "SUMMARY", "build_atlas", "default_colour", "main", "write_heads_csv"]

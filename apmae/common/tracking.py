@@ -84,13 +84,19 @@ def log_to_run(run_id: str, *, tracking_uri: str | None = None, artifacts: Mappi
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in sorted((metrics or {}).items())])
 
 
-def download_run_artifacts(run_id: str, destination: str | Path, *, tracking_uri: str | None = None) -> Path:
-    """Copy every artifact of run ``run_id`` into ``destination``; returns the folder holding them."""
+def download_run_artifacts(run_id: str, destination: str | Path, *, tracking_uri: str | None = None,
+                           folders: Iterable[str] | None = None) -> Path:
+    """Copy the artifacts of run ``run_id`` (only its top-level ``folders`` that exist, when given) into
+    ``destination``; returns ``destination``."""
     import mlflow  # import cost, as above
 
-    Path(destination).mkdir(parents=True, exist_ok=True)
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    return Path(client.download_artifacts(run_id, "", str(destination)))
+    present = [a.path for a in client.list_artifacts(run_id)]
+    for path in present if folders is None else [p for p in present if p in set(folders)]:
+        client.download_artifacts(run_id, path, str(destination))
+    return destination
 
 
 class RunLocation(NamedTuple):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import re
@@ -111,7 +112,7 @@ def test_mean_and_medoid_thumbnails_come_from_the_right_rows(tmp_path):
     data = _page_data(report.page)["thumbs"]
     rows = [0, 2, 5]  # 3 rows spread over 6 (0, 2.5 -> 2, 5)
     mean = np.mean([cache.scenario(r) for r in rows], axis=0)
-    got = np.frombuffer(__import__("base64").b64decode(data["mean"]), dtype=np.uint8).reshape(2, 3, 32, 32)
+    got = np.frombuffer(base64.b64decode(data["mean"]), dtype=np.uint8).reshape(2, 3, 32, 32)
     assert np.array_equal(got, thumbnail(mean, 32)) and data["mean_rows"] == 3
     npz = np.load(root / "clusters" / "labels.npz")
     pictures, sizes = family_thumbnails(cache, root / "clusters" / "labels.npz", side=16)

@@ -144,3 +144,20 @@ def test_thresholds_are_documented_defaults():
     assert check_thresholds({"sink": 0.8}) == {**DEFAULT_THRESHOLDS, "sink": 0.8}
     with pytest.raises(ValueError, match="length <= 3"):
         repeated_tokens(np.arange(3), first=0, length=4, n_sequences=1)
+
+
+def test_the_callback_runs_types_with_its_local_threshold(cache_dir, target_dir):
+    from types import SimpleNamespace
+
+    name = target_short_name(str(target_dir))
+    cache = AttentionCache(cache_files(cache_dir, name))
+    data = SimpleNamespace(target=str(target_dir), caches={name: cache}, train_target_name=name)
+    callback = HeadMetrics(methods=["types"], n_scenarios=3, window=4, local_threshold=0.25, repeat_length=5,
+                           device="cpu")
+    [(label, report)] = callback._compute(data)
+    assert label == name and report.method == "types" and report.repeat_length == 5
+    assert report.types.thresholds["local"] == 0.75  # local when mean WAAD <= 0.25 * W, i.e. score >= 1 - 0.25
+    direct = suite.types_report(load_target(target_dir, device="cpu"), cache, validation_rows(cache, 3), window=4,
+                                repeat_length=5, thresholds={"local": 0.75})
+    for kind in TYPES:
+        assert np.allclose(report.types.scores[kind], direct.types.scores[kind])
