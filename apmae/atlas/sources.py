@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from apmae.common.head_tables import read_head_table
-from apmae.head_metrics.types import TYPES
+from apmae.head_metrics.types import DEFAULT_THRESHOLDS, TYPES
 
 
 @dataclass
@@ -218,7 +218,8 @@ def _types(table: AtlasTable, root: Path, folder: Path, stage: str) -> None:
     with path.open(newline="") as f:
         header = set(next(csv.reader(f)))
     for kind in (t for t in TYPES if t in header):
-        _add(table, root, path, f"{kind}_score", kind, f"head-type score of {kind!r} (apmae.head_metrics.types)")
+        _add(table, root, path, f"{kind}_score", kind, f"head-type score of {kind!r} (apmae.head_metrics.types); "
+             "reference: the default threshold", reference=DEFAULT_THRESHOLDS[kind])
     labels = _labels(path, "head_type", (table.n_layers, table.n_heads))
     table.columns["head_type"] = Column("head_type", labels, _relative(root, path),
                                         "the passed type of widest margin over its threshold (none: no type)")
