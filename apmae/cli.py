@@ -36,6 +36,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from apmae.common.allocator import keep_freed_memory
 from apmae.common.tracking import DEFAULT_EXPERIMENT, artifact_location, tracking_uri
+from apmae.atlas import run as atlas_run
 from apmae.patterns import run as patterns_run
 
 MLFLOW_LOGGER = "lightning.pytorch.loggers.MLFlowLogger"
@@ -53,6 +54,7 @@ class PostHocStage:
 
 POST_HOC_STAGES = {
     "patterns": PostHocStage(summary=patterns_run.SUMMARY, main=patterns_run.main),
+    "atlas": PostHocStage(summary=atlas_run.SUMMARY, main=atlas_run.main),
 }
 
 

@@ -10,7 +10,10 @@ the DataModule's attention cache (spread evenly over the split), and runs
 - ``distance``: WAAD and FAI of the cached patterns, the local/global split
   and each scenario's anchor tokens;
 - ``maps``: MAPS relation scores from the parameters of the target and, by
-  default, of the DataModule's extra targets.
+  default, of the DataModule's extra targets;
+- ``types`` (opt-in: list it in ``methods``): head-type scores (previous-token,
+  duplicate-token, induction, sink, self, local) from the rows' cached
+  patterns and the target on repeated random tokens.
 
 Per target it logs CSV tables and L x H heatmaps as MLflow artifacts under
 ``head_metrics/<target>/`` (under ``<default_root_dir>/head_metrics/`` when
@@ -41,20 +44,22 @@ from apmae.common.tracking import log_to_runs
 from apmae.head_metrics import suite
 from apmae.head_metrics.distance import DEFAULT_LOCAL_THRESHOLD, DEFAULT_WINDOW, local_heads
 from apmae.head_metrics.relations import RELATIONS
+from apmae.head_metrics.types import check_thresholds
 from apmae.mining.scenario_set import SPLITS
 from apmae.target.access import load_target
 from datamodules.attention_cache import target_short_name
 
-METHODS = ("contribution", "distance", "maps")
+METHODS = ("contribution", "distance", "maps", "types")
+DEFAULT_METHODS = ("contribution", "distance", "maps")
 
 
 class HeadMetrics(Callback):
-    """Contribution weights, WAAD/FAI and MAPS of the target's heads, logged once at the start of fit."""
+    """Contribution weights, WAAD/FAI, MAPS and head types of the target's heads, logged once at the start of fit."""
 
     def __init__(
         self,
         *,
-        methods: list[str] = list(METHODS),
+        methods: list[str] = list(DEFAULT_METHODS),
         n_scenarios: int = 16,
         target: Optional[str] = None,
         cache: Optional[str] = None,
@@ -68,10 +73,12 @@ class HeadMetrics(Callback):
         batch_size: int = 8,
         dtype: str = "float32",
         device: str = "auto",
+        type_thresholds: Optional[dict[str, float]] = None,
+        repeat_length: int = 32,
     ) -> None:
         """
         Args:
-            methods: which of ``contribution``, ``distance``, ``maps`` to run.
+            methods: which of ``contribution``, ``distance``, ``maps``, ``types`` to run.
             n_scenarios: validation rows of the cache used by ``contribution`` and ``distance``.
             target: hub name or directory of the target model (default: the DataModule's ``target``).
             cache: cache file(s) or glob of that target (default: the DataModule's cache of its target).
@@ -86,6 +93,10 @@ class HeadMetrics(Callback):
             batch_size: prompts per forward pass of ``contribution``.
             dtype: target model dtype (``float32``, ``bfloat16``, ``float16``).
             device: device of the target model, ``auto`` = the first GPU if any, else CPU.
+            type_thresholds: head-type thresholds replacing those of
+                :data:`apmae.head_metrics.types.DEFAULT_THRESHOLDS` (type -> score in (0, 1]).
+            repeat_length: tokens in each random block of the duplicate/induction test (>= 2; shortened to
+                fit the cache's S).
         """
         super().__init__()
         unknown = sorted(set(methods) - set(METHODS))
@@ -96,6 +107,10 @@ class HeadMetrics(Callback):
                              f"anchors_per_scenario={anchors_per_scenario} must be >= 1")
 
         local_heads(np.zeros((1, 1)), window=window, local_threshold=local_threshold)  # fail early on bad values
+        check_thresholds(type_thresholds or {})
+        if repeat_length < 2:
+            raise ValueError(f"repeat_length={repeat_length}; the induction test needs blocks of >= 2 tokens")
+        self.type_thresholds, self.repeat_length = dict(type_thresholds or {}), repeat_length
         self.methods, self.n_scenarios = list(methods), n_scenarios
         self.target, self.cache, self.maps_targets = target, cache, maps_targets
         self.window, self.local_threshold, self.anchors_per_scenario = window, local_threshold, anchors_per_scenario
@@ -149,6 +164,11 @@ class HeadMetrics(Callback):
             reports.append((name, suite.distance_report(cache, rows, tokenizer=target.tokenizer, window=self.window,
                                                         local_threshold=self.local_threshold, name=name,
                                                         anchors_per_scenario=self.anchors_per_scenario)))
+        if "types" in self.methods:
+            reports.append((name, suite.types_report(target, cache, rows, window=self.window, name=name,
+                                                     thresholds={"local": 1.0 - self.local_threshold,
+                                                                 **self.type_thresholds},
+                                                     repeat_length=self.repeat_length)))
         if "maps" in self.methods:
             extra = list(getattr(datamodule, "extra_targets", []) or [])
             for path in self.maps_targets if self.maps_targets is not None else [target_path, *extra]:
@@ -209,4 +229,4 @@ def _restored_rng() -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-__all__ = ["HeadMetrics", "validation_rows", "METHODS"]
+__all__ = ["DEFAULT_METHODS", "HeadMetrics", "validation_rows", "METHODS"]

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apmae.common.tracking import run_location
+from apmae.atlas.run import INPUT_FOLDERS, build_atlas
+from apmae.common.tracking import download_run_artifacts, log_to_run, run_location
 from apmae.demo.overrides import input_overrides
 from apmae.patterns.cluster_probe import ClusterProbeConfig
 from apmae.patterns.run import run_recurring_patterns
@@ -38,6 +39,7 @@ class ProbeSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     interventions: list[str] = field(default_factory=list)
     patterns: list[str] = field(default_factory=list)
+    atlas: list[str] = field(default_factory=list)
     unscored: list[str] = field(default_factory=list)  # tasks with no test scenario left after balancing
 
     def table(self) -> list[str]:
@@ -62,7 +64,7 @@ class ProbeSummary:
                "(MLflow: head_importance/)"]
         if self.interventions:
             out += ["Interventions on test scenarios (heads zeroed by the probe's ranking):", *self.interventions]
-        out += self.patterns
+        out += self.patterns + self.atlas
         out.append(f"  MLflow run:       {self.run_id} (experiment {self.experiment!r})")
         return out
 
@@ -75,11 +77,12 @@ def probe_overrides(demo_dir: str) -> list[str]:
 
 
 def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, reduction: str = "pca",
-                    workers: int = 1) -> ProbeSummary:
+                    workers: int = 1, apmae_run_id: str | None = None) -> ProbeSummary:
     """Fit the probe, test its best checkpoint, cluster the encodings; returns what to print.
 
     ``reduction`` is the clustering's (``pca``, or the paper's ``umap``: ~60 s more on two
-    cores for the demo's 32 heads), ``workers`` the processes clustering heads at once.
+    cores for the demo's 32 heads), ``workers`` the processes clustering heads at once;
+    ``apmae_run_id`` is the AP-MAE run whose head metrics join the head atlas.
     """
     # import cost ~5 s (Lightning): the demo's --skip-probe and --help never pay it
     from apmae.cli import cli_main
@@ -106,7 +109,22 @@ def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, 
         start = time.perf_counter()
         summary.patterns = _patterns(cli, demo_dir, run_id, tracking_uri, reduction=reduction, workers=workers)
         seconds["recurring patterns"] = time.perf_counter() - start
+    start = time.perf_counter()
+    summary.atlas = _atlas(cli, demo_dir, [r for r in (run_id, apmae_run_id) if r], tracking_uri)
+    seconds["head atlas"] = time.perf_counter() - start
     return summary
+
+
+def _atlas(cli: Any, demo_dir: str, run_ids: list[str], tracking_uri: str | None) -> list[str]:
+    """The head atlas of the probe run (and the AP-MAE run's head metrics), logged into the probe run."""
+    d = Path(demo_dir)
+    roots = [download_run_artifacts(r, d / "atlas-inputs" / r, tracking_uri=tracking_uri, folders=INPUT_FOLDERS)
+             for r in run_ids]
+    report = build_atlas(roots or [cli.model.export_path(), d / "patterns"], d,
+                         cache=cli.datamodule.caches[cli.datamodule.train_target_name])
+    if run_ids:
+        log_to_run(run_ids[0], tracking_uri=tracking_uri, artifacts=report.files)
+    return report.lines() + (["  MLflow: atlas/index.html among the probe run's artifacts"] if run_ids else [])
 
 
 def _patterns(cli: Any, demo_dir: str, run_id: str | None, tracking_uri: str | None, *, reduction: str,

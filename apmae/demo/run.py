@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.skip_probe:
         return 0
     probe = run_probe_stage(args.config, args.demo_dir, reduction=args.patterns,
-                            workers=args.pattern_workers or (2 if args.patterns == "umap" else 1))
+                            workers=args.pattern_workers or (2 if args.patterns == "umap" else 1),
+                            apmae_run_id=summary.run_id)
     print("\n".join(probe.lines()))
     seconds.update(probe.seconds)
     print("Stage times: " + " | ".join(f"{k} {_minutes(v)}" for k, v in seconds.items()))

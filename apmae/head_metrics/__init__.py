@@ -12,5 +12,7 @@ Each module is one method, plain torch/numpy, usable without Lightning:
   what a head's OV circuit maps tokens to, from its parameters alone;
 - :mod:`apmae.head_metrics.report`: L x H heatmap panels and plain CSV tables (the per-head
   tables are :mod:`apmae.common.head_tables`);
-- :mod:`apmae.head_metrics.suite`: all three on a target and a cache's rows.
+- :mod:`apmae.head_metrics.types`: head-type detectors (previous-token, duplicate-token,
+  induction, sink, self, local) with their thresholds;
+- :mod:`apmae.head_metrics.suite`: all of them on a target and a cache's rows.
 """

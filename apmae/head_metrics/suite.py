@@ -1,4 +1,4 @@
-"""The three head metrics on one target model and rows of its attention cache: tables, heatmaps, one line each.
+"""The head metrics on one target model and rows of its attention cache: tables, heatmaps, one line each.
 
 Glossary: N scenarios, S tokens, L layers, H heads, R relations.
 
@@ -25,6 +25,8 @@ from apmae.head_metrics.distance import (DEFAULT_LOCAL_THRESHOLD, DEFAULT_WINDOW
 from apmae.head_metrics.maps import DEFAULT_CHUNK_ELEMENTS, MapsResult, model_maps
 from apmae.head_metrics.relations import RELATIONS, Relation, code_relations, token_texts
 from apmae.head_metrics.report import Panel, head_name, heatmaps, token_text, top_heads, write_rows
+from apmae.head_metrics.types import (TYPES, HeadTypes, head_types, model_repeat_scores, ordinary_tokens,
+                                      pattern_scores, type_counts)
 
 
 def _texts(tokenizer: Any, vocab_size: int) -> list[str] | None:
@@ -265,3 +267,61 @@ def maps_report(target: Any, corpus_ids: np.ndarray, *, relations: Sequence[str]
                         top_n=top_n)
     return MapsReport(target=name or target.name, result=result, relations=found.relations, skipped=found.skipped,
                       texts=found.texts, seconds=time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------- head types
+
+
+@dataclass
+class TypesReport:
+    """Head-type scores (:mod:`apmae.head_metrics.types`) of every head, and the types they pass."""
+
+    method: ClassVar[str] = "types"
+    target: str
+    n_scenarios: int
+    repeat_length: int
+    n_sequences: int
+    types: HeadTypes
+    seconds: float
+
+    def write(self, out: Path) -> list[Path]:
+        t = self.types
+        return [write_head_table(out / "types.csv", t.columns()),
+                heatmaps(out / "types.png", [Panel(f"{k} (type if >= {t.thresholds[k]:g})", t.scores[k], 0.0, 1.0)
+                                             for k in TYPES], columns=3,
+                         title=f"{self.target}: head-type scores ({self.n_scenarios} scenarios; duplicate and "
+                               f"induction on {self.n_sequences} repeated random blocks of {self.repeat_length})")]
+
+    def scalars(self) -> dict[str, float]:
+        return {**{f"{k}_heads": float(v) for k, v in type_counts(self.types).items()}, "seconds": self.seconds}
+
+    def line(self, n: int = 2) -> str:
+        t, counts = self.types, type_counts(self.types)
+        parts = [f"{k} {counts[k]} (" + ", ".join(f"{head_name(l, h)} {v:.2f}" for l, h, v in top_heads(t.scores[k], n))
+                 + ")" for k in TYPES]
+        return (f"head types [{self.target}, {self.n_scenarios} scenarios, {self.seconds:.1f} s]: heads passing "
+                f"each type's threshold (best two): " + "; ".join(parts))
+
+
+def types_report(target: Any, cache: Any, rows: Sequence[int], *, window: int = DEFAULT_WINDOW,
+                 thresholds: dict[str, float] | None = None, repeat_length: int = 32, n_sequences: int = 4,
+                 seed: int = 0, name: str | None = None) -> TypesReport:
+    """Head-type scores: the cached patterns of ``rows`` of ``cache`` and ``target`` on repeated random tokens.
+
+    The random blocks are drawn from the ordinary tokens of the cache's
+    scenarios and start with their first token; the block is shortened to fit
+    the cache's S (1 + 2n <= S) and the distinct tokens available.
+    """
+    start = time.perf_counter()
+    # one scenario at a time: a model's (N, L, H, S, S) stack would not fit in memory at paper scale
+    per = [pattern_scores(cache.scenario(int(r))[None], window=window) for r in rows]
+    scores = {k: np.mean([p[k] for p in per], axis=0) for k in per[0]}
+    special = list(getattr(target.tokenizer, "all_special_ids", None) or [])
+    candidates = ordinary_tokens(cache.input_ids[np.asarray(rows)], special)
+    length = min(repeat_length, (cache.seq_len - 1) // 2, len(candidates))
+    scores.update(model_repeat_scores(target, candidates, first=int(cache.input_ids[int(rows[0]), 0]), length=length,
+                                      n_sequences=n_sequences, seed=seed))
+    kv_heads = getattr(target.model.config, "num_key_value_heads", None)
+    types = head_types(scores, kv_heads=kv_heads, thresholds=thresholds)
+    return TypesReport(target=name or target.name, n_scenarios=len(rows), repeat_length=length,
+                       n_sequences=n_sequences, types=types, seconds=time.perf_counter() - start)
