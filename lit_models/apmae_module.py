@@ -142,15 +142,6 @@ class LitAPMAE(RecipeModule):
         return out.loss
 
     # --------------------------------------------------------------- evaluation
-    def on_fit_start(self) -> None:
-        self._ensure_baseline()
-
-    def on_validation_start(self) -> None:
-        self._ensure_baseline()
-
-    def on_test_start(self) -> None:
-        self._ensure_baseline()
-
     def on_validation_epoch_start(self) -> None:
         self._reset_metrics("val", self.trainer.val_dataloaders)
 
@@ -229,7 +220,7 @@ class LitAPMAE(RecipeModule):
         self.log_dict(values, sync_dist=True, add_dataloader_idx=False)
 
     # ----------------------------------------------------------------- baseline
-    def _ensure_baseline(self) -> None:
+    def prepare_reference(self) -> None:
         if int(self.baseline_images) > 0:
             return
         loader = _train_loader(self.trainer)

@@ -183,16 +183,7 @@ class LitProbe(RecipeModule):
             self.log(f"train/{name}_loss", losses[name], on_step=False, on_epoch=True, batch_size=size)
         return sum(losses.values())
 
-    def on_fit_start(self) -> None:
-        self._ensure_reference()
-
-    def on_validation_start(self) -> None:
-        self._ensure_reference()
-
-    def on_test_start(self) -> None:
-        self._ensure_reference()
-
-    def _ensure_reference(self) -> None:
+    def prepare_reference(self) -> None:
         """Fit the training means and majority shares once, from the DataModule's train split."""
         if bool(self.probe.fitted):
             return

@@ -80,6 +80,19 @@ class RecipeModule(LightningModule):
         if self.recipe.num_threads is not None:
             torch.set_num_threads(self.recipe.num_threads)
 
+    def prepare_reference(self) -> None:
+        """What evaluation compares with (a baseline, reference features), computed once from the training
+        split before fit, validation or test; subclasses that need one override it."""
+
+    def on_fit_start(self) -> None:
+        self.prepare_reference()
+
+    def on_validation_start(self) -> None:
+        self.prepare_reference()
+
+    def on_test_start(self) -> None:
+        self.prepare_reference()
+
     def configure_optimizers(self) -> Any:
         groups = self.parameter_groups()
         if self._optimizer_factory is not None:
