@@ -11,6 +11,7 @@ project's data is handed to them.
 - :func:`stratified_bootstrap`: percentile intervals from resampling observations *within* strata
   (e.g. task x class, so each resample keeps the test split's balance); several statistics share
   the same resamples, which makes differences of two predictors paired.
+- :func:`ratio_intervals`: a ratio of two sums (an error over a baseline's) with whole units resampled;
 - :func:`paired_p_value`: two-sided p-value of "the difference is 0" from a paired bootstrap
   distribution of that difference; p < 1 - confidence exactly when the percentile interval of the
   difference excludes 0.
@@ -105,6 +106,27 @@ def stratified_bootstrap(statistic: Statistic, strata: Sequence[int], *, n_resam
     return BootstrapResult(estimate, low, high, np.atleast_2d(result.bootstrap_distribution))
 
 
+def ratio_intervals(numerator: np.ndarray, denominators: np.ndarray, *, n_resamples: int = N_RESAMPLES,
+                    seed: int = 0, confidence: float = CONFIDENCE) -> list[Interval]:
+    """Intervals of ``sum(numerator) / sum(denominator)`` for each row of ``denominators``, resampling units.
+
+    ``numerator`` (N,) and ``denominators`` (M, N) hold one value per unit (e.g. the summed squared
+    error of each validation scenario), so the bootstrap draws whole units, never their pixels;
+    the M ratios share the resamples.
+    """
+    num = np.asarray(numerator, dtype=np.float64)
+    den = np.atleast_2d(np.asarray(denominators, dtype=np.float64))
+    if den.shape[1] != len(num) or not len(num):
+        raise ValueError(f"numerator {num.shape} and denominators {den.shape} must share a non-empty unit axis")
+
+    def statistic(resampled: list[np.ndarray]) -> np.ndarray:
+        idx = resampled[0]  # (B, N)
+        return num[idx].sum(1)[None, :] / den[:, idx].sum(2)  # (M, B)
+
+    boot = stratified_bootstrap(statistic, [len(num)], n_resamples=n_resamples, seed=seed, confidence=confidence)
+    return [boot.interval(i) for i in range(len(den))]
+
+
 def paired_p_value(difference: np.ndarray) -> float:
     """Two-sided p-value of "no difference" from a paired bootstrap distribution (B,) of a difference.
 
@@ -158,4 +180,5 @@ def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
 
 
 __all__ = ["BootstrapResult", "CONFIDENCE", "Interval", "NAN_INTERVAL", "N_RESAMPLES", "benjamini_hochberg",
-           "mcnemar_exact", "paired_p_value", "rank_p_value", "stratified_bootstrap", "wilson_interval"]
+           "mcnemar_exact", "paired_p_value", "rank_p_value", "ratio_intervals", "stratified_bootstrap",
+           "wilson_interval"]

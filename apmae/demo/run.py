@@ -43,6 +43,13 @@ class DemoSummary:
     def ratio_to_baseline(self, target: str) -> float:
         return self.metrics[f"val/{target}/mse_over_baseline"]
 
+    def _interval(self, target: str, over: str) -> str:
+        """`` [low, high]``: the ratio's 95 % interval over validation scenarios, when it was computed."""
+        key = f"val/{target}/mse_over_{over}/ci_"
+        if key + "low" not in self.metrics:
+            return ""
+        return f" [{self.metrics[key + 'low']:.3f}, {self.metrics[key + 'high']:.3f}]"
+
     def lines(self) -> list[str]:
         out = ["", "AP-MAE demo finished: validation MSE on masked patches (log-normalised patterns)"]
         for key in sorted(k for k in self.metrics if k.endswith("/mse") and k.startswith("val/")):
@@ -51,9 +58,10 @@ class DemoSummary:
             m = self.metrics
             out.append(
                 f"  {role} {target}: AP-MAE {m[key]:.4f} | trivial mean pattern {m[f'val/{target}/baseline_mse']:.4f}"
-                f" | AP-MAE/trivial {m[f'val/{target}/mse_over_baseline']:.3f}"
+                f" | AP-MAE/trivial {m[f'val/{target}/mse_over_baseline']:.3f}{self._interval(target, 'baseline')}"
                 + (f" | visible neighbours {m[f'val/{target}/neighbour_mse']:.4f}"
                    f" | AP-MAE/neighbours {m[f'val/{target}/mse_over_neighbour']:.3f}"
+                   f"{self._interval(target, 'neighbour')}"
                    if f"val/{target}/neighbour_mse" in m else "")
                 + f" | vs {self.train_target} x{m[f'val/{target}/mse_over_train']:.3f}"
             )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from apmae.common.stats import (benjamini_hochberg, mcnemar_exact, paired_p_value, rank_p_value,
+from apmae.common.stats import (benjamini_hochberg, mcnemar_exact, paired_p_value, rank_p_value, ratio_intervals,
                                 stratified_bootstrap, wilson_interval)
 
 
@@ -88,3 +88,12 @@ def test_bootstrap_refuses_what_it_cannot_do():
         stratified_bootstrap(_mean_of(np.ones(5)), [5], n_resamples=10)
     with pytest.raises(ValueError, match="stratum"):
         stratified_bootstrap(_mean_of(np.ones(5)), [5, 0])
+
+
+def test_ratio_intervals_of_proportional_units_are_the_proportion():
+    den = np.array([1.0, 4.0, 2.0, 8.0, 5.0])
+    twice, varied = ratio_intervals(2 * den, np.stack([den, den * np.array([1, 2, 1, 2, 1])]), n_resamples=200)
+    assert (twice.low, twice.high) == (pytest.approx(2.0), pytest.approx(2.0))
+    assert 2 / 2 <= varied.low < 2 * 20 / 32 < varied.high <= 2.0  # observed ratio 40 / 32 lies inside
+    with pytest.raises(ValueError, match="unit axis"):
+        ratio_intervals(den, np.ones((2, 4)))

@@ -112,3 +112,15 @@ def test_probe_table_prints_intervals_and_marks_the_comparisons_that_hold():
     assert rows[1].split()[1:5] == ["0.650", "[0.56,", "0.74]", "<c"] and rows[0].split()[-1] == "140"
     assert "balanced accuracy [95 % bootstrap interval]" in lines[0] and "AUROC" in lines[len(lines) // 2]
     assert lines[-1].startswith("  marks: >c / <c above / below confidence")
+
+
+def test_summary_prints_the_ratio_intervals_over_scenarios():
+    metrics = {"val/target-a/mse": 0.02, "val/target-a/baseline_mse": 0.08, "val/target-a/mse_over_baseline": 0.25,
+               "val/target-a/mse_over_train": 1.0, "val/target-a/neighbour_mse": 0.04,
+               "val/target-a/mse_over_neighbour": 0.5, "val/target-a/mse_over_baseline/ci_low": 0.231,
+               "val/target-a/mse_over_baseline/ci_high": 0.2704, "val/target-a/mse_over_neighbour/ci_low": 0.45,
+               "val/target-a/mse_over_neighbour/ci_high": 0.56}
+    summary = DemoSummary(train_target="target-a", metrics=metrics, run_id=None, experiment=None, tracking_uri=None,
+                          artifact_uri=None, export_dir="out")
+    assert ("target-a: AP-MAE 0.0200 | trivial mean pattern 0.0800 | AP-MAE/trivial 0.250 [0.231, 0.270]"
+            " | visible neighbours 0.0400 | AP-MAE/neighbours 0.500 [0.450, 0.560] | vs target-a x1.000") in summary.lines()[2]
