@@ -43,6 +43,7 @@ class ProbeSummary:
     patterns: list[str] = field(default_factory=list)
     unscored: list[str] = field(default_factory=list)  # tasks with no test scenario left after balancing
     uncertainty: dict[str, dict[str, Any]] | None = None  # predictor -> task -> ScoreUncertainty (None: not computed)
+    bootstrap_seconds: dict[str, float] = field(default_factory=dict)  # intervals and tests, inside the stage times
 
     def table(self) -> list[str]:
         """Per task: every predictor's balanced accuracy and AUROC, with their intervals when computed, and n."""
@@ -130,21 +131,26 @@ def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, 
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
     seconds["probe test + interventions"] = time.perf_counter() - start
     run_id, experiment, tracking_uri, _ = run_location(cli.trainer.logger)
-    summary = ProbeSummary(scores=cli.model.probe_scores["scores"],
-                           uncertainty=cli.model.probe_scores.get("uncertainty"), export_dir=str(cli.model.export_path()),
+    summary = ProbeSummary(scores=cli.model.probe_scores["scores"], export_dir=str(cli.model.export_path()),
+                           uncertainty=cli.model.probe_scores.get("uncertainty"),
                            run_id=run_id, experiment=experiment, seconds=seconds,
                            interventions=[line for cb in interventions for line in cb.summary_lines()])
+    summary.bootstrap_seconds = {"probe": cli.model.probe_scores.get("bootstrap_seconds", 0.0),
+                                 "interventions": sum(cb.last.stats_seconds for cb in interventions if cb.last)}
     scored = cli.model.probe_scores["scores"]["probe"]
     summary.unscored = [t for t in cli.datamodule.task_names if t not in scored]
     if patterns:
         start = time.perf_counter()
-        summary.patterns = _patterns(cli, demo_dir, run_id, tracking_uri, reduction=reduction, workers=workers)
+        summary.patterns, cluster_probe_seconds = _patterns(cli, demo_dir, run_id, tracking_uri, reduction=reduction,
+                                                            workers=workers)
         seconds["recurring patterns"] = time.perf_counter() - start
+        summary.bootstrap_seconds["cluster probe"] = cluster_probe_seconds
     return summary
 
 
 def _patterns(cli: Any, demo_dir: str, run_id: str | None, tracking_uri: str | None, *, reduction: str,
-              workers: int) -> list[str]:
+              workers: int) -> tuple[list[str], float]:
+    """The stage's report lines and the seconds its cluster-probe intervals took."""
     data = cli.datamodule
     name = data.train_target_name
     # the cluster probe fits, stops and is scored on the very rows the neural probe used
@@ -153,5 +159,8 @@ def _patterns(cli: Any, demo_dir: str, run_id: str | None, tracking_uri: str | N
                                     reduction=reduction, workers=workers, probe=probe, run_id=run_id,
                                     tracking_uri=tracking_uri)
     neural = cli.model.probe_scores["scores"]["probe"]["all"]
-    return [*report.lines(), f"  neural AP-MAE probe, test: balanced accuracy {neural.balanced_accuracy:.3f}, "
-                             f"AUROC {neural.auroc:.3f} (n={neural.n}, class-balanced)"]
+    u = cli.model.probe_scores.get("uncertainty", {}).get("probe", {}).get("all")
+    ci = {m: f" {u.intervals[m]}" if u else "" for m in ("balanced_accuracy", "auroc")}
+    line = (f"  neural AP-MAE probe, test: balanced accuracy {neural.balanced_accuracy:.3f}{ci['balanced_accuracy']}, "
+            f"AUROC {neural.auroc:.3f}{ci['auroc']} (n={neural.n}, class-balanced)")
+    return [*report.lines(), line], report.probe.bootstrap_seconds if report.probe else 0.0

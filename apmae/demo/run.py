@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     cli = cli_main(["fit", "--config", args.config, *demo_overrides(args.demo_dir), *extra])
     seconds = {"AP-MAE (mining, extraction, training)": time.perf_counter() - start}
+    bootstraps = {"reconstruction": getattr(cli.model, "bootstrap_seconds", 0.0)}
     summary = summarize(cli)
     print("\n".join(summary.lines()))
     ratio = summary.ratio_to_baseline(summary.train_target)
@@ -129,8 +130,16 @@ def main(argv: list[str] | None = None) -> int:
                             workers=args.pattern_workers or (2 if args.patterns == "umap" else 1))
     print("\n".join(probe.lines()))
     seconds.update(probe.seconds)
+    bootstraps.update(probe.bootstrap_seconds)
     print("Stage times: " + " | ".join(f"{k} {_minutes(v)}" for k, v in seconds.items()))
+    print(bootstrap_line(bootstraps))
     return 0
+
+
+def bootstrap_line(seconds: dict[str, float]) -> str:
+    """What the intervals and tests cost, part of the stage times above."""
+    parts = " | ".join(f"{k} {v:.2f} s" for k, v in seconds.items())
+    return f"  of which intervals and tests (bootstraps, exact tests): {parts} | total {sum(seconds.values()):.2f} s"
 
 
 def _minutes(seconds: float) -> str:

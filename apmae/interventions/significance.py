@@ -77,7 +77,8 @@ def setting_tests(sweeps: Sequence[SweepResult]) -> dict[SettingKey, SettingTest
             for key, values in raw.items()}
 
 
-def significance_metric_values(tests: dict[SettingKey, SettingTest], *, prefix: str = "interventions") -> dict[str, float]:
+def significance_metric_values(tests: dict[SettingKey, SettingTest], *,
+                               prefix: str = "interventions") -> dict[str, float]:
     """MLflow metrics of the ranked settings, next to :func:`apmae.interventions.report.metric_values`' names:
     ``<root>/<strategy>/k<k>/accuracy/{ci_low,ci_high}``, ``.../p_mcnemar``, ``.../p_mcnemar_bh``,
     ``.../p_vs_random``; ``<root>`` is ``<prefix>`` or ``<prefix>/per_task/<task>``."""

@@ -141,7 +141,8 @@ def test_test_split_gets_intervals_and_paired_tests_of_every_predictor(planted, 
             assert uncertainty[name]["all"].estimates[metric] == pytest.approx(getattr(scores[name]["all"], metric),
                                                                               abs=1e-6)
     p = metrics["test/probe/all/auroc/p_vs_stats_probe"]
-    assert p == pytest.approx(uncertainty["probe"]["all"].tests["stats_probe"]["auroc"].p_value, abs=1e-6) and 0 < p <= 1
+    assert p == pytest.approx(uncertainty["probe"]["all"].tests["stats_probe"]["auroc"].p_value, abs=1e-6)
+    assert 0 < p <= 1
     assert {"test/probe/all/balanced_accuracy/p_vs_confidence",
             "test/probe_confidence/all/auroc/p_vs_confidence"} <= set(metrics)
     rows = (tmp_path / "probe" / "test_paired_tests.csv").read_text().splitlines()

@@ -123,4 +123,13 @@ def test_summary_prints_the_ratio_intervals_over_scenarios():
     summary = DemoSummary(train_target="target-a", metrics=metrics, run_id=None, experiment=None, tracking_uri=None,
                           artifact_uri=None, export_dir="out")
     assert ("target-a: AP-MAE 0.0200 | trivial mean pattern 0.0800 | AP-MAE/trivial 0.250 [0.231, 0.270]"
-            " | visible neighbours 0.0400 | AP-MAE/neighbours 0.500 [0.450, 0.560] | vs target-a x1.000") in summary.lines()[2]
+            " | visible neighbours 0.0400 | AP-MAE/neighbours 0.500 [0.450, 0.560] | vs target-a x1.000"
+            ) in summary.lines()[2]
+
+
+def test_the_cost_of_the_intervals_is_printed_with_its_total():
+    from apmae.demo.run import bootstrap_line
+
+    assert bootstrap_line({"reconstruction": 0.125, "probe": 0.5, "interventions": 0.01}) == (
+        "  of which intervals and tests (bootstraps, exact tests): reconstruction 0.12 s | probe 0.50 s | "
+        "interventions 0.01 s | total 0.64 s")
