@@ -23,6 +23,7 @@ project's data is handed to them.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -99,9 +100,13 @@ def stratified_bootstrap(statistic: Statistic, strata: Sequence[int], *, n_resam
         batch = int(np.prod(resampled[0].shape[:-1]))
         return np.asarray(statistic(full(resampled, batch)), dtype=np.float64)
 
-    result = stats.bootstrap([np.arange(sizes[i]) for i in drawn], vectorized, n_resamples=n_resamples,
-                             confidence_level=confidence, method="percentile", vectorized=True,
-                             rng=np.random.default_rng(seed))
+    with warnings.catch_warnings():
+        # a statistic that never varies (a constant predictor, a perfect one) is a valid answer here: its
+        # percentile interval is the point, which scipy returns while warning as if it were an error
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        result = stats.bootstrap([np.arange(sizes[i]) for i in drawn], vectorized, n_resamples=n_resamples,
+                                 confidence_level=confidence, method="percentile", vectorized=True,
+                                 rng=np.random.default_rng(seed))
     low, high = np.atleast_1d(result.confidence_interval.low), np.atleast_1d(result.confidence_interval.high)
     return BootstrapResult(estimate, low, high, np.atleast_2d(result.bootstrap_distribution))
 
