@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from apmae.common.plotting import pyplot
+from apmae.common.stats import Interval, wilson_interval
 from apmae.interventions.significance import TEST_FIELDS, SettingKey, SettingTest
 from apmae.interventions.sweep import InterventionMetrics, SweepResult
 
@@ -215,10 +216,12 @@ class KeyNumbers:
     all_heads_exact_match: float | None
     random_mean_delta: float | None  # random's delta, averaged over every k below all heads
     n_heads_total: int
+    baseline_accuracy_ci: Interval | None = None  # Wilson 95 % over the n scenarios
 
     def lines(self) -> list[str]:
+        ci = "" if self.baseline_accuracy_ci is None else f" {self.baseline_accuracy_ci}"
         out = [f"interventions [{self.scope}] on {self.n_scenarios} scenarios: no intervention accuracy "
-               f"{self.baseline_accuracy:.3f}, exact match {self.baseline_exact_match:.3f}"]
+               f"{self.baseline_accuracy:.3f}{ci}, exact match {self.baseline_exact_match:.3f}"]
         out += [p.line() for p in self.peaks]
         if self.all_heads_accuracy is not None:
             out.append(f"  all {self.n_heads_total} heads zeroed: accuracy {self.all_heads_accuracy:.3f}, "
@@ -254,4 +257,6 @@ def key_numbers(sweep: SweepResult, tests: Tests | None = None) -> KeyNumbers:
                       all_heads_accuracy=None if full is None else full.mean["accuracy"],
                       all_heads_exact_match=None if full is None else full.mean["exact_match"],
                       random_mean_delta=float(np.mean(partial)) if partial else None,
-                      n_heads_total=sweep.n_heads_total)
+                      n_heads_total=sweep.n_heads_total,
+                      baseline_accuracy_ci=wilson_interval(int(round(base.accuracy * base.n)), base.n)
+                      if tests is not None else None)

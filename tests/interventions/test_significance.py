@@ -69,6 +69,8 @@ def test_tables_curve_and_key_numbers_carry_the_tests():
     assert rows[0]["p_mcnemar"] == pytest.approx(22 / 1024)
     assert rows[0]["accuracy_ci_high"] == wilson_interval(18, 20).high
     assert result_rows([sweep])[0]["p_mcnemar"] is None
+    assert key_numbers(sweep, tests).lines()[0].endswith(f"no intervention accuracy 0.500 {wilson_interval(10, 20)}"
+                                                         ", exact match 0.500")
     line = key_numbers(sweep, tests).lines()[1]
     assert line.endswith(f"| 95 % {wilson_interval(18, 20)}, McNemar p 0.021 (BH 0.043), vs 5 random sets p 0.33")
     fig = curve_figure(sweep, title="t", tests=tests)

@@ -149,3 +149,8 @@ def test_test_split_gets_intervals_and_paired_tests_of_every_predictor(planted, 
     assert rows[0] == "predictor,other,task,metric,difference,ci_low,ci_high,p_value"
     assert len(rows) == 1 + 3 * 2 * len(uncertainty["probe"])  # three comparisons, two metrics, every task
     assert (tmp_path / "probe" / "test_intervals.csv").is_file() and model.probe_scores["bootstrap_seconds"] > 0
+
+
+def test_too_few_resamples_are_refused_before_the_encoder_loads(tmp_path) -> None:
+    with pytest.raises(ValueError, match="bootstrap_resamples=10: use 0"):
+        LitProbe(seq_len=32, encoder=str(tmp_path / "not-there"), bootstrap_resamples=10)

@@ -247,3 +247,9 @@ def test_error_ratio_intervals_resample_whole_scenarios(tmp_path):
         assert (low, high) == (pytest.approx(interval.low, rel=1e-5), pytest.approx(interval.high, rel=1e-5))
         assert low <= metrics[f"val/synth-a/{ratio}"] <= high and low < high
     assert module.bootstrap_seconds > 0
+
+
+def test_too_few_resamples_for_the_ratio_intervals_are_refused():
+    with pytest.raises(ValueError, match="bootstrap_resamples=5: use 0"):
+        _module(bootstrap_resamples=5)
+    assert _module(bootstrap_resamples=0).hparams.bootstrap_resamples == 0
