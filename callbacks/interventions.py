@@ -29,10 +29,12 @@ and the artifact folder ``interventions/test/``):
   ranked setting of the evaluation, global and per task) and ``.../p_vs_random`` (against the
   random head sets of the same k) of :mod:`apmae.interventions.significance`;
 - artifacts ``interventions/results.csv`` (one row per scope, strategy, k,
-  seed, with those intervals and p-values and the zeroed heads as ``L.H;L.H;...``), ``scenarios.csv`` (the
+  seed, with those intervals and p-values and the zeroed heads as ``L.H;L.H;...``),
+  ``scenarios.csv`` (the
   scenarios and their outcome without intervention), ``by_task.csv`` (every
   setting's metrics per task) and ``curve.png`` (accuracy and exact match vs k:
-  the collapse curve, Wilson intervals as error bars), each overwritten by the latest evaluation.
+  the collapse curve, Wilson intervals as error bars), each overwritten by the latest
+  evaluation.
 
 Under DDP only global rank 0 evaluates (the others go on and wait at their
 next collective); the scenario count is that of rank 0's choice.
@@ -56,7 +58,7 @@ from apmae.interventions.head_sets import (DEFAULT_FRACTIONS, STRATEGIES, check_
                                            read_importance_csv, sweep_head_sets, sweep_ks)
 from apmae.interventions.report import (RESULT_FIELDS, SCENARIO_FIELDS, TASK_FIELDS, curve_figure, key_numbers,
                                         metric_values, result_rows, scenario_rows, task_rows, write_csv)
-from apmae.interventions.significance import setting_tests, significance_metric_values
+from apmae.interventions.significance import SettingKey, SettingTest, setting_tests, significance_metric_values
 from apmae.interventions.sweep import InterventionScenarios, run_sweep
 from apmae.mining.scenario_set import SPLITS
 from apmae.target.access import load_target
@@ -75,7 +77,7 @@ class InterventionRun:
     sweeps: list[Any]  # apmae.interventions.SweepResult, the global ranking first
     files: dict[str, Path]  # artifact name -> local file
     curve_location: str  # where curve.png of the first sweep is (MLflow artifact or local file)
-    tests: dict[Any, Any] = field(default_factory=dict)  # (scope, strategy, k, seed) -> SettingTest
+    tests: dict[SettingKey, SettingTest] = field(default_factory=dict)  # every setting's intervals and tests
     stats_seconds: float = 0.0  # time spent on the intervals and tests
 
 
@@ -306,7 +308,8 @@ class Interventions(Callback):
         return InterventionRun(stage=stage, step=trainer.global_step, sweeps=sweeps, files=files,
                                curve_location=location, tests=tests, stats_seconds=stats_seconds)
 
-    def _write_files(self, sweeps: list[Any], folder: Path, stage: str, tests: dict[Any, Any]) -> dict[str, Path]:
+    def _write_files(self, sweeps: list[Any], folder: Path, stage: str,
+                     tests: dict[SettingKey, SettingTest]) -> dict[str, Path]:
         plt = pyplot()
         folder.mkdir(parents=True, exist_ok=True)
         main = sweeps[0]
