@@ -42,6 +42,7 @@ DEMO_SCENARIOS := $(firstword $(wildcard $(DEMO_DIR)/scenarios/scenarios-*.npz))
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_model.py
 	$(PY) benchmarks/bench_mining.py
+	$(PY) benchmarks/bench_uncertainty.py
 	$(PY) benchmarks/bench_extraction.py $(if $(DEMO_TARGET),--model $(DEMO_DIR)/target-a) \
 	  $(if $(DEMO_SCENARIOS),--scenarios $(DEMO_SCENARIOS))
 	$(if $(DEMO_TARGET),$(PY) benchmarks/eval_demo_target.py --target $(DEMO_DIR)/target-a)

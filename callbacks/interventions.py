@@ -24,11 +24,17 @@ and the artifact folder ``interventions/test/``):
   label_loss,exact_match,token_accuracy}`` (random: mean over seeds, plus
   ``<metric>_std``), ``interventions/baseline/...``, and per task ranking
   ``interventions/per_task/<task>/...``; step = the trainer's global step;
+  for ranked strategies also ``.../accuracy/{ci_low,ci_high}`` (Wilson), ``.../p_mcnemar``
+  (exact, flips against no intervention), ``.../p_mcnemar_bh`` (Benjamini-Hochberg over every
+  ranked setting of the evaluation, global and per task) and ``.../p_vs_random`` (against the
+  random head sets of the same k) of :mod:`apmae.interventions.significance`;
 - artifacts ``interventions/results.csv`` (one row per scope, strategy, k,
-  seed, with the zeroed heads as ``L.H;L.H;...``), ``scenarios.csv`` (the
+  seed, with those intervals and p-values and the zeroed heads as ``L.H;L.H;...``),
+  ``scenarios.csv`` (the
   scenarios and their outcome without intervention), ``by_task.csv`` (every
   setting's metrics per task) and ``curve.png`` (accuracy and exact match vs k:
-  the collapse curve), each overwritten by the latest evaluation.
+  the collapse curve, Wilson intervals as error bars), each overwritten by the latest
+  evaluation.
 
 Under DDP only global rank 0 evaluates (the others go on and wait at their
 next collective); the scenario count is that of rank 0's choice.
@@ -37,8 +43,9 @@ next collective); the scenario count is that of rank 0's choice.
 from __future__ import annotations
 
 import hashlib
+import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -51,6 +58,7 @@ from apmae.interventions.head_sets import (DEFAULT_FRACTIONS, STRATEGIES, check_
                                            read_importance_csv, sweep_head_sets, sweep_ks)
 from apmae.interventions.report import (RESULT_FIELDS, SCENARIO_FIELDS, TASK_FIELDS, curve_figure, key_numbers,
                                         metric_values, result_rows, scenario_rows, task_rows, write_csv)
+from apmae.interventions.significance import SettingKey, SettingTest, setting_tests, significance_metric_values
 from apmae.interventions.sweep import InterventionScenarios, run_sweep
 from apmae.mining.scenario_set import SPLITS
 from apmae.target.access import load_target
@@ -69,6 +77,8 @@ class InterventionRun:
     sweeps: list[Any]  # apmae.interventions.SweepResult, the global ranking first
     files: dict[str, Path]  # artifact name -> local file
     curve_location: str  # where curve.png of the first sweep is (MLflow artifact or local file)
+    tests: dict[SettingKey, SettingTest] = field(default_factory=dict)  # every setting's intervals and tests
+    stats_seconds: float = 0.0  # time spent on the intervals and tests
 
 
 class Interventions(Callback):
@@ -94,7 +104,8 @@ class Interventions(Callback):
         strategies: any of ``positive``, ``negative``, ``neutral``, ``random``.
         fractions: the k sweep as shares of all heads (rounded, at least 1, deduplicated).
         ks: explicit head counts instead of ``fractions``.
-        random_seeds: seeds of the random head sets (mean and spread are reported).
+        random_seeds: seeds of the random head sets (mean and spread are reported, and the null a ranked
+            setting is tested against: m seeds allow p-values down to 2 / (m + 1)); default 0..4.
         batch_size: scenarios per forward pass of the target.
         output_dir: local folder of the artifacts (default ``<default_root_dir>/interventions``).
         run_at_fit_end: evaluate again at the end of fit when the ranking changed since the last evaluation.
@@ -128,7 +139,7 @@ class Interventions(Callback):
     ) -> None:
         super().__init__()
         self.strategies = list(strategies if strategies is not None else STRATEGIES)
-        self.random_seeds = list(random_seeds if random_seeds is not None else (0, 1, 2))
+        self.random_seeds = list(random_seeds if random_seeds is not None else range(5))
         self.fractions = list(fractions if fractions is not None else DEFAULT_FRACTIONS)
         _check_args(every_n_epochs=every_n_epochs, n_scenarios=n_scenarios, batch_size=batch_size,
                     strategies=self.strategies, random_seeds=self.random_seeds, fractions=self.fractions,
@@ -279,33 +290,37 @@ class Interventions(Callback):
     def _log(self, trainer: Trainer, stage: str, sweeps: list[Any]) -> InterventionRun:
         prefix, folder = ("test/interventions", "interventions/test") if stage == "test" else \
             ("interventions", "interventions")
-        values: dict[str, float] = {}
+        start = time.perf_counter()
+        tests = setting_tests(sweeps)
+        stats_seconds = time.perf_counter() - start
+        values: dict[str, float] = significance_metric_values(tests, prefix=prefix)
         for sweep in sweeps:
             values.update(metric_values(sweep, prefix=prefix))
         for logger in trainer.loggers:
             logger.log_metrics(values, step=trainer.global_step)
         local = Path(self.output_dir or Path(trainer.default_root_dir) / "interventions")
-        files = self._write_files(sweeps, local / "test" if stage == "test" else local, stage)
+        files = self._write_files(sweeps, local / "test" if stage == "test" else local, stage, tests)
         location = str(files["curve.png"])
 
         for client, run_id in log_to_runs(trainer.loggers, files.values(), folder):
             uri = client.get_run(run_id).info.artifact_uri
             location = f"{uri.removeprefix('file://')}/{folder}/curve.png"
         return InterventionRun(stage=stage, step=trainer.global_step, sweeps=sweeps, files=files,
-                               curve_location=location)
+                               curve_location=location, tests=tests, stats_seconds=stats_seconds)
 
-    def _write_files(self, sweeps: list[Any], folder: Path, stage: str) -> dict[str, Path]:
+    def _write_files(self, sweeps: list[Any], folder: Path, stage: str,
+                     tests: dict[SettingKey, SettingTest]) -> dict[str, Path]:
         plt = pyplot()
         folder.mkdir(parents=True, exist_ok=True)
         main = sweeps[0]
         files = {
-            "results.csv": write_csv(result_rows(sweeps), folder / "results.csv", RESULT_FIELDS),
+            "results.csv": write_csv(result_rows(sweeps, tests), folder / "results.csv", RESULT_FIELDS),
             "scenarios.csv": write_csv(scenario_rows(main, cached_correct=self._cached_for(main)),
                                        folder / "scenarios.csv", SCENARIO_FIELDS),
             "by_task.csv": write_csv(task_rows(sweeps), folder / "by_task.csv", TASK_FIELDS),
         }
         fig = curve_figure(main, title=f"{Path(self.target.name).name}: heads zeroed by ranking [{main.scope}], "
-                                       f"{len(main.scenarios)} {self.split} scenarios ({stage})")
+                                       f"{len(main.scenarios)} {self.split} scenarios ({stage})", tests=tests)
         fig.savefig(folder / "curve.png", dpi=110)
         plt.close(fig)
         files["curve.png"] = folder / "curve.png"
@@ -322,7 +337,10 @@ class Interventions(Callback):
             return []
         lines = []
         for sweep in self.last.sweeps:
-            lines += key_numbers(sweep).lines()
+            lines += key_numbers(sweep, self.last.tests).lines()
+        family = sum(1 for key in self.last.tests if key[1] != "random")
+        lines.append(f"  p-values: exact McNemar of the flips against no intervention; BH: Benjamini-Hochberg over "
+                     f"the {family} ranked settings of this evaluation; vs random: rank among random head sets")
         return [*lines, f"  collapse curve: {self.last.curve_location}"]
 
     def _warn_once(self, message: str) -> None:

@@ -18,7 +18,11 @@ optimiser recipe of the paper, metrics and export. Metrics, per validation
   reconstruction; ``mse_over_neighbour`` is AP-MAE's error over it;
 - ``val/<target>/mse_over_train``: error on this target / error on the training
   target (the paper's "minimal degradation on unseen models", measured);
-- ``val/loss``: ``val/<training target>/mse``, the value checkpoints monitor.
+- ``val/loss``: ``val/<training target>/mse``, the value checkpoints monitor;
+- ``val/<target>/mse_over_baseline/{ci_low,ci_high}`` and ``.../mse_over_neighbour/...``: 95 %
+  bootstrap intervals of those ratios over validation scenarios (each scenario's images resampled
+  together, never single pixels; :func:`apmae.common.stats.ratio_intervals`), when batches name
+  their ``scenario`` and one process evaluates (under DDP each rank sees part of the scenarios).
 
 Validation masks are drawn from a generator seeded by (dataloader, batch), so
 epochs and runs are compared on the very same masked patches.
@@ -26,13 +30,16 @@ epochs and runs are compared on the very same masked patches.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from typing import Any, Iterable, Optional
 
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from apmae.common.stats import ratio_intervals
 from apmae.model.baselines import band_neighbours, neighbour_patches
 from apmae.model.loading import NET_CONFIG_KEY
 from apmae.model.net import APMAE, APMAEConfig, masked_error
@@ -76,6 +83,8 @@ class LitAPMAE(RecipeModule):
         compile: run the net's forward through ``torch.compile`` (``nn.Module.compile``: parameter
             names, checkpoints and the export stay as they are). Off by default: on a 2-core CPU the
             demo net compiles for minutes (train and eval graphs) and then steps ~2 % faster.
+        bootstrap_resamples: resamples of the per-scenario bootstrap of the error ratios at each
+            validation and test (0: no intervals).
     """
 
     EXPORT_NAME = "apmae_net"
@@ -100,6 +109,7 @@ class LitAPMAE(RecipeModule):
         export_dir: Optional[str] = None,
         num_threads: Optional[int] = None,
         compile: bool = False,
+        bootstrap_resamples: int = 1000,
     ) -> None:
         recipe = TrainingRecipe(base_lr=base_lr, lr_reference_batch=lr_reference_batch, lr=lr, betas=betas,
                                 weight_decay=weight_decay, warmup_fraction=warmup_fraction,
@@ -108,6 +118,8 @@ class LitAPMAE(RecipeModule):
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         if baseline_batches < 1:
             raise ValueError(f"baseline_batches must be >= 1, got {baseline_batches}")
+        if bootstrap_resamples != 0 and bootstrap_resamples < 100:
+            raise ValueError(f"bootstrap_resamples={bootstrap_resamples}: use 0 (no intervals) or >= 100")
         self.net = _build_net(seq_len=seq_len, preset=preset, overrides=net_overrides, net=net)
         if compile:
             self.net.compile()
@@ -117,6 +129,9 @@ class LitAPMAE(RecipeModule):
         # (Q, Q) patches sharing a grid row or column: the neighbour baseline's averaging weights.
         self.register_buffer("band_neighbours", band_neighbours(self.net.config.grid), persistent=False)
         self._metrics = nn.ModuleDict()
+        # "<stage>_<dataloader>" -> [(scenario ids (B,), squared errors (3, B) of AP-MAE, mean, neighbours)]
+        self._per_scenario: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self.bootstrap_seconds = 0.0  # spent on the intervals, all evaluations together
 
     @property
     def config(self) -> APMAEConfig:
@@ -182,12 +197,18 @@ class LitAPMAE(RecipeModule):
         metrics["mse"].update(model_err.mse, model_err.count)
         metrics["baseline"].update(base_err.mse, base_err.count)
         metrics["neighbour"].update(near_err.mse, near_err.count)
+        if "scenario" in batch and self.hparams.bootstrap_resamples:
+            sse = torch.stack([masked_error(p, out.patches, out.mask, out.valid, per_image=True).sse
+                               for p in (out.pred, base, near)])  # (3, B)
+            self._per_scenario.setdefault(f"{stage}_{dataloader_idx}", []).append(
+                (batch["scenario"].cpu().numpy(), sse.cpu().numpy()))
         return out
 
     def _reset_metrics(self, stage: str, dataloaders: Any) -> None:
         count = len(dataloaders) if isinstance(dataloaders, (list, tuple)) else 1
         for key in [k for k in self._metrics if k.startswith(f"{stage}_")]:
             del self._metrics[key]
+            self._per_scenario.pop(key, None)
         for idx in range(count):
             pair = nn.ModuleDict({"mse": MeanMetric(), "baseline": MeanMetric(), "neighbour": MeanMetric()})
             self._metrics[f"{stage}_{idx}"] = pair.to(self.device)
@@ -218,6 +239,26 @@ class LitAPMAE(RecipeModule):
             values[f"{stage}/{name}/mse_over_neighbour"] = mse / neighbour.clamp_min(1e-12)
             values[f"{stage}/{name}/mse_over_train"] = mse / train_mse.clamp_min(1e-12)
         self.log_dict(values, sync_dist=True, add_dataloader_idx=False)
+        if self.trainer.world_size == 1 and not self.trainer.sanity_checking:
+            self.log_dict(self._ratio_intervals(stage, names), add_dataloader_idx=False)
+
+    def _ratio_intervals(self, stage: str, names: list[str]) -> dict[str, float]:
+        """``<stage>/<target>/{mse_over_baseline,mse_over_neighbour}/{ci_low,ci_high}`` over scenarios."""
+        start, values = time.perf_counter(), {}
+        for idx, name in enumerate(names):
+            parts = self._per_scenario.get(f"{stage}_{idx}")
+            if not parts:
+                continue
+            ids = np.concatenate([p[0] for p in parts])
+            sse = np.concatenate([p[1] for p in parts], axis=1)  # (3, images)
+            _, unit = np.unique(ids, return_inverse=True)
+            per_scenario = np.stack([np.bincount(unit, weights=row) for row in sse])  # (3, scenarios)
+            intervals = ratio_intervals(per_scenario[0], per_scenario[1:], n_resamples=self.hparams.bootstrap_resamples)
+            for ratio, interval in zip(("mse_over_baseline", "mse_over_neighbour"), intervals):
+                values[f"{stage}/{name}/{ratio}/ci_low"] = interval.low
+                values[f"{stage}/{name}/{ratio}/ci_high"] = interval.high
+        self.bootstrap_seconds += time.perf_counter() - start
+        return values
 
     # ----------------------------------------------------------------- baseline
     def prepare_reference(self) -> None:

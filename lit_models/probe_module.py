@@ -12,9 +12,13 @@ Metrics, per predictor (``probe``, ``stats_probe``, ``probe_confidence``,
 ``confidence``, ``majority``) and task (and ``all``):
 ``val/<predictor>/<task>/{accuracy,balanced_accuracy,auroc,f1,n}`` and ``test/...``;
 ``val/loss``: the probe's cross-entropy on validation, the value checkpoints monitor.
+At test, each ``test/<predictor>/<task>/{balanced_accuracy,auroc}`` also gets its bootstrap interval
+(``.../ci_low``, ``.../ci_high``) and, for the comparisons of :mod:`apmae.probe.uncertainty`, the
+paired p-value against the baseline (``.../p_vs_<other>``), e.g. ``test/probe/all/auroc/p_vs_confidence``.
 
 At the end of fit and of test the head importance (``importance.csv``,
-``integrated_gradients.csv``, ``heatmap.png``) and the score table go to
+``integrated_gradients.csv``, ``heatmap.png``) and the score table (at test also the
+intervals and paired tests: ``test_intervals.csv``, ``test_paired_tests.csv``) go to
 ``export_dir`` and to the run's MLflow artifacts under ``head_importance/``.
 The data: an ``AttentionCacheDataModule`` (or ``EncodingsDataModule``) in ``mode: scenarios``.
 """
@@ -24,6 +28,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Optional
 
+import time
+
 import numpy as np
 import torch
 from torch import nn
@@ -32,6 +38,7 @@ from apmae.encodings.store import encoder_hash
 from apmae.model.loading import NET_CONFIG_KEY, load_encoder
 from apmae.model.net import APMAE
 from apmae.probe.metrics import best_threshold, metric_dict, per_task_scores
+from apmae.probe.uncertainty import BootstrapSettings, score_uncertainty, uncertainty_metric_dict
 from apmae.common.tracking import log_to_runs
 from lit_models.probe_export import write_probe_files
 from lit_models.probe_stage import FEATURES, MAX_TASKS, Collected, ProbeStage
@@ -70,6 +77,9 @@ class LitProbe(RecipeModule):
             ``heatmap.png``) and the score table go; default: ``probe/`` next to the checkpoint directory.
         num_threads: torch CPU threads of this process, set when the trainer sets up (None: leave
             torch's default).
+        bootstrap_resamples: resamples of the test split's stratified bootstrap (intervals and paired
+            tests, per task and pooled); 0 turns them off.
+        bootstrap_seed: seed of those resamples (the same seed gives the same intervals).
     """
 
     EXPORT_NAME = "probe"
@@ -96,6 +106,8 @@ class LitProbe(RecipeModule):
         min_lr_ratio: float = 0.0,
         export_dir: Optional[str] = None,
         num_threads: Optional[int] = None,
+        bootstrap_resamples: int = 1000,
+        bootstrap_seed: int = 0,
     ) -> None:
         recipe = TrainingRecipe(base_lr=base_lr, lr_reference_batch=lr_reference_batch, lr=lr, betas=betas,
                                 weight_decay=weight_decay, warmup_fraction=warmup_fraction,
@@ -104,6 +116,9 @@ class LitProbe(RecipeModule):
         self.save_hyperparameters()
         if probe_features not in FEATURES:
             raise ValueError(f"probe_features={probe_features!r}; use one of {FEATURES}")
+        if bootstrap_resamples != 0 and bootstrap_resamples < 100:
+            raise ValueError(f"bootstrap_resamples={bootstrap_resamples}: use 0 (no intervals) or >= 100 "
+                             "(1000 or more for intervals you report)")
         if importance_scenarios < 0 or importance_steps < 1:
             raise ValueError(f"importance_scenarios must be >= 0 and importance_steps >= 1; got "
                              f"{importance_scenarios}, {importance_steps}")
@@ -112,7 +127,9 @@ class LitProbe(RecipeModule):
         self.probe: Optional[ProbeStage] = None
         if probe_layers is not None and probe_heads is not None:
             self._build_probe(probe_layers, probe_heads)
-        self.probe_scores: Optional[dict[str, Any]] = None  # {"stage", "scores": {predictor: {task: BinaryScores}}}
+        # {"stage", "scores": {predictor: {task: BinaryScores}}}; at test also "uncertainty":
+        # {predictor: {task: ScoreUncertainty}} and "bootstrap_seconds"
+        self.probe_scores: Optional[dict[str, Any]] = None
         self._collected = Collected()
         self._ranked: Optional[tuple[Collected, list[str]]] = None  # what head_importance was computed on
         self._by_task: Optional[dict[str, torch.Tensor]] = None
@@ -239,8 +256,19 @@ class LitProbe(RecipeModule):
         logit = torch.logit(torch.from_numpy(probs["probe"]).clamp(1e-6, 1 - 1e-6))
         values[f"{stage}/loss"] = float(nn.functional.binary_cross_entropy_with_logits(
             logit, torch.from_numpy(correct).float()))
-        self.log_dict({k: v for k, v in values.items() if np.isfinite(v)}, add_dataloader_idx=False)
         self.probe_scores = {"stage": stage, "scores": scores}
+        if stage == "test" and self.hparams.bootstrap_resamples:
+            values.update(self._uncertainty(probs, correct, task, names, thresholds))
+        self.log_dict({k: v for k, v in values.items() if np.isfinite(v)}, add_dataloader_idx=False)
+
+    def _uncertainty(self, probs: dict[str, np.ndarray], correct: np.ndarray, task: np.ndarray, names: list[str],
+                     thresholds: dict[str, float]) -> dict[str, float]:
+        """Intervals and paired tests of every predictor, kept in ``probe_scores``; returns their metrics."""
+        start = time.perf_counter()
+        settings = BootstrapSettings(n_resamples=self.hparams.bootstrap_resamples, seed=self.hparams.bootstrap_seed)
+        uncertainty = score_uncertainty(probs, correct, task, names, thresholds=thresholds, settings=settings)
+        self.probe_scores.update(uncertainty=uncertainty, bootstrap_seconds=time.perf_counter() - start)
+        return {k: v for name, u in uncertainty.items() for k, v in uncertainty_metric_dict(f"test/{name}", u).items()}
 
     def _task_names(self) -> list[str]:
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -26,6 +26,9 @@ PROBE_CONFIG = "configs/demo/probe.yaml"
 # table columns: (metric key, header)
 COLUMNS = (("probe", "AP-MAE probe"), ("stats_probe", "pattern stats"), ("confidence", "confidence"),
            ("probe_confidence", "probe+conf"), ("majority", "majority"))
+# the mark a paired test against that baseline gets when it holds at 0.05: ">c" above confidence, "<c" below
+MARKS = {"confidence": "c", "stats_probe": "s"}
+ALPHA = 0.05
 
 
 @dataclass
@@ -41,22 +44,53 @@ class ProbeSummary:
     patterns: list[str] = field(default_factory=list)
     atlas: list[str] = field(default_factory=list)
     unscored: list[str] = field(default_factory=list)  # tasks with no test scenario left after balancing
+    uncertainty: dict[str, dict[str, Any]] | None = None  # predictor -> task -> ScoreUncertainty (None: not computed)
+    bootstrap_seconds: dict[str, float] = field(default_factory=dict)  # intervals and tests, inside the stage times
 
     def table(self) -> list[str]:
-        """Per task: balanced accuracy (AUROC) of every predictor, and the test count."""
+        """Per task: every predictor's balanced accuracy and AUROC, with their intervals when computed, and n."""
+        out = self._interval_table() if self.uncertainty is not None else self._plain_table()
+        if self.unscored:
+            out.append(f"  not scored (one class only, nothing to balance): {', '.join(self.unscored)}")
+        return out
+
+    def _tasks(self) -> list[str]:
+        return [t for t in self.scores["probe"] if t != "all"] + ["all"]
+
+    def _plain_table(self) -> list[str]:
+        """Balanced accuracy (AUROC) per predictor, without intervals."""
         head = f"  {'task':<24}" + "".join(f"{h:>17}" for _, h in COLUMNS) + f"{'n test':>8}"
         out = ["Correctness probe, test split (class-balanced per task): balanced accuracy (AUROC)", head]
-        tasks = [t for t in self.scores["probe"] if t != "all"] + ["all"]
-        for task in tasks:
+        for task in self._tasks():
             cells = []
             for key, _ in COLUMNS:
                 s = self.scores[key][task]
                 auc = "  -  " if s.auroc != s.auroc else f"{s.auroc:.2f}"
                 cells.append(f"{s.balanced_accuracy:>10.3f} ({auc})")
             out.append(f"  {task:<24}" + "".join(f"{c:>17}" for c in cells) + f"{self.scores['probe'][task].n:>8}")
-        if self.unscored:
-            out.append(f"  not scored (one class only, nothing to balance): {', '.join(self.unscored)}")
         return out
+
+    def _interval_table(self) -> list[str]:
+        """Balanced accuracy, then AUROC, each with its 95 % interval and the paired tests that hold."""
+        out = []
+        for metric, title in (("balanced_accuracy", "balanced accuracy"), ("auroc", "AUROC")):
+            out += [f"Correctness probe, test split (class-balanced per task): {title} [95 % bootstrap interval]",
+                    f"  {'task':<24}" + "".join(f"{h:>25}" for _, h in COLUMNS) + f"{'n test':>8}"]
+            for task in self._tasks():
+                cells = "".join(f"{self._cell(key, task, metric):>25}" for key, _ in COLUMNS)
+                out.append(f"  {task:<24}{cells}{self.scores['probe'][task].n:>8}")
+        out.append(f"  marks: >c / <c above / below confidence, >s / <s above / below pattern stats (paired "
+                   f"bootstrap on the same scenarios, p < {ALPHA}); no mark: no difference shown at that level")
+        return out
+
+    def _cell(self, predictor: str, task: str, metric: str) -> str:
+        value = getattr(self.scores[predictor][task], metric)
+        if value != value:
+            return "-"
+        u = self.uncertainty[predictor][task]
+        marks = [(">" if t[metric].difference > 0 else "<") + MARKS[other]
+                 for other, t in u.tests.items() if other in MARKS and t[metric].p_value < ALPHA]
+        return f"{value:.3f} {u.intervals[metric]}" + "".join(f" {m}" for m in marks)
 
     def lines(self) -> list[str]:
         out = ["", *self.table(),
@@ -101,14 +135,19 @@ def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, 
     seconds["probe test + interventions"] = time.perf_counter() - start
     run_id, experiment, tracking_uri, _ = run_location(cli.trainer.logger)
     summary = ProbeSummary(scores=cli.model.probe_scores["scores"], export_dir=str(cli.model.export_path()),
+                           uncertainty=cli.model.probe_scores.get("uncertainty"),
                            run_id=run_id, experiment=experiment, seconds=seconds,
                            interventions=[line for cb in interventions for line in cb.summary_lines()])
+    summary.bootstrap_seconds = {"probe": cli.model.probe_scores.get("bootstrap_seconds", 0.0),
+                                 "interventions": sum(cb.last.stats_seconds for cb in interventions if cb.last)}
     scored = cli.model.probe_scores["scores"]["probe"]
     summary.unscored = [t for t in cli.datamodule.task_names if t not in scored]
     if patterns:
         start = time.perf_counter()
-        summary.patterns = _patterns(cli, demo_dir, run_id, tracking_uri, reduction=reduction, workers=workers)
+        summary.patterns, cluster_probe_seconds = _patterns(cli, demo_dir, run_id, tracking_uri, reduction=reduction,
+                                                            workers=workers)
         seconds["recurring patterns"] = time.perf_counter() - start
+        summary.bootstrap_seconds["cluster probe"] = cluster_probe_seconds
     start = time.perf_counter()
     summary.atlas = _atlas(cli, demo_dir, [r for r in (run_id, apmae_run_id) if r], tracking_uri)
     seconds["head atlas"] = time.perf_counter() - start
@@ -128,7 +167,8 @@ def _atlas(cli: Any, demo_dir: str, run_ids: list[str], tracking_uri: str | None
 
 
 def _patterns(cli: Any, demo_dir: str, run_id: str | None, tracking_uri: str | None, *, reduction: str,
-              workers: int) -> list[str]:
+              workers: int) -> tuple[list[str], float]:
+    """The stage's report lines and the seconds its cluster-probe intervals took."""
     data = cli.datamodule
     name = data.train_target_name
     # the cluster probe fits, stops and is scored on the very rows the neural probe used
@@ -137,5 +177,8 @@ def _patterns(cli: Any, demo_dir: str, run_id: str | None, tracking_uri: str | N
                                     reduction=reduction, workers=workers, probe=probe, run_id=run_id,
                                     tracking_uri=tracking_uri)
     neural = cli.model.probe_scores["scores"]["probe"]["all"]
-    return [*report.lines(), f"  neural AP-MAE probe, test: balanced accuracy {neural.balanced_accuracy:.3f}, "
-                             f"AUROC {neural.auroc:.3f} (n={neural.n}, class-balanced)"]
+    u = cli.model.probe_scores.get("uncertainty", {}).get("probe", {}).get("all")
+    ci = {m: f" {u.intervals[m]}" if u else "" for m in ("balanced_accuracy", "auroc")}
+    line = (f"  neural AP-MAE probe, test: balanced accuracy {neural.balanced_accuracy:.3f}{ci['balanced_accuracy']}, "
+            f"AUROC {neural.auroc:.3f}{ci['auroc']} (n={neural.n}, class-balanced)")
+    return [*report.lines(), line], report.probe.bootstrap_seconds if report.probe else 0.0

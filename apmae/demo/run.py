@@ -43,6 +43,13 @@ class DemoSummary:
     def ratio_to_baseline(self, target: str) -> float:
         return self.metrics[f"val/{target}/mse_over_baseline"]
 
+    def _interval(self, target: str, over: str) -> str:
+        """`` [low, high]``: the ratio's 95 % interval over validation scenarios, when it was computed."""
+        key = f"val/{target}/mse_over_{over}/ci_"
+        if key + "low" not in self.metrics:
+            return ""
+        return f" [{self.metrics[key + 'low']:.3f}, {self.metrics[key + 'high']:.3f}]"
+
     def lines(self) -> list[str]:
         out = ["", "AP-MAE demo finished: validation MSE on masked patches (log-normalised patterns)"]
         for key in sorted(k for k in self.metrics if k.endswith("/mse") and k.startswith("val/")):
@@ -51,9 +58,10 @@ class DemoSummary:
             m = self.metrics
             out.append(
                 f"  {role} {target}: AP-MAE {m[key]:.4f} | trivial mean pattern {m[f'val/{target}/baseline_mse']:.4f}"
-                f" | AP-MAE/trivial {m[f'val/{target}/mse_over_baseline']:.3f}"
+                f" | AP-MAE/trivial {m[f'val/{target}/mse_over_baseline']:.3f}{self._interval(target, 'baseline')}"
                 + (f" | visible neighbours {m[f'val/{target}/neighbour_mse']:.4f}"
                    f" | AP-MAE/neighbours {m[f'val/{target}/mse_over_neighbour']:.3f}"
+                   f"{self._interval(target, 'neighbour')}"
                    if f"val/{target}/neighbour_mse" in m else "")
                 + f" | vs {self.train_target} x{m[f'val/{target}/mse_over_train']:.3f}"
             )
@@ -109,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     cli = cli_main(["fit", "--config", args.config, *demo_overrides(args.demo_dir), *extra])
     seconds = {"AP-MAE (mining, extraction, training)": time.perf_counter() - start}
+    bootstraps = {"reconstruction": getattr(cli.model, "bootstrap_seconds", 0.0)}
     summary = summarize(cli)
     print("\n".join(summary.lines()))
     ratio = summary.ratio_to_baseline(summary.train_target)
@@ -122,8 +131,16 @@ def main(argv: list[str] | None = None) -> int:
                             apmae_run_id=summary.run_id)
     print("\n".join(probe.lines()))
     seconds.update(probe.seconds)
+    bootstraps.update(probe.bootstrap_seconds)
     print("Stage times: " + " | ".join(f"{k} {_minutes(v)}" for k, v in seconds.items()))
+    print(bootstrap_line(bootstraps))
     return 0
+
+
+def bootstrap_line(seconds: dict[str, float]) -> str:
+    """What the intervals and tests cost, part of the stage times above."""
+    parts = " | ".join(f"{k} {v:.2f} s" for k, v in seconds.items())
+    return f"  of which intervals and tests (bootstraps, exact tests): {parts} | total {sum(seconds.values()):.2f} s"
 
 
 def _minutes(seconds: float) -> str:

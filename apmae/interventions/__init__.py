@@ -2,7 +2,8 @@
 
 - :mod:`apmae.interventions.head_sets`: signed importance, selection strategies, the k sweep;
 - :mod:`apmae.interventions.sweep`: re-run and greedily generate with heads zeroed;
-- :mod:`apmae.interventions.report`: tables, metrics, the collapse curve, key numbers.
+- :mod:`apmae.interventions.report`: tables, metrics, the collapse curve, key numbers;
+- :mod:`apmae.interventions.significance`: Wilson intervals, exact McNemar tests, the random-head null, BH.
 """
 
 from apmae.interventions.head_sets import HeadSet

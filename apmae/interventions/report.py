@@ -5,6 +5,8 @@ Glossary: N scenarios, k heads zeroed, n = L * H heads in all.
 Random head sets are drawn with several seeds; wherever one number per
 (strategy, k) is reported, random's is the mean over its seeds and its spread
 the standard deviation over seeds (``<metric>_std``, the shaded band of the curve).
+Given the :func:`apmae.interventions.significance.setting_tests` of the sweeps, the tables,
+the curve (Wilson error bars) and the key numbers also carry each setting's intervals and tests.
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from apmae.common.plotting import pyplot
+from apmae.common.stats import Interval, wilson_interval
+from apmae.interventions.significance import TEST_FIELDS, SettingKey, SettingTest
 from apmae.interventions.sweep import InterventionMetrics, SweepResult
 
 METRICS = ("accuracy", "delta_accuracy", "i2c", "c2i", "label_loss", "exact_match", "token_accuracy")
-RESULT_FIELDS = ("scope", "strategy", "k", "seed", *(f.name for f in fields(InterventionMetrics)), "heads")
+RESULT_FIELDS = ("scope", "strategy", "k", "seed", *(f.name for f in fields(InterventionMetrics)), *TEST_FIELDS,
+                 "heads")
+Tests = dict[SettingKey, SettingTest]
 TASK_FIELDS = ("scope", "task", "strategy", "k", "seed", *(f.name for f in fields(InterventionMetrics)))
 SCENARIO_FIELDS = ("scenario_index", "task", "source_id", "label_len", "label_ids", "cached_correct",
                    "baseline_prediction", "baseline_correct", "baseline_loss", "baseline_generated",
@@ -70,14 +76,17 @@ def metric_values(sweep: SweepResult, *, prefix: str = "interventions") -> dict[
     return values
 
 
-def result_rows(sweeps: Sequence[SweepResult]) -> list[dict[str, Any]]:
-    """One row per (scope, strategy, k, seed): metrics and the zeroed heads as ``L.H;L.H;...``."""
+def result_rows(sweeps: Sequence[SweepResult], tests: Tests | None = None) -> list[dict[str, Any]]:
+    """One row per (scope, strategy, k, seed): metrics, ``tests``' columns (empty without) and the zeroed heads
+    as ``L.H;L.H;...``."""
     rows = []
     for sweep in sweeps:
         for r in sweep.settings:
             h = r.head_set
+            test = (tests or {}).get((sweep.scope, h.strategy, h.k, h.seed))
+            columns = test.row() if test is not None else dict.fromkeys(TEST_FIELDS)
             rows.append({"scope": sweep.scope, "strategy": h.strategy, "k": h.k, "seed": h.seed,
-                         **asdict(r.metrics), "heads": h.label()})
+                         **asdict(r.metrics), **columns, "heads": h.label()})
     return rows
 
 
@@ -127,8 +136,11 @@ _STYLE = {"positive": ("tab:green", "o"), "negative": ("tab:red", "v"), "neutral
           "random": ("tab:gray", "D")}
 
 
-def curve_figure(sweep: SweepResult, *, title: str) -> Any:
-    """First-token accuracy and exact match vs k per strategy; random's band is mean +- std over seeds."""
+def curve_figure(sweep: SweepResult, *, title: str, tests: Tests | None = None) -> Any:
+    """First-token accuracy and exact match vs k per strategy; random's band is mean +- std over seeds.
+
+    With ``tests``, every ranked point carries its Wilson 95 % interval as an error bar.
+    """
     plt = pyplot()
 
     points = curve(sweep)
@@ -142,6 +154,9 @@ def curve_figure(sweep: SweepResult, *, title: str) -> Any:
             mean = np.array([p.mean[metric] for p in mine])
             color, marker = _STYLE.get(strategy, ("tab:purple", "x"))
             ax.plot(ks, mean, marker=marker, color=color, label=strategy)
+            if tests and strategy != "random":
+                low, high = _interval_arrays(tests, sweep.scope, strategy, ks, metric)
+                ax.errorbar(ks, mean, yerr=[mean - low, high - mean], fmt="none", ecolor=color, alpha=0.6, capsize=3)
             if strategy == "random":
                 std = np.array([p.std[metric] for p in mine])
                 ax.fill_between(ks, mean - std, mean + std, color=color, alpha=0.25, linewidth=0)
@@ -159,6 +174,11 @@ def curve_figure(sweep: SweepResult, *, title: str) -> Any:
     return fig
 
 
+def _interval_arrays(tests: Tests, scope: str, strategy: str, ks: np.ndarray, metric: str) -> tuple[np.ndarray, ...]:
+    found = [getattr(tests[(scope, strategy, int(k), None)], f"{metric}_ci") for k in ks]
+    return np.array([i.low for i in found]), np.array([i.high for i in found])
+
+
 @dataclass
 class StrategyPeak:
     """The k at which one strategy moves first-token accuracy most upward, and random at the same k."""
@@ -169,6 +189,18 @@ class StrategyPeak:
     delta_accuracy: float
     random_accuracy: float | None  # mean over seeds, None when random did not run
     random_std: float | None
+    test: SettingTest | None = None  # its interval and tests, when computed
+
+    def line(self) -> str:
+        rand = ("" if self.random_accuracy is None
+                else f" | random k={self.k}: {self.random_accuracy:.3f} +- {self.random_std:.3f}")
+        out = f"  {self.strategy:8s} best k={self.k}: accuracy {self.accuracy:.3f} ({self.delta_accuracy:+.3f}){rand}"
+        if self.test is not None:
+            t = self.test
+            out += f" | 95 % {t.accuracy_ci}, McNemar p {t.p_mcnemar:.3f} (BH {t.p_mcnemar_bh:.3f})"
+            if t.n_random:
+                out += f", vs {t.n_random} random sets p {t.p_vs_random:.2f}"
+        return out
 
 
 @dataclass
@@ -184,14 +216,13 @@ class KeyNumbers:
     all_heads_exact_match: float | None
     random_mean_delta: float | None  # random's delta, averaged over every k below all heads
     n_heads_total: int
+    baseline_accuracy_ci: Interval | None = None  # Wilson 95 % over the n scenarios
 
     def lines(self) -> list[str]:
+        ci = "" if self.baseline_accuracy_ci is None else f" {self.baseline_accuracy_ci}"
         out = [f"interventions [{self.scope}] on {self.n_scenarios} scenarios: no intervention accuracy "
-               f"{self.baseline_accuracy:.3f}, exact match {self.baseline_exact_match:.3f}"]
-        for p in self.peaks:
-            rand = ("" if p.random_accuracy is None
-                    else f" | random k={p.k}: {p.random_accuracy:.3f} +- {p.random_std:.3f}")
-            out.append(f"  {p.strategy:8s} best k={p.k}: accuracy {p.accuracy:.3f} ({p.delta_accuracy:+.3f}){rand}")
+               f"{self.baseline_accuracy:.3f}{ci}, exact match {self.baseline_exact_match:.3f}"]
+        out += [p.line() for p in self.peaks]
         if self.all_heads_accuracy is not None:
             out.append(f"  all {self.n_heads_total} heads zeroed: accuracy {self.all_heads_accuracy:.3f}, "
                        f"exact match {self.all_heads_exact_match:.3f}")
@@ -201,8 +232,11 @@ class KeyNumbers:
         return out
 
 
-def key_numbers(sweep: SweepResult) -> KeyNumbers:
-    """Best k of each ranked strategy (largest accuracy gain, smallest k on ties), k = all, random's mean."""
+def key_numbers(sweep: SweepResult, tests: Tests | None = None) -> KeyNumbers:
+    """Best k of each ranked strategy (largest accuracy gain, smallest k on ties), k = all, random's mean.
+
+    With ``tests``, each best k carries its interval and tests (the adjusted p-value reads the whole family).
+    """
     points = curve(sweep)
     random = {p.k: p for p in points if p.strategy == "random"}
     peaks = []
@@ -213,7 +247,8 @@ def key_numbers(sweep: SweepResult) -> KeyNumbers:
         peaks.append(StrategyPeak(strategy=strategy, k=best.k, accuracy=best.mean["accuracy"],
                                   delta_accuracy=best.mean["delta_accuracy"],
                                   random_accuracy=None if r is None else r.mean["accuracy"],
-                                  random_std=None if r is None else r.std["accuracy"]))
+                                  random_std=None if r is None else r.std["accuracy"],
+                                  test=(tests or {}).get((sweep.scope, strategy, best.k, None))))
     full = next((p for p in points if p.k == sweep.n_heads_total), None)
     partial = [p.mean["delta_accuracy"] for p in random.values() if p.k < sweep.n_heads_total]
     base = sweep.baseline_metrics()
@@ -222,4 +257,6 @@ def key_numbers(sweep: SweepResult) -> KeyNumbers:
                       all_heads_accuracy=None if full is None else full.mean["accuracy"],
                       all_heads_exact_match=None if full is None else full.mean["exact_match"],
                       random_mean_delta=float(np.mean(partial)) if partial else None,
-                      n_heads_total=sweep.n_heads_total)
+                      n_heads_total=sweep.n_heads_total,
+                      baseline_accuracy_ci=wilson_interval(int(round(base.accuracy * base.n)), base.n)
+                      if tests is not None else None)

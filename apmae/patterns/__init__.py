@@ -2,6 +2,7 @@
 
 - :mod:`apmae.patterns.clustering`: reduction (PCA / UMAP) and HDBSCAN per head;
 - :mod:`apmae.patterns.cluster_probe`: the cluster-id probe (CatBoost) and its SHAP ranking;
+- :mod:`apmae.patterns.stability`: per-head agreement of the families under another seed (ARI);
 - :mod:`apmae.patterns.figures`: families per head and medoid montages;
 - :mod:`apmae.patterns.run`: the stage, from an encodings file to figures and tables.
 """

@@ -11,7 +11,8 @@ CatBoost's own SHAP values rank the heads. Here it is fitted on the train
 split, stopped early and thresholded on the val split (a stratified tenth of
 train when there is no val split), and scored on the test split only, with
 the same scorer and metric names as the neural probe
-(``test/cluster_probe/<task>/<metric>``).
+(``test/cluster_probe/<task>/<metric>``), and the same stratified bootstrap intervals
+(``.../balanced_accuracy/ci_low`` ..., :mod:`apmae.probe.uncertainty`).
 
 CatBoost's ``ShapValues`` matrix is (rows, F + 1): one column per feature in
 feature order, then the expected value (the model's mean raw prediction) as the
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import csv
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,6 +33,7 @@ import numpy as np
 from apmae.common.optional import require
 from apmae.mining.scenario_set import balance_per_task
 from apmae.probe.metrics import BinaryScores, best_threshold, metric_dict, per_task_scores
+from apmae.probe.uncertainty import BootstrapSettings, ScoreUncertainty, score_uncertainty, uncertainty_metric_dict
 
 PREFIX = "test/cluster_probe"
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = 0, 1, 2
@@ -84,6 +86,9 @@ class ClusterProbeResult:
     eval_source: str  # "val" or "train holdout"
     seconds: float  # fit + SHAP
     balanced: bool = False  # every split class-balanced per task
+    uncertainty: dict[str, ScoreUncertainty] | None = None  # per task and "all": 95 % intervals on the test split
+    interval_metrics: dict[str, float] = field(default_factory=dict)  # test/cluster_probe/<task>/<metric>/ci_*
+    bootstrap_seconds: float = 0.0
 
 
 def feature_names(n_layers: int, n_heads: int) -> list[str]:
@@ -170,11 +175,17 @@ def fit_cluster_probe(labels: np.ndarray, *, correct: np.ndarray, split: np.ndar
     threshold = best_threshold(p_eval, y[val])
     scores = per_task_scores(p_test, y[test], np.asarray(task)[test], task_names, threshold=threshold)
     values, _ = split_shap(model.get_feature_importance(eval_pool, type="ShapValues"), len(names))
+    t_boot = time.perf_counter()
+    uncertainty = score_uncertainty({"cluster_probe": p_test}, y[test], np.asarray(task)[test], task_names,
+                                    thresholds={"cluster_probe": threshold}, comparisons=(),
+                                    settings=BootstrapSettings(seed=config.seed))["cluster_probe"]
     return ClusterProbeResult(
-        scores=scores, metrics=metric_dict(PREFIX, scores), threshold=threshold,
-        shap=head_shap(values, n_layers, n_heads), best_iteration=int(model.get_best_iteration() or 0),
-        n_train=len(train), n_eval=len(val), n_test=len(test), eval_source=source,
-        seconds=time.perf_counter() - start, balanced=config.balance)
+        scores=scores, metrics=metric_dict(PREFIX, scores),
+        interval_metrics=uncertainty_metric_dict(PREFIX, uncertainty),
+        threshold=threshold, shap=head_shap(values, n_layers, n_heads),
+        best_iteration=int(model.get_best_iteration() or 0), n_train=len(train), n_eval=len(val), n_test=len(test),
+        eval_source=source, seconds=time.perf_counter() - start, balanced=config.balance, uncertainty=uncertainty,
+        bootstrap_seconds=time.perf_counter() - t_boot)
 
 
 def write_importance_csv(path: str | Path, importance: np.ndarray) -> Path:

@@ -10,7 +10,9 @@ Glossary: N scenarios, L layers, H heads, D encoder width, K clusters of one hea
 Writes under ``out_dir`` (and, given an MLflow run id, logs as that run's artifacts):
 
 - ``clusters/summary.csv``: one row per head: layer, head, n_clusters, noise_fraction,
-  largest_cluster_share, task_purity, correct_purity, silhouette;
+  largest_cluster_share, task_purity, correct_purity, silhouette, stability_ari (the adjusted Rand
+  index between this clustering and one with the reduction's seed + 1, :mod:`apmae.patterns.stability`;
+  empty with ``--no-stability``);
 - ``clusters/labels.npz``: ``labels`` (N, L, H) cluster ids (-1 noise), ``scenario_index`` (N,),
   and per head, padded to the largest K with -1 / 0: ``medoids``, ``sizes``,
   ``majority_task`` (L, H, K), ``task_names``;
@@ -19,8 +21,10 @@ Writes under ``out_dir`` (and, given an MLflow run id, logs as that run's artifa
   and of the multi-family heads with the highest correctness purity;
 - ``head_importance/cluster_probe_importance.csv`` (``layer,head,importance``, the
   signed mean SHAP on the evaluation rows) and ``cluster_probe_shap.csv`` (every SHAP summary);
-- metrics ``test/cluster_probe/<task>/{accuracy,balanced_accuracy,auroc,f1,n}`` and
-  ``clusters/{multi_family_heads,mean_families,mean_noise_fraction,seconds_per_head}``.
+- metrics ``test/cluster_probe/<task>/{accuracy,balanced_accuracy,auroc,f1,n}`` (with
+  ``.../{balanced_accuracy,auroc}/{ci_low,ci_high}``: stratified bootstrap intervals) and
+  ``clusters/{multi_family_heads,mean_families,mean_noise_fraction,seconds_per_head}``
+  (and ``clusters/{mean,min}_stability_ari``).
 
 The demo's reduction is PCA: at the demo's size its 32 heads cluster in ~1 s,
 UMAP's in ~80 s or more (2 s per head plus 15-65 s of numba compilation, figures
@@ -32,7 +36,7 @@ from __future__ import annotations
 import argparse
 import csv
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,11 +49,12 @@ from apmae.patterns.cluster_probe import (ClusterProbeConfig, ClusterProbeResult
                                           write_importance_csv, write_shap_csv)
 from apmae.patterns.clustering import REDUCTIONS, ClusteringConfig, HeadClusters, PatternClusters, cluster_heads
 from apmae.patterns.figures import families_heatmap, medoid_montage
+from apmae.patterns.stability import family_stability
 
 DEMO_REDUCTION = "pca"
 SUMMARY = "cluster every head's encodings, draw the pattern families, fit the cluster-id probe"
 SUMMARY_COLUMNS = ("layer", "head", "n_clusters", "noise_fraction", "largest_cluster_share", "task_purity",
-                   "correct_purity", "silhouette")
+                   "correct_purity", "silhouette", "stability_ari")
 RANKINGS = ("mean", "mean_positive", "mean_negative", "mean_abs")
 
 
@@ -61,7 +66,8 @@ class PatternsReport:
     probe: ClusterProbeResult | None
     montage_heads: list[tuple[int, int]]
     artifacts: dict[str, Path]  # artifact path (relative to out_dir) -> file
-    seconds: dict[str, float] = field(default_factory=dict)  # clustering, probe, figures, total
+    seconds: dict[str, float] = field(default_factory=dict)  # clustering, stability, probe, figures, total
+    stability: np.ndarray | None = None  # (L, H) ARI between the clustering and one with the next seed
 
     @property
     def multi_family_heads(self) -> int:
@@ -75,7 +81,11 @@ class PatternsReport:
                "clusters/mean_families": float(n_clusters.mean()),
                "clusters/mean_noise_fraction": float(noise.mean()),
                "clusters/seconds_per_head": self.clusters.seconds / max(len(self.clusters.heads), 1)}
-        return {**out, **(self.probe.metrics if self.probe else {})}
+        if self.stability is not None:
+            out |= {"clusters/mean_stability_ari": float(self.stability.mean()),
+                    "clusters/min_stability_ari": float(self.stability.min())}
+        probe = {**self.probe.metrics, **self.probe.interval_metrics} if self.probe else {}
+        return {**out, **probe}
 
     def lines(self) -> list[str]:
         c = self.clusters
@@ -85,10 +95,17 @@ class PatternsReport:
                f"(families per head: max {c.n_clusters().max()}, mean {c.n_clusters().mean():.2f}); "
                f"clustering {self.seconds.get('clustering', 0.0):.1f} s"]
         if self.probe is not None:
-            pooled = self.probe.scores["all"]
+            pooled, u = self.probe.scores["all"], (self.probe.uncertainty or {}).get("all")
+            ci = {m: f" {u.intervals[m]}" if u else "" for m in ("balanced_accuracy", "auroc")}
             out.append(f"  cluster-id probe (CatBoost over per-head cluster ids), test: balanced accuracy "
-                       f"{pooled.balanced_accuracy:.3f}, AUROC {pooled.auroc:.3f} (n={pooled.n}, "
+                       f"{pooled.balanced_accuracy:.3f}{ci['balanced_accuracy']}, AUROC {pooled.auroc:.3f}"
+                       f"{ci['auroc']} (n={pooled.n}, "
                        f"{'class-balanced, ' if self.probe.balanced else ''}{self.probe.seconds:.1f} s)")
+        if self.stability is not None:
+            out.append(f"  family stability (adjusted Rand index against seed {self.clusters.config.seed + 1}, per "
+                       f"head): mean {self.stability.mean():.2f}, min {self.stability.min():.2f}, "
+                       f"{int((self.stability >= 0.9).sum())} of {self.stability.size} heads >= 0.90 "
+                       f"({self.seconds.get('stability', 0.0):.1f} s)")
         out.append(f"  montages of heads {', '.join(f'L{l}H{h}' for l, h in self.montage_heads) or 'none'}")
         return out
 
@@ -96,13 +113,14 @@ class PatternsReport:
 # ---------------------------------------------------------------- tables
 
 
-def write_summary(path: Path, clusters: PatternClusters) -> Path:
-    """``clusters/summary.csv``: one row per head, columns :data:`SUMMARY_COLUMNS`."""
+def write_summary(path: Path, clusters: PatternClusters, stability: np.ndarray | None = None) -> Path:
+    """``clusters/summary.csv``: one row per head, columns :data:`SUMMARY_COLUMNS` (stability empty without it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
         writer.writeheader()
-        for row in clusters.summary_rows():
+        for row, head in zip(clusters.summary_rows(), clusters.heads):
+            row["stability_ari"] = None if stability is None else float(stability[head.layer, head.head])
             writer.writerow({k: (repr(float(v)) if isinstance(v, float) else v) for k, v in row.items()})
     return path
 
@@ -193,7 +211,8 @@ def run_recurring_patterns(encodings: Any, cache: Any, out_dir: str | Path, *, r
                            kind: str = "cls", min_samples: int = 20, min_cluster_size: int = 25, seed: int = 0,
                            workers: int = 1, probe: ClusterProbeConfig | None = ClusterProbeConfig(),
                            ranking: str = "mean", montage_heads: int = 3, max_montage_clusters: int = 12,
-                           run_id: str | None = None, tracking_uri: str | None = None) -> PatternsReport:
+                           run_id: str | None = None, tracking_uri: str | None = None,
+                           stability: bool = True) -> PatternsReport:
     """Cluster every head of an :class:`~apmae.encodings.EncodingSet`, draw, probe, write and log.
 
     Args:
@@ -210,6 +229,8 @@ def run_recurring_patterns(encodings: Any, cache: Any, out_dir: str | Path, *, r
         montage_heads: heads per montage criterion (most families; highest correctness purity).
         max_montage_clusters: medoids shown per montage (the largest clusters).
         run_id, tracking_uri: MLflow run that receives the artifacts and metrics (None: files only).
+        stability: cluster again with ``seed + 1`` and report each head's adjusted Rand index
+            between the two (doubles the clustering time).
     """
     if ranking not in RANKINGS:
         raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
@@ -219,9 +240,14 @@ def run_recurring_patterns(encodings: Any, cache: Any, out_dir: str | Path, *, r
     config = ClusteringConfig(reduction=reduction, min_samples=min_samples, min_cluster_size=min_cluster_size,
                               seed=seed)
     out, start = Path(out_dir), time.perf_counter()
-    clusters = cluster_heads(encodings.array(kind), task=encodings.task, correct=encodings.correct,
-                             config=config, workers=workers)
-    artifacts = {"clusters/summary.csv": write_summary(out / "clusters/summary.csv", clusters),
+    x = encodings.array(kind)
+    clusters = cluster_heads(x, task=encodings.task, correct=encodings.correct, config=config, workers=workers)
+    t_stability = time.perf_counter()
+    ari = family_stability(clusters, cluster_heads(x, task=encodings.task, correct=encodings.correct,
+                                                   config=replace(config, seed=seed + 1), workers=workers)) \
+        if stability else None
+    seconds = {"clustering": clusters.seconds, "stability": time.perf_counter() - t_stability}
+    artifacts = {"clusters/summary.csv": write_summary(out / "clusters/summary.csv", clusters, ari),
                  "clusters/labels.npz": write_labels(out / "clusters/labels.npz", clusters,
                                                      encodings.columns["scenario_index"], encodings.task_names)}
     t_figures = time.perf_counter()
@@ -230,10 +256,10 @@ def run_recurring_patterns(encodings: Any, cache: Any, out_dir: str | Path, *, r
                                    max_clusters=max_montage_clusters))
     t_probe = time.perf_counter()
     result = _probe(clusters, encodings, probe, ranking, out, artifacts) if probe is not None else None
-    seconds = {"clustering": clusters.seconds, "figures": t_probe - t_figures,
-               "probe": time.perf_counter() - t_probe, "total": time.perf_counter() - start}
+    seconds |= {"figures": t_probe - t_figures, "probe": time.perf_counter() - t_probe,
+                "total": time.perf_counter() - start}
     report = PatternsReport(clusters=clusters, probe=result, montage_heads=chosen, artifacts=artifacts,
-                            seconds=seconds)
+                            seconds=seconds, stability=ari)
     if run_id is not None:
         log_to_mlflow(report, run_id=run_id, tracking_uri=tracking_uri)
     return report
@@ -272,6 +298,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-probe", action="store_true", help="skip the cluster-id probe")
     p.add_argument("--balance", action="store_true",
                    help="class-balance every split per task, as the neural probe's DataModule does (its seed: --seed)")
+    p.add_argument("--no-stability", action="store_true",
+                   help="skip the second clustering (seed + 1) that measures each head's family stability")
     p.add_argument("--ranking", choices=RANKINGS, default="mean", help="SHAP summary written as importance")
     p.add_argument("--run-id", help="MLflow run to log into")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
@@ -287,6 +315,6 @@ def main(argv: Sequence[str] | None = None) -> PatternsReport:
         min_samples=args.min_samples, min_cluster_size=args.min_cluster_size, seed=args.seed, workers=args.workers,
         probe=None if args.no_probe else ClusterProbeConfig(seed=args.seed, balance=args.balance,
                                                             balance_seed=args.seed), ranking=args.ranking,
-        run_id=args.run_id, tracking_uri=args.tracking_uri)
+        run_id=args.run_id, tracking_uri=args.tracking_uri, stability=not args.no_stability)
     print("\n".join(report.lines()))
     return report

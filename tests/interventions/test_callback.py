@@ -192,3 +192,19 @@ def test_the_cli_appends_the_callback_to_any_config(monkeypatch):
                          "--trainer.callbacks.every_n_epochs=null"], run=False)
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, Interventions)]
     assert (callback.n_scenarios, callback.dtype, callback.every_n_epochs) == (64, "bfloat16", None)
+
+
+def test_results_carry_each_settings_interval_and_flip_test(fitted):
+    from apmae.common.stats import mcnemar_exact, wilson_interval
+
+    callback, _ = fitted
+    results = _rows(callback.last.files["results.csv"])
+    for row in results:
+        n, right = int(row["n"]), round(float(row["accuracy"]) * int(row["n"]))
+        assert float(row["p_mcnemar"]) == pytest.approx(mcnemar_exact(int(row["i2c"]), int(row["c2i"])))
+        assert float(row["accuracy_ci_low"]) == pytest.approx(wilson_interval(right, n).low)
+        assert (row["p_mcnemar_bh"] == "nan") == (row["strategy"] == "random")
+    ranked = [r for r in results if r["strategy"] != "random" and r["scope"] == "all"]
+    assert all(int(r["n_random"]) == 2 for r in ranked)  # the fixture's two random seeds at every k
+    assert float(ranked[0]["p_mcnemar_bh"]) >= float(ranked[0]["p_mcnemar"])
+    assert callback.summary_lines()[-2].startswith("  p-values: exact McNemar of the flips")

@@ -49,6 +49,18 @@ def test_stage_reports_the_probe_and_the_family_count(stage) -> None:
     assert "balanced accuracy 1.000" in report.lines()[1]
 
 
+def test_stage_reports_the_probe_interval_and_each_heads_family_stability(stage) -> None:
+    report, out = stage
+    # a perfect probe stays perfect on every resample of its test rows
+    assert "balanced accuracy 1.000 [1.00, 1.00], AUROC 1.000 [1.00, 1.00]" in report.lines()[1]
+    assert report.metrics()["test/cluster_probe/all/balanced_accuracy/ci_low"] == 1.0
+    # PCA's exact solver ignores the seed, so the second clustering repeats the first
+    with (out / "clusters/summary.csv").open() as f:
+        assert [float(r["stability_ari"]) for r in csv.DictReader(f)] == [1.0] * 4
+    assert report.stability.shape == (2, 2) and report.metrics()["clusters/min_stability_ari"] == 1.0
+    assert report.lines()[2].startswith("  family stability (adjusted Rand index against seed 1, per head): mean 1.00")
+
+
 @pytest.mark.slow
 def test_stage_logs_artifacts_and_metrics_into_the_run(stage) -> None:
     report, _ = stage

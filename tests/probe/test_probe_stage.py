@@ -126,3 +126,31 @@ def test_per_task_importance_splits_the_global_importance_by_task(planted, tmp_p
     assert not torch.allclose(*by_task.values())  # the tasks are ranked apart, not copies of one ranking
     model.on_load_checkpoint({"state_dict": {}})
     assert model.head_importance_by_task is None  # a checkpoint keeps the global ranking only
+
+
+def test_test_split_gets_intervals_and_paired_tests_of_every_predictor(planted, tmp_path) -> None:
+    trainer, model = fit_probe(planted, tmp_path / "probe", epochs=3)
+    trainer.test(model, datamodule=probe_data(planted), verbose=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    scores, uncertainty = model.probe_scores["scores"], model.probe_scores["uncertainty"]
+    for name in ("probe", "stats_probe", "confidence", "probe_confidence"):
+        for metric in ("balanced_accuracy", "auroc"):
+            value = metrics[f"test/{name}/all/{metric}"]
+            low, high = metrics[f"test/{name}/all/{metric}/ci_low"], metrics[f"test/{name}/all/{metric}/ci_high"]
+            assert low <= value + 1e-6 and value <= high + 1e-6
+            assert uncertainty[name]["all"].estimates[metric] == pytest.approx(getattr(scores[name]["all"], metric),
+                                                                              abs=1e-6)
+    p = metrics["test/probe/all/auroc/p_vs_stats_probe"]
+    assert p == pytest.approx(uncertainty["probe"]["all"].tests["stats_probe"]["auroc"].p_value, abs=1e-6)
+    assert 0 < p <= 1
+    assert {"test/probe/all/balanced_accuracy/p_vs_confidence",
+            "test/probe_confidence/all/auroc/p_vs_confidence"} <= set(metrics)
+    rows = (tmp_path / "probe" / "test_paired_tests.csv").read_text().splitlines()
+    assert rows[0] == "predictor,other,task,metric,difference,ci_low,ci_high,p_value"
+    assert len(rows) == 1 + 3 * 2 * len(uncertainty["probe"])  # three comparisons, two metrics, every task
+    assert (tmp_path / "probe" / "test_intervals.csv").is_file() and model.probe_scores["bootstrap_seconds"] > 0
+
+
+def test_too_few_resamples_are_refused_before_the_encoder_loads(tmp_path) -> None:
+    with pytest.raises(ValueError, match="bootstrap_resamples=10: use 0"):
+        LitProbe(seq_len=32, encoder=str(tmp_path / "not-there"), bootstrap_resamples=10)

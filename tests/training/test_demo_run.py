@@ -85,3 +85,51 @@ def test_run_location_names_the_run_the_logger_writes_to(tmp_path, tracking_uri)
     run_id, experiment, uri, artifact_uri = run_location(logger)
     assert run_id == logger.run_id and experiment == "probe-elsewhere" and uri == tracking_uri
     assert artifact_uri == logger.experiment.get_run(run_id).info.artifact_uri
+
+
+def test_probe_table_prints_intervals_and_marks_the_comparisons_that_hold():
+    from apmae.common.stats import Interval
+    from apmae.demo.probe_report import COLUMNS, ProbeSummary
+    from apmae.probe.metrics import BinaryScores
+    from apmae.probe.uncertainty import PairedTest, ScoreUncertainty
+
+    def scores(ba: float, auc: float) -> BinaryScores:
+        return BinaryScores(accuracy=ba, balanced_accuracy=ba, auroc=auc, f1=ba, n=140)
+
+    def test(diff: float, p: float) -> dict[str, PairedTest]:
+        return {m: PairedTest(difference=diff, interval=Interval(diff - 0.1, diff + 0.1), p_value=p)
+                for m in ("balanced_accuracy", "auroc")}
+
+    table = {key: {"all": scores(0.5, 0.5)} for key, _ in COLUMNS}
+    table["probe"]["all"] = scores(0.621, 0.65)
+    band = {"balanced_accuracy": Interval(0.54, 0.70), "auroc": Interval(0.56, 0.74)}
+    uncertainty = {key: {"all": ScoreUncertainty(estimates={}, intervals=band)} for key, _ in COLUMNS}
+    uncertainty["probe"]["all"] = ScoreUncertainty(estimates={}, intervals=band, tests={
+        "confidence": test(-0.10, 0.003), "stats_probe": test(0.085, 0.07)})
+    lines = ProbeSummary(scores=table, export_dir="out", run_id=None, uncertainty=uncertainty).table()
+    rows = [line for line in lines if line.strip().startswith("all")]
+    assert rows[0].split()[1:6] == ["0.621", "[0.54,", "0.70]", "<c", "0.500"]  # stats: p = 0.07, no mark
+    assert rows[1].split()[1:5] == ["0.650", "[0.56,", "0.74]", "<c"] and rows[0].split()[-1] == "140"
+    assert "balanced accuracy [95 % bootstrap interval]" in lines[0] and "AUROC" in lines[len(lines) // 2]
+    assert lines[-1].startswith("  marks: >c / <c above / below confidence")
+
+
+def test_summary_prints_the_ratio_intervals_over_scenarios():
+    metrics = {"val/target-a/mse": 0.02, "val/target-a/baseline_mse": 0.08, "val/target-a/mse_over_baseline": 0.25,
+               "val/target-a/mse_over_train": 1.0, "val/target-a/neighbour_mse": 0.04,
+               "val/target-a/mse_over_neighbour": 0.5, "val/target-a/mse_over_baseline/ci_low": 0.231,
+               "val/target-a/mse_over_baseline/ci_high": 0.2704, "val/target-a/mse_over_neighbour/ci_low": 0.45,
+               "val/target-a/mse_over_neighbour/ci_high": 0.56}
+    summary = DemoSummary(train_target="target-a", metrics=metrics, run_id=None, experiment=None, tracking_uri=None,
+                          artifact_uri=None, export_dir="out")
+    assert ("target-a: AP-MAE 0.0200 | trivial mean pattern 0.0800 | AP-MAE/trivial 0.250 [0.231, 0.270]"
+            " | visible neighbours 0.0400 | AP-MAE/neighbours 0.500 [0.450, 0.560] | vs target-a x1.000"
+            ) in summary.lines()[2]
+
+
+def test_the_cost_of_the_intervals_is_printed_with_its_total():
+    from apmae.demo.run import bootstrap_line
+
+    assert bootstrap_line({"reconstruction": 0.125, "probe": 0.5, "interventions": 0.01}) == (
+        "  of which intervals and tests (bootstraps, exact tests): reconstruction 0.12 s | probe 0.50 s | "
+        "interventions 0.01 s | total 0.64 s")

@@ -203,3 +203,53 @@ def test_checkpoints_of_the_former_combined_module_load_or_name_the_probe_module
     torch.save(state, checkpoint)
     with pytest.raises(ValueError, match=r"load it with lit_models\.probe_module\.LitProbe\.load_from_checkpoint"):
         LitAPMAE.load_from_checkpoint(checkpoint)
+
+
+class _GroupedScenarios(torch.utils.data.Dataset):
+    """Validation images three to a scenario, as a head-mode cache serves several heads of one scenario."""
+
+    def __init__(self, inner: torch.utils.data.Dataset) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {**self.inner[i], "scenario": torch.tensor(i // 3)}
+
+
+class _GroupedData(SyntheticAttentionDataModule):
+    def val_dataloader(self):
+        return [torch.utils.data.DataLoader(_GroupedScenarios(v), batch_size=self.batch_size) for v in self.vals]
+
+
+def test_error_ratio_intervals_resample_whole_scenarios(tmp_path):
+    from apmae.common.stats import ratio_intervals
+
+    data = _GroupedData(seq_len=32, n_train=24, n_val=24, batch_size=8)
+    module = _module(lr=1e-3, bootstrap_resamples=500)
+    trainer = _trainer(tmp_path, max_epochs=1, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=data)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    module.eval()
+    base = module.net.patchify(module.baseline_mean)
+    sse = []
+    with torch.no_grad():
+        for b, batch in enumerate(data.val_dataloader()[0]):
+            out = module.net(batch["images"], noise=module.fixed_noise(batch["images"].shape[0], b, 0))
+            near = neighbour_patches(out.patches, out.mask, out.valid, base, band_neighbours(module.net.config.grid))
+            sse.append(torch.stack([masked_error(p, out.patches, out.mask, out.valid, per_image=True).sse
+                                    for p in (out.pred, base, near)]))
+    per_scenario = torch.cat(sse, dim=1).reshape(3, 8, 3).sum(2).double().numpy()  # 24 images -> 8 scenarios
+    expected = ratio_intervals(per_scenario[0], per_scenario[1:], n_resamples=500)
+    for ratio, interval in zip(("mse_over_baseline", "mse_over_neighbour"), expected):
+        low, high = metrics[f"val/synth-a/{ratio}/ci_low"], metrics[f"val/synth-a/{ratio}/ci_high"]
+        assert (low, high) == (pytest.approx(interval.low, rel=1e-5), pytest.approx(interval.high, rel=1e-5))
+        assert low <= metrics[f"val/synth-a/{ratio}"] <= high and low < high
+    assert module.bootstrap_seconds > 0
+
+
+def test_too_few_resamples_for_the_ratio_intervals_are_refused():
+    with pytest.raises(ValueError, match="bootstrap_resamples=5: use 0"):
+        _module(bootstrap_resamples=5)
+    assert _module(bootstrap_resamples=0).hparams.bootstrap_resamples == 0
