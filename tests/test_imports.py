@@ -49,3 +49,77 @@ def test_demo_modules_import_each_other_without_a_cycle():
 
     for name in graph:
         visit(name, ())
+
+
+PACKAGES = ("apmae", "datamodules", "lit_models", "callbacks")
+
+
+def _project_modules() -> dict[str, Path]:
+    return {_module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle_between_the_projects_modules():
+    """Counting imports inside functions too; a package's own ``__init__`` re-exporting its modules is no cycle."""
+    modules = _project_modules()
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in _imports(path):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+        graph[name] = {t for t in targets if t in modules and t != name and not t.startswith(name + ".")}
+    assert sum(len(t) for t in graph.values()) > 150  # the graph was read
+    assert _cycles(graph) == []
+    assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]  # the check can fail
+
+
+def test_an_import_inside_a_function_says_why():
+    """The house rule: module headers show the dependencies; an import in a function carries a comment
+    (an optional dependency or a measured import cost), on its line or the line above."""
+    silent = []
+    for name, path in _project_modules().items():
+        lines = path.read_text().split("\n")
+        tree = ast.parse("\n".join(lines))
+        for fn in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            body = [n for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))]
+            for node in body:
+                here, above = lines[node.lineno - 1], lines[node.lineno - 2].strip()
+                # the first import of a group carries the comment; the ones right after it share it
+                grouped = above.startswith(("import ", "from ")) or above.startswith(("matplotlib.use",))
+                if "#" not in here and not above.startswith("#") and not grouped:
+                    silent.append(f"{name}:{node.lineno}: {here.strip()}")
+    assert silent == []
