@@ -116,3 +116,37 @@ def test_zeroing_a_head_of_wide_heads_zeroes_exactly_its_slice(tiny_tokenizer):
         base = model(input_ids=ids).logits
     torch.testing.assert_close(zeroed, removed, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(zeroed, base)
+
+
+def test_contribution_weights_of_a_causal_llama_and_a_clear_refusal_for_gpt2(layout, tmp_path):
+    """Contribution caches read each head's value and output projections: Llama's separate v_proj / o_proj
+    work with GQA and BOS prompts; GPT-2's fused c_attn is refused before any file is written."""
+    name, target, scenarios = layout
+    path = shard_path(tmp_path, f"{name}.contribution", 0)
+    if name == "gpt2":
+        with pytest.raises(ValueError, match="no recognised attention modules"):
+            extract(target, scenarios, path, progress=False, pattern_kind="contribution")
+        assert not path.exists()
+        return
+    extract(target, scenarios, path, batch_size=4, progress=False, pattern_kind="contribution")
+    stored = np.stack(list(AttentionCache(path, pattern_kind="contribution")))  # (N, L, H, S, S)
+    np.testing.assert_allclose(stored.sum(-1), 1.0, atol=2e-2)  # rows sum to 1 (bfloat16 per value)
+    assert np.triu(stored[0, 0, 0], 1).max() == 0
+
+
+def test_streamed_encodings_of_causal_prompts_equal_cache_then_encode(layout, tmp_path):
+    from apmae.encodings.store import EncodingSet, ensure_encodings
+    from apmae.encodings.stream import stream_encodings
+    from apmae.model.net import APMAE, APMAEConfig
+    from tests.stream.test_stream import assert_same_encodings
+
+    _, target, scenarios = layout
+    torch.manual_seed(0)
+    net = APMAE(APMAEConfig.preset("tiny", seq_len=SEQ_LEN, patch_size=8, enc_dim=16, enc_depth=1, enc_heads=2,
+                                   enc_mlp=32, dec_dim=16, dec_depth=1, dec_heads=2, dec_mlp=32)).eval()
+    extract(target, scenarios, shard_path(tmp_path, "cache", 0), batch_size=4, progress=False)
+    from_cache = ensure_encodings(net, AttentionCache(shard_path(tmp_path, "cache", 0)), tmp_path / "enc.h5",
+                                  batch_size=4, progress=False)
+    streamed = stream_encodings(target, scenarios, net, shard_path(tmp_path, "stream", 0), batch_size=4,
+                                workers=1, progress=False)
+    assert_same_encodings(EncodingSet(streamed.path), from_cache)
