@@ -126,10 +126,11 @@ class APMAECLI(LightningCLI):
         _reject_linked_keys(parser, args)
         _reject_probe_stage(parser, args)
         super().parse_arguments(parser, args)
+        # before LightningCLI reads the checkpoint's hyperparameters with torch.load
+        _check_ckpt_path(self.config[self.config.subcommand] if self.config.get("subcommand") else self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        _check_ckpt_path(config)
         _name_mlflow_run(config)
 
     def instantiate_classes(self) -> None:
@@ -167,8 +168,8 @@ def _reject_unreadable_configs(parser: LightningArgumentParser, args: Any) -> No
 
 
 def _check_ckpt_path(config: Any) -> None:
-    """Refuse a missing or damaged ``--ckpt_path`` file before any class is built (Lightning would fail
-    deep inside torch's zip reader, after the data were prepared)."""
+    """Refuse a missing or damaged ``--ckpt_path`` file before Lightning reads it (it would fail deep
+    inside torch's zip reader, or not at all on a damaged tensor)."""
     ckpt = config.get("ckpt_path") if hasattr(config, "get") else None
     if not isinstance(ckpt, str) or ckpt in CKPT_ALIASES or ckpt.startswith("registry") or "://" in ckpt:
         return

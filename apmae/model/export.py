@@ -77,6 +77,15 @@ def read_export(directory: str | Path, device: str = "cpu") -> tuple[dict[str, A
     return config, state
 
 
+def state_misfits(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """What keeps ``found`` from loading into a model whose state is ``expected`` ("" when it fits)."""
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(found) if expected[k].shape != found[k].shape)
+    parts = [f"{len(keys)} {what} {keys[:3]}" for what, keys in
+             (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if keys]
+    return "; ".join(parts)
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
@@ -94,5 +103,5 @@ def _check_version(metadata: dict[str, str], weights: Path) -> None:
                           f"{EXPORT_VERSION}: a newer apmae wrote them; upgrade apmae, or {REEXPORT} with this one")
 
 
-__all__ = ["CONFIG_FILE", "EXPORT_VERSION", "ExportError", "WEIGHTS_FILE", "read_export", "weights_digest",
+__all__ = ["CONFIG_FILE", "EXPORT_VERSION", "ExportError", "WEIGHTS_FILE", "read_export", "state_misfits", "weights_digest",
            "write_export"]

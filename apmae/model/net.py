@@ -30,7 +30,8 @@ from einops import rearrange
 from torch import nn
 
 from apmae.common.triangle import lower_triangle, triangle_size
-from apmae.model.export import CONFIG_FILE, REEXPORT, WEIGHTS_FILE, ExportError, read_export, write_export
+from apmae.model.export import (CONFIG_FILE, REEXPORT, WEIGHTS_FILE, ExportError, read_export, state_misfits,
+                                write_export)
 from apmae.model.optim import weight_decay_groups
 from apmae.model.patches import grid_side, patchify, unpatchify, valid_pixels
 
@@ -440,9 +441,9 @@ class APMAE(nn.Module):
         except ValueError as e:
             raise ExportError(f"AP-MAE config {path / CONFIG_FILE} is not one this apmae can build ({e}); "
                               f"a newer apmae may have written it: upgrade apmae, or {REEXPORT}") from e
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise ExportError(f"AP-MAE weights {path / WEIGHTS_FILE} do not fit its {CONFIG_FILE} ({e}); "
-                              f"{REEXPORT}") from e
+        misfits = state_misfits(model.state_dict(), state)
+        if misfits:
+            raise ExportError(f"AP-MAE weights {path / WEIGHTS_FILE} do not fit its {CONFIG_FILE} ({misfits}); "
+                              f"{REEXPORT}")
+        model.load_state_dict(state)
         return model.to(map_location)

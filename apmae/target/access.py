@@ -121,7 +121,8 @@ def load_target(name_or_path: str | Path, *, dtype: str = "float32", device: str
         raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(DTYPES)}")
     name = str(name_or_path)
     if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
-        raise ValueError(f"target model {name!r} does not exist; give a model directory, a .gguf file or a hub name")
+        raise ValueError(f"cannot load target model {name!r}: it does not exist; give a model directory, a .gguf "
+                         "file or a hub name")
     source = str(convert_gguf(name, cache_dir=gguf_cache)) if is_gguf(name) else name
     try:
         model, info = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], attn_implementation="eager",

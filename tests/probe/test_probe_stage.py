@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from apmae.common.head_tables import read_head_table
+from apmae.encodings.store import encoder_hash
 from apmae.model.net import APMAE
 from datamodules.attention_cache import AttentionCacheDataModule
 from datamodules.settings import EncoderSettings, ExtractionSettings
@@ -126,3 +127,17 @@ def test_per_task_importance_splits_the_global_importance_by_task(planted, tmp_p
     assert not torch.allclose(*by_task.values())  # the tasks are ranked apart, not copies of one ranking
     model.on_load_checkpoint({"state_dict": {}})
     assert model.head_importance_by_task is None  # a checkpoint keeps the global ranking only
+
+
+def test_encodings_of_another_encoder_are_refused(planted, tmp_path) -> None:
+    """The DataModule serves encodings of one AP-MAE; a probe built on another would read them as its own."""
+    torch.manual_seed(1)
+    other = APMAE.from_preset("tiny", **MICRO).save(tmp_path / "other")
+    model = LitProbe(seq_len=32, encoder=str(other), lr=1e-2, importance_steps=2)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    data = probe_data(planted)
+    with pytest.raises(ValueError, match=r"serves encodings of encoder [0-9a-f]{16} but the probe's encoder is "
+                                         r"[0-9a-f]{16}: point data.encoder.path and model.encoder at the same"):
+        trainer.fit(model, datamodule=data)
+    assert data.encoder_hash != encoder_hash(model.net)
