@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Trainer, seed_everything
 
 from apmae.model.baselines import band_neighbours, neighbour_patches
 from apmae.model.net import APMAE, APMAEConfig, masked_error
@@ -203,3 +203,19 @@ def test_checkpoints_of_the_former_combined_module_load_or_name_the_probe_module
     torch.save(state, checkpoint)
     with pytest.raises(ValueError, match=r"load it with lit_models\.probe_module\.LitProbe\.load_from_checkpoint"):
         LitAPMAE.load_from_checkpoint(checkpoint)
+
+
+def test_a_seeded_fit_run_twice_gives_identical_metrics_and_weights(tmp_path):
+    runs = []
+    for k in range(2):
+        seed_everything(7)
+        module = _module()
+        trainer = _trainer(tmp_path / str(k), max_epochs=2, num_sanity_val_steps=0)
+        trainer.fit(module, datamodule=SyntheticAttentionDataModule(seq_len=32, n_train=16, n_val=8, batch_size=4))
+        runs.append(({name: float(v) for name, v in trainer.callback_metrics.items()}, module.net.state_dict()))
+    (metrics_a, weights_a), (metrics_b, weights_b) = runs
+    assert "val/loss" in metrics_a and metrics_a == metrics_b  # exact, not approximate
+    assert all(torch.equal(weights_a[name], weights_b[name]) for name in weights_a)
+    seed_everything(8)
+    other = _module()
+    assert not torch.equal(other.net.patch_embed.weight, weights_a["patch_embed.weight"])  # the seed matters
