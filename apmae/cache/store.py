@@ -282,6 +282,7 @@ def _lay_out(f: h5py.File, spec: CacheSpec, scenarios: Any, n_rows: int) -> None
     width, dtype = packed_width(triangle_size(s), spec.encoding), stored_dtype(spec.encoding)
     f.create_dataset("patterns", shape=(n_rows, n_layers, n_heads, width), dtype=dtype,
                      chunks=(1, 1, chunk_heads(n_heads, width * dtype.itemsize), width),
+                     maxshape=h5shards.empty_maxshape(n_rows, (n_layers, n_heads, width)),
                      **_compression_kwargs(spec.compression))
     f.create_dataset("scenario_index", shape=(n_rows,), dtype=np.int64, **checksummed(np.int64))
     for name in _SCENARIO_COLUMNS:

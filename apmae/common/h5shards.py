@@ -104,6 +104,15 @@ def checksummed(dtype: Any) -> dict[str, Any]:
     return {} if h5py.check_string_dtype(np.dtype(dtype)) is not None else {"fletcher32": True}
 
 
+def empty_maxshape(n_rows: int, trailing: tuple[int, ...]) -> tuple[int | None, ...] | None:
+    """``maxshape`` for a chunked dataset of ``n_rows`` rows: unlimited rows when there are none.
+
+    HDF5 refuses a chunk larger than a fixed-size dataset, and a rank with no rows (more ranks
+    than scenarios) lays out datasets of 0 rows; an unlimited first axis admits the chunk.
+    """
+    return (None, *trailing) if n_rows == 0 else None
+
+
 def shard_rows(n_scenarios: int, rank: int, world_size: int) -> np.ndarray:
     """Scenario rows that rank ``rank`` of ``world_size`` writes (strided, so shards are balanced)."""
     if not 0 <= rank < world_size:

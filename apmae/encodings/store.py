@@ -264,7 +264,7 @@ def _lay_out(f: h5py.File, spec: EncodingsSpec, columns: dict[str, np.ndarray]) 
     chunks = (min(max(n, 1), _ROW_CHUNK), 1, spec.n_heads)
     for kind in KINDS:
         f.create_dataset(kind, shape=(*shape, spec.dim), dtype=_DTYPES[kind], chunks=(*chunks, spec.dim),
-                         **checksummed(_DTYPES[kind]))
+                         maxshape=h5shards.empty_maxshape(n, (*shape[1:], spec.dim)), **checksummed(_DTYPES[kind]))
     f.create_dataset("stats", shape=(*shape, len(STAT_NAMES)), dtype=_DTYPES["stats"],
                      **checksummed(_DTYPES["stats"]))
     for name in COLUMNS:
