@@ -97,7 +97,7 @@ def test_validation_metrics_match_independent_computation(tmp_path):
         for idx, name in enumerate(["synth-a", "synth-b"]):
             sse = base_sse = near_sse = count = 0.0
             for b, batch in enumerate(data.val_dataloader()[idx]):
-                out = module.net(batch["images"], noise=module.fixed_noise(batch["images"].shape[0], b, idx))
+                out = module.net(batch["images"], noise=module.image_noise(batch, idx))  # the batch names its images
                 err = masked_error(out.pred, out.patches, out.mask, out.valid)
                 base = masked_error(module.net.patchify(mean), out.patches, out.mask, out.valid)
                 near = neighbour_patches(out.patches, out.mask, out.valid, module.net.patchify(mean),
@@ -219,3 +219,15 @@ def test_a_seeded_fit_run_twice_gives_identical_metrics_and_weights(tmp_path):
     seed_everything(8)
     other = _module()
     assert not torch.equal(other.net.patch_embed.weight, weights_a["patch_embed.weight"])  # the seed matters
+
+
+def test_image_noise_follows_the_image_not_its_batch():
+    module = _module()
+    batch = {"images": torch.zeros(3, 1, 32, 32), "scenario": torch.tensor([4, 9, 4]), "layer": torch.tensor([0, 1, 1]),
+             "head": torch.tensor([2, 2, 2])}
+    noise = module.image_noise(batch, 0)
+    alone = module.image_noise({k: v[1:2] for k, v in batch.items()}, 0)
+    assert noise.shape == (3, module.net.num_patches) and torch.equal(noise[1:2], alone)  # any batch, any rank
+    assert not torch.equal(noise[0], noise[2])  # another layer of the same scenario: another mask
+    assert not torch.equal(noise, module.image_noise(batch, 1))  # another dataloader (target)
+    assert module.image_noise({"images": batch["images"]}, 0) is None  # unnamed images: the batch-keyed noise
