@@ -395,7 +395,8 @@ class AttentionCacheDataModule(L.LightningDataModule):
         collate = collate_encodings if isinstance(dataset, EncodingRows) else ScaledCollate(self.scaler)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=collate, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available(), sampler=None if shuffle else evaluation_sampler(dataset))
+                          pin_memory=torch.cuda.is_available(),
+                          sampler=None if shuffle else evaluation_sampler(dataset))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.dataset(self.train_target_name, "train"), shuffle=True)

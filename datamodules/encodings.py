@@ -234,7 +234,8 @@ class EncodingsDataModule(L.LightningDataModule):
         dataset = self.dataset(self.train_target_name, split)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=collate_encodings, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available(), sampler=None if shuffle else evaluation_sampler(dataset))
+                          pin_memory=torch.cuda.is_available(),
+                          sampler=None if shuffle else evaluation_sampler(dataset))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -295,4 +295,5 @@ def check_scenarios(scenarios: ScenarioSet) -> None:
     if len(outside):
         raise ValueError(f"middle_pos lies outside the prompts (0..{scenarios.seq_len - 1}): rows "
                          f"{outside[:5].tolist()}{' ...' if len(outside) > 5 else ''} have "
-                         f"{scenarios.middle_pos[outside[:5]].tolist()}; the scenario set is inconsistent: mine it again")
+                         f"{scenarios.middle_pos[outside[:5]].tolist()}; the scenario set is inconsistent: "
+                         "mine it again")

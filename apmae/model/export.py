@@ -103,5 +103,5 @@ def _check_version(metadata: dict[str, str], weights: Path) -> None:
                           f"{EXPORT_VERSION}: a newer apmae wrote them; upgrade apmae, or {REEXPORT} with this one")
 
 
-__all__ = ["CONFIG_FILE", "EXPORT_VERSION", "ExportError", "WEIGHTS_FILE", "read_export", "state_misfits", "weights_digest",
-           "write_export"]
+__all__ = ["CONFIG_FILE", "EXPORT_VERSION", "ExportError", "WEIGHTS_FILE", "read_export", "state_misfits",
+           "weights_digest", "write_export"]

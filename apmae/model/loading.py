@@ -84,6 +84,7 @@ def load_encoder(path: str | Path) -> APMAE:
         net = APMAE(APMAEConfig.from_dict(checkpoint[NET_CONFIG_KEY]))
         net.load_state_dict(state)
     except (ValueError, RuntimeError) as e:
-        raise CheckpointError(f"checkpoint {path} holds an AP-MAE net this apmae cannot build ({e}); a newer apmae "
-                              "may have written it: upgrade apmae, or export the net with the apmae that trained it") from e
+        raise CheckpointError(f"checkpoint {path} holds an AP-MAE net this apmae cannot build ({e}); a newer "
+                              "apmae may have written it: upgrade apmae, or export the net with the apmae that "
+                              "trained it") from e
     return net

@@ -60,7 +60,8 @@ def test_more_ranks_than_scenarios_leave_an_empty_shard_that_still_merges(target
                 progress=False)
     assert len(AttentionCache(shard_path(tmp_path, "few", 4), require_complete=False)) == 0
     extract(target, few, shard_path(tmp_path / "one", "few", 0), batch_size=1, progress=False)
-    merged, reference = AttentionCache(str(tmp_path / "few.rank*.h5")), AttentionCache(tmp_path / "one" / "few.rank0.h5")
+    merged = AttentionCache(str(tmp_path / "few.rank*.h5"))
+    reference = AttentionCache(tmp_path / "one" / "few.rank0.h5")
     np.testing.assert_array_equal(merged.scenario_index, np.arange(4))
     for i in range(4):
         np.testing.assert_array_equal(merged.packed(i), reference.packed(i))
