@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ import pytest
 from apmae.cli import cli_main
 from apmae.common.head_tables import HeadTableError, read_head_table, write_head_table
 from tests.faults.damage import truncated
+
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 
 
 @pytest.fixture
@@ -63,11 +66,11 @@ def test_binary_truncated_unknown_or_missing_configs_are_named(tmp_path, run_cli
     config = tmp_path / "binary.yaml"
     config.write_bytes(bytes(range(256)))
     assert f"config file {config} is not readable UTF-8 text" in run_cli(["fit", "--config", str(config)])
-    cut = truncated("configs/smoke.yaml", tmp_path / "cut.yaml", 0.5)
+    cut = truncated(SMOKE, tmp_path / "cut.yaml", 0.5)
     cut.write_text(cut.read_text() + "  init_args: {broken")
     assert "Problems parsing config" in run_cli(["fit", "--config", str(cut), "--print_config"])
     newer = tmp_path / "newer.yaml"
-    newer.write_text("schema: 9\n" + open("configs/smoke.yaml").read())
+    newer.write_text("schema: 9\n" + SMOKE.read_text())
     assert "'schema' is not accepted" in run_cli(["fit", "--config", str(newer), "--print_config"])
     assert "does not exist" in run_cli(["fit", "--config", str(tmp_path / "missing.yaml")])
 
@@ -75,7 +78,7 @@ def test_binary_truncated_unknown_or_missing_configs_are_named(tmp_path, run_cli
 def test_a_damaged_or_missing_ckpt_path_is_refused_before_anything_runs(tmp_path, run_cli):
     bad = tmp_path / "last.ckpt"
     bad.write_bytes(b"PK\x03\x04 cut short")
-    args = ["fit", "--config", "configs/smoke.yaml", "--trainer.logger", "false"]
+    args = ["fit", "--config", str(SMOKE), "--trainer.logger", "false"]
     err = run_cli([*args, "--ckpt_path", str(bad)])
     assert f"--ckpt_path: checkpoint {bad} is not a readable torch checkpoint" in err
     err = run_cli([*args, "--ckpt_path", str(tmp_path / "none.ckpt")])
