@@ -34,14 +34,16 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 import yaml
 from lightning.pytorch.loggers import MLFlowLogger
 
+from apmae.atlas import run as atlas_run
 from apmae.common.allocator import keep_freed_memory
 from apmae.common.tracking import DEFAULT_EXPERIMENT, artifact_location, tracking_uri
-from apmae.atlas import run as atlas_run
+from apmae.model.loading import CheckpointError, check_checkpoint
 from apmae.patterns import run as patterns_run
 
 MLFLOW_LOGGER = "lightning.pytorch.loggers.MLFlowLogger"
 LINKED = {"seq_len": ("data.seq_len", "model.init_args.seq_len")}
 PROBE_CLASS = "lit_models.probe_module.LitProbe"  # the probe, formerly LitAPMAE's `stage: probe`
+CKPT_ALIASES = ("last", "best", "hpc")  # --ckpt_path values Lightning resolves itself
 
 
 @dataclass(frozen=True)
@@ -122,9 +124,12 @@ class APMAECLI(LightningCLI):
         parser.link_arguments(source, target, apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        _reject_unreadable_configs(parser, args)
         _reject_linked_keys(parser, args)
         _reject_probe_stage(parser, args)
         super().parse_arguments(parser, args)
+        # before LightningCLI reads the checkpoint's hyperparameters with torch.load
+        _check_ckpt_path(self.config[self.config.subcommand] if self.config.get("subcommand") else self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -145,6 +150,36 @@ def _root_cause(err: BaseException) -> str:
     while (err.__cause__ or err.__context__) is not None:
         err = err.__cause__ or err.__context__
     return str(err)
+
+
+def _config_paths(args: Any) -> list[str]:
+    """The files given to ``--config`` / ``-c`` / ``--config=`` on the command line."""
+    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+    return [argv[i + 1] if arg in ("--config", "-c") else arg.partition("--config=")[2]
+            for i, arg in enumerate(argv)
+            if (arg in ("--config", "-c") and i + 1 < len(argv)) or arg.startswith("--config=")]
+
+
+def _reject_unreadable_configs(parser: LightningArgumentParser, args: Any) -> None:
+    """A config file that is not text ends in a parser error naming it (YAML errors jsonargparse names itself)."""
+    for path in filter(lambda p: Path(p).is_file(), _config_paths(args)):  # jsonargparse names missing files
+        try:
+            Path(path).read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError) as e:
+            parser.error(f"config file {path} is not readable UTF-8 text ({e}); give a YAML config file")
+
+
+def _check_ckpt_path(config: Any) -> None:
+    """Refuse a missing or damaged ``--ckpt_path`` file before Lightning reads it (it would fail deep
+    inside torch's zip reader, or not at all on a damaged tensor)."""
+    ckpt = config.get("ckpt_path") if hasattr(config, "get") else None
+    if not isinstance(ckpt, str) or ckpt in CKPT_ALIASES or ckpt.startswith("registry") or "://" in ckpt:
+        return
+    try:
+        check_checkpoint(ckpt)
+    except CheckpointError as err:
+        sys.stderr.write(f"error: --ckpt_path: {err}\n")
+        raise SystemExit(2) from err
 
 
 def _reject_linked_keys(parser: LightningArgumentParser, args: Any) -> None:
@@ -190,9 +225,9 @@ def _reject_probe_stage(parser: LightningArgumentParser, args: Any) -> None:
 def _config_model_init_args(path: Path) -> dict[str, Any]:
     """The ``model`` init args a YAML config file sets ({} when none, or when it is not valid YAML)."""
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
-        return {}  # jsonargparse reports malformed YAML itself
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return {}  # malformed YAML jsonargparse reports itself; text that is not UTF-8, _reject_unreadable_configs
     model = tree.get("model") if isinstance(tree, dict) else None
     if not isinstance(model, dict):
         return {}

@@ -51,6 +51,7 @@ from apmae.model.scaling import get_scaler, scale
 from apmae.target.access import load_target_tokenizer
 from datamodules.java_scenarios import JavaScenarioDataModule
 from datamodules.rows import EncodingRows, collate_encodings, row_columns, select_rows
+from datamodules.sampling import evaluation_sampler
 from datamodules.settings import EncoderSettings, ExtractionSettings, check_settings
 
 MODES = ("heads", "scenarios")
@@ -394,7 +395,8 @@ class AttentionCacheDataModule(L.LightningDataModule):
         collate = collate_encodings if isinstance(dataset, EncodingRows) else ScaledCollate(self.scaler)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=collate, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+                          pin_memory=torch.cuda.is_available(),
+                          sampler=None if shuffle else evaluation_sampler(dataset))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.dataset(self.train_target_name, "train"), shuffle=True)

@@ -44,6 +44,7 @@ from apmae.target.access import load_target
 from datamodules.attention_cache import AttentionCacheDataModule
 from datamodules.java_scenarios import JavaScenarioDataModule
 from datamodules.rows import EncodingRows, collate_encodings, select_rows
+from datamodules.sampling import evaluation_sampler
 from datamodules.settings import EncoderSettings, ExtractionSettings, check_settings
 
 
@@ -230,9 +231,11 @@ class EncodingsDataModule(L.LightningDataModule):
         return EncodingRows(self.encodings, rows)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.dataset(self.train_target_name, split), batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, collate_fn=collate_encodings,
-                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+        dataset = self.dataset(self.train_target_name, split)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=collate_encodings, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available(),
+                          sampler=None if shuffle else evaluation_sampler(dataset))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

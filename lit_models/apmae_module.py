@@ -24,12 +24,16 @@ optimiser recipe of the paper, metrics and export. Metrics, per validation
   together, never single pixels; :func:`apmae.common.stats.ratio_intervals`), when batches name
   their ``scenario`` and one process evaluates (under DDP each rank sees part of the scenarios).
 
-Validation masks are drawn from a generator seeded by (dataloader, batch), so
-epochs and runs are compared on the very same masked patches.
+Validation masks are drawn from a generator seeded by the image itself when the batch
+names it (``scenario``, ``layer``, ``head``: the attention-cache DataModule's head images),
+else by (dataloader, batch), so epochs and runs are compared on the very same masked
+patches; with named images also runs on any number of ranks, whose batches hold other
+images than a single process's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict
 from typing import Any, Iterable, Optional
@@ -45,6 +49,8 @@ from apmae.model.loading import NET_CONFIG_KEY
 from apmae.model.net import APMAE, APMAEConfig, masked_error
 from apmae.common.tracking import log_to_runs
 from lit_models.training import OptimizerFactory, RecipeModule, SchedulerFactory, TrainingRecipe
+
+IMAGE_KEYS = ("scenario", "layer", "head")  # what names a head image in a batch (its masking noise follows it)
 
 PROBE_MODULE = "lit_models.probe_module.LitProbe"  # where the probe stage of former LitAPMAE runs lives
 
@@ -181,13 +187,30 @@ class LitAPMAE(RecipeModule):
         noise = torch.rand(batch_size, self.net.num_patches, generator=generator)
         return noise.to(self.device)
 
+    def image_noise(self, batch: dict[str, Any], dataloader_idx: int) -> Optional[torch.Tensor]:
+        """(B, Q) masking noise of each named image, the same whichever batch or rank it is in;
+        None when the batch does not name its images (``scenario``, ``layer``, ``head``)."""
+        if not all(key in batch for key in IMAGE_KEYS):
+            return None
+        keys = torch.stack([torch.as_tensor(batch[key]).long().cpu() for key in IMAGE_KEYS], dim=1)  # (B, 3)
+        rows = []
+        for scenario, layer, head in keys.tolist():
+            # torch's CPU generator keeps only 32 bits of a seed: hash the whole key into them
+            digest = hashlib.blake2b(f"{dataloader_idx}:{scenario}:{layer}:{head}".encode(), digest_size=4).digest()
+            generator = torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+            rows.append(torch.rand(self.net.num_patches, generator=generator))
+        return torch.stack(rows).to(self.device)
+
     def baseline_patches(self) -> torch.Tensor:
         """(1, Q, P2) patches of the mean training pattern."""
         return self.net.patchify(self.baseline_mean)
 
     def _evaluate(self, stage: str, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int) -> Any:
         images = batch["images"]
-        out = self.net(images, noise=self.fixed_noise(images.shape[0], batch_idx, dataloader_idx))
+        noise = self.image_noise(batch, dataloader_idx)
+        if noise is None:
+            noise = self.fixed_noise(images.shape[0], batch_idx, dataloader_idx)
+        out = self.net(images, noise=noise)
         model_err = masked_error(out.pred, out.patches, out.mask, out.valid)
         base = self.baseline_patches()
         base_err = masked_error(base, out.patches, out.mask, out.valid)

@@ -240,9 +240,10 @@ class LitProbe(RecipeModule):
         self._epoch_end("test")
 
     def _epoch_end(self, stage: str) -> None:
-        if not self._collected.correct:
+        gathered = self._collected.all_ranks()  # on every rank, before any rank may return
+        if gathered is None:
             return
-        probs, correct, task = self._collected.arrays()
+        probs, correct, task = gathered
         names = self._task_names()
         if stage == "val" and not self.trainer.sanity_checking:
             self.probe.confidence_threshold.fill_(best_threshold(probs["confidence"], correct))

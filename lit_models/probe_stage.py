@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from apmae.probe.net import HeadProbe, integrated_gradients_importance, mean_replacement_importance
@@ -46,6 +47,25 @@ class Collected:
     def arrays(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         probs = {k: torch.cat(v).float().numpy() for k, v in self.probs.items()}
         return probs, torch.cat(self.correct).numpy(), torch.cat(self.task).numpy()
+
+    def all_ranks(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray] | None:
+        """:meth:`arrays` of every rank together (rank order), or None when no rank collected anything.
+
+        Under DDP each rank evaluates its own share of the scenarios (Lightning's evaluation
+        sampler neither repeats nor pads them); scores computed on the union are those of a
+        single process on the same scenarios. Every rank must call this, also one that
+        collected nothing.
+        """
+        local = self.arrays() if self.correct else None
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return local
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, local)
+        parts = [part for part in parts if part is not None]
+        if not parts:
+            return None
+        probs = {name: np.concatenate([part[0][name] for part in parts]) for name in parts[0][0]}
+        return probs, np.concatenate([part[1] for part in parts]), np.concatenate([part[2] for part in parts])
 
     def kept_features(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, L, H, F) features of the first N = ``kept`` scenarios and their (N,) task ids."""
@@ -137,10 +157,13 @@ class ProbeStage(nn.Module):
         """Head importance of ``probe`` on the collected scenarios, into the buffers."""
         if not collected.features:
             return
-        features = collected.kept_features()[0].to(self.reference.device)
         probe = self.probes["probe"]
-        self.head_importance.copy_(mean_replacement_importance(probe, features, self.reference))
-        self.ig_importance.copy_(integrated_gradients_importance(probe, features, self.reference, steps=steps))
+        # `trainer.validate` runs under inference mode, where integrated gradients cannot take gradients:
+        # leave it, and clone the features collected under it into ordinary tensors
+        with torch.inference_mode(False):
+            features = collected.kept_features()[0].to(self.reference.device).clone()
+            self.head_importance.copy_(mean_replacement_importance(probe, features, self.reference))
+            self.ig_importance.copy_(integrated_gradients_importance(probe, features, self.reference, steps=steps))
 
     def importance_by_task(self, collected: Collected, task_names: list[str]) -> dict[str, torch.Tensor]:
         """``{task: (L, H)}``: the mean-replacement importance of ``probe`` on each task's collected scenarios."""

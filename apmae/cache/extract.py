@@ -286,7 +286,14 @@ def check_scenarios(scenarios: ScenarioSet) -> None:
     """Reject scenario sets extraction cannot use, saying what to change."""
     if len(scenarios) == 0:
         raise ValueError("the scenario set is empty; mine scenarios first")
-    if (scenarios.label_len < 1).any():
-        raise ValueError("some scenarios have no label tokens (label_len < 1); the first-token outcome needs one")
-    if not np.all((scenarios.middle_pos >= 0) & (scenarios.middle_pos < scenarios.seq_len)):
-        raise ValueError("middle_pos lies outside the prompts; the scenario set is inconsistent")
+    empty = np.flatnonzero(scenarios.label_len < 1)
+    if len(empty):
+        raise ValueError(f"some scenarios have no label tokens (label_len < 1): rows {empty[:5].tolist()}"
+                         f"{' ...' if len(empty) > 5 else ''}; the first-token outcome needs one: drop them or "
+                         "mine the set again")
+    outside = np.flatnonzero((scenarios.middle_pos < 0) | (scenarios.middle_pos >= scenarios.seq_len))
+    if len(outside):
+        raise ValueError(f"middle_pos lies outside the prompts (0..{scenarios.seq_len - 1}): rows "
+                         f"{outside[:5].tolist()}{' ...' if len(outside) > 5 else ''} have "
+                         f"{scenarios.middle_pos[outside[:5]].tolist()}; the scenario set is inconsistent: "
+                         "mine it again")

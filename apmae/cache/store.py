@@ -61,7 +61,7 @@ from apmae import __version__
 from apmae.cache.codec import DEFAULT_ENCODING, ENCODINGS, decode_stored, encode_stored, packed_width, stored_dtype
 from apmae.common import h5shards
 from apmae.common.files import expand_files
-from apmae.common.h5shards import RowWriter, StoreError, StoreFormat, StoreMessages
+from apmae.common.h5shards import RowWriter, StoreError, StoreFormat, StoreMessages, checksummed
 from apmae.common.h5shards import shard_path, shard_rows  # noqa: F401 (the cache's file names and rank rows, as before)
 from apmae.common.triangle import from_triangle, triangle_size
 
@@ -282,14 +282,15 @@ def _lay_out(f: h5py.File, spec: CacheSpec, scenarios: Any, n_rows: int) -> None
     width, dtype = packed_width(triangle_size(s), spec.encoding), stored_dtype(spec.encoding)
     f.create_dataset("patterns", shape=(n_rows, n_layers, n_heads, width), dtype=dtype,
                      chunks=(1, 1, chunk_heads(n_heads, width * dtype.itemsize), width),
+                     maxshape=h5shards.empty_maxshape(n_rows, (n_layers, n_heads, width)),
                      **_compression_kwargs(spec.compression))
-    f.create_dataset("scenario_index", shape=(n_rows,), dtype=np.int64)
+    f.create_dataset("scenario_index", shape=(n_rows,), dtype=np.int64, **checksummed(np.int64))
     for name in _SCENARIO_COLUMNS:
         col = getattr(scenarios, name)
         dtype = h5py.string_dtype() if col.dtype.kind in "UO" else col.dtype
-        f.create_dataset(name, shape=(n_rows, *col.shape[1:]), dtype=dtype)
+        f.create_dataset(name, shape=(n_rows, *col.shape[1:]), dtype=dtype, **checksummed(dtype))
     for name, dtype in _RESULT_COLUMNS.items():
-        f.create_dataset(name, shape=(n_rows,), dtype=dtype)
+        f.create_dataset(name, shape=(n_rows,), dtype=dtype, **checksummed(dtype))
     _write_attrs(f, spec, scenarios, n_rows)
 
 

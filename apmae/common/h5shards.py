@@ -95,6 +95,24 @@ def shard_path(directory: str | Path, name: str, rank: int) -> Path:
     return Path(directory) / f"{name}.rank{rank}.h5"
 
 
+def checksummed(dtype: Any) -> dict[str, Any]:
+    """``create_dataset`` keywords that give a dataset of ``dtype`` a Fletcher-32 checksum per chunk.
+
+    A damaged chunk then fails to read (OSError) instead of returning wrong values. HDF5 cannot
+    filter variable-length strings, so string columns go without.
+    """
+    return {} if h5py.check_string_dtype(np.dtype(dtype)) is not None else {"fletcher32": True}
+
+
+def empty_maxshape(n_rows: int, trailing: tuple[int, ...]) -> tuple[int | None, ...] | None:
+    """``maxshape`` for a chunked dataset of ``n_rows`` rows: unlimited rows when there are none.
+
+    HDF5 refuses a chunk larger than a fixed-size dataset, and a rank with no rows (more ranks
+    than scenarios) lays out datasets of 0 rows; an unlimited first axis admits the chunk.
+    """
+    return (None, *trailing) if n_rows == 0 else None
+
+
 def shard_rows(n_scenarios: int, rank: int, world_size: int) -> np.ndarray:
     """Scenario rows that rank ``rank`` of ``world_size`` writes (strided, so shards are balanced)."""
     if not 0 <= rank < world_size:
@@ -157,8 +175,9 @@ def _check_schema(f: h5py.File, path: Path, fmt: StoreFormat) -> None:
     except (KeyError, OSError, ValueError) as e:
         raise fmt.error(f"{path} is " + words.foreign.format(error=e)) from e
     if version != fmt.version:
+        newer = " (a newer apmae wrote it: upgrade apmae to read it as it is)" if version > fmt.version else ""
         raise fmt.error(f"{path} has {words.schema} schema {version}, this apmae reads {fmt.version}; "
-                        f"{words.remedy}")
+                        f"{words.remedy}{newer}")
     if not 0 <= committed <= rows:
         raise fmt.error(f"{path} claims {committed} committed rows but holds {rows}; {words.remedy}")
 

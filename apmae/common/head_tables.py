@@ -23,6 +23,10 @@ import numpy as np
 from apmae.common.plotting import pyplot
 
 
+class HeadTableError(ValueError):
+    """A head table cannot be used: unreadable, not a head table, damaged, or made for another model."""
+
+
 def write_head_table(path: str | Path, columns: Mapping[str, Any]) -> Path:
     """Write ``layer,head,<column>...`` rows for (L, H) arrays ``columns``; returns the path.
 
@@ -61,18 +65,20 @@ def read_head_table(path: str | Path, column: str, *, n_layers: int | None = Non
             head, or does not match ``n_layers`` x ``n_heads`` when given.
     """
     try:
-        with Path(path).open(newline="") as f:
+        with Path(path).open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-    except OSError as e:
-        raise ValueError(f"cannot read head table {path}: {e}") from e
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise HeadTableError(f"cannot read head table {path}: it is not a CSV text file ({e}); give a table a "
+                             "run wrote (importance.csv, head_metrics.csv, ...)") from e
     if not rows or not {"layer", "head", column} <= set(rows[0]):
-        raise ValueError(f"head table {path} needs columns layer, head and {column}; "
-                         f"it has {sorted(rows[0]) if rows else 'no rows'}")
+        raise HeadTableError(f"head table {path} needs columns layer, head and {column}; "
+                             f"it has {sorted(rows[0]) if rows else 'no rows'}")
     try:
         keys = [(int(r["layer"]), int(r["head"])) for r in rows]
         values = [float(r[column]) for r in rows]
-    except ValueError as e:
-        raise ValueError(f"head table {path} has a non-numeric entry ({e})") from e
+    except (ValueError, TypeError) as e:  # TypeError: a row cut short has None for its last cells
+        raise HeadTableError(f"head table {path} has a non-numeric entry or a missing one ({e}); it is truncated or "
+                             "damaged: write it again") from e
     n_layers = n_layers if n_layers is not None else max(k[0] for k in keys) + 1
     n_heads = n_heads if n_heads is not None else max(k[1] for k in keys) + 1
     _check_heads(keys, path, n_layers=n_layers, n_heads=n_heads)
@@ -87,16 +93,16 @@ def _check_heads(keys: list[tuple[int, int]], path: str | Path, *, n_layers: int
     outside = sorted({k for k in keys if not (0 <= k[0] < n_layers and 0 <= k[1] < n_heads)})
     if outside:
         shown = ", ".join(f"{l}.{h}" for l, h in outside[:5])
-        raise ValueError(f"head table {path} names {len(outside)} heads outside {n_layers} layers x {n_heads} "
+        raise HeadTableError(f"head table {path} names {len(outside)} heads outside {n_layers} layers x {n_heads} "
                          f"heads ({shown}): it was made for another model")
     counts = Counter(keys)
     repeated = sorted(k for k, n in counts.items() if n > 1)
     if repeated:
-        raise ValueError(f"head table {path} lists heads {[f'{l}.{h}' for l, h in repeated[:5]]} more than "
+        raise HeadTableError(f"head table {path} lists heads {[f'{l}.{h}' for l, h in repeated[:5]]} more than "
                          "once; keep one row per head")
     missing = [f"{l}.{h}" for l in range(n_layers) for h in range(n_heads) if (l, h) not in counts]
     if missing:
-        raise ValueError(f"head table {path} has no row for {len(missing)} of {n_layers * n_heads} heads "
+        raise HeadTableError(f"head table {path} has no row for {len(missing)} of {n_layers * n_heads} heads "
                          f"({missing[:5]}); it must list every head")
 
 
@@ -132,4 +138,4 @@ def head_heatmap(path: str | Path, panels: Mapping[str, np.ndarray], *, title: s
     return path
 
 
-__all__ = ["head_heatmap", "read_head_table", "table_cell", "write_head_table"]
+__all__ = ["HeadTableError", "head_heatmap", "read_head_table", "table_cell", "write_head_table"]

@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 from apmae import __version__
 from apmae.common import h5shards
 from apmae.common.files import expand_files
-from apmae.common.h5shards import RowWriter, StoreError, StoreFormat, StoreMessages
+from apmae.common.h5shards import RowWriter, StoreError, StoreFormat, StoreMessages, checksummed
 
 SCHEMA_VERSION = 2  # 2: shard attributes (rank, world size, group fingerprint)
 STAT_NAMES = ("entropy", "mean_distance", "first_token_mass", "diagonal_mass")
@@ -263,8 +263,10 @@ def _lay_out(f: h5py.File, spec: EncodingsSpec, columns: dict[str, np.ndarray]) 
     n, shape = spec.n_rows, (spec.n_rows, spec.n_layers, spec.n_heads)
     chunks = (min(max(n, 1), _ROW_CHUNK), 1, spec.n_heads)
     for kind in KINDS:
-        f.create_dataset(kind, shape=(*shape, spec.dim), dtype=_DTYPES[kind], chunks=(*chunks, spec.dim))
-    f.create_dataset("stats", shape=(*shape, len(STAT_NAMES)), dtype=_DTYPES["stats"])
+        f.create_dataset(kind, shape=(*shape, spec.dim), dtype=_DTYPES[kind], chunks=(*chunks, spec.dim),
+                         maxshape=h5shards.empty_maxshape(n, (*shape[1:], spec.dim)), **checksummed(_DTYPES[kind]))
+    f.create_dataset("stats", shape=(*shape, len(STAT_NAMES)), dtype=_DTYPES["stats"],
+                     **checksummed(_DTYPES["stats"]))
     for name in COLUMNS:
         col = np.asarray(columns[name])
         if len(col) != n:
@@ -272,7 +274,7 @@ def _lay_out(f: h5py.File, spec: EncodingsSpec, columns: dict[str, np.ndarray]) 
         if col.dtype.kind in "UO":
             f.create_dataset(name, data=col.astype(object), dtype=h5py.string_dtype())
         else:
-            f.create_dataset(name, data=col)
+            f.create_dataset(name, data=col, **checksummed(col.dtype))
     f.attrs.update({**spec.attrs(), "stat_names": json.dumps(list(STAT_NAMES)), "apmae_version": __version__,
                     "created": datetime.datetime.now(datetime.timezone.utc).isoformat()})
 
@@ -371,7 +373,7 @@ class EncodingSet:
             sel = np.flatnonzero(shard == k)
             if len(sel):
                 wanted, inverse = np.unique(local[sel], return_inverse=True)  # h5py reads increasing rows
-                with h5py.File(path, "r") as f:
+                with _reading(path) as f:
                     out[sel] = f[name][wanted][inverse]
         return out
 
@@ -391,13 +393,24 @@ class EncodingSet:
         self._trailing(name)
         parts = []
         for path, committed in self._files:
-            with h5py.File(path, "r") as f:
+            with _reading(path) as f:
                 parts.append(f[name][(slice(0, committed), *key)])
         if len(parts) == 1 and np.array_equal(self._local, np.arange(len(self._local))):
             return parts[0]  # already in scenario order: no copy
         merged = np.concatenate(parts)
         offsets = np.cumsum([0] + [c for _, c in self._files])[:-1]
         return merged[offsets[self._shard_of] + self._local]
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[h5py.File]:
+    """``path`` open for reading; a damaged chunk (its checksum fails) or a file changed since it was
+    opened ends in :class:`EncodingsError` naming the file."""
+    try:
+        with h5py.File(path, "r") as f:
+            yield f
+    except (OSError, KeyError) as e:
+        raise EncodingsError(f"encodings file {path} is corrupt ({e}); {FORMAT.messages.remedy}") from e
 
 
 # ---------------------------------------------------------------- building from a pattern cache

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,10 @@ import numpy as np
 
 SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 1
+
+
+class ScenarioSetError(ValueError):
+    """A saved scenario set cannot be read: damaged, not a scenario set, or of another format version."""
 
 
 @dataclass
@@ -94,17 +99,60 @@ class ScenarioSet:
 
     @classmethod
     def load(cls, path: str | Path) -> "ScenarioSet":
-        """Read a set written by :meth:`save`; a damaged file raises ``ValueError``."""
+        """Read a set written by :meth:`save`.
+
+        Raises:
+            ScenarioSetError: the file is missing, truncated, damaged (a zip member fails its
+                CRC), not a scenario set, or of another format version.
+        """
         path = Path(path)
+        header, cols = _read_npz(path)
+        version = header.get("format_version")
+        if version != FORMAT_VERSION:
+            newer = isinstance(version, int) and version > FORMAT_VERSION
+            raise ScenarioSetError(
+                f"scenario set {path} has format {version}, this apmae reads {FORMAT_VERSION}"
+                + ("; it was written by a newer apmae: upgrade apmae, or delete it and mine again" if newer
+                   else "; delete it and mine again"))
         try:
-            with np.load(path, allow_pickle=False) as z:
-                header = json.loads(str(z["header"]))
-                cols = {k: z[k] for k in _COLUMNS}
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read scenario set {path}: {e}; delete it and mine again") from e
-        if header.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"scenario set {path} has format {header.get('format_version')}, expected {FORMAT_VERSION}")
-        return cls(**cols, task_names=header["task_names"], meta=header["meta"])
+            return cls(**cols, task_names=header["task_names"], meta=header["meta"])
+        except (KeyError, ValueError) as e:
+            raise ScenarioSetError(f"scenario set {path} is inconsistent ({e}); delete it and mine again") from e
+
+
+_DAMAGE = (OSError, EOFError, ValueError, KeyError, IndexError, zipfile.BadZipFile, json.JSONDecodeError)
+
+
+def _read_npz(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The header and columns of a saved set; every way the file can be damaged ends in ScenarioSetError."""
+    if not path.is_file():
+        raise ScenarioSetError(f"scenario set {path} does not exist; mine the scenarios first")
+    try:
+        with _open_npz(path) as z:
+            missing = [k for k in ("header", *_COLUMNS) if k not in z.files]
+            if missing:
+                raise ValueError(f"it lacks {missing}")
+            header = json.loads(str(z["header"]))
+            cols = {k: z[k] for k in _COLUMNS}  # reading a member checks its CRC
+    except _DAMAGE as e:
+        raise _unreadable(path, e) from e
+    if not isinstance(header, dict):
+        raise ScenarioSetError(f"scenario set {path} has a header that is not a JSON object; delete it and mine again")
+    return header, cols
+
+
+def _open_npz(path: Path) -> Any:
+    """The open ``.npz`` archive at ``path`` (ValueError for a single ``.npy`` array)."""
+    z = np.load(path, allow_pickle=False)
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError("it is a single .npy array, not an .npz archive")
+    return z
+
+
+def _unreadable(path: Path, error: Exception) -> ScenarioSetError:
+    reason = "it is not a zip archive of arrays" if "pickled" in str(error) else str(error)[:200]
+    return ScenarioSetError(f"cannot read scenario set {path}: truncated, damaged or not a scenario set ({reason}); "
+                            "delete it and mine again")
 
 
 _COLUMNS = ("input_ids", "label_ids", "label_len", "middle_pos", "task", "source_id",
@@ -120,10 +168,10 @@ def source_seq_len(source: Any) -> int:
     if not path.is_file():
         raise ValueError(f"scenarios={str(path)!r} is not a file; pass a ScenarioSet .npz or a scenario DataModule")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with _open_npz(path) as z:
             return int(z["input_ids"].shape[1])
-    except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"cannot read scenario set {path}: {e}") from e
+    except _DAMAGE as e:
+        raise _unreadable(path, e) from e
 
 
 def load_source(source: Any) -> "ScenarioSet":

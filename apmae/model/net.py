@@ -27,16 +27,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from apmae.common.triangle import lower_triangle, triangle_size
+from apmae.model.export import (CONFIG_FILE, REEXPORT, WEIGHTS_FILE, ExportError, read_export, state_misfits,
+                                write_export)
 from apmae.model.optim import weight_decay_groups
 from apmae.model.patches import grid_side, patchify, unpatchify, valid_pixels
 
 POS_EMBEDS = ("learned", "sincos")
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The published AP-MAE: 8 x 8 grid of 32-pixel patches, ~127 M parameters.
@@ -425,21 +424,26 @@ class APMAE(nn.Module):
 
     def save(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
-        return path
+        return write_export(directory, asdict(self.config), self.state_dict())
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "APMAE":
-        """Rebuild a model saved by :meth:`save`, weights placed on ``map_location``."""
+        """Rebuild a model saved by :meth:`save`, weights placed on ``map_location``.
+
+        Raises:
+            apmae.model.export.ExportError: a missing, truncated, damaged or foreign file, a config
+                of a newer apmae, or weights that do not fit the config.
+        """
         path = Path(directory)
-        missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (path / name).is_file()]
-        if missing:
-            raise ValueError(f"{path} is not a saved AP-MAE: missing {missing}; save one with APMAE.save")
-        config = APMAEConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
-        model = cls(config)
-        model.load_state_dict(load_file(str(path / WEIGHTS_FILE), device=str(torch.device(map_location))))
+        config, state = read_export(path, device=str(torch.device(map_location)))
+        try:
+            model = cls(APMAEConfig.from_dict(config))
+        except ValueError as e:
+            raise ExportError(f"AP-MAE config {path / CONFIG_FILE} is not one this apmae can build ({e}); "
+                              f"a newer apmae may have written it: upgrade apmae, or {REEXPORT}") from e
+        misfits = state_misfits(model.state_dict(), state)
+        if misfits:
+            raise ExportError(f"AP-MAE weights {path / WEIGHTS_FILE} do not fit its {CONFIG_FILE} ({misfits}); "
+                              f"{REEXPORT}")
+        model.load_state_dict(state)
         return model.to(map_location)

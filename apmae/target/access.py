@@ -21,6 +21,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from apmae.cache.codec import DEFAULT_ENCODING, stored_attentions
 from apmae.common.triangle import lower_triangle_index
@@ -119,17 +120,31 @@ def load_target(name_or_path: str | Path, *, dtype: str = "float32", device: str
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(DTYPES)}")
     name = str(name_or_path)
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+        raise ValueError(f"cannot load target model {name!r}: it does not exist; give a model directory, a .gguf "
+                         "file or a hub name")
     source = str(convert_gguf(name, cache_dir=gguf_cache)) if is_gguf(name) else name
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], attn_implementation="eager")
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot load target model {name!r}: {e}") from e
+        model, info = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], attn_implementation="eager",
+                                                           output_loading_info=True)
+    except (OSError, ValueError, SafetensorError) as e:
+        raise ValueError(f"cannot load target model {name!r}: {e}; if its weights or config are truncated or "
+                         "damaged, download or save the model again") from e
+    _check_loaded_weights(name, info)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError):
         tokenizer = None  # patterns need only ids; the scenario set carries the tokenizer facts
     model.to(resolve_device(device)).eval()
     return wrap_model(model, tokenizer=tokenizer, name=name, dtype=dtype)
+
+
+def _check_loaded_weights(name: str, info: Mapping[str, Any]) -> None:
+    """Refuse weights that left parameters at their random initialisation (transformers only warns)."""
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ValueError(f"target model {name!r} has no weights for {len(missing)} parameters ({missing[:3]} ...): "
+                         "its weights file belongs to another model or is incomplete; download or save the model again")
 
 
 def load_target_tokenizer(name_or_path: str | Path, *, gguf_cache: str | Path | None = None) -> Any:

@@ -26,6 +26,7 @@ from apmae.common.optional import require
 
 GGUF_MAGIC = b"GGUF"
 _HEADER_BYTES = 24  # magic, version (uint32), tensor count and metadata count (uint64 each)
+GGUF_VERSIONS = (2, 3)  # the versions the gguf reader transformers uses can read
 _SOURCE_FILE = "gguf_source.json"  # written last into a converted directory: the file it came from
 DEFAULT_CACHE = Path(os.environ.get("APMAE_GGUF_CACHE", Path.home() / ".cache" / "apmae" / "gguf"))
 
@@ -47,6 +48,11 @@ def check_gguf_file(path: Path) -> None:
     if len(head) < _HEADER_BYTES:
         raise ValueError(f"GGUF file {path} is truncated ({path.stat().st_size} bytes, less than its header); "
                          "download or write it again")
+    version = int.from_bytes(head[4:8], "little")
+    if version not in GGUF_VERSIONS:
+        raise ValueError(f"GGUF file {path} is GGUF version {version}; the gguf reader reads versions "
+                         f"{list(GGUF_VERSIONS)}: convert the model again with a llama.cpp that writes one of "
+                         "them, or upgrade the gguf package if the version is newer")
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from apmae.demo.corpus import generate_corpus
@@ -32,6 +34,24 @@ def test_saved_directory_reloads_with_identical_encodings(tokenizer_dir, demo_to
     assert again(text)["input_ids"] == demo_tokenizer(text)["input_ids"]
     assert len(again) == len(demo_tokenizer) == 512
     assert again.eos_token == EOS
+
+
+def test_the_saved_directory_encodes_like_the_tokenizer_before_saving(corpus_dir, tokenizer_dir):
+    """Two loads of one directory would agree even if saving lost merges or specials: compare with the
+    tokenizer as trained, never written to disk."""
+    from transformers import AutoTokenizer  # import cost ~1 s, as in the test above
+
+    from apmae.demo.tokenizer import train_tokenizer
+
+    files = sorted(Path(corpus_dir).rglob("*.java"))
+    trained = train_tokenizer((f.read_text(encoding="utf-8") for f in files), vocab_size=512)
+    loaded = AutoTokenizer.from_pretrained(tokenizer_dir)
+    assert loaded.get_vocab() == trained.get_vocab()
+    for _, text in generate_corpus(4, seed=96):
+        ids = trained(text + FIM_MIDDLE, add_special_tokens=False)["input_ids"]
+        assert loaded(text + FIM_MIDDLE, add_special_tokens=False)["input_ids"] == ids
+        assert ids[-1] == trained.convert_tokens_to_ids(FIM_MIDDLE) and len(ids) < len(text.encode())  # merges used
+    assert loaded.all_special_tokens == trained.all_special_tokens
 
 
 def test_too_small_vocabulary_raises():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -121,6 +122,17 @@ def test_validation_rows_spread_over_the_split(cache_dir, target_dir):
     rows = validation_rows(cache, 3)
     assert rows.tolist() == [val[0], val[len(val) // 2 if len(val) % 2 else round((len(val) - 1) / 2)], val[-1]]
     assert validation_rows(cache, 1000).tolist() == val.tolist()
+
+
+def test_validation_rows_by_hand():
+    """Seven validation rows 1, 2, 4, 5, 6, 8, 9: three spread evenly are the first, the middle and the last."""
+    cache = SimpleNamespace(split=np.array([0, 1, 1, 0, 1, 1, 1, 2, 1, 1]))
+    assert validation_rows(cache, 3).tolist() == [1, 5, 9]
+    assert validation_rows(cache, 4).tolist() == [1, 4, 6, 9]  # positions 0, 2, 4, 6 of the seven
+    assert validation_rows(cache, 2).tolist() == [1, 9]
+    assert validation_rows(cache, 7).tolist() == [1, 2, 4, 5, 6, 8, 9]
+    with pytest.raises(ValueError, match="no validation rows"):
+        validation_rows(SimpleNamespace(split=np.array([0, 2, 2])), 3)
 
 
 @pytest.mark.parametrize("kwargs, match", [({"methods": ["probes"]}, "methods"), ({"window": 0}, "window"),

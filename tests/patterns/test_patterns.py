@@ -62,6 +62,18 @@ def test_purities_and_sizes_match_a_direct_count(family_data) -> None:
     assert h.largest_cluster_share == pytest.approx(max(len(g) for g in groups) / len(h.labels))
     assert h.correct_share.tolist() == pytest.approx([enc.correct[g].mean() for g in groups])
     assert -1.0 <= h.silhouette <= 1.0
+    # by hand, in the clustered space over the clustered rows: s_i = (b_i - a_i) / max(a_i, b_i), a_i the mean
+    # distance to the rest of i's cluster, b_i the smallest mean distance to another cluster
+    points = reduce_encodings(enc.head(1, 1), ClusteringConfig(reduction="pca"))[clustered]
+    labels = h.labels[clustered]
+    d = cdist(points, points)
+    same = labels[:, None] == labels[None, :]
+    a = (d * same).sum(1) / (same.sum(1) - 1)
+    to_cluster = np.stack([d[:, labels == k].mean(1) for k in range(h.n_clusters)])  # (K, N)
+    to_cluster[labels, np.arange(len(labels))] = np.inf  # a row's own cluster is not "another"
+    b = to_cluster.min(0)
+    assert h.silhouette == pytest.approx(float(np.mean((b - a) / np.maximum(a, b))), rel=1e-4)
+    assert h.silhouette > 0.5  # three well-separated planted families
 
 
 def test_fixed_seed_gives_identical_labels(family_data) -> None:

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from apmae.common.head_tables import read_head_table
+from apmae.encodings.store import encoder_hash
 from apmae.model.net import APMAE
+from apmae.probe.net import mean_replacement_importance
 from datamodules.attention_cache import AttentionCacheDataModule
 from datamodules.settings import EncoderSettings, ExtractionSettings
 from lit_models.probe_module import LitProbe
@@ -69,6 +71,16 @@ def test_planted_head_is_found_and_probe_is_far_above_chance(planted, tmp_path) 
     assert tuple(int(i) for i in np.unravel_index(np.argmax(np.abs(ig)), ig.shape)) == PLANTED
     assert (tmp_path / "probe" / "heatmap.png").stat().st_size > 0
     assert model.head_importance.shape == (2, 4)
+    # the sign: the planted head pushes correct scenarios toward "correct" and incorrect ones away from it
+    features, _ = model._collected.kept_features()
+    correct = torch.cat(model._collected.correct)[: len(features)]
+    probe, reference = model.probe.probes["probe"], model.probe.reference
+    on_correct = mean_replacement_importance(probe, features[correct], reference)
+    on_incorrect = mean_replacement_importance(probe, features[~correct], reference)
+    assert float(on_correct[PLANTED]) > 0 > float(on_incorrect[PLANTED])
+    # and it does so more than any other head, on each class
+    assert float(on_correct[PLANTED]) == float(on_correct.max())
+    assert float(on_incorrect[PLANTED]) == float(on_incorrect.min())
 
 
 def test_encodings_are_stored_once_and_reused(planted) -> None:
@@ -154,3 +166,33 @@ def test_test_split_gets_intervals_and_paired_tests_of_every_predictor(planted, 
 def test_too_few_resamples_are_refused_before_the_encoder_loads(tmp_path) -> None:
     with pytest.raises(ValueError, match="bootstrap_resamples=10: use 0"):
         LitProbe(seq_len=32, encoder=str(tmp_path / "not-there"), bootstrap_resamples=10)
+
+
+def test_encodings_of_another_encoder_are_refused(planted, tmp_path) -> None:
+    """The DataModule serves encodings of one AP-MAE; a probe built on another would read them as its own."""
+    torch.manual_seed(1)
+    other = APMAE.from_preset("tiny", **MICRO).save(tmp_path / "other")
+    model = LitProbe(seq_len=32, encoder=str(other), lr=1e-2, importance_steps=2)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    data = probe_data(planted)
+    with pytest.raises(ValueError, match=r"serves encodings of encoder [0-9a-f]{16} but the probe's encoder is "
+                                         r"[0-9a-f]{16}: point data.encoder.path and model.encoder at the same"):
+        trainer.fit(model, datamodule=data)
+    assert data.encoder_hash != encoder_hash(model.net)
+
+
+def test_a_seeded_probe_fit_run_twice_gives_identical_metrics_and_weights(planted, tmp_path) -> None:
+    runs = []
+    for k in range(2):
+        trainer, model = fit_probe(planted, tmp_path / str(k), epochs=3)  # seeds everything with 0
+        runs.append(({name: float(v) for name, v in trainer.callback_metrics.items()}, model.probe.state_dict()))
+    (metrics_a, weights_a), (metrics_b, weights_b) = runs
+    assert "val/probe/all/balanced_accuracy" in metrics_a
+    assert metrics_a.keys() == metrics_b.keys()
+    for name in metrics_a:  # exact; NaN (a metric undefined on these rows) must be NaN both times
+        assert metrics_a[name] == metrics_b[name] or (np.isnan(metrics_a[name]) and np.isnan(metrics_b[name])), name
+    assert all(torch.equal(weights_a[name], weights_b[name]) for name in weights_a)
+    np.testing.assert_array_equal(
+        read_head_table(tmp_path / "0" / "importance.csv", "importance"),
+        read_head_table(tmp_path / "1" / "importance.csv", "importance"))

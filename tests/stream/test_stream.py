@@ -186,3 +186,22 @@ def test_outcomes_written_with_rows_are_checked(target, scenarios, net, tmp_path
         writer.append(*enc, {**placeholder_outcomes(2), "prediction": np.array([7, 9])})
         assert writer.committed == 2
     assert EncodingSet(tmp_path / "w.h5", require_complete=False).columns["prediction"].tolist() == [7, 9]
+
+
+@pytest.mark.parametrize(("n", "world"), [(29, 3), (4, 5)])  # uneven shards; more ranks than scenarios
+def test_uneven_rank_shards_merge_into_the_single_file(target, scenarios, net, tmp_path, n, world):
+    some = scenarios.subset(np.arange(n))
+    one = {"batch_size": 1}  # the same batches whatever the sharding
+    single = EncodingSet(_stream(target, some, net, shard_path(tmp_path / "one", "s", 0), **one).path)
+    sizes = [_stream(target, some, net, shard_path(tmp_path / "many", "s", rank), rank=rank, world_size=world,
+                     **one).rows for rank in range(world)]
+    assert sizes == [len(range(rank, n, world)) for rank in range(world)]
+    merged = EncodingSet(str(tmp_path / "many" / "s.rank*.h5"))
+    np.testing.assert_array_equal(merged.scenario_index, np.arange(n))  # no row lost, none twice
+    assert_same_encodings(merged, single)
+
+
+def test_a_stream_rank_outside_the_world_is_refused(target, scenarios, net, tmp_path):
+    with pytest.raises(ValueError, match="rank 3 is outside world size 3"):
+        _stream(target, scenarios, net, shard_path(tmp_path, "s", 3), rank=3, world_size=3)
+    assert not list(tmp_path.iterdir())

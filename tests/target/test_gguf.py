@@ -90,3 +90,21 @@ def test_without_the_gguf_packages_the_error_names_the_extra(gguf_file, tmp_path
     monkeypatch.setitem(sys.modules, "gguf", None)  # as if not installed
     with pytest.raises(MissingExtraError, match=r"apmae\[gguf\]"):
         convert_gguf(gguf_file, cache_dir=tmp_path)
+
+
+def test_a_gguf_file_of_another_version_is_named(gguf_file, tmp_path):
+    data = bytearray(gguf_file.read_bytes())
+    data[4:8] = (99).to_bytes(4, "little")
+    future = tmp_path / "future.gguf"
+    future.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"is GGUF version 99; the gguf reader reads versions \[2, 3\]"):
+        load_target(future, device="cpu", gguf_cache=tmp_path / "cache")
+
+
+def test_a_damaged_gguf_header_is_named(gguf_file, tmp_path):
+    data = bytearray(gguf_file.read_bytes())
+    data[24:40] = bytes(b ^ 0x5A for b in data[24:40])  # the first metadata key's length and name
+    damaged = tmp_path / "damaged.gguf"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"cannot read GGUF file .*damaged.gguf.*(download|write) it again"):
+        load_target(damaged, device="cpu", gguf_cache=tmp_path / "cache")

@@ -12,6 +12,8 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.sampling import evaluation_sampler
+
 
 def causal_patterns(n: int, seq_len: int, *, seed: int, layers: int = 2, heads: int = 4) -> dict[str, torch.Tensor]:
     """``n`` log-normalised causal patterns (n, 1, S, S) with their layer/head ids."""
@@ -84,7 +86,7 @@ class SyntheticAttentionDataModule(LightningDataModule):
         return DataLoader(self.train, batch_size=self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [DataLoader(v, batch_size=self.batch_size) for v in self.vals]
+        return [DataLoader(v, batch_size=self.batch_size, sampler=evaluation_sampler(v)) for v in self.vals]
 
     def test_dataloader(self) -> list[DataLoader]:
         return self.val_dataloader()

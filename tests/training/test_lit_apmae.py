@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Trainer, seed_everything
 
 from apmae.model.baselines import band_neighbours, neighbour_patches
 from apmae.model.net import APMAE, APMAEConfig, masked_error
@@ -97,7 +97,7 @@ def test_validation_metrics_match_independent_computation(tmp_path):
         for idx, name in enumerate(["synth-a", "synth-b"]):
             sse = base_sse = near_sse = count = 0.0
             for b, batch in enumerate(data.val_dataloader()[idx]):
-                out = module.net(batch["images"], noise=module.fixed_noise(batch["images"].shape[0], b, idx))
+                out = module.net(batch["images"], noise=module.image_noise(batch, idx))  # the batch names its images
                 err = masked_error(out.pred, out.patches, out.mask, out.valid)
                 base = masked_error(module.net.patchify(mean), out.patches, out.mask, out.valid)
                 near = neighbour_patches(out.patches, out.mask, out.valid, module.net.patchify(mean),
@@ -236,7 +236,10 @@ def test_error_ratio_intervals_resample_whole_scenarios(tmp_path):
     sse = []
     with torch.no_grad():
         for b, batch in enumerate(data.val_dataloader()[0]):
-            out = module.net(batch["images"], noise=module.fixed_noise(batch["images"].shape[0], b, 0))
+            noise = module.image_noise(batch, 0)  # the module's masks: per named image, else per batch
+            if noise is None:
+                noise = module.fixed_noise(batch["images"].shape[0], b, 0)
+            out = module.net(batch["images"], noise=noise)
             near = neighbour_patches(out.patches, out.mask, out.valid, base, band_neighbours(module.net.config.grid))
             sse.append(torch.stack([masked_error(p, out.patches, out.mask, out.valid, per_image=True).sse
                                     for p in (out.pred, base, near)]))
@@ -253,3 +256,31 @@ def test_too_few_resamples_for_the_ratio_intervals_are_refused():
     with pytest.raises(ValueError, match="bootstrap_resamples=5: use 0"):
         _module(bootstrap_resamples=5)
     assert _module(bootstrap_resamples=0).hparams.bootstrap_resamples == 0
+
+
+def test_a_seeded_fit_run_twice_gives_identical_metrics_and_weights(tmp_path):
+    runs = []
+    for k in range(2):
+        seed_everything(7)
+        module = _module()
+        trainer = _trainer(tmp_path / str(k), max_epochs=2, num_sanity_val_steps=0)
+        trainer.fit(module, datamodule=SyntheticAttentionDataModule(seq_len=32, n_train=16, n_val=8, batch_size=4))
+        runs.append(({name: float(v) for name, v in trainer.callback_metrics.items()}, module.net.state_dict()))
+    (metrics_a, weights_a), (metrics_b, weights_b) = runs
+    assert "val/loss" in metrics_a and metrics_a == metrics_b  # exact, not approximate
+    assert all(torch.equal(weights_a[name], weights_b[name]) for name in weights_a)
+    seed_everything(8)
+    other = _module()
+    assert not torch.equal(other.net.patch_embed.weight, weights_a["patch_embed.weight"])  # the seed matters
+
+
+def test_image_noise_follows_the_image_not_its_batch():
+    module = _module()
+    batch = {"images": torch.zeros(3, 1, 32, 32), "scenario": torch.tensor([4, 9, 4]), "layer": torch.tensor([0, 1, 1]),
+             "head": torch.tensor([2, 2, 2])}
+    noise = module.image_noise(batch, 0)
+    alone = module.image_noise({k: v[1:2] for k, v in batch.items()}, 0)
+    assert noise.shape == (3, module.net.num_patches) and torch.equal(noise[1:2], alone)  # any batch, any rank
+    assert not torch.equal(noise[0], noise[2])  # another layer of the same scenario: another mask
+    assert not torch.equal(noise, module.image_noise(batch, 1))  # another dataloader (target)
+    assert module.image_noise({"images": batch["images"]}, 0) is None  # unnamed images: the batch-keyed noise

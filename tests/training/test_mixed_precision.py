@@ -69,6 +69,12 @@ def test_mixed_precision_fit_logs_the_usual_run_and_its_checkpoint_validates_and
     test = cli_main(["test", *common, "--ckpt_path", ckpt]).trainer.callback_metrics
     for name in ("synth-a", "synth-b"):  # the synthetic test split is the validation split
         assert float(test[f"test/{name}/mse"]) == pytest.approx(float(val[f"val/{name}/mse"]), rel=1e-6)
+    # the reduced-precision MSE is the float32 MSE of the same weights up to bf16 rounding of activations,
+    # and the baseline, computed in float32 either way, is the same number
+    full = cli_main(["validate", *common, "--trainer.precision", "32", "--ckpt_path", ckpt]).trainer.callback_metrics
+    for name in ("synth-a", "synth-b"):
+        assert float(full[f"val/{name}/mse"]) == pytest.approx(metrics[f"val/{name}/mse"], rel=0.05)
+        assert float(full[f"val/{name}/baseline_mse"]) == pytest.approx(metrics[f"val/{name}/baseline_mse"], rel=1e-5)
 
 
 def test_figures_run_under_the_trainer_precision_and_matplotlib_gets_float32(tmp_path, monkeypatch):
