@@ -22,7 +22,7 @@ optimiser recipe of the paper, metrics and export. Metrics, per validation
 - ``val/<target>/mse_over_baseline/{ci_low,ci_high}`` and ``.../mse_over_neighbour/...``: 95 %
   bootstrap intervals of those ratios over validation scenarios (each scenario's images resampled
   together, never single pixels; :func:`apmae.common.stats.ratio_intervals`), when batches name
-  their ``scenario`` and one process evaluates (under DDP each rank sees part of the scenarios).
+  their ``scenario``; under DDP over every rank's scenarios, gathered, so they equal one process's.
 
 Validation masks are drawn from a generator seeded by the image itself when the batch
 names it (``scenario``, ``layer``, ``head``: the attention-cache DataModule's head images),
@@ -48,7 +48,7 @@ from apmae.model.baselines import band_neighbours, neighbour_patches
 from apmae.model.loading import NET_CONFIG_KEY
 from apmae.model.net import APMAE, APMAEConfig, masked_error
 from apmae.common.tracking import log_to_runs
-from lit_models.training import OptimizerFactory, RecipeModule, SchedulerFactory, TrainingRecipe
+from lit_models.training import OptimizerFactory, RecipeModule, SchedulerFactory, TrainingRecipe, every_rank
 
 IMAGE_KEYS = ("scenario", "layer", "head")  # what names a head image in a batch (its masking noise follows it)
 
@@ -262,14 +262,15 @@ class LitAPMAE(RecipeModule):
             values[f"{stage}/{name}/mse_over_neighbour"] = mse / neighbour.clamp_min(1e-12)
             values[f"{stage}/{name}/mse_over_train"] = mse / train_mse.clamp_min(1e-12)
         self.log_dict(values, sync_dist=True, add_dataloader_idx=False)
-        if self.trainer.world_size == 1 and not self.trainer.sanity_checking:
+        if not self.trainer.sanity_checking:
             self.log_dict(self._ratio_intervals(stage, names), add_dataloader_idx=False)
 
     def _ratio_intervals(self, stage: str, names: list[str]) -> dict[str, float]:
         """``<stage>/<target>/{mse_over_baseline,mse_over_neighbour}/{ci_low,ci_high}`` over scenarios."""
         start, values = time.perf_counter(), {}
         for idx, name in enumerate(names):
-            parts = self._per_scenario.get(f"{stage}_{idx}")
+            # every rank's scenarios (under DDP each holds a share): all ranks then log the same intervals
+            parts = [p for rank in every_rank(self._per_scenario.get(f"{stage}_{idx}") or []) for p in rank]
             if not parts:
                 continue
             ids = np.concatenate([p[0] for p in parts])

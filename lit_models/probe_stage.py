@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from apmae.probe.net import HeadProbe, integrated_gradients_importance, mean_replacement_importance
+from lit_models.training import every_rank
 
 FEATURES = ("cls", "mean", "both")
 TRAINED = ("probe", "stats_probe", "probe_confidence")
@@ -56,12 +56,7 @@ class Collected:
         single process on the same scenarios. Every rank must call this, also one that
         collected nothing.
         """
-        local = self.arrays() if self.correct else None
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return local
-        parts: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, local)
-        parts = [part for part in parts if part is not None]
+        parts = [part for part in every_rank(self.arrays() if self.correct else None) if part is not None]
         if not parts:
             return None
         probs = {name: np.concatenate([part[0][name] for part in parts]) for name in parts[0][0]}

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Optional
 
 import torch
+import torch.distributed as dist
 from lightning.pytorch import LightningModule
 
 from apmae.model.schedules import warmup_cosine
@@ -50,6 +51,19 @@ class TrainingRecipe:
             raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
         if self.lr_reference_batch < 1:
             raise ValueError(f"lr_reference_batch must be >= 1, got {self.lr_reference_batch}")
+
+
+def every_rank(local: Any) -> list[Any]:
+    """``local`` of every process, in rank order (``[local]`` outside DDP); each rank must call it.
+
+    Under DDP each rank evaluates its own share of the scenarios (the evaluation sampler neither
+    repeats nor pads them): what is computed on the union equals a single process's result.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [local]
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, local)
+    return parts
 
 
 class RecipeModule(LightningModule):
