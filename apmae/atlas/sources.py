@@ -178,20 +178,32 @@ def _add(table: AtlasTable, root: Path, path: Path, name: str, column: str, note
     table.columns[name] = Column(name, _read(table, path, column), _relative(root, path), note, signed, reference)
 
 
+def _found(table: AtlasTable, path: Path, columns: list[str], stage: str) -> Path | None:
+    """``path`` when the run wrote it; else None, and ``columns`` are marked missing with the stage that writes them."""
+    if path.is_file():
+        return path
+    for column in columns:
+        table.missing[column] = f"not found: {stage}"
+    return None
+
+
+def _header(path: Path) -> list[str]:
+    with path.open(newline="") as f:
+        return next(csv.reader(f))
+
+
 def _distance(table: AtlasTable, root: Path, folder: Path, stage: str) -> None:
-    path = folder / "distance.csv"
-    if not path.is_file():
-        table.missing["waad"] = table.missing["fai_gini"] = f"not found: {stage} (method distance)"
+    path = _found(table, folder / "distance.csv", ["waad", "fai_gini"], f"{stage} (method distance)")
+    if path is None:
         return
     _add(table, root, path, "waad", "mean_waad", "windowed average attention distance (tokens back, capped at W)")
     _add(table, root, path, "fai_gini", "fai_gini", "Gini of future attention influence over keys (1: one key)")
 
 
 def _contribution(table: AtlasTable, root: Path, folder: Path, stage: str) -> None:
-    path = folder / "contribution.csv"
-    if not path.is_file():
-        table.missing["sink_attention"] = table.missing["sink_contribution"] = \
-            f"not found: {stage} (method contribution)"
+    path = _found(table, folder / "contribution.csv", ["sink_attention", "sink_contribution"],
+                  f"{stage} (method contribution)")
+    if path is None:
         return
     _add(table, root, path, "sink_attention", "sink_attention", "share of attention on the first token")
     _add(table, root, path, "sink_contribution", "sink_norm",
@@ -199,24 +211,20 @@ def _contribution(table: AtlasTable, root: Path, folder: Path, stage: str) -> No
 
 
 def _maps(table: AtlasTable, root: Path, folder: Path, stage: str) -> None:
-    path = folder / "maps_scores.csv"
-    if not path.is_file():
-        table.missing["maps"] = f"not found: {stage} (method maps)"
+    path = _found(table, folder / "maps_scores.csv", ["maps"], f"{stage} (method maps)")
+    if path is None:
         return
-    with path.open(newline="") as f:
-        header = next(csv.reader(f))
+    header = _header(path)
     for relation in [c for c in header[2:] if not c.endswith("_suppression")]:
         _add(table, root, path, f"maps_{relation}", relation,
              f"MAPS score of relation {relation!r}: share of its pairs the head's OV circuit promotes")
 
 
 def _types(table: AtlasTable, root: Path, folder: Path, stage: str) -> None:
-    path = folder / "types.csv"
-    if not path.is_file():
-        table.missing["head_type"] = f"not found: {stage} (method types)"
+    path = _found(table, folder / "types.csv", ["head_type"], f"{stage} (method types)")
+    if path is None:
         return
-    with path.open(newline="") as f:
-        header = set(next(csv.reader(f)))
+    header = set(_header(path))
     for kind in (t for t in TYPES if t in header):
         _add(table, root, path, f"{kind}_score", kind, f"head-type score of {kind!r} (apmae.head_metrics.types); "
              "reference: the default threshold", reference=DEFAULT_THRESHOLDS[kind])
