@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from apmae.model.net import APMAE
+from apmae.patterns.run import run_recurring_patterns
+from callbacks.head_metrics import HeadMetrics
 from callbacks.interventions import Interventions
 from datamodules.attention_cache import AttentionCacheDataModule
 from datamodules.java_scenarios import JavaScenarioDataModule
@@ -37,7 +39,10 @@ def test_causal_llama_runs_every_stage(java_corpus, llama_dir, llama_tokenizer, 
     heads = AttentionCacheDataModule(target=str(llama_dir), scenarios=scenarios, cache_dir=str(tmp_path / "cache"),
                                      batch_size=16, extraction=extraction)
     reconstruct = LitAPMAE(seq_len=S, net_overrides=dict(MICRO_NET), lr=1e-3, export_dir=str(tmp_path / "apmae"))
-    _trainer(tmp_path, 2).fit(reconstruct, datamodule=heads)
+    metrics = HeadMetrics(n_scenarios=2, methods=["contribution", "distance", "types", "maps"], device="cpu")
+    _trainer(tmp_path, 2, callbacks=[metrics]).fit(reconstruct, datamodule=heads)
+    written = {p.name for p in (tmp_path / "head_metrics").rglob("*.csv")}
+    assert {"contribution.csv", "distance.csv", "types.csv", "maps_scores.csv"} <= written
     assert scenarios.scenario_set().prompt_format == "causal"
     cache = heads.caches[heads.train_target_name]
     assert (cache.input_ids[:, 0] == llama_tokenizer.bos_token_id).all()  # one BOS, at position 0
@@ -61,3 +66,7 @@ def test_causal_llama_runs_every_stage(java_corpus, llama_dir, llama_tokenizer, 
     accuracy = {(r["strategy"], int(r["k"])): float(r["accuracy"]) for r in rows if r["seed"] in ("", "0")}
     assert all(0.0 <= a <= 1.0 for a in accuracy.values())
     assert np.isfinite(torch.as_tensor(probe.head_importance).numpy()).all()
+    report = run_recurring_patterns(probe_data.encodings[probe_data.train_target_name], cache, tmp_path / "patterns",
+                                    min_samples=2, min_cluster_size=3, probe=None, stability=False)
+    families = (tmp_path / "patterns" / "clusters" / "summary.csv").read_text().splitlines()
+    assert len(families) == 1 + 2 * 4 and report is not None  # one row per head of the causal target
