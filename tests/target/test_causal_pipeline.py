@@ -1,4 +1,4 @@
-"""End to end on a Llama-layout target in ``causal`` format: scenarios -> cache -> AP-MAE -> probe -> interventions."""
+"""End to end on a Llama-layout target in ``causal`` format: scenarios -> cache -> AP-MAE (with the head metrics) -> probe -> interventions -> recurring patterns."""
 
 from __future__ import annotations
 
