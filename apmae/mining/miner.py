@@ -39,7 +39,7 @@ from tree_sitter import Parser, QueryCursor
 
 from apmae.mining.fim import FimTokens, balanced_context, fim_sequence
 from apmae.mining.offsets import byte_to_char, code_points, is_whitespace
-from apmae.mining.prompts import FIM_OVERHEAD, PromptFormat, resolve_prompt_format, tokenizer_fingerprint
+from apmae.mining.prompts import PromptFormat, resolve_prompt_format, tokenizer_fingerprint
 from apmae.mining.scenario_set import SPLITS, ScenarioSet
 from apmae.mining.sources import JavaSources, Source, SourceFile
 from apmae.mining.tasks import NON_CODE_QUERY, FileContext, Span, Task, compile_query, get_tasks, java_language
@@ -66,9 +66,14 @@ class MiningConfig:
     bos: int | None = None  # causal: the BOS id put first, when the tokenizer adds one
 
     @property
+    def prompt(self) -> PromptFormat:
+        """The resolved prompt format these fields describe."""
+        return PromptFormat(self.prompt_format, fim=self.fim, bos=self.bos)
+
+    @property
     def overhead(self) -> int:
         """Prompt tokens that are not context: three FIM tokens, or the causal BOS."""
-        return FIM_OVERHEAD if self.prompt_format == "fim" else int(self.bos is not None)
+        return self.prompt.overhead
 
 
 @dataclass
@@ -738,5 +743,5 @@ def _meta(tokenizer: Any, files: JavaSources, cfg: MiningConfig, tasks: Sequence
         "max_label_tokens": cfg.max_label_tokens,
         "splits": dict(zip(SPLITS, fractions)),
         "pad": cfg.pad,
-        **PromptFormat(cfg.prompt_format, fim=cfg.fim, bos=cfg.bos).describe(),
+        **cfg.prompt.describe(),
     }

@@ -92,9 +92,8 @@ def _cut_holes(scenarios: ScenarioSet, sources: JavaSources, miner: FileMiner,
         if not wanted:
             break
     report.missing_files = len(wanted)
-    report.dropped["missing_file"] += sum(len(h) for h in wanted.values())
-    if not report.dropped["missing_file"]:
-        del report.dropped["missing_file"]
+    if wanted:
+        report.dropped["missing_file"] += sum(len(h) for h in wanted.values())
     return found
 
 

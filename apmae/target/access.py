@@ -115,7 +115,7 @@ def load_target(name_or_path: str | Path, *, dtype: str = "float32", device: str
         ValueError: unknown dtype, unloadable model, a damaged GGUF file, or a model
             without a recognisable per-layer attention output projection.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # import cost ~5 s: only when a target is loaded
+    from transformers import AutoModelForCausalLM  # import cost ~5 s: only when a target is loaded
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(DTYPES)}")
@@ -123,7 +123,7 @@ def load_target(name_or_path: str | Path, *, dtype: str = "float32", device: str
     if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
         raise ValueError(f"cannot load target model {name!r}: it does not exist; give a model directory, a .gguf "
                          "file or a hub name")
-    source = str(convert_gguf(name, cache_dir=gguf_cache)) if is_gguf(name) else name
+    source = _loadable(name, gguf_cache)
     try:
         model, info = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], attn_implementation="eager",
                                                            output_loading_info=True)
@@ -131,10 +131,7 @@ def load_target(name_or_path: str | Path, *, dtype: str = "float32", device: str
         raise ValueError(f"cannot load target model {name!r}: {e}; if its weights or config are truncated or "
                          "damaged, download or save the model again") from e
     _check_loaded_weights(name, info)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError):
-        tokenizer = None  # patterns need only ids; the scenario set carries the tokenizer facts
+    tokenizer = load_target_tokenizer(source)  # None is fine: patterns need only ids
     model.to(resolve_device(device)).eval()
     return wrap_model(model, tokenizer=tokenizer, name=name, dtype=dtype)
 
@@ -151,12 +148,15 @@ def load_target_tokenizer(name_or_path: str | Path, *, gguf_cache: str | Path | 
     """The tokenizer of a target (hub name, directory or ``.gguf`` file), or None when it has none."""
     from transformers import AutoTokenizer  # import cost ~1 s: only when a target is loaded
 
-    name = str(name_or_path)
-    source = str(convert_gguf(name, cache_dir=gguf_cache)) if is_gguf(name) else name
     try:
-        return AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(_loadable(str(name_or_path), gguf_cache))
     except (OSError, ValueError):
         return None
+
+
+def _loadable(name: str, gguf_cache: str | Path | None) -> str:
+    """What ``from_pretrained`` reads for a target: a ``.gguf`` file's converted directory, else the name itself."""
+    return str(convert_gguf(name, cache_dir=gguf_cache)) if is_gguf(name) else name
 
 
 def wrap_model(model: Any, *, tokenizer: Any = None, name: str = "", dtype: str = "float32") -> Target:
