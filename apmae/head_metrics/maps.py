@@ -136,15 +136,19 @@ def _head_scores(left: torch.Tensor, right: torch.Tensor, plan: _Plan, chunk: in
     vocab = right.shape[0]
     for lo in range(0, left.shape[0], chunk):
         m = left[lo:lo + chunk] @ right.T  # (c, V)
-        high = m.topk(min(k_max, vocab), dim=-1).values  # (c, k_max) descending
-        low = (-m).topk(min(k_max, vocab), dim=-1).values  # (c, k_max) of -m, descending
+        # each row's largest entries: the k-th for the hit test, and the candidates of the head's top_n
+        high, high_at = m.topk(min(max(k_max, top_n), vocab), dim=-1)  # (c, max(k_max, top_n)) descending
+        low = m.topk(min(k_max, vocab), dim=-1, largest=False).values  # (c, k_max) ascending
         for r, (rows, targets, k) in enumerate(zip(plan.rows, plan.targets, plan.k)):
             inside = (rows >= lo) & (rows < lo + m.shape[0])
             local, tgt = rows[inside] - lo, targets[inside]
             value = m[local, tgt]  # (P_chunk,)
             counts[r, 0] += int((value >= high[local, k - 1]).sum())
-            counts[r, 1] += int((-value >= low[local, k - 1]).sum())
-        values, flat = m.flatten().topk(min(top_n, m.numel()))
+            counts[r, 1] += int((value <= low[local, k - 1]).sum())
+        # the chunk's top_n entries are among its rows' top_n entries
+        head = high[:, :top_n]
+        values, at = head.flatten().topk(min(top_n, head.numel()))
+        flat = (at // head.shape[1]) * vocab + high_at[:, :top_n].flatten()[at]
         merged_v = torch.cat([best_values, values])
         merged_i = torch.cat([best_flat, flat + lo * vocab])
         keep = merged_v.topk(top_n).indices
