@@ -56,6 +56,7 @@ SUMMARY = "cluster every head's encodings, draw the pattern families, fit the cl
 SUMMARY_COLUMNS = ("layer", "head", "n_clusters", "noise_fraction", "largest_cluster_share", "task_purity",
                    "correct_purity", "silhouette", "stability_ari")
 RANKINGS = ("mean", "mean_positive", "mean_negative", "mean_abs")
+CONTROL_TASK = "noise"  # the miner's control task: random token ids
 
 
 @dataclass
@@ -68,16 +69,31 @@ class PatternsReport:
     artifacts: dict[str, Path]  # artifact path (relative to out_dir) -> file
     seconds: dict[str, float] = field(default_factory=dict)  # clustering, stability, probe, figures, total
     stability: np.ndarray | None = None  # (L, H) ARI between the clustering and one with the next seed
+    control_task: int | None = None  # index of the noise-control task (random token ids), when the data has it
 
     @property
     def multi_family_heads(self) -> int:
         """Heads with more than one recurring pattern (cluster)."""
         return int((self.clusters.n_clusters() > 1).sum())
 
+    def families_beyond_control(self) -> np.ndarray:
+        """(L, H) families per head, not counting a family made only of noise-control scenarios.
+
+        Random token ids make patterns of their own; a head whose second family is just those
+        separates the control from code, not two ways of attending to code.
+        """
+        if self.control_task is None:
+            return self.clusters.n_clusters()
+        only_control = [int(((h.majority_task == self.control_task) & (h.cluster_task_purity >= 1.0)).sum())
+                        for h in self.clusters.heads]
+        return self.clusters.n_clusters() - np.array(only_control).reshape(self.clusters.n_layers,
+                                                                            self.clusters.n_heads)
+
     def metrics(self) -> dict[str, float]:
         n_clusters = self.clusters.n_clusters()
         noise = np.array([h.noise_fraction for h in self.clusters.heads])
         out = {"clusters/multi_family_heads": float(self.multi_family_heads),
+               "clusters/multi_family_heads_beyond_control": float((self.families_beyond_control() > 1).sum()),
                "clusters/mean_families": float(n_clusters.mean()),
                "clusters/mean_noise_fraction": float(noise.mean()),
                "clusters/seconds_per_head": self.clusters.seconds / max(len(self.clusters.heads), 1)}
@@ -106,6 +122,10 @@ class PatternsReport:
                        f"head): mean {self.stability.mean():.2f}, min {self.stability.min():.2f}, "
                        f"{int((self.stability >= 0.9).sum())} of {self.stability.size} heads >= 0.90 "
                        f"({self.seconds.get('stability', 0.0):.1f} s)")
+        if self.control_task is not None:
+            beyond = self.families_beyond_control()
+            out.append(f"  not counting a family made only of the noise control: {int((beyond > 1).sum())} of {total} "
+                       f"heads show more than one (mean {beyond.mean():.2f} families per head)")
         out.append(f"  montages of heads {', '.join(f'L{l}H{h}' for l, h in self.montage_heads) or 'none'}")
         return out
 
@@ -258,8 +278,10 @@ def run_recurring_patterns(encodings: Any, cache: Any, out_dir: str | Path, *, r
     result = _probe(clusters, encodings, probe, ranking, out, artifacts) if probe is not None else None
     seconds |= {"figures": t_probe - t_figures, "probe": time.perf_counter() - t_probe,
                 "total": time.perf_counter() - start}
+    names = list(encodings.task_names)
     report = PatternsReport(clusters=clusters, probe=result, montage_heads=chosen, artifacts=artifacts,
-                            seconds=seconds, stability=ari)
+                            seconds=seconds, stability=ari,
+                            control_task=names.index(CONTROL_TASK) if CONTROL_TASK in names else None)
     if run_id is not None:
         log_to_mlflow(report, run_id=run_id, tracking_uri=tracking_uri)
     return report

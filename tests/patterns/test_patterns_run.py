@@ -111,3 +111,23 @@ def test_apmae_patterns_writes_what_the_stage_function_writes(family_data, tmp_p
         np.testing.assert_array_equal(saved[key], reference[key])
     assert report.montage_heads == expected.montage_heads and report.probe is None
     assert "heads show more than one recurring pattern" in capsys.readouterr().out
+
+
+def test_a_family_made_only_of_the_noise_control_is_not_counted_as_a_second_pattern(stage) -> None:
+    import copy
+    from dataclasses import replace
+
+    report, _ = stage
+    control = report.control_task  # the planted data has the miner's tasks, the noise control among them
+    assert control is not None and report.families_beyond_control().ravel().tolist() == [3, 1, 1, 3]
+    assert replace(report, control_task=None).families_beyond_control().ravel().tolist() == [3, 1, 1, 3]
+    pure = replace(report, clusters=copy.deepcopy(report.clusters))
+    head = pure.clusters.head(0, 0)  # 3 families: the first only control rows, the second mostly
+    head.cluster_task_purity = np.array([1.0, 0.9, 0.5])
+    head.majority_task = np.array([control, control, control - 1])
+    other = pure.clusters.head(1, 1)  # 3 families, none of the control task
+    other.majority_task = np.array([control - 1] * 3)
+    assert pure.families_beyond_control().ravel().tolist() == [2, 1, 1, 3]
+    assert "not counting a family made only of the noise control: 2 of 4 heads" in "\n".join(pure.lines())
+    assert pure.metrics()["clusters/multi_family_heads_beyond_control"] == 2.0
+    assert report.clusters.head(0, 0).majority_task is not head.majority_task  # the fixture's report is untouched
