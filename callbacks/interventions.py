@@ -209,7 +209,8 @@ class Interventions(Callback):
             self._warn_once("no head importance yet (the module has not computed it, no importance_csv): "
                             "interventions skipped")
             return None
-        sweeps = [run_sweep(self.target, scenarios, sets, batch_size=self.batch_size, scope=scope)
+        sweeps = [run_sweep(self.target, scenarios, sets, batch_size=self.batch_size, scope=scope,
+                            progress=trainer.progress_bar_callback is not None)
                   for scope, scenarios, sets in plans]
         self._ranking_key = self._current_key(pl_module)
         self.last = self._log(trainer, stage, sweeps)

@@ -29,6 +29,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from apmae.interventions.head_sets import HeadSet
 from apmae.target.access import accepts_argument, first_token_outcome, zero_heads
@@ -244,8 +245,10 @@ class SweepResult:
 
 
 def run_sweep(target: Any, scenarios: InterventionScenarios, head_sets: Sequence[HeadSet], *, batch_size: int = 16,
-              scope: str = "all") -> SweepResult:
+              scope: str = "all", progress: bool = False) -> SweepResult:
     """The baseline and every head set on ``scenarios``; identical head sets run once.
+
+    ``progress`` shows a bar over the distinct head sets (each one re-runs the target on every scenario).
 
     Raises:
         ValueError: no scenarios.
@@ -253,9 +256,14 @@ def run_sweep(target: Any, scenarios: InterventionScenarios, head_sets: Sequence
     if not len(scenarios):
         raise ValueError("no scenarios to intervene on; choose a split and tasks that have some")
     outcomes: dict[tuple[tuple[int, int], ...], Outcome] = {}
+    distinct = list(dict.fromkeys(h.heads for h in [BASELINE, *head_sets]))
+    bar = tqdm(total=len(distinct), desc=f"interventions [{scope}], {len(scenarios)} scenarios", unit="set",
+               disable=not progress, leave=False)
     for head_set in [BASELINE, *head_sets]:
         if head_set.heads not in outcomes:
             outcomes[head_set.heads] = evaluate(target, scenarios, head_set, batch_size=batch_size)
+            bar.update()
+    bar.close()
     baseline = outcomes[()]
     settings = [SettingResult(h, outcomes[h.heads], score(outcomes[h.heads], baseline, scenarios.label_len))
                 for h in head_sets]
