@@ -12,7 +12,7 @@ the curve (Wilson error bars) and the key numbers also carry each setting's inte
 from __future__ import annotations
 
 import csv
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -217,6 +217,8 @@ class KeyNumbers:
     random_mean_delta: float | None  # random's delta, averaged over every k below all heads
     n_heads_total: int
     baseline_accuracy_ci: Interval | None = None  # Wilson 95 % over the n scenarios
+    # strategy -> smallest k whose accuracy is at most half the baseline's (None: never below, up to the sweep's end)
+    collapse: dict[str, int | None] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         ci = "" if self.baseline_accuracy_ci is None else f" {self.baseline_accuracy_ci}"
@@ -229,6 +231,9 @@ class KeyNumbers:
         if self.random_mean_delta is not None:
             out.append(f"  random heads, mean accuracy change over k < {self.n_heads_total}: "
                        f"{self.random_mean_delta:+.3f}")
+        if self.collapse:
+            out.append("  collapse (accuracy at most half of no intervention's) from: " + ", ".join(
+                f"{s} k={k}" if k is not None else f"{s} never" for s, k in self.collapse.items()))
         return out
 
 
@@ -252,7 +257,12 @@ def key_numbers(sweep: SweepResult, tests: Tests | None = None) -> KeyNumbers:
     full = next((p for p in points if p.k == sweep.n_heads_total), None)
     partial = [p.mean["delta_accuracy"] for p in random.values() if p.k < sweep.n_heads_total]
     base = sweep.baseline_metrics()
+    collapse = {}
+    for strategy in dict.fromkeys(p.strategy for p in points):
+        below = [p.k for p in points if p.strategy == strategy and p.mean["accuracy"] <= base.accuracy / 2]
+        collapse[strategy] = min(below) if below else None
     return KeyNumbers(scope=sweep.scope, n_scenarios=len(sweep.scenarios), baseline_accuracy=base.accuracy,
+                      collapse=collapse if base.accuracy > 0 else {},
                       baseline_exact_match=base.exact_match, peaks=peaks,
                       all_heads_accuracy=None if full is None else full.mean["accuracy"],
                       all_heads_exact_match=None if full is None else full.mean["exact_match"],

@@ -79,6 +79,9 @@ def test_key_numbers(sweep):
     lines = key.lines()
     assert "positive best k=1: accuracy 0.750 (+0.250) | random k=1: 0.500 +- 0.250" in lines[1]
     assert lines[3] == "  all 4 heads zeroed: accuracy 0.000, exact match 0.000"
+    # baseline 0.5: negative k=1 (0.25) and random k=1 (mean 0.5) vs k=4 (0.0) reach half of it at different k
+    assert key.collapse == {"positive": 4, "negative": 1, "random": 4}
+    assert lines[-1] == "  collapse (accuracy at most half of no intervention's) from: positive k=4, negative k=1, random k=4"
 
 
 def test_tables(sweep, tmp_path):
