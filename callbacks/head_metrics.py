@@ -171,10 +171,13 @@ class HeadMetrics(Callback):
                                                      repeat_length=self.repeat_length)))
         if "maps" in self.methods:
             extra = list(getattr(datamodule, "extra_targets", []) or [])
+            caches = getattr(datamodule, "caches", None) or {}
             for path in self.maps_targets if self.maps_targets is not None else [target_path, *extra]:
                 model = target if path == target_path else self._load(path)
+                # relations are mined from a corpus in the target's own tokens: its own cache when it has one
+                own = cache if path == target_path else caches.get(target_short_name(path), cache)
                 reports.append((target_short_name(path), suite.maps_report(
-                    model, cache.input_ids, relations=self.relations, max_pairs=self.max_pairs,
+                    model, own.input_ids, relations=self.relations, max_pairs=self.max_pairs,
                     first_mlp=self.first_mlp, name=target_short_name(path))))
         for label, report in reports:
             self.seconds[f"{label}/{report.method}"] = report.seconds

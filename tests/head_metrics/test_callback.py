@@ -166,3 +166,24 @@ def test_a_cache_without_validation_rows_skips_the_metrics_and_the_fit_goes_on(t
     with pytest.warns(UserWarning, match="head metrics skipped: the attention cache has no validation rows"):
         callback._run(Stub())
     assert callback.lines and callback.lines[0].startswith("head metrics skipped") and not callback.artifacts
+
+
+def test_maps_of_an_extra_target_reads_the_corpus_in_that_targets_own_tokens(monkeypatch):
+    """A target with another tokenizer has a cache of its own: MAPS mines its relations from those ids."""
+    import callbacks.head_metrics as module
+
+    seen = {}
+
+    def fake_maps(model, corpus_ids, *, name, **kwargs):
+        seen[name] = corpus_ids
+        return SimpleNamespace(method="maps", seconds=0.0)
+
+    monkeypatch.setattr(module.suite, "maps_report", fake_maps)
+    monkeypatch.setattr(HeadMetrics, "_load", lambda self, path: SimpleNamespace(name=path))
+    monkeypatch.setattr(module, "validation_rows", lambda cache, n: np.arange(2))
+    main = SimpleNamespace(input_ids=np.full((2, 4), 40000))  # ids of a 49k vocabulary
+    other = SimpleNamespace(input_ids=np.full((2, 4), 7))  # the same holes in a 2k vocabulary
+    data = SimpleNamespace(target="models/smollm2", extra_targets=["models/target-a"], train_target_name="smollm2",
+                           caches={"smollm2": main, "target-a": other})
+    HeadMetrics(methods=["maps"])._compute(data)
+    assert seen["smollm2"] is main.input_ids and seen["target-a"] is other.input_ids
