@@ -26,6 +26,7 @@ DataModule), so it works beside any module (see :mod:`lit_models.interfaces`).
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import shutil
 import tempfile
@@ -126,7 +127,7 @@ class HeadMetrics(Callback):
     @rank_zero_only
     def _run(self, trainer: Trainer) -> None:
         self.lines, self.seconds, self.artifacts = [], {}, []
-        with _restored_rng(), torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
+        with _restored_rng(), _all_cores(), torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
             try:
                 reports = self._compute(trainer.datamodule)
             except NoValidationRows as e:  # small data: the metrics are skipped, the training goes on
@@ -217,6 +218,19 @@ def validation_rows(cache: Any, n: int) -> np.ndarray:
     if len(val) <= n:
         return val
     return val[np.linspace(0, len(val) - 1, n).round().astype(int)]
+
+
+@contextlib.contextmanager
+def _all_cores() -> Iterator[None]:
+    """Every core for the metrics: they run before training, while the DataLoader workers are idle, and a
+    module that keeps one thread for training (``num_threads: 1``) would otherwise leave the others unused."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                              else os.cpu_count() or 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
