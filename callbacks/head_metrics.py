@@ -26,7 +26,6 @@ DataModule), so it works beside any module (see :mod:`lit_models.interfaces`).
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import shutil
 import tempfile
@@ -41,6 +40,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
 from apmae.cache.store import AttentionCache
+from apmae.common.cores import usable_cores
 from apmae.common.tracking import log_to_runs
 from apmae.head_metrics import suite
 from apmae.head_metrics.distance import DEFAULT_LOCAL_THRESHOLD, DEFAULT_WINDOW, local_heads
@@ -225,8 +225,7 @@ def _all_cores() -> Iterator[None]:
     """Every core for the metrics: they run before training, while the DataLoader workers are idle, and a
     module that keeps one thread for training (``num_threads: 1``) would otherwise leave the others unused."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(threads, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                              else os.cpu_count() or 1))
+    torch.set_num_threads(max(threads, usable_cores()))
     try:
         yield
     finally:

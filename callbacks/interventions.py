@@ -61,6 +61,7 @@ from apmae.interventions.report import (RESULT_FIELDS, SCENARIO_FIELDS, TASK_FIE
 from apmae.interventions.significance import SettingKey, SettingTest, setting_tests, significance_metric_values
 from apmae.interventions.sweep import InterventionScenarios, run_sweep
 from apmae.mining.scenario_set import SPLITS
+from apmae.mining.tasks import CONTROL_TASK
 from apmae.target.access import load_target
 from datamodules.rows import select_rows
 from lit_models.interfaces import RanksHeads, implements, require
@@ -150,7 +151,7 @@ class Interventions(Callback):
             raise ValueError("importance_csv_by_task is used only with per_task: true; set it or drop the files")
         self.every_n_epochs, self.n_scenarios, self.split, self.seed = every_n_epochs, n_scenarios, split, seed
         self.tasks = tasks
-        self.exclude_tasks = list(exclude_tasks if exclude_tasks is not None else ["noise"])
+        self.exclude_tasks = list(exclude_tasks if exclude_tasks is not None else [CONTROL_TASK])
         self.target_name, self.dtype, self.device = target, dtype, device
         self.attn_implementation = attn_implementation
         self.importance_csv, self.per_task = importance_csv, per_task

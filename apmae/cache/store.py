@@ -60,6 +60,7 @@ import numpy as np
 from apmae import __version__
 from apmae.cache.codec import DEFAULT_ENCODING, ENCODINGS, decode_stored, encode_stored, packed_width, stored_dtype
 from apmae.common import h5shards
+from apmae.common.cores import usable_cores
 from apmae.common.files import expand_files
 from apmae.common.h5shards import RowWriter, StoreError, StoreFormat, StoreMessages, checksummed
 from apmae.common.h5shards import shard_path, shard_rows  # noqa: F401 (the cache's file names and rank rows, as before)
@@ -252,7 +253,7 @@ def _compression_kwargs(name: str) -> dict[str, Any]:
 
 
 def _compress_threads() -> int:
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    return max(1, min(8, usable_cores()))
 
 
 def _write_patterns(ds: h5py.Dataset, lo: int, patterns: np.ndarray, pool: ThreadPoolExecutor | None) -> None:

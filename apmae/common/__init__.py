@@ -5,6 +5,7 @@ the triangle order, head tables, the MLflow helpers and the statistics of report
 - :mod:`apmae.common.files`: one path, a quoted glob or a list of paths;
 - :mod:`apmae.common.optional`: optional dependencies, or the extra that installs them;
 - :mod:`apmae.common.allocator`: the allocator tuning extraction entry points opt into;
+- :mod:`apmae.common.cores`: the CPU cores this process may use;
 - :mod:`apmae.common.triangle`: one lower-triangle order, gather and scatter;
 - :mod:`apmae.common.head_tables`: per-head CSV tables and L x H heatmaps;
 - :mod:`apmae.common.h5shards`: the resumable, sharded HDF5 row store of caches and encodings;

@@ -188,13 +188,13 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     fit_args = ["fit", "--config", args.config, *demo_overrides(args.demo_dir), *extra]
-    record = Path(args.demo_dir) / "apmae" / FIT_RECORD
-    summary = None if args.retrain else finished_fit(record, fit_key(fit_args))
+    record, key = Path(args.demo_dir) / "apmae" / FIT_RECORD, fit_key(fit_args)
+    summary = None if args.retrain else finished_fit(record, key)
     if summary is None:
         cli = cli_main(fit_args)
         summary = summarize(cli)
         bootstraps = {"reconstruction": getattr(cli.model, "bootstrap_seconds", 0.0)}
-        save_finished_fit(record, fit_key(fit_args), summary)
+        save_finished_fit(record, key, summary)
         seconds = {"AP-MAE (mining, extraction, training)": time.perf_counter() - start}
     else:
         print(f"AP-MAE: reusing the finished fit of MLflow run {summary.run_id} (same config and arguments; "

@@ -85,6 +85,7 @@ class Task:
 
 
 TASKS: dict[str, Task] = {}
+CONTROL_TASK = "noise"  # the control task: random token ids, no source (its patterns are not code's)
 
 
 def register_task(name: str, fn_or_query: str | TaskFn, *, refine: Refine | None = None,
@@ -249,7 +250,7 @@ def _register_builtins() -> None:
     for name, (query, refine) in patterns.items():
         register_task(name, query, refine=refine, code_only=True)
     register_task("random", random_spans, label_tokens=(3, 10))
-    TASKS["noise"] = Task("noise", needs_source=False, label_tokens=(3, 10))
+    TASKS[CONTROL_TASK] = Task(CONTROL_TASK, needs_source=False, label_tokens=(3, 10))
 
 
 _register_builtins()

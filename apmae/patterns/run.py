@@ -45,6 +45,7 @@ import numpy as np
 from apmae.cache.store import AttentionCache
 from apmae.common.tracking import log_to_run
 from apmae.encodings.store import EncodingSet
+from apmae.mining.tasks import CONTROL_TASK
 from apmae.patterns.cluster_probe import (ClusterProbeConfig, ClusterProbeResult, fit_cluster_probe,
                                           write_importance_csv, write_shap_csv)
 from apmae.patterns.clustering import REDUCTIONS, ClusteringConfig, HeadClusters, PatternClusters, cluster_heads
@@ -56,7 +57,6 @@ SUMMARY = "cluster every head's encodings, draw the pattern families, fit the cl
 SUMMARY_COLUMNS = ("layer", "head", "n_clusters", "noise_fraction", "largest_cluster_share", "task_purity",
                    "correct_purity", "silhouette", "stability_ari")
 RANKINGS = ("mean", "mean_positive", "mean_negative", "mean_abs")
-CONTROL_TASK = "noise"  # the miner's control task: random token ids
 
 
 @dataclass
