@@ -35,6 +35,8 @@ VARIANTS: dict[str, list[str]] = {
     "deep": ["--model.init_args.net_overrides={patch_size: 16, enc_depth: 6}"],
     "all-heads": ["--data.init_args.head_selection=all"],
     "constant-lr": ["--model.init_args.min_lr_ratio=1.0"],
+    # cost only: both cores for the training step (the DataLoader worker then shares one)
+    "threads2": ["--model.init_args.num_threads=2"],
 }
 
 
@@ -48,7 +50,8 @@ def run_variant(name: str, steps: int, demo_dir: str) -> dict:
     args = ["fit", "--config", "configs/demo/apmae.yaml", *demo_overrides(demo_dir),
             "--experiment=demo-apmae-levers", f"--run_name={name}", "--trainer.callbacks=[]",
             "--trainer.enable_checkpointing=false", f"--trainer.max_steps={steps}",
-            f"--trainer.check_val_every_n_epoch={10 ** 6}", "--trainer.enable_progress_bar=false",
+            f"--trainer.check_val_every_n_epoch={10 ** 6}", "--trainer.val_check_interval=1.0",
+            "--trainer.enable_progress_bar=false",
             f"--trainer.default_root_dir={root}", f"--model.init_args.export_dir={root / 'apmae'}",
             *VARIANTS[name]]
     start = time.perf_counter()
