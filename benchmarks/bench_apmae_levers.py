@@ -42,7 +42,8 @@ VARIANTS: dict[str, list[str]] = {
 
 def run_variant(name: str, steps: int, demo_dir: str) -> dict:
     from apmae.cli import cli_main
-    from apmae.demo.run import demo_overrides, quiet_libraries
+    from apmae.demo.console import quiet_libraries
+    from apmae.demo.run import demo_overrides
 
     quiet_libraries()
 

@@ -74,7 +74,9 @@ def build_target(config: str | Sequence[str], *, corpus_dir: str | Path, tokeniz
         if not is_complete(step, path):
             raise ValueError(f"{path} is not a complete demo {step}; run the `{step}` step first")
     from apmae.cli import cli_main  # import cost ~5 s (Lightning): only the target step trains
+    from apmae.demo.console import quiet_libraries
 
+    quiet_libraries()
     configs = [config] if isinstance(config, (str, Path)) else list(config)
     with atomic_dir(out_dir) as tmp:
         export = tmp / "model"

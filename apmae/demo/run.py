@@ -17,16 +17,15 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import logging
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from apmae.common.atomic import atomic_write_text
 from apmae.common.tracking import run_location
+from apmae.demo.console import quiet_libraries
 from apmae.demo.overrides import input_overrides
 from apmae.demo.probe_report import run_probe_stage
 
@@ -147,23 +146,6 @@ def finished_fit(record: Path, key: str) -> DemoSummary | None:
         return DemoSummary(**saved["summary"])
     except (OSError, ValueError, KeyError, TypeError):  # no record, or one from another version: fit again
         return None
-
-
-def quiet_libraries() -> None:
-    """Keep the console to the demo's stage lines, progress bars of long work and its summary.
-
-    Off: Lightning's device lines, tips and seed notices, the model-summary table (the configs set
-    ``enable_model_summary: false``), transformers' per-tensor weight-loading bars, and warnings about
-    how the demo calls LightningCLI. Warnings and errors still print.
-    """
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed",
-                 "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    from transformers.utils import logging as hf_logging  # import cost ~2 s: after the inputs were checked
-
-    hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
