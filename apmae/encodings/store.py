@@ -40,6 +40,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -421,10 +422,29 @@ def cache_columns(cache: Any) -> dict[str, np.ndarray]:
     return {name: cache.columns[name] for name in COLUMNS}
 
 
-def iter_scenario_patterns(cache: Any, start: int, batch_size: int) -> Iterator[np.ndarray]:
-    """Raw patterns (B, L, H, S, S) float32 of consecutive cache rows from ``start``."""
-    for lo in range(start, len(cache), batch_size):
-        yield np.stack([cache.scenario(i) for i in range(lo, min(lo + batch_size, len(cache)))])
+def iter_scenario_patterns(cache: Any, start: int, batch_size: int, *, prefetch: bool = True) -> Iterator[np.ndarray]:
+    """Raw patterns (B, L, H, S, S) float32 of consecutive cache rows from ``start``.
+
+    With ``prefetch`` one background thread reads and decodes the next batch
+    while the caller works on this one (the decoding is numpy, which releases
+    the GIL); the batches and their order are the same either way.
+    """
+    def read(lo: int) -> np.ndarray:
+        return np.stack([cache.scenario(i) for i in range(lo, min(lo + batch_size, len(cache)))])
+
+    starts = range(start, len(cache), batch_size)
+    if not prefetch:
+        yield from map(read, starts)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="apmae-decode") as pool:
+        pending = None
+        for lo in starts:
+            ahead = pool.submit(read, lo)
+            if pending is not None:
+                yield pending.result()
+            pending = ahead
+        if pending is not None:
+            yield pending.result()
 
 
 def encode_patterns(net: Any, patterns: Any, *, scaler: str, chunk: int = 256,

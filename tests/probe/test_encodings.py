@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from apmae.cache.store import AttentionCache
-from apmae.encodings.store import (EncodingSet, EncodingsMismatchError, encoder_hash, ensure_encodings, pattern_stats)
+from apmae.encodings.store import (EncodingSet, EncodingsMismatchError, encoder_hash, ensure_encodings,
+                                   iter_scenario_patterns, pattern_stats)
 from apmae.model.net import APMAE
 from apmae.model.scaling import scale
 from tests.probe.synthetic_cache import write_planted_cache
@@ -94,3 +95,34 @@ def test_a_file_that_is_not_encodings_is_refused(tmp_path) -> None:
     path.write_bytes(b"not hdf5")
     with pytest.raises(ValueError, match="corrupt"):
         EncodingSet(path)
+
+
+def test_prefetched_batches_are_the_batches_read_in_turn(cache) -> None:
+    read = list(iter_scenario_patterns(cache, 3, 5, prefetch=False))
+    ahead = list(iter_scenario_patterns(cache, 3, 5))
+    assert [len(b) for b in ahead] == [5, 5, 5, 5, 1]  # rows 3..23
+    for a, b in zip(read, ahead, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ahead[0][0], cache.scenario(3))
+
+
+class _FailingCache:
+    """Rows 0-5 of a real cache, whose row 4 cannot be read."""
+
+    def __init__(self, cache: AttentionCache) -> None:
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return 6
+
+    def scenario(self, i: int) -> np.ndarray:
+        if i == 4:
+            raise OSError("row 4 is unreadable")
+        return self.cache.scenario(i)
+
+
+def test_a_read_error_in_the_prefetch_thread_reaches_the_caller_after_the_good_batches(cache) -> None:
+    batches = iter_scenario_patterns(_FailingCache(cache), 0, 2)
+    assert len(next(batches)) == 2 and len(next(batches)) == 2
+    with pytest.raises(OSError, match="row 4"):
+        next(batches)
