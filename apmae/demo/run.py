@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -188,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"WARNING: AP-MAE did not beat the trivial baseline (ratio {ratio:.3f}); train longer", file=sys.stderr)
         return 1
     if args.skip_probe:
+        print(disk_line(args.demo_dir))
         return 0
     probe = run_probe_stage(args.config, args.demo_dir, reduction=args.patterns,
                             workers=args.pattern_workers or (2 if args.patterns == "umap" else 1),
@@ -197,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     bootstraps.update(probe.bootstrap_seconds)
     print("Stage times: " + " | ".join(f"{k} {_minutes(v)}" for k, v in seconds.items()))
     print(bootstrap_line(bootstraps))
+    print(disk_line(args.demo_dir))
     return 0
 
 
@@ -204,6 +207,33 @@ def bootstrap_line(seconds: dict[str, float]) -> str:
     """What the intervals and tests cost, part of the stage times above."""
     parts = " | ".join(f"{k} {v:.2f} s" for k, v in seconds.items())
     return f"  of which intervals and tests (bootstraps, exact tests): {parts} | total {sum(seconds.values()):.2f} s"
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` (or of the file itself); links are not followed."""
+    if not path.is_dir() or path.is_symlink():
+        return path.lstat().st_size
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += (Path(root) / name).lstat().st_size
+            except OSError:  # removed while walking
+                pass
+    return total
+
+
+def disk_line(demo_dir: str | Path, largest: int = 4) -> str:
+    """What the demo's folder takes on disk: the total and its ``largest`` parts (GB = 10^9 bytes)."""
+    root = Path(demo_dir)
+    sizes = {entry.name: tree_bytes(entry) for entry in root.iterdir()}
+    top = sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:largest]
+    parts = ", ".join(f"{name}/ {_gigabytes(size)}" for name, size in top)
+    return f"Disk: {root} takes {_gigabytes(sum(sizes.values()))} (largest: {parts}); make clean-demo removes it"
+
+
+def _gigabytes(n_bytes: int) -> str:
+    return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 1e8 else f"{n_bytes / 1e6:.1f} MB"
 
 
 def _minutes(seconds: float) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from apmae.cli import APMAECLI
-from apmae.demo.run import DEFAULT_CONFIG, DemoSummary, demo_overrides, main
+from apmae.demo.run import DEFAULT_CONFIG, DemoSummary, demo_overrides, disk_line, main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -164,3 +164,16 @@ def test_the_cost_of_the_intervals_is_printed_with_its_total():
     assert bootstrap_line({"reconstruction": 0.125, "probe": 0.5, "interventions": 0.01}) == (
         "  of which intervals and tests (bootstraps, exact tests): reconstruction 0.12 s | probe 0.50 s | "
         "interventions 0.01 s | total 0.64 s")
+
+
+def test_the_disk_line_totals_the_demo_folder_and_names_its_largest_parts(tmp_path):
+    (tmp_path / "cache" / "deep").mkdir(parents=True)
+    (tmp_path / "cache" / "deep" / "a.h5").write_bytes(b"x" * 3_000_000)
+    (tmp_path / "cache" / "b.h5").write_bytes(b"x" * 1_000_000)
+    (tmp_path / "smollm2").mkdir()
+    (tmp_path / "smollm2" / "model.safetensors").write_bytes(b"x" * 2_000_000)
+    (tmp_path / "record.json").write_bytes(b"x" * 500_000)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "cache")  # counted as a link, not a second copy of the cache
+    line = disk_line(tmp_path, largest=2)
+    assert line.startswith(f"Disk: {tmp_path} takes 6.5 MB (largest: cache/ 4.0 MB, smollm2/ 2.0 MB)")
