@@ -114,8 +114,8 @@ def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, 
                     workers: int = 1, apmae_run_id: str | None = None) -> ProbeSummary:
     """Fit the probe, test its best checkpoint, cluster the encodings; returns what to print.
 
-    ``reduction`` is the clustering's (``pca``, or the paper's ``umap``: ~60 s more on two
-    cores for the demo's 32 heads), ``workers`` the processes clustering heads at once;
+    ``reduction`` is the clustering's (``pca``, or the paper's ``umap``: about four minutes
+    more on two cores for SmolLM2's 270 heads), ``workers`` the processes clustering heads at once;
     ``apmae_run_id`` is the AP-MAE run whose head metrics join the head atlas.
     """
     # import cost ~5 s (Lightning): the demo's --skip-probe and --help never pay it
