@@ -53,7 +53,7 @@ def _resolved(capsys, *configs: Path) -> dict:
     return yaml.safe_load(capsys.readouterr().out)
 
 
-def test_demo_configs_differ_in_size_and_seed(capsys, monkeypatch):
+def test_demo_configs_differ_in_size_and_seed(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["python -m apmae"])
     a = _resolved(capsys, CONFIGS / "target_lm.yaml")
     b = _resolved(capsys, CONFIGS / "target_lm.yaml", CONFIGS / "target_lm_b.yaml")  # b is an overlay on a
@@ -61,9 +61,12 @@ def test_demo_configs_differ_in_size_and_seed(capsys, monkeypatch):
     size = ("hidden_size", "num_layers", "num_heads")
     assert [a["model"]["init_args"][k] for k in size] != [b["model"]["init_args"][k] for k in size]
     assert a["model"]["init_args"]["seed"] != b["model"]["init_args"]["seed"]
-    # the cosine schedule follows each target's own step count (interpolated after stacking)
-    assert [c["model"]["init_args"]["total_steps"] for c in (a, b)] == [c["trainer"]["max_steps"] for c in (a, b)]
-    assert a["trainer"]["max_steps"] != b["trainer"]["max_steps"]
+    # the cosine schedule follows the stack's own step count (interpolated after stacking)
+    longer = tmp_path / "longer.yaml"
+    longer.write_text("trainer:\n  max_steps: 700\n")
+    c = _resolved(capsys, CONFIGS / "target_lm.yaml", longer)
+    assert [x["model"]["init_args"]["total_steps"] for x in (a, b, c)] == [x["trainer"]["max_steps"] for x in (a, b, c)]
+    assert c["model"]["init_args"]["total_steps"] == 700 != a["trainer"]["max_steps"]
     apmae = _resolved(capsys, CONFIGS / "apmae.yaml")
     scenario_len = apmae["data"]["init_args"]["scenarios"]["init_args"]["seq_len"]
     # both targets are trained for exactly the FIM prompt length the demo's scenarios have
