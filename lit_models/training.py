@@ -92,7 +92,16 @@ class RecipeModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         if self.recipe.num_threads is not None:
+            self._threads_before = torch.get_num_threads()
             torch.set_num_threads(self.recipe.num_threads)
+
+    def teardown(self, stage: str) -> None:
+        """Give the process back the thread count it had before ``setup``: a later fit in the same
+        process (the demo's probe after AP-MAE) sets up its data on the process's own threads."""
+        threads = getattr(self, "_threads_before", None)
+        if threads is not None:
+            torch.set_num_threads(threads)
+            self._threads_before = None
 
     def prepare_reference(self) -> None:
         """What evaluation compares with (a baseline, reference features), computed once from the training

@@ -168,9 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     from apmae.cli import cli_main
 
     quiet_libraries()
-    import torch  # imported with Lightning above
 
-    fresh_threads = torch.get_num_threads()
     start = time.perf_counter()
     fit_args = ["fit", "--config", args.config, *demo_overrides(args.demo_dir), *extra]
     record, key = Path(args.demo_dir) / "apmae" / FIT_RECORD, fit_key(fit_args)
@@ -193,9 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.skip_probe:
         print(disk_line(args.demo_dir))
         return 0
-    # the AP-MAE fit set its own thread count (num_threads); the probe stage starts as a separate
-    # `apmae fit` would, so its encodings are computed on every core before LitProbe sets its own
-    torch.set_num_threads(fresh_threads)
     probe = run_probe_stage(args.config, args.demo_dir, reduction=args.patterns,
                             workers=args.pattern_workers or (2 if args.patterns == "umap" else 1),
                             apmae_run_id=summary.run_id)

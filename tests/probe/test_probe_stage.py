@@ -196,3 +196,20 @@ def test_a_seeded_probe_fit_run_twice_gives_identical_metrics_and_weights(plante
     np.testing.assert_array_equal(
         read_head_table(tmp_path / "0" / "importance.csv", "importance"),
         read_head_table(tmp_path / "1" / "importance.csv", "importance"))
+
+
+def test_a_fit_sets_its_num_threads_and_gives_the_process_its_own_back(planted, tmp_path) -> None:
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_start(self, trainer, module):
+            seen.append(torch.get_num_threads())
+
+    model = LitProbe(seq_len=32, encoder=str(planted["encoder"]), export_dir=str(tmp_path), importance_steps=8,
+                     num_threads=2)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_train_batches=1, limit_val_batches=1, callbacks=[Record()])
+    trainer.fit(model, datamodule=probe_data(planted))
+    assert seen == [2]  # the fit runs on its own setting
+    assert torch.get_num_threads() == 1  # and the next fit in this process starts on the process's (the fixture's 1)

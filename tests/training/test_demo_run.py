@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -179,42 +178,3 @@ def test_the_disk_line_totals_the_demo_folder_and_names_its_largest_parts(tmp_pa
     line = disk_line(tmp_path, largest=2)
     assert line.startswith(f"Disk: {tmp_path} takes 6.5 MB (largest: cache/ 4.0 MB, smollm2/ 2.0 MB)")
 
-
-def test_the_probe_stage_starts_on_the_threads_the_process_started_with(tmp_path, monkeypatch):
-    import torch
-
-    import apmae.cli
-    import apmae.demo.run as demo_run
-
-    for name in ("eval-corpus", "smollm2", "target-a"):
-        (tmp_path / name).mkdir()
-    start_threads = torch.get_num_threads()
-    seen = {}
-
-    def fake_fit(args):  # AP-MAE's fit sets its num_threads (the demo config's 1)
-        torch.set_num_threads(1)
-        return SimpleNamespace(model=None)
-
-    class Probe:
-        seconds, bootstrap_seconds = {"probe fit": 1.0}, {}
-
-        @staticmethod
-        def lines():
-            return ["probe"]
-
-    def fake_probe(*args, **kwargs):
-        seen["threads"] = torch.get_num_threads()
-        return Probe()
-
-    metrics = {"val/smollm2/mse": 0.01, "val/smollm2/baseline_mse": 0.02, "val/smollm2/mse_over_baseline": 0.5,
-               "val/smollm2/mse_over_train": 1.0}
-    summary = DemoSummary(train_target="smollm2", metrics=metrics, run_id="r", experiment="e",
-                          tracking_uri="sqlite:///x.db", artifact_uri="a", export_dir="apmae")
-    monkeypatch.setattr(apmae.cli, "cli_main", fake_fit)
-    monkeypatch.setattr(demo_run, "summarize", lambda cli: summary)
-    monkeypatch.setattr(demo_run, "run_probe_stage", fake_probe)
-    try:
-        assert main(["--demo-dir", str(tmp_path)]) == 0
-    finally:
-        torch.set_num_threads(start_threads)
-    assert seen["threads"] == start_threads
