@@ -51,8 +51,9 @@ from bench_extraction import DEMO, random_scenarios, random_target  # noqa: E402
 
 from apmae.common.allocator import keep_freed_memory  # noqa: E402
 from apmae.cache.store import AttentionCache, shard_path  # noqa: E402
-from apmae.encodings.store import (STAT_NAMES, EncodingsSpec, EncodingsWriter, ensure_encodings,  # noqa: E402
-                             placeholder_outcomes)
+from apmae.encodings.readouts import ROW_FEATURE_NAMES  # noqa: E402
+from apmae.encodings.store import (STAT_NAMES, WIDE, EncodedRows, EncodingsSpec, EncodingsWriter,  # noqa: E402
+                                   ensure_encodings, placeholder_outcomes)
 from apmae.cache.extract import extract  # noqa: E402
 from apmae.model.net import APMAE  # noqa: E402
 from apmae.mining.scenario_set import ScenarioSet  # noqa: E402
@@ -130,9 +131,11 @@ def encodings_bytes_per_scenario(*, layers: int, heads: int, seq_len: int, dim: 
         path = Path(tmp) / "width.h5"
         with EncodingsWriter.open(path, spec, stream_columns(scenarios, rows)) as writer:
             shape = (n, layers, heads)
-            writer.append(rng.standard_normal((*shape, dim)).astype(np.float16),
-                          rng.standard_normal((*shape, dim)).astype(np.float16),
-                          rng.random((*shape, len(STAT_NAMES)), dtype=np.float32), placeholder_outcomes(n))
+            wide = {k: rng.standard_normal((*shape, dim)).astype(np.float16) for k in WIDE}
+            writer.append(EncodedRows(**wide, stats=rng.random((*shape, len(STAT_NAMES)), dtype=np.float32),
+                                      row=rng.random((*shape, len(ROW_FEATURE_NAMES)), dtype=np.float32),
+                                      row_attention=rng.random((*shape, seq_len), dtype=np.float32).astype(np.float16)),
+                          placeholder_outcomes(n))
         return path.stat().st_size / n
 
 

@@ -1,21 +1,26 @@
 """AP-MAE encodings of every head of every scenario, computed once and stored next to a cache.
 
 Glossary: N scenarios (rows), L layers, H query heads, D encoder width, S tokens,
-F = 4 pattern statistics per head (:data:`STAT_NAMES`).
+F = 4 pattern statistics per head (:data:`STAT_NAMES`), R = 5 prediction-row scalars
+(:data:`apmae.encodings.readouts.ROW_FEATURE_NAMES`).
 
 A frozen AP-MAE maps each head's pattern to a CLS and a mean-patch embedding.
 Probes, clustering and interventions need only those, so they are computed
 once (batched, under ``torch.inference_mode``, optionally under autocast) and
 written as one HDF5 file per (pattern source, encoder)::
 
-    cls   (N, L, H, D) float16   final CLS token of the unmasked pattern
-    mean  (N, L, H, D) float16   mean of the final patch tokens
-    stats (N, L, H, F) float32   raw-pattern statistics (the pattern-statistics baseline)
+    cls      (N, L, H, D) float16   final CLS token of the unmasked pattern
+    mean     (N, L, H, D) float16   mean of the final patch tokens
+    row_mean (N, L, H, D) float16   mean of the tokens of the patches holding the scored row
+    row_attn (N, L, H, D) float16   the same tokens weighted by the scored row's attention mass
+    stats    (N, L, H, F) float32   raw-pattern statistics (the pattern-statistics baseline)
+    row      (N, L, H, R) float32   scalars of the scored row (:mod:`apmae.encodings.readouts`)
+    row_attention (N, L, H, S) float16   the scored row itself (raw attention weights)
     the per-scenario columns of the attention cache (scenario_index, input_ids, label_ids,
     label_len, task, source_id, span_start, span_end, split, prediction, probability,
     correct, loss), row i of this file = row i of the source
     attrs: schema_version, source_fingerprint, encoder_hash, scaler, seq_len, n_layers,
-           n_heads, dim, task_names, target (JSON), n_rows, scenario_fingerprint,
+           n_heads, dim, task_names, target (JSON), n_rows, scenario_fingerprint, patch_size,
            shard_rank, shard_world_size, group_fingerprint, created, committed
 
 ``source_fingerprint`` identifies the exact target, scenarios, rows and
@@ -56,11 +61,14 @@ from apmae import __version__
 from apmae.common import h5shards
 from apmae.common.files import expand_files
 from apmae.common.h5shards import RowWriter, StoreError, StoreFormat, StoreMessages, checksummed
+from apmae.encodings.readouts import READOUTS, ROW_FEATURE_NAMES, row_features, row_readouts, scored_rows
 
-SCHEMA_VERSION = 2  # 2: shard attributes (rank, world size, group fingerprint)
+SCHEMA_VERSION = 3  # 2: shard attributes (rank, world size, group fingerprint); 3: prediction-row readouts
 STAT_NAMES = ("entropy", "mean_distance", "first_token_mass", "diagonal_mass")
-KINDS = ("cls", "mean")
-_DTYPES = {"cls": np.float16, "mean": np.float16, "stats": np.float32}
+KINDS = ("cls", "mean")  # pooled encodings of the whole image (the batches of the probe DataModules)
+WIDE = (*KINDS, *READOUTS)  # every (N, L, H, D) array
+_DTYPES = {**{k: np.float16 for k in WIDE}, "stats": np.float32, "row": np.float32, "row_attention": np.float16}
+_SCALARS = {"stats": len(STAT_NAMES), "row": len(ROW_FEATURE_NAMES)}
 # Per-scenario columns every encodings file carries (copied from the pattern source).
 COLUMNS = ("scenario_index", "input_ids", "label_ids", "label_len", "task", "source_id", "span_start",
            "span_end", "split", "prediction", "probability", "correct", "loss")
@@ -156,13 +164,14 @@ class EncodingsSpec:
     shard_rank: int = 0
     shard_world_size: int = 1
     group_fingerprint: str = ""  # source fingerprint of all shards together; "" = source_fingerprint (one file)
+    patch_size: int = 0  # the encoder's patch side (its row readouts' patch columns); 0 = not recorded
 
     def identity(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in _IDENTITY}
 
     def attrs(self) -> dict[str, Any]:
         """Everything written as file attributes (identity and descriptive facts)."""
-        return {**self.identity(), "scenario_fingerprint": self.scenario_fingerprint,
+        return {**self.identity(), "scenario_fingerprint": self.scenario_fingerprint, "patch_size": self.patch_size,
                 "group_fingerprint": self.group_fingerprint or self.source_fingerprint,
                 "task_names": json.dumps(list(self.task_names)), "target": json.dumps(self.target)}
 
@@ -198,6 +207,30 @@ def check_identity(found: dict[str, Any], expected: dict[str, Any], path: Path) 
     h5shards.check_identity(found, expected, path, FORMAT)
 
 
+@dataclass(frozen=True)
+class EncodedRows:
+    """Everything an encodings file stores for B scenarios (numpy, the file's dtypes)."""
+
+    cls: np.ndarray  # (B, L, H, D) float16
+    mean: np.ndarray  # (B, L, H, D) float16
+    row_mean: np.ndarray  # (B, L, H, D) float16
+    row_attn: np.ndarray  # (B, L, H, D) float16
+    stats: np.ndarray  # (B, L, H, F) float32
+    row: np.ndarray  # (B, L, H, R) float32
+    row_attention: np.ndarray  # (B, L, H, S) float16, the scored row
+
+    def __len__(self) -> int:
+        return len(self.cls)
+
+    @classmethod
+    def concatenate(cls, parts: Sequence["EncodedRows"], axis: int) -> "EncodedRows":
+        """Parts of the same scenarios (``axis=1``: consecutive layers) or of consecutive scenarios (0)."""
+        return cls(**{f: np.concatenate([getattr(p, f) for p in parts], axis=axis) for f in ARRAYS})
+
+
+ARRAYS = (*WIDE, *_SCALARS, "row_attention")  # the per-head datasets of a file, EncodedRows' fields
+
+
 class EncodingsWriter(RowWriter):
     """Appends rows of an encodings file in order; reopening a partial file resumes it."""
 
@@ -219,25 +252,24 @@ class EncodingsWriter(RowWriter):
         return cls(path, h5shards.open_or_create(path, FORMAT, spec.identity(),
                                                  partial(_lay_out, spec=spec, columns=columns)))
 
-    def append(self, cls_: np.ndarray, mean: np.ndarray, stats: np.ndarray,
-               outcomes: dict[str, np.ndarray] | None = None) -> None:
-        """Write the next B rows: cls, mean (B, L, H, D), stats (B, L, H, F) and optionally their
-        :data:`OUTCOMES` columns (B,), all committed together.
+    def append(self, rows: EncodedRows, outcomes: dict[str, np.ndarray] | None = None) -> None:
+        """Write the next B rows of every array and optionally their :data:`OUTCOMES` columns (B,),
+        all committed together.
 
         Raises:
             ValueError: the rows overrun the file, the shapes do not fit, or ``outcomes`` names a
                 column that is not an outcome or has another number of rows.
         """
-        b = len(cls_)
-        lo, hi = self._reserve(b)
-        expected = self._f["cls"].shape[1:]
-        if cls_.shape[1:] != expected or mean.shape != cls_.shape or stats.shape[:-1] != cls_.shape[:-1]:
-            raise ValueError(f"encodings of shape {cls_.shape[1:]} / {mean.shape[1:]} / {stats.shape[1:]} do not "
-                             f"fit this file's {expected}")
-        self._f["cls"][lo:hi] = cls_.astype(np.float16)
-        self._f["mean"][lo:hi] = mean.astype(np.float16)
-        self._f["stats"][lo:hi] = stats.astype(np.float32)
-        for name, value in _checked_outcomes(outcomes or {}, b).items():
+        wrong = {name: getattr(rows, name).shape[1:] for name in ARRAYS
+                 if getattr(rows, name).shape[1:] != self._f[name].shape[1:] or len(getattr(rows, name)) != len(rows)}
+        if wrong:
+            raise ValueError(f"encodings of shapes {wrong} do not fit this file's "
+                             f"{ {name: self._f[name].shape[1:] for name in wrong} }")
+        checked = _checked_outcomes(outcomes or {}, len(rows))
+        lo, hi = self._reserve(len(rows))
+        for name in ARRAYS:
+            self._f[name][lo:hi] = getattr(rows, name).astype(_DTYPES[name])
+        for name, value in checked.items():
             self._f[name][lo:hi] = value
         self._commit(hi)
 
@@ -263,11 +295,11 @@ def _lay_out(f: h5py.File, spec: EncodingsSpec, columns: dict[str, np.ndarray]) 
     """A new file's encodings datasets at their final size, its per-scenario columns and attributes."""
     n, shape = spec.n_rows, (spec.n_rows, spec.n_layers, spec.n_heads)
     chunks = (min(max(n, 1), _ROW_CHUNK), 1, spec.n_heads)
-    for kind in KINDS:
+    for kind in WIDE:
         f.create_dataset(kind, shape=(*shape, spec.dim), dtype=_DTYPES[kind], chunks=(*chunks, spec.dim),
                          maxshape=h5shards.empty_maxshape(n, (*shape[1:], spec.dim)), **checksummed(_DTYPES[kind]))
-    f.create_dataset("stats", shape=(*shape, len(STAT_NAMES)), dtype=_DTYPES["stats"],
-                     **checksummed(_DTYPES["stats"]))
+    for name, width in (*_SCALARS.items(), ("row_attention", spec.seq_len)):
+        f.create_dataset(name, shape=(*shape, width), dtype=_DTYPES[name], **checksummed(_DTYPES[name]))
     for name in COLUMNS:
         col = np.asarray(columns[name])
         if len(col) != n:
@@ -276,7 +308,8 @@ def _lay_out(f: h5py.File, spec: EncodingsSpec, columns: dict[str, np.ndarray]) 
             f.create_dataset(name, data=col.astype(object), dtype=h5py.string_dtype())
         else:
             f.create_dataset(name, data=col, **checksummed(col.dtype))
-    f.attrs.update({**spec.attrs(), "stat_names": json.dumps(list(STAT_NAMES)), "apmae_version": __version__,
+    f.attrs.update({**spec.attrs(), "stat_names": json.dumps(list(STAT_NAMES)),
+                    "row_feature_names": json.dumps(list(ROW_FEATURE_NAMES)), "apmae_version": __version__,
                     "created": datetime.datetime.now(datetime.timezone.utc).isoformat()})
 
 
@@ -308,6 +341,7 @@ class EncodingSet:
             "n_rows": sum(int(s.attrs["n_rows"]) for s in shards), "shard_rank": 0, "shard_world_size": 1}
         self.task_names, self.target = json.loads(first["task_names"]), json.loads(first["target"])
         self.scenario_fingerprint = str(first["scenario_fingerprint"])
+        self._patch_size = int(first.get("patch_size", 0))
         self._files = [(s.path, s.committed) for s in shards]
         self._shard_of, self._local = merged.shard_of, merged.local
         self.columns = merged.columns
@@ -332,6 +366,11 @@ class EncodingSet:
         return self.identity["dim"]
 
     @property
+    def patch_size(self) -> int:
+        """The encoder's patch side (0 when the file did not record it)."""
+        return self._patch_size
+
+    @property
     def task(self) -> np.ndarray:
         return self.columns["task"]
 
@@ -353,12 +392,12 @@ class EncodingSet:
 
     def load(self) -> "EncodingSet":
         """Read every encoding into memory (returns self)."""
-        for name in (*KINDS, "stats"):
+        for name in ARRAYS:
             self.array(name)
         return self
 
     def array(self, name: str) -> np.ndarray:
-        """The whole (N, L, H, D) ``cls`` / ``mean`` or (N, L, H, F) ``stats`` array."""
+        """The whole (N, L, H, D) array of a :data:`WIDE` name, or (N, L, H, F) ``stats`` / (N, L, H, R) ``row``."""
         if name not in self._memory:
             self._memory[name] = self._read_all(name, ())
         return self._memory[name]
@@ -387,7 +426,8 @@ class EncodingSet:
     def _trailing(self, name: str) -> tuple[int, ...]:
         if name not in _DTYPES:
             raise ValueError(f"no encodings named {name!r}; use one of {tuple(_DTYPES)}")
-        return (self.n_layers, self.n_heads, len(STAT_NAMES) if name == "stats" else self.dim)
+        width = self.identity["seq_len"] if name == "row_attention" else _SCALARS.get(name, self.dim)
+        return (self.n_layers, self.n_heads, width)
 
     def _read_all(self, name: str, key: tuple) -> np.ndarray:
         """``[:, *key]`` of one array over every row, in this set's row order."""
@@ -447,12 +487,13 @@ def iter_scenario_patterns(cache: Any, start: int, batch_size: int, *, prefetch:
             yield pending.result()
 
 
-def encode_patterns(net: Any, patterns: Any, *, scaler: str, chunk: int = 256,
-                    autocast_dtype: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Raw patterns (B, L, H, S, S) -> cls, mean (B, L, H, D) float16 and stats (B, L, H, F) float32.
+def encode_patterns(net: Any, patterns: Any, *, scaler: str, input_ids: Any, query_pos: Any = None,
+                    chunk: int = 256, autocast_dtype: Any = None) -> EncodedRows:
+    """Raw patterns (B, L, H, S, S) of prompts ``input_ids`` (B, S) scored at ``query_pos`` (B,) -> every array.
 
-    Runs on the net's device, ``chunk`` head images per encoder call; under
-    autocast when ``autocast_dtype`` is given (the statistics stay float32).
+    ``query_pos`` None means S - 1 (mined scenarios). Runs on the net's device, ``chunk`` head
+    images per encoder call; under autocast when ``autocast_dtype`` is given (the statistics and
+    row scalars stay float32).
     """
     import torch  # import cost, as above
 
@@ -461,19 +502,26 @@ def encode_patterns(net: Any, patterns: Any, *, scaler: str, chunk: int = 256,
     device = next(net.parameters()).device
     x = torch.as_tensor(patterns).to(device=device, dtype=torch.float32)
     b, n_layers, n_heads, s, _ = x.shape
+    q = np.full(b, s - 1, dtype=np.int64) if query_pos is None else np.asarray(query_pos, dtype=np.int64)
     flat = x.reshape(b * n_layers * n_heads, 1, s, s)  # (B*L*H, 1, S, S)
     stats = pattern_stats(flat[:, 0]).reshape(b, n_layers, n_heads, -1)
+    row = row_features(x, input_ids, q)  # (B, L, H, R)
+    flat_q = torch.as_tensor(np.repeat(q, n_layers * n_heads), device=device)  # (B*L*H,)
+    rows = scored_rows(x, q).reshape(b * n_layers * n_heads, s)  # (B*L*H, S)
     amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
            else contextlib.nullcontext())
-    cls_parts, mean_parts = [], []
+    parts: dict[str, list] = {k: [] for k in WIDE}
     with torch.inference_mode(), amp:
         for lo in range(0, len(flat), chunk):
             enc = net.encode(scale(flat[lo:lo + chunk], scaler))
-            cls_parts.append(enc.cls.float())
-            mean_parts.append(enc.mean.float())
+            readouts = row_readouts(enc.tokens.float(), rows[lo:lo + chunk], flat_q[lo:lo + chunk],
+                                    net.config.patch_size)
+            for name, value in zip(WIDE, (enc.cls, enc.mean, *readouts)):
+                parts[name].append(value.float())
     shape = (b, n_layers, n_heads, -1)
-    return (torch.cat(cls_parts).reshape(shape).half().cpu().numpy(),
-            torch.cat(mean_parts).reshape(shape).half().cpu().numpy(), stats.cpu().numpy())
+    wide = {k: torch.cat(v).reshape(shape).half().cpu().numpy() for k, v in parts.items()}
+    return EncodedRows(**wide, stats=stats.cpu().numpy(), row=row.cpu().numpy(),
+                       row_attention=rows.reshape(b, n_layers, n_heads, s).half().cpu().numpy())
 
 
 def check_encoder_seq_len(net: Any, seq_len: int, source: str) -> None:
@@ -490,7 +538,8 @@ def encodings_spec(net: Any, cache: Any, scaler: str) -> EncodingsSpec:
     return EncodingsSpec(source_fingerprint=cache_fingerprint(cache), encoder_hash=encoder_hash(net), scaler=scaler,
                          seq_len=cache.seq_len, n_layers=cache.n_layers, n_heads=cache.n_heads,
                          dim=net.config.enc_dim, n_rows=len(cache), task_names=tuple(cache.task_names),
-                         target=cache.target, scenario_fingerprint=str(cache.attrs["scenario_fingerprint"]))
+                         target=cache.target, scenario_fingerprint=str(cache.attrs["scenario_fingerprint"]),
+                         patch_size=net.config.patch_size)
 
 
 def ensure_encodings(net: Any, cache: Any, path: str | Path, *, scaler: str = "log_normalize",
@@ -513,8 +562,12 @@ def ensure_encodings(net: Any, cache: Any, path: str | Path, *, scaler: str = "l
         with EncodingsWriter.open(path, spec, cache_columns(cache)) as writer:
             bar = tqdm(total=writer.n_rows, initial=writer.committed, unit="scenario", disable=not progress,
                        desc=f"AP-MAE encodings -> {Path(path).name}")
-            for patterns in iter_scenario_patterns(cache, writer.committed, batch_size):
-                writer.append(*encode_patterns(net, patterns, scaler=scaler, autocast_dtype=autocast_dtype))
+            lo = writer.committed
+            for patterns in iter_scenario_patterns(cache, lo, batch_size):
+                ids = cache.input_ids[lo:lo + len(patterns)]  # cached rows are mined: scored at S - 1
+                writer.append(encode_patterns(net, patterns, scaler=scaler, input_ids=ids,
+                                              autocast_dtype=autocast_dtype))
+                lo += len(patterns)
                 bar.update(len(patterns))
             bar.close()
     finally:
@@ -522,7 +575,7 @@ def ensure_encodings(net: Any, cache: Any, path: str | Path, *, scaler: str = "l
     return EncodingSet(path)
 
 
-__all__ = ["COLUMNS", "OUTCOMES", "EncodingSet", "EncodingsError", "EncodingsMismatchError", "EncodingsSpec",
-           "EncodingsWriter", "STAT_NAMES", "cache_columns", "cache_fingerprint", "check_encoder_seq_len",
+__all__ = ["ARRAYS", "COLUMNS", "EncodedRows", "OUTCOMES", "WIDE", "EncodingSet", "EncodingsError",
+           "EncodingsMismatchError", "EncodingsSpec", "EncodingsWriter", "STAT_NAMES", "cache_columns", "cache_fingerprint", "check_encoder_seq_len",
            "check_identity", "encode_patterns", "encoder_hash", "encodings_spec", "ensure_encodings", "pattern_stats",
            "placeholder_outcomes", "source_fingerprint"]

@@ -44,8 +44,9 @@ from tqdm.auto import tqdm
 from apmae.cache.codec import round_to_bfloat16
 from apmae.cache.extract import ExtractionResult, check_scenarios, run_in_order, threads_per_worker
 from apmae.common.h5shards import shard_rows
-from apmae.encodings.store import (COLUMNS, OUTCOMES, EncodingsSpec, EncodingsWriter, check_encoder_seq_len,
-                                   encode_patterns, encoder_hash, placeholder_outcomes, source_fingerprint)
+from apmae.encodings.store import (COLUMNS, OUTCOMES, EncodedRows, EncodingsSpec, EncodingsWriter,
+                                   check_encoder_seq_len, encode_patterns, encoder_hash, placeholder_outcomes,
+                                   source_fingerprint)
 from apmae.mining.scenario_set import ScenarioSet
 from apmae.model.scaling import get_scaler
 from apmae.target.access import run_batch
@@ -71,7 +72,8 @@ def stream_spec(target: Any, scenarios: ScenarioSet, net: Any, *, scaler: str, r
                          seq_len=scenarios.seq_len, n_layers=target.n_layers, n_heads=target.n_heads,
                          dim=net.config.enc_dim, n_rows=len(rows), task_names=tuple(scenarios.task_names),
                          target=summary, scenario_fingerprint=scenarios.fingerprint(), shard_rank=rank,
-                         shard_world_size=world_size, group_fingerprint=fingerprint(np.arange(len(scenarios))))
+                         shard_world_size=world_size, group_fingerprint=fingerprint(np.arange(len(scenarios))),
+                         patch_size=net.config.patch_size)
 
 
 def stream_columns(scenarios: ScenarioSet, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -159,7 +161,7 @@ def _run(writer: EncodingsWriter, rows: np.ndarray, encode: Callable, batch_size
 
 def encode_batch(target: Any, net: Any, scenarios: ScenarioSet, idx: np.ndarray, *, scaler: str,
                  autocast_dtype: Any = None, chunk: int = 256) -> tuple:
-    """Scenario rows ``idx`` -> (cls, mean (B, L, H, D) float16, stats (B, L, H, F) float32, outcomes).
+    """Scenario rows ``idx`` -> (their :class:`EncodedRows`, their outcome columns (B,)).
 
     The target's attentions are rounded as the cache stores them and encoded
     a few layers at a time (about ``chunk`` head images), so the float32
@@ -171,12 +173,12 @@ def encode_batch(target: Any, net: Any, scenarios: ScenarioSet, idx: np.ndarray,
     out.attentions = None  # free the float32 stack before the encoder's copies are made
     b, n_layers, n_heads = patterns.shape[:3]
     step = max(1, chunk // (b * n_heads))
-    parts = [encode_patterns(net, patterns[:, lo:lo + step], scaler=scaler, chunk=chunk,
-                             autocast_dtype=autocast_dtype) for lo in range(0, n_layers, step)]
-    cls, mean, stats = (np.concatenate([p[k] for p in parts], axis=1) for k in range(3))
+    parts = [encode_patterns(net, patterns[:, lo:lo + step], scaler=scaler, input_ids=scenarios.input_ids[idx],
+                             query_pos=scenarios.middle_pos[idx], chunk=chunk, autocast_dtype=autocast_dtype)
+             for lo in range(0, n_layers, step)]
     outcomes = {"prediction": out.prediction, "probability": out.probability, "correct": out.correct,
                 "loss": out.loss}
-    return cls, mean, stats, {k: v.cpu().numpy() for k, v in outcomes.items()}
+    return EncodedRows.concatenate(parts, axis=1), {k: v.cpu().numpy() for k, v in outcomes.items()}
 
 
 def as_cached(attentions: Any) -> Any:

@@ -162,6 +162,7 @@ class APMAEEncoding:
 
     cls: torch.Tensor  # (B, De) float32 final CLS token
     mean: torch.Tensor  # (B, De) float32 mean of the final patch tokens
+    tokens: torch.Tensor  # (B, Q, De) float32 final token of every triangular patch, in patch order
 
 
 @dataclass
@@ -408,11 +409,11 @@ class APMAE(nn.Module):
         return self.unpatchify(merged)
 
     def encode(self, images: torch.Tensor) -> APMAEEncoding:
-        """Encode every triangular patch (no masking): CLS and mean patch embedding, (B, De) float32 each."""
+        """Encode every triangular patch (no masking): CLS, mean patch embedding and every patch's token, float32."""
         patches = self.patchify(images)
         x = self._encode_tokens(self.patch_embed(patches) + self.enc_pos_embed).float()  # (B, 1 + Q, De)
         # float32 under autocast too: encodings go to numpy / scikit-learn, which have no bfloat16
-        return APMAEEncoding(cls=x[:, 0], mean=x[:, 1:].mean(dim=1))
+        return APMAEEncoding(cls=x[:, 0], mean=x[:, 1:].mean(dim=1), tokens=x[:, 1:])
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer groups: decay on matrices only, none on biases, norms, position embeddings, tokens."""

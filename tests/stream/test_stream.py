@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from apmae.cache.store import AttentionCache, shard_path
-from apmae.encodings.store import COLUMNS, EncodingSet, EncodingsError, EncodingsMismatchError, ensure_encodings
+from apmae.encodings.store import (ARRAYS, COLUMNS, WIDE, EncodingSet, EncodingsError, EncodingsMismatchError,
+                                   ensure_encodings)
 from apmae.cache.extract import extract
 from apmae.mining.scenario_set import ScenarioSet
 from apmae.encodings.stream import stream_encodings
+from tests.cache.conftest import SEQ_LEN
 from tests.stream.conftest import micro_apmae
 
 
@@ -23,11 +25,12 @@ def assert_same_encodings(got: EncodingSet, want: EncodingSet) -> None:
     assert got.identity == want.identity
     for name in COLUMNS:
         np.testing.assert_array_equal(got.columns[name], want.columns[name], err_msg=name)
-    for kind in ("cls", "mean"):
+    for kind in WIDE:
         a, b = got.array(kind).astype(np.float32), want.array(kind).astype(np.float32)
         step = np.spacing(np.maximum(np.abs(a), np.abs(b)).astype(np.float16)).astype(np.float32)
         assert np.all(np.abs(a - b) <= step), kind
-    np.testing.assert_allclose(got.array("stats"), want.array("stats"), rtol=1e-5, atol=1e-6)
+    for name in ("stats", "row", "row_attention"):
+        np.testing.assert_allclose(got.array(name), want.array(name), rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 class Stop(Exception):
@@ -69,9 +72,12 @@ def test_stream_equals_pattern_cache_then_encode(target, scenarios, net, tmp_pat
 def test_stream_writes_encodings_and_columns_only(target, scenarios, net, tmp_path):
     result = _stream(target, scenarios, net, tmp_path / "s.rank0.h5")
     with h5py.File(result.path, "r") as f:
-        assert set(f) == {"cls", "mean", "stats", *COLUMNS}
-        assert f["cls"].shape == (len(scenarios), 2, 4, 16) and f["cls"].dtype == np.float16
+        assert set(f) == {"cls", "mean", "row_mean", "row_attn", "stats", "row", "row_attention", *COLUMNS}
+        for kind in ("cls", "mean", "row_mean", "row_attn"):
+            assert f[kind].shape == (len(scenarios), 2, 4, 16) and f[kind].dtype == np.float16
         assert f["stats"].shape == (len(scenarios), 2, 4, 4)
+        assert f["row"].shape == (len(scenarios), 2, 4, 5)
+        assert f["row_attention"].shape == (len(scenarios), 2, 4, SEQ_LEN) and f.attrs["patch_size"] == 8
 
 
 def test_interrupted_stream_resumes_to_the_same_file(target, scenarios, net, tmp_path):
@@ -87,7 +93,7 @@ def test_interrupted_stream_resumes_to_the_same_file(target, scenarios, net, tmp
     got, want = EncodingSet(path), EncodingSet(full.path)
     for name in COLUMNS:
         np.testing.assert_array_equal(got.columns[name], want.columns[name], err_msg=name)
-    for kind in ("cls", "mean", "stats"):  # same batches as the uninterrupted run: bit-identical
+    for kind in ARRAYS:  # same batches as the uninterrupted run: bit-identical
         np.testing.assert_array_equal(got.array(kind), want.array(kind), err_msg=kind)
     assert _stream(target, scenarios, net, path).written == 0
 
@@ -172,12 +178,15 @@ def test_shards_of_different_runs_do_not_merge(target, scenarios, net, tmp_path)
 
 
 def test_outcomes_written_with_rows_are_checked(target, scenarios, net, tmp_path):
-    from apmae.encodings.store import EncodingsWriter, placeholder_outcomes
+    from apmae.encodings.store import EncodedRows, EncodingsWriter, placeholder_outcomes
     from apmae.encodings.stream import stream_columns, stream_spec
 
     spec = stream_spec(target, scenarios, net, scaler="log_normalize")
     rows = np.arange(len(scenarios))
-    enc = np.zeros((2, 2, 4, 16), np.float16), np.zeros((2, 2, 4, 16), np.float16), np.zeros((2, 2, 4, 4), np.float32)
+    wide = np.zeros((2, 2, 4, 16), np.float16)
+    enc = (EncodedRows(cls=wide, mean=wide, row_mean=wide, row_attn=wide, stats=np.zeros((2, 2, 4, 4), np.float32),
+                       row=np.zeros((2, 2, 4, 5), np.float32),
+                       row_attention=np.zeros((2, 2, 4, SEQ_LEN), np.float16)),)
     with EncodingsWriter.open(tmp_path / "w.h5", spec, stream_columns(scenarios, rows)) as writer:
         with pytest.raises(ValueError, match="not outcome columns"):
             writer.append(*enc, {"task": np.zeros(2)})
