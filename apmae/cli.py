@@ -39,6 +39,7 @@ from apmae.common.allocator import keep_freed_memory
 from apmae.common.tracking import DEFAULT_EXPERIMENT, artifact_location, tracking_uri
 from apmae.model.loading import CheckpointError, check_checkpoint
 from apmae.patterns import run as patterns_run
+from apmae.probe import run as crossfit_run
 
 MLFLOW_LOGGER = "lightning.pytorch.loggers.MLFlowLogger"
 LINKED = {"seq_len": ("data.seq_len", "model.init_args.seq_len")}
@@ -57,6 +58,7 @@ class PostHocStage:
 POST_HOC_STAGES = {
     "patterns": PostHocStage(summary=patterns_run.SUMMARY, main=patterns_run.main),
     "atlas": PostHocStage(summary=atlas_run.SUMMARY, main=atlas_run.main),
+    "crossfit": PostHocStage(summary=crossfit_run.SUMMARY, main=crossfit_run.main),
 }
 
 

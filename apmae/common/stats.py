@@ -184,6 +184,60 @@ def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
     return out
 
 
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (family-wise error); NaN entries stay NaN and are not counted."""
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    order = ok[np.argsort(p[ok], kind="mergesort")]
+    m = len(order)
+    adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order]) if m else np.array([])
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def grouped_auroc_bootstrap(scores: np.ndarray, y: np.ndarray, groups: np.ndarray, *,
+                            n_resamples: int = N_RESAMPLES, seed: int = 0,
+                            confidence: float = CONFIDENCE) -> BootstrapResult:
+    """AUROC of each row of ``scores`` (M, N) against ``y`` (N,), with intervals from resampling whole groups.
+
+    Each resample draws the G groups (source files) with replacement and weights every scenario by
+    how often its group was drawn; all M rows share the draws, so differences are paired. A resample
+    left with one class only gives NaN there (ignored by the percentiles).
+    """
+    scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    y = np.asarray(y, dtype=bool)
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    n_groups = int(inverse.max()) + 1 if len(inverse) else 0
+    if n_resamples < 100 or not n_groups:
+        raise ValueError(f"n_resamples={n_resamples} with {n_groups} groups: use >= 100 resamples and some data")
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((n_resamples, n_groups))
+    np.add.at(counts, (np.arange(n_resamples)[:, None], rng.integers(0, n_groups, (n_resamples, n_groups))), 1.0)
+    weights = np.vstack([np.ones((1, len(y))), counts[:, inverse]])  # row 0: the data as observed
+    values = np.stack([_weighted_auroc(row, y, weights) for row in scores])  # (M, 1 + B)
+    dist = values[:, 1:]
+    tail = 100 * (1 - confidence) / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: no interval
+        low, high = np.nanpercentile(dist, tail, axis=1), np.nanpercentile(dist, 100 - tail, axis=1)
+    return BootstrapResult(values[:, 0], low, high, dist)
+
+
+def _weighted_auroc(score: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(K,) AUROC of one score vector under K weightings (K, N) of the scenarios; ties count half."""
+    order = np.argsort(score, kind="mergesort")
+    sorted_score = score[order]
+    starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])  # first of each tie block
+    w = weights[:, order]
+    pos = np.add.reduceat(w * y[order], starts, axis=1)  # (K, U) weight of correct scenarios per score value
+    neg = np.add.reduceat(w * ~y[order], starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg  # negatives strictly below each value
+    total = pos.sum(1) * neg.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (pos * (below + 0.5 * neg)).sum(1) / total, np.nan)
+
+
 __all__ = ["BootstrapResult", "CONFIDENCE", "Interval", "NAN_INTERVAL", "N_RESAMPLES", "benjamini_hochberg",
-           "mcnemar_exact", "paired_p_value", "rank_p_value", "ratio_intervals", "stratified_bootstrap",
+           "grouped_auroc_bootstrap", "holm", "mcnemar_exact", "paired_p_value", "rank_p_value", "ratio_intervals", "stratified_bootstrap",
            "wilson_interval"]
