@@ -45,6 +45,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_model.py
 	$(PY) benchmarks/bench_mining.py
 	$(PY) benchmarks/bench_uncertainty.py
+	$(PY) benchmarks/bench_probe_protocol.py
 	$(PY) benchmarks/bench_extraction.py $(if $(and $(DEMO_SMOLLM2),$(DEMO_SCENARIOS)),--model $(DEMO_DIR)/smollm2 \
 	  --scenarios $(DEMO_SCENARIOS))
 	$(if $(DEMO_TARGET),$(PY) benchmarks/eval_demo_target.py --target $(DEMO_DIR)/target-a)

@@ -8,10 +8,11 @@ being trained) on a fixed set of scenarios of the DataModule's training-target
 cache, with head sets chosen from a signed (L, H) head importance by the
 strategies of :mod:`apmae.interventions.head_sets` over a k sweep (:mod:`apmae.interventions.sweep`).
 
-The ranking is the LightningModule's current ``head_importance`` ((L, H)
-tensor or array; None until it is computed) when the module ranks heads
-(:class:`lit_models.interfaces.RanksHeads`, e.g. ``LitProbe``), else the
-``importance_csv`` file. With ``per_task``, rankings per task (the module's
+The ranking is the ``importance_csv`` file when one is given (e.g. the
+cross-fitted ranking of :mod:`apmae.probe.importance`, which the demo uses), else the
+LightningModule's current ``head_importance`` ((L, H) tensor or array; None until it
+is computed) when the module ranks heads (:class:`lit_models.interfaces.RanksHeads`,
+e.g. ``LitProbe``). With ``per_task``, rankings per task (the module's
 ``head_importance_by_task: {task: (L, H)}``, else ``importance_csv_by_task``)
 are each applied to that task's scenarios only. Until a ranking exists an
 evaluation is skipped with a warning; a module that ranks no heads, with no
@@ -98,8 +99,8 @@ class Interventions(Callback):
         device: target device; ``auto`` = the device of the module being trained.
         attn_implementation: attention kernel of the callback's own target copy; no pattern is read, so
             ``sdpa`` (faster) gives the same function up to rounding; ``eager`` matches ``run_batch`` bit for bit.
-        importance_csv: ``importance.csv`` (``layer,head,importance``) used when the module has no ``head_importance``
-            (it ranks no heads, or has not computed them yet).
+        importance_csv: ``importance.csv`` (``layer,head,importance``); when given it is the ranking, ahead of
+            the module's ``head_importance``.
         per_task: also run each task's own ranking on that task's scenarios.
         importance_csv_by_task: ``{task: importance.csv}`` used when the module has no ``head_importance_by_task``.
         strategies: any of ``positive``, ``negative``, ``neutral``, ``random``.
@@ -257,13 +258,13 @@ class Interventions(Callback):
         return s.subset(np.flatnonzero(s.task == s.task_names.index(task)))
 
     def global_ranking(self, pl_module: LightningModule) -> Optional[np.ndarray]:
-        """The module's ``head_importance`` if set, else ``importance_csv``, as (L, H); None without either."""
+        """``importance_csv`` if given, else the module's ``head_importance``, as (L, H); None without either."""
         t = self.target
+        if self.importance_csv:
+            return read_importance_csv(self.importance_csv, n_layers=t.n_layers, n_heads=t.n_heads)
         found = pl_module.head_importance if implements(pl_module, RanksHeads) else None
         if found is not None:
             return check_importance(found, n_layers=t.n_layers, n_heads=t.n_heads, source="module head_importance")
-        if self.importance_csv:
-            return read_importance_csv(self.importance_csv, n_layers=t.n_layers, n_heads=t.n_heads)
         return None
 
     def task_rankings(self, pl_module: LightningModule) -> dict[str, np.ndarray]:

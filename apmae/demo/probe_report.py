@@ -1,12 +1,14 @@
-"""The demo's probe stage: fit and test the correctness probe, then cluster the encodings.
+"""The demo's probe stage: the cross-fitted probe protocol, interventions, recurring patterns, the atlas.
 
     python -m apmae.demo.run      (runs AP-MAE, then this stage)
 
 The probe overlay (configs/demo/probe.yaml) is stacked on the AP-MAE config, so the
-probe reads the very scenarios and caches AP-MAE was trained and validated on.
-It is fitted on the train split, checkpointed on validation loss, and scored once
-on the test split from the best checkpoint; the table printed here is that test
-score next to the baselines measured on the same balanced test scenarios.
+probe reads the very scenarios and caches AP-MAE was trained and validated on. Its fit
+encodes every head of every scenario with the frozen AP-MAE (row readouts and row scalars
+included); the cross-fitted protocol (:mod:`apmae.probe.report`) then scores every scenario
+out of fold under every feature set and baseline, and its head ranking is the one the
+Interventions callback zeroes heads by when the LitProbe checkpoint is tested. LitProbe's
+own class-balanced split table stays in its MLflow run; the demo prints the protocol's.
 """
 
 from __future__ import annotations
@@ -21,21 +23,27 @@ from apmae.common.tracking import download_run_artifacts, log_to_run, run_locati
 from apmae.demo.overrides import input_overrides
 from apmae.patterns.cluster_probe import ClusterProbeConfig
 from apmae.patterns.run import run_recurring_patterns
+from apmae.probe.crossfit import ProtocolSettings
+from apmae.probe.features import ProbeData
+from apmae.probe.report import ProbePlan, ProbeReport, run_protocol
+from apmae.probe.summary import control_line, protocol_metrics, report_lines, write_report
 
 PROBE_CONFIG = "configs/demo/probe.yaml"
-# table columns: (metric key, header)
-COLUMNS = (("probe", "AP-MAE probe"), ("stats_probe", "pattern stats"), ("confidence", "confidence"),
-           ("probe_confidence", "probe+conf"), ("majority", "majority"))
-# the mark a paired test against that baseline gets when it holds at 0.05: ">c" above confidence, "<c" below
-MARKS = {"confidence": "c", "stats_probe": "s"}
-ALPHA = 0.05
+PROTOCOL_FOLDER = "probe-protocol"  # under the demo folder, and the artifact folder of the probe run
+# The demo's protocol: 3 repeats of 5 grouped folds (`apmae crossfit` runs 5) keep the stage near two
+# minutes on two cores. 150 permutations per claim: the smallest p, 1 / 151, survives Holm over the 7
+# claims the table makes (with 100 it could not).
+DEMO_PROTOCOL = ProtocolSettings(n_repeats=3, permutations=150)
+# L1 beside L2; CatBoost and the neural head probe take minutes each on the demo's 1,350 row columns
+# (benchmarks/bench_probe_protocol.py --with-slow-models), so the demo leaves them to `apmae crossfit`.
+DEMO_PLAN = ProbePlan(other_models=("l1",))
 
 
 @dataclass
 class ProbeSummary:
     """What the demo's probe stage measured and where it put it."""
 
-    scores: dict[str, dict[str, Any]]  # predictor -> task -> BinaryScores (test split)
+    protocol: list[str]  # the cross-fitted protocol's table
     export_dir: str
     run_id: str | None
     experiment: str | None = None
@@ -43,61 +51,14 @@ class ProbeSummary:
     interventions: list[str] = field(default_factory=list)
     patterns: list[str] = field(default_factory=list)
     atlas: list[str] = field(default_factory=list)
-    unscored: list[str] = field(default_factory=list)  # tasks with no test scenario left after balancing
-    uncertainty: dict[str, dict[str, Any]] | None = None  # predictor -> task -> ScoreUncertainty (None: not computed)
     bootstrap_seconds: dict[str, float] = field(default_factory=dict)  # intervals and tests, inside the stage times
 
-    def table(self) -> list[str]:
-        """Per task: every predictor's balanced accuracy and AUROC, with their intervals when computed, and n."""
-        out = self._interval_table() if self.uncertainty is not None else self._plain_table()
-        if self.unscored:
-            out.append(f"  not scored (one class only, nothing to balance): {', '.join(self.unscored)}")
-        return out
-
-    def _tasks(self) -> list[str]:
-        return [t for t in self.scores["probe"] if t != "all"] + ["all"]
-
-    def _plain_table(self) -> list[str]:
-        """Balanced accuracy (AUROC) per predictor, without intervals."""
-        head = f"  {'task':<24}" + "".join(f"{h:>17}" for _, h in COLUMNS) + f"{'n test':>8}"
-        out = ["Correctness probe, test split (class-balanced per task): balanced accuracy (AUROC)", head]
-        for task in self._tasks():
-            cells = []
-            for key, _ in COLUMNS:
-                s = self.scores[key][task]
-                auc = "  -  " if s.auroc != s.auroc else f"{s.auroc:.2f}"
-                cells.append(f"{s.balanced_accuracy:>10.3f} ({auc})")
-            out.append(f"  {task:<24}" + "".join(f"{c:>17}" for c in cells) + f"{self.scores['probe'][task].n:>8}")
-        return out
-
-    def _interval_table(self) -> list[str]:
-        """Balanced accuracy, then AUROC, each with its 95 % interval and the paired tests that hold."""
-        out = []
-        for metric, title in (("balanced_accuracy", "balanced accuracy"), ("auroc", "AUROC")):
-            out += [f"Correctness probe, test split (class-balanced per task): {title} [95 % bootstrap interval]",
-                    f"  {'task':<24}" + "".join(f"{h:>25}" for _, h in COLUMNS) + f"{'n test':>8}"]
-            for task in self._tasks():
-                cells = "".join(f"{self._cell(key, task, metric):>25}" for key, _ in COLUMNS)
-                out.append(f"  {task:<24}{cells}{self.scores['probe'][task].n:>8}")
-        out.append(f"  marks: >c / <c above / below confidence, >s / <s above / below pattern stats (paired "
-                   f"bootstrap on the same scenarios, p < {ALPHA}); no mark: no difference shown at that level")
-        return out
-
-    def _cell(self, predictor: str, task: str, metric: str) -> str:
-        value = getattr(self.scores[predictor][task], metric)
-        if value != value:
-            return "-"
-        u = self.uncertainty[predictor][task]
-        marks = [(">" if t[metric].difference > 0 else "<") + MARKS[other]
-                 for other, t in u.tests.items() if other in MARKS and t[metric].p_value < ALPHA]
-        return f"{value:.3f} {u.intervals[metric]}" + "".join(f" {m}" for m in marks)
-
     def lines(self) -> list[str]:
-        out = ["", *self.table(),
-               f"  head importance:  {Path(self.export_dir) / 'heatmap.png'} and importance.csv "
-               "(MLflow: head_importance/)"]
+        out = ["", *self.protocol,
+               f"  files: {self.export_dir} (probe_table.csv, oof_scores.csv, importance.csv and .png, "
+               f"probe_auroc.png; MLflow: {PROTOCOL_FOLDER}/)"]
         if self.interventions:
-            out += ["Interventions on test scenarios (heads zeroed by the probe's ranking):", *self.interventions]
+            out += ["Interventions on test scenarios (heads zeroed by the cross-fitted ranking):", *self.interventions]
         out += self.patterns + self.atlas
         out.append(f"  MLflow run:       {self.run_id} (experiment {self.experiment!r})")
         return out
@@ -111,8 +72,9 @@ def probe_overrides(demo_dir: str) -> list[str]:
 
 
 def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, reduction: str = "pca",
-                    workers: int = 1, apmae_run_id: str | None = None) -> ProbeSummary:
-    """Fit the probe, test its best checkpoint, cluster the encodings; returns what to print.
+                    workers: int = 1, apmae_run_id: str | None = None,
+                    protocol: ProtocolSettings = DEMO_PROTOCOL, plan: ProbePlan = DEMO_PLAN) -> ProbeSummary:
+    """Fit LitProbe (which encodes every scenario), cross-fit the protocol, intervene, cluster; returns what to print.
 
     ``reduction`` is the clustering's (``pca``, or the paper's ``umap``: about four minutes
     more on two cores for SmolLM2's 270 heads), ``workers`` the processes clustering heads at once;
@@ -125,23 +87,28 @@ def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, 
     seconds = {}
     start = time.perf_counter()
     cli = cli_main(["fit", "--config", apmae_config, "--config", PROBE_CONFIG, *probe_overrides(demo_dir)])
-    seconds["probe fit"] = time.perf_counter() - start
+    seconds["probe fit (encodings)"] = time.perf_counter() - start
+    run_id, experiment, tracking_uri, _ = run_location(cli.trainer.logger)
+    start = time.perf_counter()
+    report = crossfit_report(cli.datamodule, protocol, plan)
+    folder = Path(demo_dir) / PROTOCOL_FOLDER
+    files = write_report(report, folder)
+    if run_id:
+        log_to_run(run_id, tracking_uri=tracking_uri, artifacts={f"{PROTOCOL_FOLDER}/{p.name}": p for p in files},
+                   metrics=protocol_metrics(report))
+    seconds["probe protocol"] = time.perf_counter() - start
     start = time.perf_counter()
     interventions = [cb for cb in cli.trainer.callbacks if isinstance(cb, Interventions)]
     for callback in interventions:
         callback.verbose = False  # its key numbers are part of the summary printed at the end
-    # verbose=False: the summary's table replaces Lightning's table of every test metric
+        callback.importance_csv = str(folder / "importance.csv")  # the cross-fitted ranking
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
-    seconds["probe test + interventions"] = time.perf_counter() - start
-    run_id, experiment, tracking_uri, _ = run_location(cli.trainer.logger)
-    summary = ProbeSummary(scores=cli.model.probe_scores["scores"], export_dir=str(cli.model.export_path()),
-                           uncertainty=cli.model.probe_scores.get("uncertainty"),
-                           run_id=run_id, experiment=experiment, seconds=seconds,
+    seconds["interventions"] = time.perf_counter() - start
+    summary = ProbeSummary(protocol=report_lines(report), export_dir=str(folder), run_id=run_id,
+                           experiment=experiment, seconds=seconds,
                            interventions=[line for cb in interventions for line in cb.summary_lines()])
-    summary.bootstrap_seconds = {"probe": cli.model.probe_scores.get("bootstrap_seconds", 0.0),
+    summary.bootstrap_seconds = {"probe protocol": seconds["probe protocol"],
                                  "interventions": sum(cb.last.stats_seconds for cb in interventions if cb.last)}
-    scored = cli.model.probe_scores["scores"]["probe"]
-    summary.unscored = [t for t in cli.datamodule.task_names if t not in scored]
     if patterns:
         start = time.perf_counter()
         summary.patterns, cluster_probe_seconds = _patterns(cli, demo_dir, run_id, tracking_uri, reduction=reduction,
@@ -152,6 +119,13 @@ def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, 
     summary.atlas = _atlas(cli, demo_dir, [r for r in (run_id, apmae_run_id) if r], tracking_uri)
     seconds["head atlas"] = time.perf_counter() - start
     return summary
+
+
+def crossfit_report(datamodule: Any, settings: ProtocolSettings, plan: ProbePlan | None = None) -> ProbeReport:
+    """The protocol on the training target's encodings of a fitted probe DataModule (noise reported apart)."""
+    encodings = datamodule.encodings[datamodule.train_target_name]
+    return run_protocol(ProbeData.from_encodings(encodings), settings=settings, plan=plan,
+                        noise=control_line(encodings))
 
 
 def _atlas(cli: Any, demo_dir: str, run_ids: list[str], tracking_uri: str | None) -> list[str]:
@@ -176,9 +150,4 @@ def _patterns(cli: Any, demo_dir: str, run_id: str | None, tracking_uri: str | N
     report = run_recurring_patterns(data.encodings[name], data.caches[name], Path(demo_dir) / "patterns",
                                     reduction=reduction, workers=workers, probe=probe, run_id=run_id,
                                     tracking_uri=tracking_uri)
-    neural = cli.model.probe_scores["scores"]["probe"]["all"]
-    u = cli.model.probe_scores.get("uncertainty", {}).get("probe", {}).get("all")
-    ci = {m: f" {u.intervals[m]}" if u else "" for m in ("balanced_accuracy", "auroc")}
-    line = (f"  neural AP-MAE probe, test: balanced accuracy {neural.balanced_accuracy:.3f}{ci['balanced_accuracy']}, "
-            f"AUROC {neural.auroc:.3f}{ci['auroc']} (n={neural.n}, class-balanced)")
-    return [*report.lines(), line], report.probe.bootstrap_seconds if report.probe else 0.0
+    return report.lines(), report.probe.bootstrap_seconds if report.probe else 0.0

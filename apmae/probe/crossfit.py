@@ -194,7 +194,7 @@ class Protocol:
         strata = self.data.task if within_task else np.zeros(len(self.y))
         labels = [_permuted(self.y, strata, rng) for _ in range(s.permutations)]
         null, hits, stopped = [], 0, False
-        batch = 10 * s.workers
+        batch = 20 * s.workers  # permutations per fork of the workers (a stop wastes at most this many)
         for lo in range(0, len(labels), batch):
             values = self._map(lambda y: auroc(self._oof(fit, y, first), y), labels[lo:lo + batch])
             for value in values:

@@ -25,7 +25,7 @@ import numpy as np
 # with it chose it in 0 to 2 of 15 folds per feature set (C = 0.1 then stands in).
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 _MAX_NEWTON = 50
-_TOL = 1e-6
+_TOL = 1e-5  # relative objective change that ends Newton (AUROCs on the demo agree to 4 decimals with 1e-6)
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def fit_gamma(z: np.ndarray, y: np.ndarray, c: float, *, start: np.ndarray | Non
 
 
 def _conjugate_gradient(matvec, b: np.ndarray, inverse_diagonal: np.ndarray, *, iterations: int = 100,
-                        tolerance: float = 1e-4) -> np.ndarray:
+                        tolerance: float = 1e-3) -> np.ndarray:
     """Preconditioned CG for ``A x = b`` (A symmetric positive definite), to a relative residual of ``tolerance``."""
     x = np.zeros_like(b)
     residual = b.copy()
@@ -120,7 +120,10 @@ def _conjugate_gradient(matvec, b: np.ndarray, inverse_diagonal: np.ndarray, *, 
     stop = tolerance * float(np.linalg.norm(b))
     for _ in range(iterations):
         a_dir = matvec(direction)
-        alpha = rz / float(direction @ a_dir)
+        curvature = float(direction @ a_dir)
+        if curvature <= 0 or float(np.linalg.norm(residual)) <= stop:  # solved (b = 0 included)
+            break
+        alpha = rz / curvature
         x += alpha * direction
         residual -= alpha * a_dir
         if float(np.linalg.norm(residual)) <= stop:

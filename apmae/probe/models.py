@@ -137,7 +137,7 @@ def neural(fold: PreparedFold, y: np.ndarray, *, seed: int = 0, steps: int = 300
     """
     import torch  # import cost ~1.4 s: the linear models need only numpy
 
-    from apmae.probe.net import HeadProbe
+    from apmae.probe.net import HeadProbe  # imports torch, as above
 
     head = fold.design.head
     per_head = head >= 0

@@ -30,11 +30,12 @@ from apmae.common.stats import Interval, grouped_auroc_bootstrap, holm, paired_p
 from apmae.probe.crossfit import CrossFit, PermutationTest, Protocol, ProtocolSettings
 from apmae.probe.features import ProbeData
 from apmae.probe.importance import HeadImportance, head_importance
+from apmae.probe.metrics import auroc
 from apmae.probe.models import FoldScore
 
 MAJORITY = "majority"
 SELECTED = "apmae*"
-KIND_ORDER = ("baseline", "attention", "readout", "on top", "model")
+KIND_ORDER = ("baseline", "attention", "control", "readout", "on top", "model")
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,10 @@ class ProbePlan:
     """Which predictors the protocol scores and which claims it tests."""
 
     baselines: tuple[str, ...] = ("task", "confidence", "confidence+task", "stats")
-    # attention feature sets: alone and on top of the control, permutation-tested; row_mass is what the
-    # row-conditioned AP-MAE readout weights its tokens by, so it is the control that readout must beat
-    attention: tuple[str, ...] = ("row", "row_mass")
+    attention: tuple[str, ...] = ("row",)  # attention feature sets: alone (permutation-tested) and on top
+    # attention controls: alone and on top, not permutation-tested; row_mass is what the row-conditioned
+    # AP-MAE readout weights its tokens by, so it is what that readout must beat (a paired comparison)
+    controls: tuple[str, ...] = ("row_mass",)
     readouts: tuple[str, ...] = ("apmae", "apmae_row", "apmae_rowattn")  # AP-MAE readouts; apmae* picks per fold
     control: str = "confidence+task"  # what every attention set is added to
     other_models: tuple[str, ...] = ("l1", "catboost", "neural")
@@ -56,13 +58,15 @@ class ProbePlan:
     comparisons: tuple[tuple[str, str], ...] = ((SELECTED, "row"), (SELECTED, "row_mass"))
 
     def __post_init__(self) -> None:
-        known = {*self.baselines, *self.attention, *self.readouts, MAJORITY, *([SELECTED] if self.readouts else [])}
+        known = {*self.baselines, *self.attention, *self.controls, *self.readouts, MAJORITY,
+                 *([SELECTED] if self.readouts else [])}
         unknown = sorted({name for pair in self.comparisons for name in pair} - known)
         if unknown:
             raise ValueError(f"comparisons name {unknown}, which the plan does not score; use {sorted(known)}")
-        if self.rank_heads_by not in (*self.attention, *self.readouts, SELECTED):
-            raise ValueError(f"rank_heads_by={self.rank_heads_by!r} must be one of the plan's attention sets or "
-                             f"readouts {[*self.attention, *self.readouts, SELECTED]}")
+        rankable = [*self.attention, *self.controls, *self.readouts, SELECTED]
+        if self.rank_heads_by not in rankable:
+            raise ValueError(f"rank_heads_by={self.rank_heads_by!r} must be one of the plan's attention sets, "
+                             f"controls or readouts {rankable}")
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ class Row:
     model: str
     auroc: float
     interval: Interval
-    kind: str  # "baseline", "attention", "readout", "on top", "model"
+    kind: str  # "baseline", "attention", "control", "readout", "on top", "model"
     permutation: PermutationTest | None = None
     p_holm: float = float("nan")  # of this row's claim (permutation, or the paired test for "on top")
     delta: float = float("nan")  # on top: AUROC minus the control's
@@ -128,12 +132,14 @@ def _fits(protocol: Protocol, plan: ProbePlan) -> tuple[dict[str, CrossFit], dic
         fits[spec], kinds[spec] = protocol.run(spec), "baseline"
     for spec in plan.attention:
         fits[spec], kinds[spec] = protocol.run(spec), "attention"
+    for spec in plan.controls:
+        fits[spec], kinds[spec] = protocol.run(spec), "control"
     for spec in plan.readouts:
         fits[spec], kinds[spec] = protocol.run(spec), "readout"
     if plan.readouts:
         fits[SELECTED] = protocol.select([fits[s] for s in plan.readouts], SELECTED)
         kinds[SELECTED] = "attention"
-    for spec in plan.attention:
+    for spec in (*plan.attention, *plan.controls):
         on_top = f"{plan.control}+{spec}"
         fits[on_top], kinds[on_top] = protocol.run(on_top), "on top"
     if plan.readouts:
@@ -213,8 +219,6 @@ def _n_needed(delta: float, distribution: np.ndarray, n: int, alpha: float) -> f
 
 def _per_task(data: ProbeData, scores: dict[str, np.ndarray], min_per_class: int) -> tuple[dict, dict]:
     """AUROC of every predictor within each task with both classes >= ``min_per_class``; why the others are not."""
-    from apmae.probe.metrics import auroc  # the same Mann-Whitney AUROC as every other number here
-
     per_task, unscored = {}, {}
     for t in np.unique(data.task):
         keep = data.task == t

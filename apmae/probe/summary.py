@@ -25,7 +25,9 @@ from apmae.encodings.store import EncodingSet
 from apmae.mining.tasks import CONTROL_TASK
 from apmae.probe.report import ProbeReport, Row
 
-KIND_TITLES = {"baseline": "baselines", "attention": "attention alone", "readout": "AP-MAE readouts alone",
+KIND_TITLES = {"baseline": "baselines", "attention": "attention alone",
+               "control": "attention control alone (what the row-conditioned readout weights by)",
+               "readout": "AP-MAE readouts alone",
                "on top": "on top of confidence + task", "model": "other models"}
 
 
@@ -70,7 +72,7 @@ def report_lines(report: ProbeReport) -> list[str]:
     out.append(f"  head ranking from {imp.source}: stability across repeats (Spearman) mean {imp.stability:.2f}, "
                f"min {imp.stability_min:.2f}")
     if report.per_task:
-        names = [r.name for r in report.rows if r.kind in ("baseline", "attention") and r.name != "majority"]
+        names = [r.name for r in report.rows if r.kind in ("baseline", "attention", "control") and r.name != "majority"]
         out.append("  per task (both classes >= %d): AUROC of %s" % (s.min_per_class, ", ".join(names)))
         for task, values in report.per_task.items():
             out.append(f"    {task:<24}" + " ".join(f"{values[n]:.2f}" for n in names))
@@ -93,7 +95,7 @@ def protocol_metrics(report: ProbeReport) -> dict[str, float]:
     """``probe_cv/<predictor>/{auroc,ci_low,ci_high}`` (and ``p_perm``, ``delta``, ``p_holm``) for MLflow."""
     out = {}
     for r in report.rows:
-        key = "probe_cv/" + "".join(c if c.isalnum() or c in "+_-" else "_" for c in r.name.replace("*", "_selected"))
+        key = "probe_cv/" + "".join(c if c.isalnum() or c in "_-." else "-" for c in r.name.replace("*", "_selected"))
         out |= {f"{key}/auroc": r.auroc, f"{key}/ci_low": r.interval.low, f"{key}/ci_high": r.interval.high}
         if r.permutation is not None:
             out[f"{key}/p_perm"] = r.permutation.p_value
@@ -159,7 +161,8 @@ def _forest(report: ProbeReport, path: Path) -> Path:
     plt = pyplot()
     rows = report.rows
     fig, ax = plt.subplots(figsize=(7.5, 0.8 + 0.28 * len(rows)))
-    colours = {"baseline": "0.45", "attention": "tab:red", "readout": "tab:purple", "on top": "tab:blue",
+    colours = {"baseline": "0.45", "attention": "tab:red", "control": "tab:orange", "readout": "tab:purple",
+               "on top": "tab:blue",
                "model": "tab:green"}
     for y, r in enumerate(rows):
         ax.plot([r.interval.low, r.interval.high], [y, y], color=colours[r.kind], lw=2)

@@ -76,24 +76,17 @@ def test_missing_inputs_are_named(tmp_path):
         main(["--demo-dir", str(tmp_path)])
 
 
-def test_probe_table_lists_every_predictor_and_the_unscored_tasks():
-    from apmae.demo.probe_report import COLUMNS, ProbeSummary
-    from apmae.probe.metrics import BinaryScores
+def test_probe_summary_prints_the_protocol_table_the_interventions_and_where_the_files_are():
+    from apmae.demo.probe_report import PROTOCOL_FOLDER, ProbeSummary
 
-    def scores(ba: float, auc: float, n: int) -> BinaryScores:
-        return BinaryScores(accuracy=ba, balanced_accuracy=ba, auroc=auc, f1=ba, n=n)
-
-    table = {key: {"eol": scores(0.625, 0.7, 8), "all": scores(0.6, float("nan"), 8)} for key, _ in COLUMNS}
-    table["probe"]["eol"] = scores(0.75, 0.81, 8)
-    summary = ProbeSummary(scores=table, export_dir="out/probe", run_id="r1", unscored=["noise"])
-    lines = summary.table()
-    assert all(header in lines[1] for _, header in COLUMNS) and lines[1].rstrip().endswith("n test")
-    eol = next(line for line in lines if line.strip().startswith("eol"))
-    assert eol.split()[1:4] == ["0.750", "(0.81)", "0.625"] and eol.split()[-1] == "8"
-    assert "(  -  )" in next(line for line in lines if line.strip().startswith("all"))  # NaN AUROC shown as a dash
-    assert lines[-1] == "  not scored (one class only, nothing to balance): noise"
-    text = "\n".join(summary.lines())
-    assert "out/probe/heatmap.png" in text and "r1" in text
+    summary = ProbeSummary(protocol=["Correctness probe, cross-fitted: ...", "  baselines:"], export_dir="out/pp",
+                           run_id="r1", experiment="demo-probe", interventions=["interventions [all] ..."])
+    lines = summary.lines()
+    assert lines[1:3] == ["Correctness probe, cross-fitted: ...", "  baselines:"]
+    assert f"out/pp (probe_table.csv, oof_scores.csv, importance.csv and .png, probe_auroc.png; MLflow: " \
+           f"{PROTOCOL_FOLDER}/)" in lines[3]
+    assert lines[4].startswith("Interventions on test scenarios (heads zeroed by the cross-fitted ranking)")
+    assert lines[-1] == "  MLflow run:       r1 (experiment 'demo-probe')"
 
 
 def test_run_location_names_the_run_the_logger_writes_to(tmp_path, tracking_uri):
@@ -107,33 +100,6 @@ def test_run_location_names_the_run_the_logger_writes_to(tmp_path, tracking_uri)
     run_id, experiment, uri, artifact_uri = run_location(logger)
     assert run_id == logger.run_id and experiment == "probe-elsewhere" and uri == tracking_uri
     assert artifact_uri == logger.experiment.get_run(run_id).info.artifact_uri
-
-
-def test_probe_table_prints_intervals_and_marks_the_comparisons_that_hold():
-    from apmae.common.stats import Interval
-    from apmae.demo.probe_report import COLUMNS, ProbeSummary
-    from apmae.probe.metrics import BinaryScores
-    from apmae.probe.uncertainty import PairedTest, ScoreUncertainty
-
-    def scores(ba: float, auc: float) -> BinaryScores:
-        return BinaryScores(accuracy=ba, balanced_accuracy=ba, auroc=auc, f1=ba, n=140)
-
-    def test(diff: float, p: float) -> dict[str, PairedTest]:
-        return {m: PairedTest(difference=diff, interval=Interval(diff - 0.1, diff + 0.1), p_value=p)
-                for m in ("balanced_accuracy", "auroc")}
-
-    table = {key: {"all": scores(0.5, 0.5)} for key, _ in COLUMNS}
-    table["probe"]["all"] = scores(0.621, 0.65)
-    band = {"balanced_accuracy": Interval(0.54, 0.70), "auroc": Interval(0.56, 0.74)}
-    uncertainty = {key: {"all": ScoreUncertainty(estimates={}, intervals=band)} for key, _ in COLUMNS}
-    uncertainty["probe"]["all"] = ScoreUncertainty(estimates={}, intervals=band, tests={
-        "confidence": test(-0.10, 0.003), "stats_probe": test(0.085, 0.07)})
-    lines = ProbeSummary(scores=table, export_dir="out", run_id=None, uncertainty=uncertainty).table()
-    rows = [line for line in lines if line.strip().startswith("all")]
-    assert rows[0].split()[1:6] == ["0.621", "[0.54,", "0.70]", "<c", "0.500"]  # stats: p = 0.07, no mark
-    assert rows[1].split()[1:5] == ["0.650", "[0.56,", "0.74]", "<c"] and rows[0].split()[-1] == "140"
-    assert "balanced accuracy [95 % bootstrap interval]" in lines[0] and "AUROC" in lines[len(lines) // 2]
-    assert lines[-1].startswith("  marks: >c / <c above / below confidence")
 
 
 def test_summary_prints_the_ratio_intervals_over_scenarios():
