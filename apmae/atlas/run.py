@@ -40,8 +40,8 @@ from apmae.common.head_tables import write_head_table
 from apmae.common.tracking import download_run_artifacts, log_to_run
 
 SUMMARY = "join every head-level result of a run into one page: atlas/index.html, heads.csv, grid PNG/SVG"
-INPUT_FOLDERS = ("head_importance", "clusters", "head_metrics", "interventions")  # a run's folders the atlas reads
-COLOUR_ORDER = ("importance", "shap", "zeroed_delta_accuracy", "integrated_gradients", "waad", "families")
+INPUT_FOLDERS = ("head_importance", "probe-protocol", "clusters", "head_metrics", "interventions")  # a run's folders the atlas reads
+COLOUR_ORDER = ("crossfit_importance", "importance", "shap", "zeroed_delta_accuracy", "integrated_gradients", "waad", "families")
 
 
 @dataclass

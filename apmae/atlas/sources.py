@@ -105,6 +105,9 @@ def _target_folder(roots: Sequence[Path], target: str | None) -> tuple[Path, Pat
 
 # (column, file pattern, column in the file, note, signed, reference, stage that writes it)
 PROBE_SOURCES = (
+    ("crossfit_importance", "**/crossfit_importance.csv", "importance",
+     "cross-fitted probe: out-of-fold AUROC drop when the head's columns are permuted (+: pushes toward 'correct')",
+     True, 0.0, "the cross-fitted probe protocol (apmae crossfit, the demo) writes crossfit_importance.csv"),
     ("importance", "**/importance.csv", "importance",
      "probe logit change when the head's encoding is replaced by its mean (+: pushes toward 'correct')",
      True, 0.0, "the probe (LitProbe) writes importance.csv"),

@@ -63,6 +63,7 @@ def write_synthetic_run(root: str | Path, *, n_layers: int, n_heads: int, n_rows
     if "probe" in stages:
         for name in ("importance", "integrated_gradients"):
             write_head_table(root / "head_importance" / f"{name}.csv", {"importance": rng.normal(0, 0.1, shape)})
+        write_head_table(root / "probe-protocol" / "crossfit_importance.csv", {"importance": rng.normal(0, 0.01, shape)})
     if "patterns" in stages:
         _patterns(root, rng, shape, n_rows=n_rows, max_families=max_families)
     if "head_metrics" in stages:

@@ -26,7 +26,7 @@ from apmae.patterns.run import run_recurring_patterns
 from apmae.probe.crossfit import ProtocolSettings
 from apmae.probe.features import ProbeData
 from apmae.probe.report import ProbePlan, ProbeReport, run_protocol
-from apmae.probe.summary import control_line, protocol_metrics, report_lines, write_report
+from apmae.probe.summary import IMPORTANCE_CSV, control_line, protocol_metrics, report_lines, write_report
 
 PROBE_CONFIG = "configs/demo/probe.yaml"
 PROTOCOL_FOLDER = "probe-protocol"  # under the demo folder, and the artifact folder of the probe run
@@ -55,7 +55,7 @@ class ProbeSummary:
 
     def lines(self) -> list[str]:
         out = ["", *self.protocol,
-               f"  files: {self.export_dir} (probe_table.csv, oof_scores.csv, importance.csv and .png, "
+               f"  files: {self.export_dir} (probe_table.csv, oof_scores.csv, {IMPORTANCE_CSV} and .png, "
                f"probe_auroc.png; MLflow: {PROTOCOL_FOLDER}/)"]
         if self.interventions:
             out += ["Interventions on test scenarios (heads zeroed by the cross-fitted ranking):", *self.interventions]
@@ -101,7 +101,7 @@ def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, 
     interventions = [cb for cb in cli.trainer.callbacks if isinstance(cb, Interventions)]
     for callback in interventions:
         callback.verbose = False  # its key numbers are part of the summary printed at the end
-        callback.importance_csv = str(folder / "importance.csv")  # the cross-fitted ranking
+        callback.importance_csv = str(folder / IMPORTANCE_CSV)  # the cross-fitted ranking
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
     seconds["interventions"] = time.perf_counter() - start
     summary = ProbeSummary(protocol=report_lines(report), export_dir=str(folder), run_id=run_id,
@@ -133,7 +133,7 @@ def _atlas(cli: Any, demo_dir: str, run_ids: list[str], tracking_uri: str | None
     d = Path(demo_dir)
     roots = [download_run_artifacts(r, d / "atlas-inputs" / r, tracking_uri=tracking_uri, folders=INPUT_FOLDERS)
              for r in run_ids]
-    report = build_atlas(roots or [cli.model.export_path(), d / "patterns"], d,
+    report = build_atlas(roots or [d / PROTOCOL_FOLDER, cli.model.export_path(), d / "patterns"], d,
                          cache=cli.datamodule.caches[cli.datamodule.train_target_name])
     if run_ids:
         log_to_run(run_ids[0], tracking_uri=tracking_uri, artifacts=report.files)

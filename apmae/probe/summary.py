@@ -7,8 +7,8 @@ Files written by :func:`write_report` (and logged to MLflow by the demo):
 - ``probe_comparisons.csv``: the paired comparisons between predictors the plan names;
 - ``probe_per_task.csv``: AUROC of every predictor within each task with both classes >= 10;
 - ``oof_scores.csv``: every scenario's out-of-fold P(correct) under every predictor;
-- ``importance.csv`` (``layer,head,importance,drop,direction``): the cross-fitted head ranking the
-  Interventions callback reads, and ``importance.png``, its L x H heatmap;
+- ``crossfit_importance.csv`` (``layer,head,importance,drop,direction``): the cross-fitted head ranking
+  the Interventions callback reads and the head atlas shows, and ``crossfit_importance.png``, its heatmap;
 - ``probe_auroc.png``: every predictor's AUROC with its interval, baselines beside the attention sets.
 """
 
@@ -25,6 +25,7 @@ from apmae.encodings.store import EncodingSet
 from apmae.mining.tasks import CONTROL_TASK
 from apmae.probe.report import ProbeReport, Row
 
+IMPORTANCE_CSV = "crossfit_importance.csv"  # the head ranking: Interventions' importance_csv, the atlas' column
 KIND_TITLES = {"baseline": "baselines", "attention": "attention alone",
                "control": "attention control alone (what the row-conditioned readout weights by)",
                "readout": "AP-MAE readouts alone",
@@ -111,9 +112,9 @@ def write_report(report: ProbeReport, folder: str | Path) -> list[Path]:
     paths = [_table(report, folder / "probe_table.csv"), _per_task_table(report, folder / "probe_per_task.csv"),
              _scores(report, folder / "oof_scores.csv")]
     imp = report.importance
-    paths.append(write_head_table(folder / "importance.csv", {"importance": imp.importance, "drop": imp.drop,
+    paths.append(write_head_table(folder / IMPORTANCE_CSV, {"importance": imp.importance, "drop": imp.drop,
                                                               "direction": imp.direction}))
-    paths.append(head_heatmap(folder / "importance.png", {"signed importance": imp.importance},
+    paths.append(head_heatmap(folder / "crossfit_importance.png", {"signed importance": imp.importance},
                               title=f"head importance, {imp.source}, out of fold"))
     paths.append(_forest(report, folder / "probe_auroc.png"))
     paths.append(_write_csv(folder / "probe_comparisons.csv", ["first", "second", "delta", "ci_low", "ci_high",
@@ -178,4 +179,4 @@ def _forest(report: ProbeReport, path: Path) -> Path:
     return path
 
 
-__all__ = ["control_line", "protocol_metrics", "report_lines", "write_report"]
+__all__ = ["IMPORTANCE_CSV", "control_line", "protocol_metrics", "report_lines", "write_report"]

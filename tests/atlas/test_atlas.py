@@ -46,6 +46,7 @@ def test_columns_are_the_sources_values(tmp_path):
     assert table.missing == {}
     hm = root / "head_metrics" / "target-a"
     expected = {"importance": (root / "head_importance/importance.csv", "importance"),
+                "crossfit_importance": (root / "probe-protocol/crossfit_importance.csv", "importance"),
                 "shap": (root / "head_importance/cluster_probe_importance.csv", "importance"),
                 "families": (root / "clusters/summary.csv", "n_clusters"), "waad": (hm / "distance.csv", "mean_waad"),
                 "sink_contribution": (hm / "contribution.csv", "sink_norm"),
@@ -79,11 +80,12 @@ def test_a_missing_stage_is_a_missing_column_never_a_filled_one(tmp_path):
                                          "sink_contribution", "maps", "head_type", "zeroed_delta_accuracy"}
     assert "apmae patterns" in report.table.missing["families"]
     header = _rows(report.files["atlas/heads.csv"])[0]
-    assert list(header) == ["layer", "head", "importance", "integrated_gradients"]
+    assert list(header) == ["layer", "head", "crossfit_importance", "importance", "integrated_gradients"]
     data = _page_data(report.page)
-    assert [c["name"] for c in data["columns"]] == ["importance", "integrated_gradients"]
+    assert [c["name"] for c in data["columns"]] == ["crossfit_importance", "importance", "integrated_gradients"]
     assert data["missing"] == report.table.missing and data["thumbs"]["mean"] is None
-    assert report.colour == "importance" and report.files["atlas/grid.svg"].read_text().startswith("<?xml")
+    # the cross-fitted ranking colours the grid when a run has it
+    assert report.colour == "crossfit_importance" and report.files["atlas/grid.svg"].read_text().startswith("<?xml")
 
 
 def test_heads_csv_leaves_a_head_without_a_value_empty(tmp_path):

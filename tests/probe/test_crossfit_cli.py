@@ -29,11 +29,11 @@ def test_crossfit_finds_the_planted_head_and_writes_its_files(encodings_path, tm
                        "--permutations", "30", "--bootstrap", "200", "--models", "l1"])
     row = report.row("row")
     assert row.auroc > 0.9 and row.permutation.p_value < 0.05
-    ranking = read_head_table(out / "importance.csv", "importance", n_layers=2, n_heads=4)
+    ranking = read_head_table(out / "crossfit_importance.csv", "importance", n_layers=2, n_heads=4)
     assert np.unravel_index(np.argmax(np.abs(ranking)), ranking.shape) == (1, 2)
     printed = capsys.readouterr().out
     assert "Correctness probe, cross-fitted: every one of 120 scenarios" in printed and "row [l1]" in printed
-    assert {p.name for p in out.iterdir()} >= {"probe_table.csv", "oof_scores.csv", "importance.png"}
+    assert {p.name for p in out.iterdir()} >= {"probe_table.csv", "oof_scores.csv", "crossfit_importance.png"}
 
 
 def test_bad_input_gets_a_message_not_a_traceback(encodings_path, tmp_path):

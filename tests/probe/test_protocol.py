@@ -134,11 +134,11 @@ def test_the_report_sets_every_attention_claim_beside_the_baselines(tmp_path):
     assert "noise control (reported apart, not in the folds): 0 of 8" in text and "baselines:" in text
     assert "on top of confidence + task:" in text and "stability across repeats" in text
     files = {p.name for p in write_report(report, tmp_path)}
-    assert files == {"probe_table.csv", "probe_per_task.csv", "oof_scores.csv", "importance.csv", "importance.png",
-                     "probe_auroc.png", "probe_comparisons.csv"}
+    assert files == {"probe_table.csv", "probe_per_task.csv", "oof_scores.csv", "crossfit_importance.csv",
+                     "crossfit_importance.png", "probe_auroc.png", "probe_comparisons.csv"}
     versus_row = next(c for c in report.comparisons if (c.first, c.second) == ("apmae*", "row"))
     assert versus_row.delta == pytest.approx(report.row("apmae*").auroc - row.auroc) and versus_row.p_holm >= versus_row.p_value
-    ranking = read_head_table(tmp_path / "importance.csv", "importance", n_layers=3, n_heads=4)
+    ranking = read_head_table(tmp_path / "crossfit_importance.csv", "importance", n_layers=3, n_heads=4)
     np.testing.assert_allclose(ranking, report.importance.importance, rtol=1e-5, atol=1e-7)
 
 

@@ -83,7 +83,7 @@ def test_probe_summary_prints_the_protocol_table_the_interventions_and_where_the
                            run_id="r1", experiment="demo-probe", interventions=["interventions [all] ..."])
     lines = summary.lines()
     assert lines[1:3] == ["Correctness probe, cross-fitted: ...", "  baselines:"]
-    assert f"out/pp (probe_table.csv, oof_scores.csv, importance.csv and .png, probe_auroc.png; MLflow: " \
+    assert f"out/pp (probe_table.csv, oof_scores.csv, crossfit_importance.csv and .png, probe_auroc.png; MLflow: " \
            f"{PROTOCOL_FOLDER}/)" in lines[3]
     assert lines[4].startswith("Interventions on test scenarios (heads zeroed by the cross-fitted ranking)")
     assert lines[-1] == "  MLflow run:       r1 (experiment 'demo-probe')"
