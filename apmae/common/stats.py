@@ -18,7 +18,10 @@ project's data is handed to them.
 - :func:`wilson_interval`, :func:`mcnemar_exact`: an accuracy of n scenarios, and whether flips
   i2c against c2i are more lopsided than chance.
 - :func:`rank_p_value`: where one value sits among values drawn under the null (random head sets).
-- :func:`benjamini_hochberg`: adjusted p-values of a family of tests.
+- :func:`benjamini_hochberg`, :func:`holm`: adjusted p-values of a family of tests (false discovery rate,
+  family-wise error);
+- :func:`grouped_auroc_bootstrap`: AUROCs with intervals from resampling whole groups (source files),
+  paired across predictors.
 """
 
 from __future__ import annotations
@@ -239,5 +242,5 @@ def _weighted_auroc(score: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np
 
 
 __all__ = ["BootstrapResult", "CONFIDENCE", "Interval", "NAN_INTERVAL", "N_RESAMPLES", "benjamini_hochberg",
-           "grouped_auroc_bootstrap", "holm", "mcnemar_exact", "paired_p_value", "rank_p_value", "ratio_intervals", "stratified_bootstrap",
-           "wilson_interval"]
+           "grouped_auroc_bootstrap", "holm", "mcnemar_exact", "paired_p_value", "rank_p_value", "ratio_intervals",
+           "stratified_bootstrap", "wilson_interval"]

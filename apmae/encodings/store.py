@@ -576,6 +576,6 @@ def ensure_encodings(net: Any, cache: Any, path: str | Path, *, scaler: str = "l
 
 
 __all__ = ["ARRAYS", "COLUMNS", "EncodedRows", "OUTCOMES", "WIDE", "EncodingSet", "EncodingsError",
-           "EncodingsMismatchError", "EncodingsSpec", "EncodingsWriter", "STAT_NAMES", "cache_columns", "cache_fingerprint", "check_encoder_seq_len",
-           "check_identity", "encode_patterns", "encoder_hash", "encodings_spec", "ensure_encodings", "pattern_stats",
-           "placeholder_outcomes", "source_fingerprint"]
+           "EncodingsMismatchError", "EncodingsSpec", "EncodingsWriter", "STAT_NAMES", "cache_columns",
+           "cache_fingerprint", "check_encoder_seq_len", "check_identity", "encode_patterns", "encoder_hash",
+           "encodings_spec", "ensure_encodings", "pattern_stats", "placeholder_outcomes", "source_fingerprint"]

@@ -1,7 +1,8 @@
 """The cross-fitted probe protocol as a command: every scenario scored out of fold, baselines, tests, heads.
 
     apmae crossfit --encodings ENC.h5 --out DIR [--repeats 5] [--splits 5] [--permutations 200]
-        [--attention row] [--readouts apmae apmae_row apmae_rowattn] [--models l1 catboost neural]
+        [--attention row] [--controls row_mass] [--readouts apmae apmae_row apmae_rowattn]
+        [--models l1 catboost neural]
         [--rank-heads-by row] [--run-id RUN --tracking-uri URI]
 
 (``python -m apmae crossfit ...`` is the same command.) ``ENC.h5`` is an encodings file
@@ -44,6 +45,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     choices = sorted(FEATURE_SETS)
     p.add_argument("--attention", nargs="*", default=list(plan.attention), choices=choices,
                    help="attention feature sets: alone and on top of confidence + task, permutation-tested")
+    p.add_argument("--controls", nargs="*", default=list(plan.controls), choices=choices,
+                   help="attention controls: alone and on top of confidence + task, not permutation-tested")
     p.add_argument("--readouts", nargs="*", default=list(plan.readouts), choices=choices,
                    help="AP-MAE readouts; apmae* picks one per fold by inner CV")
     p.add_argument("--models", nargs="*", default=list(plan.other_models), choices=sorted(set(MODELS) - {"l2"}),
@@ -63,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> ProbeReport:
         settings = ProtocolSettings(n_splits=args.splits, n_repeats=args.repeats, inner_splits=args.inner_splits,
                                     permutations=args.permutations, bootstrap_resamples=args.bootstrap,
                                     seed=args.seed, workers=args.workers)
-        plan = ProbePlan(attention=tuple(args.attention), readouts=tuple(args.readouts),
+        plan = ProbePlan(attention=tuple(args.attention), controls=tuple(args.controls), readouts=tuple(args.readouts),
                          other_models=tuple(args.models), model_features=args.model_features,
                          rank_heads_by=args.rank_heads_by, within_task=not args.global_permutation)
     except ValueError as e:
@@ -75,8 +78,8 @@ def main(argv: Sequence[str] | None = None) -> ProbeReport:
     print("\n".join(report_lines(report)))
     print(f"  files: {Path(args.out)} ({', '.join(p.name for p in files)})")
     if args.run_id:
-        log_to_run(args.run_id, tracking_uri=args.tracking_uri, artifacts={f"probe-protocol/{p.name}": p for p in files},
-                   metrics=protocol_metrics(report))
+        log_to_run(args.run_id, tracking_uri=args.tracking_uri,
+                   artifacts={f"probe-protocol/{p.name}": p for p in files}, metrics=protocol_metrics(report))
     return report
 
 

@@ -35,7 +35,8 @@ def planted(n: int = 400, *, layers: int = 3, heads: int = 4, signal: float = 4.
     return ProbeData(task=task, correct=correct, groups=np.array([f"F{i}.java" for i in rng.integers(0, files, n)]),
                      probability=rng.random(n).astype(np.float32), task_names=[f"t{i}" for i in range(tasks)],
                      n_layers=layers, n_heads=heads, patch_size=4,
-                     arrays={"row": row, "stats": rng.standard_normal((n, layers, heads, 4)).astype(np.float32), **wide})
+                     arrays={"row": row, "stats": rng.standard_normal((n, layers, heads, 4)).astype(np.float32),
+                             **wide})
 
 
 @pytest.mark.parametrize("n_features", [6, 300])
@@ -99,7 +100,8 @@ def test_within_task_permutations_keep_task_identity_from_passing_as_a_finding()
     protocol = Protocol(data, ProtocolSettings(permutations=60, **{**FAST, "n_repeats": 1}))
     fit = protocol.run("task_copy")
     assert auroc(fit.scores, data.correct) > 0.75
-    within, globally = protocol.permutation_test(fit, within_task=True), protocol.permutation_test(fit, within_task=False)
+    within = protocol.permutation_test(fit, within_task=True)
+    globally = protocol.permutation_test(fit, within_task=False)
     assert within.p_value >= 0.05 and within.null.mean() > 0.8  # shuffles inside tasks keep what the task says
     assert globally.p_value < 0.05 and globally.null.mean() < 0.6
 
@@ -137,7 +139,8 @@ def test_the_report_sets_every_attention_claim_beside_the_baselines(tmp_path):
     assert files == {"probe_table.csv", "probe_per_task.csv", "oof_scores.csv", "crossfit_importance.csv",
                      "crossfit_importance.png", "probe_auroc.png", "probe_comparisons.csv"}
     versus_row = next(c for c in report.comparisons if (c.first, c.second) == ("apmae*", "row"))
-    assert versus_row.delta == pytest.approx(report.row("apmae*").auroc - row.auroc) and versus_row.p_holm >= versus_row.p_value
+    assert versus_row.delta == pytest.approx(report.row("apmae*").auroc - row.auroc)
+    assert versus_row.p_holm >= versus_row.p_value
     ranking = read_head_table(tmp_path / "crossfit_importance.csv", "importance", n_layers=3, n_heads=4)
     np.testing.assert_allclose(ranking, report.importance.importance, rtol=1e-5, atol=1e-7)
 
@@ -147,7 +150,8 @@ def test_file_bootstrap_auroc_and_holm():
     y = rng.random(200) < 0.3
     score = np.round(rng.random(200) + 0.4 * y, 1)  # ties on purpose
     result = grouped_auroc_bootstrap(np.stack([score, -score]), y, rng.integers(0, 30, 200), n_resamples=300)
-    assert result.estimate[0] == pytest.approx(auroc(score, y)) and result.estimate[1] == pytest.approx(1 - auroc(score, y))
+    assert result.estimate[0] == pytest.approx(auroc(score, y))
+    assert result.estimate[1] == pytest.approx(1 - auroc(score, y))
     assert result.low[0] < result.estimate[0] < result.high[0] and result.distribution.shape == (2, 300)
     np.testing.assert_allclose(holm([0.01, 0.04, 0.03, np.nan]), [0.03, 0.06, 0.06, np.nan])
 

@@ -61,7 +61,8 @@ def test_stored_readouts_and_row_scalars_equal_a_direct_computation(tmp_path, ro
         tokens = net.encode(image).tokens[0]  # (Q, D)
     first = (s // net.config.patch_size - 1) * (s // net.config.patch_size) // 2  # first patch of the bottom grid row
     bottom = tokens[first:]
-    np.testing.assert_allclose(enc.rows([row], "row_mean")[0, layer, head], bottom.mean(0).numpy(), atol=2e-3, rtol=2e-3)
+    np.testing.assert_allclose(enc.rows([row], "row_mean")[0, layer, head], bottom.mean(0).numpy(),
+                               atol=2e-3, rtol=2e-3)
     mass = pattern[-1].reshape(-1, net.config.patch_size).sum(1)
     np.testing.assert_allclose(enc.rows([row], "row_attn")[0, layer, head], (mass[:, None] * bottom.numpy()).sum(0),
                                atol=2e-3, rtol=2e-3)
