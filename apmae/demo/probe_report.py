@@ -34,8 +34,9 @@ PROTOCOL_FOLDER = "probe-protocol"  # under the demo folder, and the artifact fo
 # minutes on two cores. 150 permutations per claim: the smallest p, 1 / 151, survives Holm over the 7
 # claims the table makes (with 100 it could not).
 DEMO_PROTOCOL = ProtocolSettings(n_repeats=3, permutations=150)
-# L1 beside L2; CatBoost and the neural head probe take minutes each on the demo's 1,350 row columns
-# (benchmarks/bench_probe_protocol.py --with-slow-models), so the demo leaves them to `apmae crossfit`.
+# L1 beside L2; CatBoost and the neural head probe took 529 s and 210 s for 25 folds of data of the demo's shape
+# on 2 cores beside another job (benchmarks/bench_probe_protocol.py --with-slow-models times them alone), so
+# the demo leaves them to `apmae crossfit`.
 DEMO_PLAN = ProbePlan(other_models=("l1",))
 
 
