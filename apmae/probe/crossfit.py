@@ -173,8 +173,7 @@ class Protocol:
         """Per fold, the candidate with the best inner-CV AUROC (validation folds only, never the scores reported)."""
         chosen, scores = [], []
         for i in range(len(self.folds)):
-            inner = [f.fold_scores[i].inner_auroc for f in fits]
-            best = int(np.nanargmax(inner)) if np.any(np.isfinite(inner)) else 0
+            best = best_inner([f.fold_scores[i] for f in fits])
             chosen.append(fits[best].feature_set)
             scores.append(fits[best].fold_scores[i])
         return CrossFit(name=name, feature_set="|".join(f.feature_set for f in fits), model=fits[0].model,
@@ -218,9 +217,14 @@ class Protocol:
             train = y[self.folds[i].train]
             candidates = [MODELS[fit.model](self.prepared(spec)[i], train, seed=self.settings.seed + i)
                           for spec in specs]
-            inner = [c.inner_auroc for c in candidates]
-            out[self.folds[i].test] = candidates[int(np.nanargmax(inner)) if np.any(np.isfinite(inner)) else 0].p
+            out[self.folds[i].test] = candidates[best_inner(candidates)].p
         return out
+
+
+def best_inner(candidates: list[FoldScore]) -> int:
+    """Index of the candidate with the best inner-CV AUROC (the first when none has one)."""
+    inner = [c.inner_auroc for c in candidates]
+    return int(np.nanargmax(inner)) if np.any(np.isfinite(inner)) else 0
 
 
 _TASKS: dict[int, Callable[[Any], Any]] = {}
