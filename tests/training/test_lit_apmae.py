@@ -284,3 +284,40 @@ def test_image_noise_follows_the_image_not_its_batch():
     assert not torch.equal(noise[0], noise[2])  # another layer of the same scenario: another mask
     assert not torch.equal(noise, module.image_noise(batch, 1))  # another dataloader (target)
     assert module.image_noise({"images": batch["images"]}, 0) is None  # unnamed images: the batch-keyed noise
+
+
+def test_row_emphasis_masks_the_bottom_row_and_weights_its_loss():
+    from apmae.model.row_emphasis import RowEmphasis
+
+    # 4 x 4 grid of 8 x 8 patches: Q = 10, the bottom row is patches 6..9; mask_ratio 0.5 hides 5.
+    always = RowEmphasis(mask_probability=1.0)
+    module = _module(row_emphasis=always)
+    images = causal_patterns(6, 32, seed=4)["images"]
+    out = module.net(images, noise=always.noise(6, 4, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(out.mask[:, 6:], torch.ones(6, 4))  # the bottom row is masked in every image
+    assert torch.equal(out.mask.sum(1), torch.full((6,), 5.0))  # and the mask keeps its size
+    never = RowEmphasis(mask_probability=0.0, loss_weight=1.0)
+    assert not never.active and _module(row_emphasis=never).row_emphasis is None
+    # weight 1 is plain MAE's loss; weight w counts each masked bottom-row pixel w times
+    assert torch.allclose(never.loss(out.pred, out.patches, out.mask, out.valid, 4), out.loss, rtol=1e-6)
+    weighted = RowEmphasis(loss_weight=3.0).loss(out.pred, out.patches, out.mask, out.valid, 4)
+    sq = (out.pred - out.patches).square() * out.valid * out.mask.unsqueeze(-1)
+    count = (out.valid * out.mask.unsqueeze(-1))
+    w = torch.tensor([1.0] * 6 + [3.0] * 4).view(1, 10, 1)
+    assert torch.allclose(weighted, (sq * w).sum() / (count * w).sum(), rtol=1e-6)
+
+
+def test_row_emphasis_trains_and_refuses_a_mask_too_small_for_the_row(tmp_path):
+    from apmae.model.row_emphasis import RowEmphasis
+
+    with pytest.raises(ValueError, match="raise mask_ratio"):
+        LitAPMAE(seq_len=32, net_overrides={**MICRO_NET, "mask_ratio": 0.3},  # hides 3 < 4 bottom-row patches
+                 row_emphasis=RowEmphasis(mask_probability=0.5))
+    with pytest.raises(ValueError, match="loss_weight"):
+        RowEmphasis(loss_weight=0.0)
+    data = SyntheticAttentionDataModule(seq_len=32, n_train=32, n_val=8, batch_size=8)
+    module = _module(lr=3e-3, warmup_fraction=0.0, row_emphasis={"mask_probability": 0.5, "loss_weight": 2.0})
+    trainer = _trainer(tmp_path, max_epochs=2, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=data)
+    assert math.isfinite(float(trainer.callback_metrics["val/loss"]))
+    assert module.row_emphasis == RowEmphasis(mask_probability=0.5, loss_weight=2.0)
