@@ -7,8 +7,10 @@ probe reads the very scenarios and caches AP-MAE was trained and validated on. I
 encodes every head of every scenario with the frozen AP-MAE (row readouts and row scalars
 included); the cross-fitted protocol (:mod:`apmae.probe.report`) then scores every scenario
 out of fold under every feature set and baseline, and its head ranking is the one the
-Interventions callback zeroes heads by when the LitProbe checkpoint is tested. LitProbe's
-own class-balanced split table stays in its MLflow run; the demo prints the protocol's.
+Interventions callback zeroes heads by when the LitProbe checkpoint is tested. LitProbe itself is also
+fitted by a Trainer inside the protocol's folds (:mod:`lit_models.probe_folds`, the first
+repeat's folds), so its rows stand in the same table. LitProbe's own class-balanced split table
+stays in its MLflow run; the demo prints the protocol's.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from apmae.atlas.run import INPUT_FOLDERS, build_atlas
 from apmae.common.tracking import download_run_artifacts, log_to_run, run_location
@@ -25,7 +27,7 @@ from apmae.patterns.cluster_probe import ClusterProbeConfig
 from apmae.patterns.run import run_recurring_patterns
 from apmae.probe.crossfit import ProtocolSettings
 from apmae.probe.features import ProbeData
-from apmae.probe.report import ProbePlan, ProbeReport, run_protocol
+from apmae.probe.report import External, ProbePlan, ProbeReport, run_protocol
 from apmae.probe.summary import IMPORTANCE_CSV, control_line, protocol_metrics, report_lines, write_report
 
 PROBE_CONFIG = "configs/demo/probe.yaml"
@@ -38,6 +40,8 @@ DEMO_PROTOCOL = ProtocolSettings(n_repeats=3, permutations=150)
 # on 2 cores beside another job (benchmarks/bench_probe_protocol.py --with-slow-models times them alone), so
 # the demo leaves them to `apmae crossfit`.
 DEMO_PLAN = ProbePlan(other_models=("l1",))
+# LitProbe (a Trainer fit per fold) on the first repeat's 5 folds: every scenario scored out of fold
+LITPROBE_REPEATS = 1
 
 
 @dataclass
@@ -84,6 +88,7 @@ def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, 
     # import cost ~5 s (Lightning): the demo's --skip-probe and --help never pay it
     from apmae.cli import cli_main
     from callbacks.interventions import Interventions
+    from lit_models.probe_folds import litprobe_fits
 
     seconds = {}
     start = time.perf_counter()
@@ -91,7 +96,7 @@ def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, 
     seconds["probe fit (encodings)"] = time.perf_counter() - start
     run_id, experiment, tracking_uri, _ = run_location(cli.trainer.logger)
     start = time.perf_counter()
-    report = crossfit_report(cli.datamodule, protocol, plan)
+    report = crossfit_report(cli.datamodule, protocol, plan, external=[litprobe_fits(fold_settings(cli))])
     folder = Path(demo_dir) / PROTOCOL_FOLDER
     files = write_report(report, folder)
     if run_id:
@@ -122,11 +127,22 @@ def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, 
     return summary
 
 
-def crossfit_report(datamodule: Any, settings: ProtocolSettings, plan: ProbePlan | None = None) -> ProbeReport:
+def crossfit_report(datamodule: Any, settings: ProtocolSettings, plan: ProbePlan | None = None,
+                    external: Sequence[External] = ()) -> ProbeReport:
     """The protocol on the training target's encodings of a fitted probe DataModule (noise reported apart)."""
     encodings = datamodule.encodings[datamodule.train_target_name]
     return run_protocol(ProbeData.from_encodings(encodings), settings=settings, plan=plan,
-                        noise=control_line(encodings))
+                        noise=control_line(encodings), external=external)
+
+
+def fold_settings(cli: Any) -> Any:
+    """LitProbe inside the protocol's folds, with the demo LitProbe's own settings (first repeat's folds)."""
+    from lit_models.probe_folds import LitProbeFolds  # imports Lightning, as the fit before it did
+
+    h = cli.model.hparams
+    return LitProbeFolds(encoder=h.encoder, epochs=cli.trainer.max_epochs, batch_size=cli.datamodule.batch_size,
+                         lr=h.lr, probe_features=h.probe_features, probe_hidden=h.probe_hidden,
+                         probe_dropout=h.probe_dropout, num_threads=h.num_threads, repeats=LITPROBE_REPEATS)
 
 
 def _atlas(cli: Any, demo_dir: str, run_ids: list[str], tracking_uri: str | None) -> list[str]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -152,15 +153,28 @@ def _fits(protocol: Protocol, plan: ProbePlan) -> tuple[dict[str, CrossFit], dic
     return fits, kinds
 
 
+External = Callable[[Protocol], dict[str, CrossFit]]
+
+
 def run_protocol(data: ProbeData, *, settings: ProtocolSettings | None = None, plan: ProbePlan | None = None,
-                 noise: str = "") -> ProbeReport:
-    """Cross-fit every predictor of ``plan`` on ``data``, test the claims, rank the heads."""
+                 noise: str = "", external: Sequence[External] = ()) -> ProbeReport:
+    """Cross-fit every predictor of ``plan`` on ``data``, test the claims, rank the heads.
+
+    ``external``: functions that cross-fit predictors of their own on the protocol's very folds
+    (e.g. :func:`lit_models.probe_folds.litprobe_fits`, LitProbe under a Lightning Trainer);
+    their fits are reported as ``model`` rows, with intervals, and make no claims.
+    """
     plan = plan or ProbePlan()
     seconds = {}
     start = time.perf_counter()
     protocol = Protocol(data, settings)
     s = protocol.settings
     fits, kinds = _fits(protocol, plan)
+    for fit_external in external:
+        for name, fit in fit_external(protocol).items():
+            if name in fits:
+                raise ValueError(f"an external predictor is named {name!r}, as one of the plan's is: rename it")
+            fits[name], kinds[name] = fit, "model"
     seconds["cross-fits"] = time.perf_counter() - start
     names = list(fits)
     scores = {name: fits[name].scores for name in names}
@@ -237,4 +251,4 @@ def _per_task(data: ProbeData, scores: dict[str, np.ndarray], min_per_class: int
     return per_task, unscored
 
 
-__all__ = ["Comparison", "MAJORITY", "ProbePlan", "ProbeReport", "Row", "SELECTED", "run_protocol"]
+__all__ = ["Comparison", "External", "MAJORITY", "ProbePlan", "ProbeReport", "Row", "SELECTED", "run_protocol"]
