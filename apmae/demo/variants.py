@@ -26,6 +26,8 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from apmae.demo.console import quiet_libraries
 from apmae.demo.probe_report import DEMO_PLAN, DEMO_PROTOCOL, PROTOCOL_FOLDER
 from apmae.demo.run import DEFAULT_CONFIG, FIT_RECORD, DemoSummary, demo_overrides, finished_fit, fit_key, \
@@ -37,6 +39,7 @@ TRAIN_TARGET = "smollm2"  # the demo's target, whose cache the probe reads
 # the table's rows: what AP-MAE contributes, and the row scalars it is held against
 ROWS = ("apmae", "apmae_row", "apmae_rowattn", "apmae*", "confidence+task+apmae*", "row")
 RATIOS = ("mse_over_baseline", "mse_over_neighbour")
+READOUTS = ("apmae", "apmae_row", "apmae_rowattn", "apmae*")  # paired against the demo AP-MAE's
 
 
 def fit_variant(name: str, overlay: str, demo_dir: Path, *, retrain: bool) -> DemoSummary:
@@ -80,6 +83,35 @@ def _cell(row: dict[str, str] | None) -> str:
         return "-"
     p = f" p {float(row['permutation_p']):.3f}" if row.get("permutation_p") else ""
     return f"{float(row['auroc']):.3f} [{float(row['ci_low']):.2f}, {float(row['ci_high']):.2f}]{p}"
+
+
+def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(rows, correct, source files, {predictor: out-of-fold P(correct)}) of an ``oof_scores.csv``."""
+    with open(path, newline="") as f:
+        table = list(csv.reader(f))
+    header, body = table[0], np.array(table[1:], dtype=object)
+    # the first four columns describe the scenario (row, task, source, correct); the rest are predictors
+    scores = {name: body[:, j].astype(np.float64) for j, name in enumerate(header) if j >= 4}
+    return body[:, 0].astype(np.int64), body[:, 3].astype(np.int64).astype(bool), body[:, 2].astype(str), scores
+
+
+def paired_lines(reference: Path, variant: Path, name: str) -> list[str]:
+    """Each AP-MAE readout of ``variant`` against the demo AP-MAE's, paired on the same scenarios and folds."""
+    from apmae.common.stats import CONFIDENCE, grouped_auroc_bootstrap, paired_p_value
+
+    rows, correct, files, ref = read_scores(reference)
+    rows_v, _, _, var = read_scores(variant)
+    if not np.array_equal(rows, rows_v):
+        raise SystemExit(f"{reference} and {variant} score other scenarios: rerun the demo and the variant")
+    lines = [f"  {name} - demo AP-MAE, paired (file bootstrap of the AUROC difference):"]
+    for predictor in READOUTS:
+        boot = grouped_auroc_bootstrap(np.stack([var[predictor], ref[predictor]]), correct, files, seed=0)
+        d = boot.distribution[0] - boot.distribution[1]
+        tail = 100 * (1 - CONFIDENCE) / 2
+        low, high = np.nanpercentile(d, [tail, 100 - tail])
+        lines.append(f"    {predictor:<16} {boot.estimate[0] - boot.estimate[1]:+.3f} [{low:+.3f}, {high:+.3f}], "
+                     f"p {paired_p_value(d):.3f}")
+    return lines
 
 
 def comparison_lines(reference: dict[str, dict[str, str]], variants: dict[str, dict[str, dict[str, str]]],
@@ -138,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name} times: " + " | ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
         tables[name] = read_table(folder / PROTOCOL_FOLDER / "probe_table.csv")
     lines = comparison_lines(read_table(reference_table), tables, ratios)
+    for name in tables:
+        lines += paired_lines(reference_table.with_name("oof_scores.csv"),
+                              demo_dir / "variants" / name / PROTOCOL_FOLDER / "oof_scores.csv", name)
     print("\n".join(lines))
     out = demo_dir / "variants" / "variants.csv"
     with open(out, "w", newline="") as f:
