@@ -37,6 +37,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from apmae.atlas import run as atlas_run
 from apmae.common.allocator import keep_freed_memory
 from apmae.common.tracking import DEFAULT_EXPERIMENT, artifact_location, tracking_uri
+from apmae.mining.settings import MINING_FIELDS
 from apmae.model.loading import CheckpointError, check_checkpoint
 from apmae.patterns import run as patterns_run
 from apmae.probe import run as crossfit_run
@@ -129,6 +130,7 @@ class APMAECLI(LightningCLI):
         _reject_unreadable_configs(parser, args)
         _reject_linked_keys(parser, args)
         _reject_probe_stage(parser, args)
+        _reject_moved_mining_keys(parser, args)
         super().parse_arguments(parser, args)
         # before LightningCLI reads the checkpoint's hyperparameters with torch.load
         _check_ckpt_path(self.config[self.config.subcommand] if self.config.get("subcommand") else self.config)
@@ -222,6 +224,50 @@ def _reject_probe_stage(parser: LightningArgumentParser, args: Any) -> None:
             "probe_heads, importance_scenarios, importance_steps, lr, ...; see configs/demo/probe.yaml) and "
             "remove stage and net_overrides"
         )
+
+
+def _reject_moved_mining_keys(parser: LightningArgumentParser, args: Any) -> None:
+    """Name the nested key of a mining setting a config or argument still gives flat.
+
+    ``JavaScenarioDataModule`` takes its mining settings as one ``mining:`` block
+    (:class:`apmae.mining.settings.MiningConfig`); jsonargparse would refuse a flat ``seq_len:``
+    without saying where it went.
+    """
+    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+    found = []
+    for arg in argv:
+        key = arg.split("=", 1)[0]
+        prefix, _, field = key.rpartition(".")
+        if field in MINING_FIELDS and prefix.endswith("scenarios.init_args"):
+            found.append(f"command line `{key}` -> `{prefix}.mining.{field}`")
+    for path in filter(lambda p: Path(p).is_file(), _config_paths(args)):
+        try:
+            tree = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            continue  # reported by jsonargparse or _reject_unreadable_configs
+        found += [f"config file {path}: `{where}.{field}` -> `{where}.mining.{field}`"
+                  for where, field in _flat_mining_keys(tree, "")]
+    if found:
+        parser.error("the scenarios' mining settings moved into one `mining:` block of "
+                     "JavaScenarioDataModule's init_args (apmae.mining.settings.MiningConfig): " + "; ".join(found))
+
+
+def _flat_mining_keys(tree: Any, where: str) -> list[tuple[str, str]]:
+    """(path of an init_args block, key) of every mining setting given flat to a JavaScenarioDataModule."""
+    found = []
+    if isinstance(tree, dict):
+        init_args = tree.get("init_args")
+        # a scenarios DataModule: named by its class, or an overlay's `scenarios:` block without one
+        scenarios = (str(tree.get("class_path", "")).endswith("JavaScenarioDataModule")
+                     or ("class_path" not in tree and where.endswith(".scenarios")))
+        if scenarios and isinstance(init_args, dict):
+            found += [(f"{where}.init_args".lstrip("."), k) for k in init_args if k in MINING_FIELDS]
+        for key, value in tree.items():
+            found += _flat_mining_keys(value, f"{where}.{key}")
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            found += _flat_mining_keys(value, f"{where}[{i}]")
+    return found
 
 
 def _config_model_init_args(path: Path) -> dict[str, Any]:

@@ -44,6 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from apmae.cache.settings import ExtractionSettings
 from apmae.common.allocator import keep_freed_memory  # noqa: E402
 from apmae.cache.store import (COMPRESSIONS, DEFAULT_COMPRESSION, AttentionCache, CacheSpec, CacheWriter,  # noqa: E402
                          shard_path)
@@ -94,12 +95,12 @@ def _sync(device: torch.device) -> None:
 def bench_cache(target: Target, scenarios: ScenarioSet, out: Path, *, batch_size: int, compression: str,
                 encoding: str, workers: int) -> dict:
     """apmae's extraction into a fresh cache file."""
-    kwargs = {"batch_size": batch_size, "progress": False, "compression": compression, "encoding": encoding,
-              "workers": workers}
+    settings = ExtractionSettings(batch_size=batch_size, progress=False, compression=compression, encoding=encoding,
+                                  workers=workers)
     warm = scenarios.subset(np.arange(min(batch_size * workers, len(scenarios))))
-    extract(target, warm, out / "warmup.rank0.h5", **kwargs)
+    extract(target, warm, out / "warmup.rank0.h5", settings)
     path = shard_path(out, "bench", 0)
-    result = extract(target, scenarios, path, **kwargs)
+    result = extract(target, scenarios, path, settings)
     n, heads = len(scenarios), target.n_layers * target.n_heads
     with h5py.File(path, "r") as f:
         pattern_bytes = f["patterns"].id.get_storage_size()

@@ -81,6 +81,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     from apmae.mining.miner import mine_scenarios
+    from apmae.mining.settings import MiningConfig
     from apmae.mining.tasks import get_tasks
 
     # every task that reads files; noise costs nothing per file
@@ -99,9 +100,20 @@ def main(argv=None) -> dict:
         runs = []
         for workers in args.workers:
             start, cpu0 = time.perf_counter(), _cpu_seconds()
-            res = mine_scenarios(sources, tokenizer, tasks=tasks, seq_len=args.seq_len, n_per_task=10**9,
-                                 max_per_file=args.max_per_file, exhaustive=True, num_workers=workers,
-                                 seed=args.seed, progress=False)
+            res = mine_scenarios(
+                sources,
+                tokenizer,
+                MiningConfig(
+                    tasks=tasks,
+                    seq_len=args.seq_len,
+                    n_per_task=10**9,
+                    max_per_file=args.max_per_file,
+                    exhaustive=True,
+                    seed=args.seed,
+                ),
+                num_workers=workers,
+                progress=False,
+            )
             seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu0
             built = sum(t.assembled for t in res.report.tasks)
             runs.append({"num_workers": workers, "seconds": round(seconds, 2),

@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_extraction import DEMO, random_scenarios, random_target  # noqa: E402
 
+from apmae.cache.settings import ExtractionSettings
 from apmae.common.allocator import keep_freed_memory  # noqa: E402
 from apmae.cache.store import AttentionCache, shard_path  # noqa: E402
 from apmae.encodings.readouts import ROW_FEATURE_NAMES  # noqa: E402
@@ -68,7 +69,7 @@ def run_cache_then_encode(target, scenarios: ScenarioSet, net: APMAE, out: Path,
     """Pattern cache, then its encodings: seconds of each step, bytes of each file."""
     cache_path = shard_path(out, "cache", 0)
     start = time.perf_counter()
-    extract(target, scenarios, cache_path, batch_size=batch_size, progress=False)
+    extract(target, scenarios, cache_path, ExtractionSettings(batch_size=batch_size, progress=False))
     extracted = time.perf_counter()
     enc_path = out / "from-cache.h5"
     cache = AttentionCache(cache_path)

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from apmae.cache.settings import ExtractionSettings
+from apmae.mining.settings import MiningConfig
 from apmae.cache.extract import extract
 from apmae.cache.store import AttentionCache
 from apmae.demo.smollm2 import smollm2_gguf
@@ -56,11 +58,23 @@ def main(argv: list[str] | None = None) -> dict:
         out["load_s"] = round(time.perf_counter() - start, 2)
         out["layers_x_heads"] = [target.n_layers, target.n_heads]
         start = time.perf_counter()
-        scenarios = mine_scenarios(args.sources, target.tokenizer, seq_len=args.seq_len, n_per_task=args.n_per_task,
-                                   max_per_file=2, max_label_tokens=16, progress=False, prompt_format="auto").scenarios
+        scenarios = mine_scenarios(
+            args.sources,
+            target.tokenizer,
+            MiningConfig(
+                seq_len=args.seq_len,
+                n_per_task=args.n_per_task,
+                max_per_file=2,
+                max_label_tokens=16,
+                prompt_format="auto",
+            ),
+            progress=False,
+        ).scenarios
         out["mine_s"], out["scenarios"] = round(time.perf_counter() - start, 2), len(scenarios)
         out["prompt_format"] = scenarios.prompt_format
-        result = extract(target, scenarios, tmp / "cache.rank0.h5", batch_size=args.batch_size, progress=False)
+        result = extract(
+            target, scenarios, tmp / "cache.rank0.h5", ExtractionSettings(batch_size=args.batch_size, progress=False)
+        )
         n = len(scenarios)
         out["extract_s_per_scenario"] = round(result.seconds / n, 3)
         out["cache_bytes_per_scenario"] = int(result.bytes / n)

@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--heldout-seed", type=int, default=987654, help="corpus seed of the held-out files")
     parser.add_argument("--n-files", type=int, default=400, help="held-out files to generate")
     parser.add_argument("--n-per-task", type=int, default=150)
-    parser.add_argument("--seq-len", type=int, default=128, help="scenario length (the demo targets are trained for 128)")
+    parser.add_argument(
+        "--seq-len", type=int, default=128, help="scenario length (the demo targets are trained for 128)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
@@ -57,14 +59,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     from apmae.demo.corpus import write_corpus
     from apmae.mining.miner import mine_scenarios
+    from apmae.mining.settings import MiningConfig
 
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.target)
     model = AutoModelForCausalLM.from_pretrained(args.target).eval()
     with tempfile.TemporaryDirectory() as heldout:
         write_corpus(heldout, args.n_files, seed=args.heldout_seed)
-        mined = mine_scenarios(heldout, tokenizer, seq_len=args.seq_len, n_per_task=args.n_per_task,
-                               seed=args.heldout_seed, progress=False, exhaustive=True)
+        mined = mine_scenarios(
+            heldout,
+            tokenizer,
+            MiningConfig(seq_len=args.seq_len, n_per_task=args.n_per_task, seed=args.heldout_seed, exhaustive=True),
+            progress=False,
+        )
     scenarios = mined.scenarios
     start = time.perf_counter()
     per_task = first_token_accuracy(model, scenarios)

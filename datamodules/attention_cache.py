@@ -52,7 +52,7 @@ from apmae.target.access import load_target_tokenizer
 from datamodules.java_scenarios import JavaScenarioDataModule
 from datamodules.rows import EncodingRows, collate_encodings, row_columns, select_rows
 from datamodules.sampling import evaluation_sampler
-from datamodules.settings import EncoderSettings, ExtractionSettings, check_settings
+from datamodules.settings import EncoderSettings, ExtractionSettings, as_settings
 
 MODES = ("heads", "scenarios")
 ENCODER_BATCH_SIZE = 4  # scenarios per encoder step over a cache when encoder.batch_size is null
@@ -232,9 +232,9 @@ class AttentionCacheDataModule(L.LightningDataModule):
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"batch_size={batch_size} must be >= 1 and num_workers={num_workers} >= 0")
         get_scaler(scaler)  # fail at construction on a misspelt scaler
-        check_settings("extraction", extraction, ExtractionSettings)
+        extraction = as_settings("extraction", extraction, ExtractionSettings)
         if encoder is not None:
-            check_settings("encoder", encoder, EncoderSettings)
+            encoder = as_settings("encoder", encoder, EncoderSettings)
         if encoder is not None and mode != "scenarios":
             raise ValueError("encoder applies to mode='scenarios' (per-scenario encodings); set mode: scenarios")
         self.extraction, self.encoder = extraction, encoder
@@ -313,11 +313,9 @@ class AttentionCacheDataModule(L.LightningDataModule):
 
     def _build(self, rank: int, world: int, local_rank: int) -> None:
         """Reuse, resume or extract (this rank's shard of) every target's cache: :func:`apmae.cache.extract.ensure_cache`."""
-        x = self.extraction
         for model in [self.target, *self.extra_targets]:
-            ensure_cache(model, self.scenario_set_of(model), self.cache_dir, rank=rank, world_size=world, local_rank=local_rank,
-                         dtype=x.dtype, device=x.device, batch_size=x.batch_size, compression=x.compression,
-                         encoding=x.encoding, workers=x.workers, pattern_kind=x.pattern_kind, progress=x.progress)
+            ensure_cache(model, self.scenario_set_of(model), self.cache_dir, self.extraction, rank=rank,
+                         world_size=world, local_rank=local_rank)
 
     # -- setup
     def setup(self, stage: str | None = None) -> None:

@@ -45,7 +45,7 @@ from datamodules.attention_cache import AttentionCacheDataModule
 from datamodules.java_scenarios import JavaScenarioDataModule
 from datamodules.rows import EncodingRows, collate_encodings, select_rows
 from datamodules.sampling import evaluation_sampler
-from datamodules.settings import EncoderSettings, ExtractionSettings, check_settings
+from datamodules.settings import EncoderSettings, ExtractionSettings, as_settings
 
 
 class EncodingsDataModule(L.LightningDataModule):
@@ -96,8 +96,8 @@ class EncodingsDataModule(L.LightningDataModule):
         if encoder is None:
             raise ValueError("EncodingsDataModule needs an encoder: set encoder: {path: <exported AP-MAE or "
                              "LitAPMAE checkpoint>}")
-        check_settings("encoder", encoder, EncoderSettings)
-        check_settings("extraction", extraction, ExtractionSettings)
+        encoder = as_settings("encoder", encoder, EncoderSettings)
+        extraction = as_settings("extraction", extraction, ExtractionSettings)
         if extraction.pattern_kind != DEFAULT_PATTERN_KIND:
             raise ValueError(f"extraction.pattern_kind={extraction.pattern_kind!r}: EncodingsDataModule encodes "
                              f"attention patterns only; set it to {DEFAULT_PATTERN_KIND!r}, or encode "

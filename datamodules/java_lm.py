@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from apmae.mining.fim import FimTokens, balanced_context, fim_sequence
-from apmae.mining.miner import FileMiner, MiningConfig
+from apmae.mining.miner import FileMiner, FileSettings
 from apmae.mining.offsets import byte_to_char
 from apmae.mining.tasks import get_tasks
 
@@ -96,7 +96,7 @@ class FimSampler:
         """
         if self._miner is None:
             tasks = [t for t in get_tasks() if t.needs_source]
-            self._miner = FileMiner(MiningConfig(fim=self.fim), tasks, self.tokenizer.backend_tokenizer.to_str())
+            self._miner = FileMiner(FileSettings(fim=self.fim), tasks, self.tokenizer.backend_tokenizer.to_str())
         to_char = byte_to_char(text.encode("utf-8"), text)
         found = self._miner.text_candidates(text, source_id="lm")
         return tuple(tuple((to_char(s), to_char(e)) for s, e in spans if e > s)

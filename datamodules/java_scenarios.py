@@ -13,7 +13,7 @@ Batches are dicts of tensors:
 In a notebook::
 
     from datamodules.java_scenarios import JavaScenarioDataModule
-    dm = JavaScenarioDataModule(sources="path/to/java", tokenizer="bigcode/starcoder2-3b", n_per_task=100)
+    dm = JavaScenarioDataModule(sources="path/to/java", tokenizer="bigcode/starcoder2-3b", mining={"n_per_task": 100})
     batch = next(iter(dm.train_dataloader()))  # mines on first use, then reads the cache
 """
 
@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
@@ -31,9 +31,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from apmae.mining.miner import load_tokenizer, mine_scenarios
-from apmae.mining.prompts import PROMPT_FORMATS, tokenizer_fingerprint
+from apmae.mining.prompts import tokenizer_fingerprint
 from apmae.mining.retokenize import retokenize
 from apmae.mining.scenario_set import FORMAT_VERSION, SPLITS, ScenarioSet
+from apmae.mining.settings import MiningConfig, moved_to_mining
 from apmae.mining.sources import JavaSources
 from apmae.mining.tasks import get_tasks
 
@@ -79,24 +80,16 @@ class JavaScenarioDataModule(pl.LightningDataModule):
         sources: Java sources: directories, ``.zip``/``.tar(.gz)`` archives, JSONL/Parquet files with a
             ``content`` column, or ``hf:NAME?split=train`` Hugging Face datasets.
         tokenizer: hub name or local directory of a fast tokenizer (with FIM tokens for ``fim`` prompts).
-        tasks: task names (see ``apmae.mining.tasks.task_names()``); None for all registered tasks.
-        seq_len: tokens per prompt.
-        n_per_task: scenarios per task (or a mapping task -> count).
-        proportions: task -> weight; then ``n_per_task x len(tasks)`` scenarios are shared out by weight.
-        max_per_file: at most this many scenarios per task from one file.
-        max_label_tokens: holes longer than this are rejected.
-        splits: train/val/test fractions, by source file.
-        seed: sampling seed; also shuffles the training loader.
+        mining: what to mine (:class:`apmae.mining.settings.MiningConfig`: tasks, seq_len, n_per_task,
+            proportions, max_per_file, max_label_tokens, splits, seed, pad, max_bytes, max_files,
+            exhaustive, prompt_format), or a dict of its fields; None: its defaults. The scenario
+            cache is keyed by it; its ``seed`` also shuffles the training loader.
         batch_size: scenarios per batch.
         num_workers: DataLoader worker processes.
         mining_workers: processes for mining (None: same as ``num_workers``).
         cache_dir: where mined sets are stored (default ``artifacts/scenarios`` under the working directory).
-        pad: left-pad short files instead of skipping them.
-        max_files: read at most this many source files.
         shuffle: shuffle the training split each epoch.
         progress: show a progress bar and the mining summary.
-        prompt_format: ``fim`` (``<fim_prefix>..<fim_suffix>..<fim_middle>``), ``causal`` (the left context
-            only, for models without FIM training) or ``auto`` (``fim`` when the tokenizer has FIM tokens).
     """
 
     def __init__(
@@ -104,25 +97,18 @@ class JavaScenarioDataModule(pl.LightningDataModule):
         *,
         sources: str | list[str],
         tokenizer: str,
-        tasks: list[str] | None = None,
-        seq_len: int = 256,
-        n_per_task: int | dict[str, int] = 1000,
-        proportions: dict[str, float] | None = None,
-        max_per_file: int = 2,
-        max_label_tokens: int = 32,
-        splits: tuple[float, float, float] = (0.8, 0.1, 0.1),
-        seed: int = 0,
+        mining: Optional[MiningConfig] = None,
         batch_size: int = 32,
         num_workers: int = 0,
-        mining_workers: int | None = None,
-        cache_dir: str | None = None,
-        pad: bool = False,
-        max_files: int | None = None,
+        mining_workers: Optional[int] = None,
+        cache_dir: Optional[str] = None,
         shuffle: bool = True,
         progress: bool = True,
-        prompt_format: str = "fim",
+        **moved: Any,
     ) -> None:
         super().__init__()
+        moved_to_mining("JavaScenarioDataModule", moved)
+        self.mining = MiningConfig.of(mining)
         self.save_hyperparameters()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -130,30 +116,27 @@ class JavaScenarioDataModule(pl.LightningDataModule):
             raise ValueError("num_workers and mining_workers must be >= 0")
         self.sources = [sources] if isinstance(sources, str) else list(sources)
         self.tokenizer = str(tokenizer)
-        self.tasks = list(tasks) if tasks is not None else None
-        get_tasks(self.tasks)  # unknown task names fail now, not after loading a tokenizer
-        self.seq_len = seq_len
-        self.n_per_task = n_per_task
-        self.proportions = proportions
-        self.max_per_file = max_per_file
-        self.max_label_tokens = max_label_tokens
-        self.splits = tuple(splits)
-        self.seed = seed
+        get_tasks(self.mining.tasks)  # unknown task names fail now, not after loading a tokenizer
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.mining_workers = num_workers if mining_workers is None else mining_workers
         self.cache_dir = Path(cache_dir) if cache_dir is not None else Path("artifacts") / "scenarios"
-        self.pad = pad
-        self.max_files = max_files
         self.shuffle = shuffle
         self.progress = progress
-        if prompt_format not in PROMPT_FORMATS:
-            raise ValueError(f"prompt_format={prompt_format!r}; use one of {PROMPT_FORMATS}")
-        self.prompt_format = prompt_format
         self._scenarios: ScenarioSet | None = None
         self._tokenizer_fingerprint: str | None = None
         self.datasets: dict[str, ScenarioDataset] = {}
         self.source_ids: list[str] = []
+
+    @property
+    def seq_len(self) -> int:
+        """S, the prompt tokens of every scenario (``mining.seq_len``)."""
+        return self.mining.seq_len
+
+    @property
+    def prompt_format(self) -> str:
+        """``mining.prompt_format``, as configured (``auto`` is resolved per tokenizer)."""
+        return self.mining.prompt_format
 
     # --- mining and cache ------------------------------------------------------------------
 
@@ -164,15 +147,12 @@ class JavaScenarioDataModule(pl.LightningDataModule):
         directory only by its path, so delete the cache file after editing one.
         """
         task_defs = [(t.name, t.query, _qualname(t.fn), _qualname(t.refine), t.code_only, t.label_tokens)
-                     for t in get_tasks(self.tasks)]
+                     for t in get_tasks(self.mining.tasks)]
         inputs = {
             "sources": [_source_key(s) for s in self.sources],
             "tokenizer": _tokenizer_key(self.tokenizer),
             "tasks": task_defs,
-            "seq_len": self.seq_len, "n_per_task": self.n_per_task,
-            "proportions": self.proportions, "max_per_file": self.max_per_file,
-            "max_label_tokens": self.max_label_tokens, "splits": list(self.splits), "seed": self.seed,
-            "pad": self.pad, "max_files": self.max_files, "prompt_format": self.prompt_format,
+            **self.mining.key_inputs(),
             "format": FORMAT_VERSION, "miner": MINER_VERSION,
         }
         return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -187,12 +167,8 @@ class JavaScenarioDataModule(pl.LightningDataModule):
         path = self.scenario_path
         if path.exists():
             return
-        result = mine_scenarios(
-            JavaSources(self.sources), self.tokenizer, tasks=self.tasks, seq_len=self.seq_len,
-            n_per_task=self.n_per_task, proportions=self.proportions, max_per_file=self.max_per_file,
-            max_label_tokens=self.max_label_tokens,
-            splits=self.splits, seed=self.seed, num_workers=self.mining_workers, progress=self.progress,
-            pad=self.pad, max_files=self.max_files, prompt_format=self.prompt_format)
+        result = mine_scenarios(JavaSources(self.sources, max_bytes=self.mining.max_bytes), self.tokenizer,
+                                self.mining, num_workers=self.mining_workers, progress=self.progress)
         result.scenarios.meta["mining_report"] = result.report.summary()
         result.scenarios.save(path)
 
@@ -249,7 +225,7 @@ class JavaScenarioDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if not self.datasets:
             self.setup()
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.mining.seed)
         return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
                           num_workers=self.num_workers, generator=generator,
                           persistent_workers=self.num_workers > 0)

@@ -24,18 +24,20 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
-from contextlib import contextmanager
+import contextlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from apmae.cache.codec import DEFAULT_ENCODING, stored_attentions
-from apmae.cache.store import (DEFAULT_COMPRESSION, DEFAULT_PATTERN_KIND, AttentionCache, CacheError,
+from apmae.cache.codec import stored_attentions
+from apmae.cache.settings import ExtractionSettings, moved_to_extraction
+from apmae.common.cores import torch_threads
+from apmae.cache.store import (DEFAULT_PATTERN_KIND, AttentionCache, CacheError,
                                CacheMismatchError, CacheSpec, CacheWriter, cache_files, check_identity,
                                check_pattern_kind, shard_path)
 from apmae.head_metrics.contribution import run_batch_contributions
@@ -67,21 +69,20 @@ def extract(
     target,
     scenarios: ScenarioSet,
     path: str | Path,
+    settings: ExtractionSettings | Mapping[str, Any] | None = None,
     *,
-    batch_size: int = 8,
     rank: int = 0,
     world_size: int = 1,
-    compression: str = DEFAULT_COMPRESSION,
-    encoding: str = DEFAULT_ENCODING,
-    workers: int = 2,
-    pattern_kind: str = DEFAULT_PATTERN_KIND,
-    progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
+    **moved: Any,
 ) -> ExtractionResult:
     """Extract (or resume) rank ``rank``'s shard of ``scenarios`` into ``path``.
 
-    ``target`` is an :class:`apmae.target.Target`. ``workers`` batches are in
-    flight at once (computed in threads, written in order). ``on_batch(committed)``
+    ``target`` is an :class:`apmae.target.Target`, already loaded (``settings.dtype`` and
+    ``settings.device`` are :func:`ensure_cache`'s). ``settings`` (:class:`ExtractionSettings`, a
+    dict of its fields, or None for its defaults) gives the batch size, the storage form
+    (compression, encoding, pattern kind) and the progress bar; ``settings.workers`` batches are
+    in flight at once (computed in threads, written in order). ``on_batch(committed)``
     is called after each batch is committed. ``pattern_kind="contribution"``
     stores each head's norm-based contribution weights instead of its attention
     (:func:`apmae.head_metrics.contribution.run_batch_contributions`).
@@ -91,17 +92,16 @@ def extract(
             attention modules are not recognised, or scenarios whose length differs from an
             existing cache's (see :class:`apmae.cache.CacheMismatchError`).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}; it must be at least 1")
-    if workers < 1:
-        raise ValueError(f"workers={workers}; it must be at least 1")
+    moved_to_extraction("extract", moved)
+    x = ExtractionSettings.of(settings)
+    batch_size, workers, pattern_kind, progress = x.batch_size, x.workers, x.pattern_kind, x.progress
     check_scenarios(scenarios)
     check_context(target, scenarios.seq_len)
     if check_pattern_kind(pattern_kind) == "contribution":
         attention_layers(target.model)  # a model whose value projections are not found fails before any file
     spec = CacheSpec(target=target.summary(), seq_len=scenarios.seq_len, scenario_fingerprint=scenarios.fingerprint(),
                      n_scenarios=len(scenarios), shard_rank=rank, shard_world_size=world_size,
-                     compression=compression, encoding=encoding, pattern_kind=pattern_kind)
+                     compression=x.compression, encoding=x.encoding, pattern_kind=pattern_kind)
     start = time.perf_counter()
     with CacheWriter.open(path, spec, scenarios) as writer, threads_per_worker(target.device, workers):
         before = writer.committed
@@ -167,16 +167,10 @@ def _commit(result: tuple, writer: CacheWriter, bar, on_batch: Callable[[int], N
         on_batch(writer.committed)
 
 
-@contextmanager
-def threads_per_worker(device: Any, workers: int) -> Iterator[None]:
+def threads_per_worker(device: Any, workers: int) -> contextlib.AbstractContextManager[None]:
     """On CPU, split torch's threads between the workers for the block; the thread count is restored after."""
-    threads = torch.get_num_threads()
-    if torch.device(device).type == "cpu":
-        torch.set_num_threads(max(1, threads // workers))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    cpu = torch.device(device).type == "cpu"
+    return torch_threads(max(1, torch.get_num_threads() // workers) if cpu else None)
 
 
 def target_short_name(name_or_path: str) -> str:
@@ -208,45 +202,39 @@ def ensure_cache(
     model: str,
     scenarios: ScenarioSet,
     cache_dir: str | Path,
+    settings: ExtractionSettings | Mapping[str, Any] | None = None,
     *,
     name: str | None = None,
     rank: int = 0,
     world_size: int = 1,
     local_rank: int = 0,
-    dtype: str = "float32",
-    device: str = "auto",
-    batch_size: int = 8,
-    compression: str = DEFAULT_COMPRESSION,
-    encoding: str = DEFAULT_ENCODING,
-    workers: int = 2,
-    pattern_kind: str = DEFAULT_PATTERN_KIND,
-    progress: bool = True,
+    **moved: Any,
 ) -> CacheBuild:
-    """The ``pattern_kind`` cache of ``model`` over ``scenarios`` in ``cache_dir``: reused, resumed or built.
+    """The ``settings.pattern_kind`` cache of ``model`` over ``scenarios`` in ``cache_dir``: reused, resumed or built.
 
     When a complete cache for this model, sequence length, scenario set and
     pattern kind is there (written under any world size) nothing is loaded;
     otherwise rank ``rank`` of ``world_size`` loads the model
-    (:func:`apmae.target.access.load_target` with ``dtype`` on ``device``; ``auto`` =
-    GPU ``local_rank`` when CUDA is present, else CPU) and extracts or resumes
+    (:func:`apmae.target.access.load_target` with ``settings.dtype`` on ``settings.device``;
+    ``auto`` = GPU ``local_rank`` when CUDA is present, else CPU) and extracts or resumes
     its own shard ``<name>.rank<k>.h5`` (``name`` defaults to :func:`cache_name`,
-    so the kinds of one model sit side by side). The other arguments go to
-    :func:`extract`.
+    so the kinds of one model sit side by side) with :func:`extract` under the same ``settings``
+    (:class:`ExtractionSettings`, a dict of its fields, or None for its defaults).
 
     Raises:
         CacheMismatchError: a complete cache in ``cache_dir`` under ``name`` was built for another run
             (another model, S, scenario set or pattern kind).
         ValueError: an unknown pattern kind.
     """
-    check_pattern_kind(pattern_kind)  # also with an explicit name: before the model loads
+    moved_to_extraction("ensure_cache", moved)
+    x = ExtractionSettings.of(settings)
+    pattern_kind = x.pattern_kind  # checked when the settings were built: before the model loads
     name = name or cache_name(model, pattern_kind)
     if cache_complete(cache_dir, name, model=model, scenarios=scenarios, pattern_kind=pattern_kind):
         return CacheBuild(name=name, files=cache_files(cache_dir, name), extraction=None)
 
-    target = load_target(model, dtype=dtype, device=extraction_device(device, local_rank))
-    result = extract(target, scenarios, shard_path(cache_dir, name, rank), rank=rank, world_size=world_size,
-                     batch_size=batch_size, compression=compression, encoding=encoding, workers=workers,
-                     pattern_kind=pattern_kind, progress=progress)
+    target = load_target(model, dtype=x.dtype, device=extraction_device(x.device, local_rank))
+    result = extract(target, scenarios, shard_path(cache_dir, name, rank), x, rank=rank, world_size=world_size)
     del target
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the model is gone: leave its memory to training

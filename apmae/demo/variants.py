@@ -28,10 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
+from apmae.cache.store import AttentionCache, cache_files
+from apmae.common.stats import CONFIDENCE, grouped_auroc_bootstrap, paired_p_value
 from apmae.demo.console import quiet_libraries
 from apmae.demo.probe_report import DEMO_PLAN, DEMO_PROTOCOL, PROTOCOL_FOLDER
 from apmae.demo.run import DEFAULT_CONFIG, FIT_RECORD, DemoSummary, demo_overrides, finished_fit, fit_key, \
     save_finished_fit, summarize
+from apmae.encodings.store import EncodingSet, encoder_hash, ensure_encodings
+from apmae.model.loading import load_encoder
+from apmae.probe.features import ProbeData
+from apmae.probe.report import run_protocol
+from apmae.probe.summary import control_line, report_lines, write_report
 
 # name -> the overlay stacked on the demo's AP-MAE config
 VARIANTS = {"row-emphasis": "configs/demo/apmae_row_emphasis.yaml"}
@@ -59,11 +66,8 @@ def fit_variant(name: str, overlay: str, demo_dir: Path, *, retrain: bool) -> De
     return summary
 
 
-def encode(export_dir: str | Path, demo_dir: Path, out: Path):
+def encode(export_dir: str | Path, demo_dir: Path, out: Path) -> EncodingSet:
     """The encodings of the demo's SmolLM2 cache under the AP-MAE exported in ``export_dir`` (resumed when partial)."""
-    from apmae.cache.store import AttentionCache, cache_files
-    from apmae.encodings.store import encoder_hash, ensure_encodings
-    from apmae.model.loading import load_encoder
 
     files = cache_files(demo_dir / "cache", TRAIN_TARGET)
     if not files:
@@ -97,7 +101,6 @@ def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[st
 
 def paired_lines(reference: Path, variant: Path, name: str) -> list[str]:
     """Each AP-MAE readout of ``variant`` against the demo AP-MAE's, paired on the same scenarios and folds."""
-    from apmae.common.stats import CONFIDENCE, grouped_auroc_bootstrap, paired_p_value
 
     rows, correct, files, ref = read_scores(reference)
     rows_v, _, _, var = read_scores(variant)
@@ -144,9 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     if not reference_table.is_file() or not reference_fit.is_file():
         raise SystemExit(f"{reference_table} or {reference_fit} is missing: run the demo first (make demo)")
     quiet_libraries()
-    from apmae.probe.features import ProbeData
-    from apmae.probe.report import run_protocol
-    from apmae.probe.summary import control_line, report_lines, write_report
 
     ratios = {"demo AP-MAE": json.loads(reference_fit.read_text())["summary"]["metrics"]}
     tables: dict[str, dict[str, dict[str, str]]] = {}

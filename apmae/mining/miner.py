@@ -41,6 +41,7 @@ from apmae.mining.fim import FimTokens, balanced_context, fim_sequence
 from apmae.mining.offsets import byte_to_char, code_points, is_whitespace
 from apmae.mining.prompts import PromptFormat, resolve_prompt_format, tokenizer_fingerprint
 from apmae.mining.scenario_set import SPLITS, ScenarioSet
+from apmae.mining.settings import DEFAULTS, MiningConfig, moved_to_mining
 from apmae.mining.sources import JavaSources, Source, SourceFile
 from apmae.mining.tasks import NON_CODE_QUERY, FileContext, Span, Task, compile_query, get_tasks, java_language
 
@@ -52,17 +53,20 @@ SCENARIO_SKIPS = ("label_length", "short_context")
 
 
 @dataclass(frozen=True)
-class MiningConfig:
-    """Per-file mining settings (sent to worker processes)."""
+class FileSettings:
+    """Per-file mining settings, resolved against the tokenizer (sent to worker processes).
 
-    seq_len: int = 256  # prompt tokens S
-    max_per_file: int = 2  # scenarios per task per file, at most
-    max_label_tokens: int = 32  # longer holes are rejected (label_length)
-    seed: int = 0
-    pad: bool = False  # left-pad short contexts with <fim_pad> instead of skipping them
+    The user's settings are :class:`apmae.mining.settings.MiningConfig`; the defaults here are its own.
+    """
+
+    seq_len: int = DEFAULTS.seq_len  # prompt tokens S
+    max_per_file: int = DEFAULTS.max_per_file  # scenarios per task per file, at most
+    max_label_tokens: int = DEFAULTS.max_label_tokens  # longer holes are rejected (label_length)
+    seed: int = DEFAULTS.seed
+    pad: bool = DEFAULTS.pad  # left-pad short contexts with <fim_pad> instead of skipping them
     pad_id: int | None = None
     fim: FimTokens | None = None  # the FIM ids (prompt_format fim)
-    prompt_format: str = "fim"  # "fim" or "causal" (resolved, see apmae.mining.prompts)
+    prompt_format: str = DEFAULTS.prompt_format  # "fim" or "causal" (resolved, see apmae.mining.prompts)
     bos: int | None = None  # causal: the BOS id put first, when the tokenizer adds one
 
     @property
@@ -160,7 +164,7 @@ class MiningResult:
 class FileMiner:
     """Mines one file at a time: the unit of work of a worker process."""
 
-    def __init__(self, config: MiningConfig, tasks: Sequence[Task], tokenizer_json: str) -> None:
+    def __init__(self, config: FileSettings, tasks: Sequence[Task], tokenizer_json: str) -> None:
         self.config = config
         self.tasks = tuple(tasks)
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
@@ -352,7 +356,7 @@ def candidate_spans(text: str, tokenizer: Any, tasks: Sequence[str] | None = Non
     """Every candidate hole of each task in one Java text, as byte spans (to inspect a task)."""
     _, tok_json, prompt = load_tokenizer(tokenizer, "auto")
     task_objs = get_tasks(tasks)
-    return FileMiner(MiningConfig(seed=seed, fim=prompt.fim, prompt_format=prompt.name, bos=prompt.bos), task_objs,
+    return FileMiner(FileSettings(seed=seed, fim=prompt.fim, prompt_format=prompt.name, bos=prompt.bos), task_objs,
                      tok_json).text_candidates(text)
 
 
@@ -392,64 +396,50 @@ def _stable_int(*parts: Any) -> int:
 def mine_scenarios(
     sources: Source | Sequence[Source] | JavaSources,
     tokenizer: Any,
+    settings: MiningConfig | Mapping[str, Any] | None = None,
     *,
-    tasks: Sequence[str] | None = None,
-    seq_len: int = 256,
-    n_per_task: int | Mapping[str, int] = 1000,
-    proportions: Mapping[str, float] | None = None,
-    max_per_file: int = 2,
-    max_label_tokens: int = 32,
-    splits: Sequence[float] = (0.8, 0.1, 0.1),
-    seed: int = 0,
     num_workers: int = 0,
     progress: bool = True,
-    pad: bool = False,
-    max_bytes: int = 1_000_000,
-    max_files: int | None = None,
-    exhaustive: bool = False,
-    prompt_format: str = "fim",
+    **moved: Any,
 ) -> MiningResult:
     """Mine completion scenarios from Java ``sources`` into a :class:`ScenarioSet`.
 
     Args:
         sources: directories, archives, JSONL/Parquet files, ``hf:NAME?split=...``
-            (see :mod:`apmae.mining.sources`), or a ready :class:`JavaSources`.
+            (see :mod:`apmae.mining.sources`), or a ready :class:`JavaSources` (which then
+            keeps its own ``max_bytes``).
         tokenizer: a fast Hugging Face tokenizer (with FIM tokens for ``fim``), or its hub name / local directory.
-        tasks: task names (see :func:`apmae.mining.tasks.task_names`); None for all. Task ids follow this order.
-        seq_len: prompt length S; every prompt has exactly S tokens.
-        n_per_task: scenarios per task, or a mapping task -> count.
-        proportions: task -> weight; then ``n_per_task * len(tasks)`` scenarios are shared out by weight.
-        max_per_file: at most this many scenarios per task from one file.
-        max_label_tokens: holes longer than this many tokens are rejected.
-        splits: train/val/test fractions, assigned per source file by a hash of its id.
-        seed: drives every random choice; same corpus + seed -> same scenarios for any ``num_workers``.
+        settings: what to mine (:class:`apmae.mining.settings.MiningConfig`, or a dict of its fields;
+            None: its defaults). The same corpus and settings give the same scenarios for any
+            ``num_workers``.
         num_workers: processes mining files in parallel (0: in this process).
         progress: show a progress bar and print the summary.
-        pad: left-pad prompts of short files (``<fim_pad>``, else the pad or end-of-text token) instead of
-            skipping them.
-        max_bytes: larger files are skipped as ``oversize``.
-        max_files: read at most this many files.
-        exhaustive: read the whole corpus even once every quota is filled (a uniform sample
-            over the corpus instead of over its first files).
-        prompt_format: ``fim``, ``causal`` (left context only, for models without FIM training) or
-            ``auto`` (``fim`` when the tokenizer has the FIM tokens); see :mod:`apmae.mining.prompts`.
+
+    Raises:
+        TypeError: a setting passed on its own (``seq_len=...``) rather than inside ``settings``.
     """
+    moved_to_mining("mine_scenarios", moved, param="settings")
+    settings = MiningConfig.of(settings)
+    tasks, seq_len, n_per_task = settings.tasks, settings.seq_len, settings.n_per_task
+    max_per_file, max_label_tokens, seed, pad = (settings.max_per_file, settings.max_label_tokens, settings.seed,
+                                                 settings.pad)
     task_objs = get_tasks(tasks)
-    quotas = _quotas(task_objs, n_per_task, proportions)
-    fractions = _check_splits(splits)
-    _check_sizes(seq_len, max_per_file, max_label_tokens, num_workers)
-    hf_tok, tok_json, prompt = load_tokenizer(tokenizer, prompt_format)
+    quotas = _quotas(task_objs, n_per_task, settings.proportions)
+    fractions = settings.splits
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    hf_tok, tok_json, prompt = load_tokenizer(tokenizer, settings.prompt_format)
     pad_id = pad_id_of(hf_tok, prompt) if pad else None
     if pad and pad_id is None:
         raise ValueError("pad=True needs a <fim_pad>, pad or end-of-text token in the tokenizer")
-    config = MiningConfig(seq_len=seq_len, max_per_file=max_per_file, max_label_tokens=max_label_tokens,
+    config = FileSettings(seq_len=seq_len, max_per_file=max_per_file, max_label_tokens=max_label_tokens,
                           seed=seed, pad=pad, pad_id=pad_id, fim=prompt.fim, prompt_format=prompt.name,
                           bos=prompt.bos)
-    files = sources if isinstance(sources, JavaSources) else JavaSources(sources, max_bytes=max_bytes)
+    files = sources if isinstance(sources, JavaSources) else JavaSources(sources, max_bytes=settings.max_bytes)
     report = MiningReport([TaskReport(t.name, quota=quotas[t.name]) for t in task_objs], num_workers=num_workers)
     start = time.perf_counter()
     heaps = _collect(files, (config, task_objs, tok_json), quotas, report, num_workers, progress,
-                     max_files, exhaustive)
+                     settings.max_files, settings.exhaustive)
     noise = [(ti, noise_scenarios(config, t, quotas[t.name], noise_vocab(hf_tok, prompt.fim)))
              for ti, t in enumerate(task_objs) if not t.needs_source]
     scenarios = _to_set(heaps, noise, task_objs, fractions, seed)
@@ -624,22 +614,6 @@ def _quotas(tasks: Sequence[Task], n_per_task: int | Mapping[str, int],
     return quotas
 
 
-def _check_splits(splits: Sequence[float]) -> tuple[float, float, float]:
-    if len(splits) != len(SPLITS) or min(splits) < 0 or abs(sum(splits) - 1) > 1e-6:
-        raise ValueError(f"splits must be {len(SPLITS)} non-negative fractions {SPLITS} summing to 1, got {splits}")
-    return tuple(float(s) for s in splits)
-
-
-def _check_sizes(seq_len: int, max_per_file: int, max_label_tokens: int, num_workers: int) -> None:
-    if max_label_tokens < 1 or seq_len < max_label_tokens + 5:
-        raise ValueError(f"seq_len={seq_len} must exceed max_label_tokens={max_label_tokens} by >= 5 "
-                         "(up to three FIM tokens and some context); raise seq_len or lower max_label_tokens")
-    if max_per_file < 1:
-        raise ValueError(f"max_per_file must be >= 1, got {max_per_file}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-
-
 def split_of(source_id: str, fractions: Sequence[float]) -> int:
     """Split index of a source file: a hash of its id, so it never moves when the corpus grows."""
     u = _stable_int("split", source_id) / 2.0**64
@@ -681,7 +655,7 @@ def noise_vocab(tokenizer: Any, fim: FimTokens | None) -> np.ndarray:
     return np.array([i for i in range(len(tokenizer)) if i not in special], dtype=np.int32)
 
 
-def noise_scenarios(cfg: MiningConfig, task: Task, n: int, vocab: np.ndarray) -> list[Mined]:
+def noise_scenarios(cfg: FileSettings, task: Task, n: int, vocab: np.ndarray) -> list[Mined]:
     """``n`` control scenarios of random token ids with the prompt format's structure and no source."""
     rng = np.random.default_rng(_stable_int(cfg.seed, task.name))
     lo, hi = task.label_tokens or (1, cfg.max_label_tokens)
@@ -728,7 +702,7 @@ def _to_set(heaps: list[list], noise: list[tuple[int, list[Mined]]], tasks: Sequ
     )
 
 
-def _meta(tokenizer: Any, files: JavaSources, cfg: MiningConfig, tasks: Sequence[Task],
+def _meta(tokenizer: Any, files: JavaSources, cfg: FileSettings, tasks: Sequence[Task],
           quotas: dict[str, int], fractions: Sequence[float]) -> dict[str, Any]:
     return {
         "tokenizer": getattr(tokenizer, "name_or_path", ""),

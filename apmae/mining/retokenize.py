@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from apmae.mining.miner import (FileMiner, FileResult, MiningConfig, load_tokenizer, noise_scenarios, noise_vocab,
+from apmae.mining.miner import (FileMiner, FileResult, FileSettings, load_tokenizer, noise_scenarios, noise_vocab,
                                 pad_id_of)
 from apmae.mining.prompts import PromptFormat, tokenizer_fingerprint
 from apmae.mining.scenario_set import ScenarioSet
+from apmae.mining.settings import DEFAULTS
 from apmae.mining.sources import JavaSources
 from apmae.mining.tasks import get_tasks
 
@@ -49,8 +50,10 @@ def retokenize(scenarios: ScenarioSet, sources: JavaSources, tokenizer: Any, *,
     """
     hf_tok, tok_json, prompt = load_tokenizer(tokenizer, prompt_format)
     meta = scenarios.meta
-    config = MiningConfig(seq_len=scenarios.seq_len, max_label_tokens=int(meta.get("max_label_tokens", 32)),
-                          seed=int(meta.get("seed", 0)), pad=bool(meta.get("pad", False)),
+    # a set's own settings are in its metadata; the defaults stand in for sets that do not record one
+    config = FileSettings(seq_len=scenarios.seq_len,
+                          max_label_tokens=int(meta.get("max_label_tokens", DEFAULTS.max_label_tokens)),
+                          seed=int(meta.get("seed", DEFAULTS.seed)), pad=bool(meta.get("pad", DEFAULTS.pad)),
                           pad_id=pad_id_of(hf_tok, prompt) if meta.get("pad") else None,
                           fim=prompt.fim, prompt_format=prompt.name, bos=prompt.bos)
     tasks = get_tasks(scenarios.task_names)
@@ -97,7 +100,7 @@ def _cut_holes(scenarios: ScenarioSet, sources: JavaSources, miner: FileMiner,
     return found
 
 
-def _noise_rows(config: MiningConfig, tasks: list, scenarios: ScenarioSet, rows: np.ndarray,
+def _noise_rows(config: FileSettings, tasks: list, scenarios: ScenarioSet, rows: np.ndarray,
                 vocab: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """New noise controls from the new vocabulary, as many per task as the set had."""
     out = []

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from apmae.cache.settings import ExtractionSettings
 from apmae.cache.store import (AttentionCache, CacheError, CacheMismatchError, CacheSpec, CacheWriter, cache_files,
                          shard_path)
 from apmae.cache.extract import ensure_cache, extract
@@ -22,7 +23,7 @@ COLUMNS = ("scenario_index", "input_ids", "label_ids", "label_len", "task", "sou
 @pytest.fixture(scope="module")
 def cache_path(target, scenarios, tmp_path_factory):
     path = shard_path(tmp_path_factory.mktemp("cache"), "target-a", 0)
-    extract(target, scenarios, path, batch_size=7, progress=False)
+    extract(target, scenarios, path, ExtractionSettings(batch_size=7, progress=False))
     return path
 
 
@@ -81,28 +82,30 @@ def test_kill_and_resume_matches_an_uninterrupted_run(cache_path, target, scenar
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        extract(target, scenarios, path, batch_size=7, progress=False, on_batch=kill_after_two)
+        extract(target, scenarios, path, ExtractionSettings(batch_size=7, progress=False), on_batch=kill_after_two)
     with h5py.File(path, "r+") as f:
         assert f.attrs["committed"] == 14
         f["patterns"][14:21] = 255  # a batch written but never committed: must be rewritten
         f["scenario_index"][14:21] = 99
     with pytest.raises(CacheError, match="incomplete"):
         AttentionCache(path)
-    result = extract(target, scenarios, path, batch_size=7, progress=False)
+    result = extract(target, scenarios, path, ExtractionSettings(batch_size=7, progress=False))
     assert (result.written, result.rows) == (16, 30)
     _assert_same_cache(AttentionCache(path), AttentionCache(cache_path))
-    assert extract(target, scenarios, path, batch_size=7, progress=False).written == 0  # complete: nothing to do
+    assert (
+        extract(target, scenarios, path, ExtractionSettings(batch_size=7, progress=False)).written == 0
+    )  # complete: nothing to do
 
 
 def test_other_model_seq_len_or_scenarios_are_never_appended_to(cache_path, target, target_b_dir, tiny_tokenizer):
     mid = tiny_tokenizer.convert_tokens_to_ids("<fim_middle>")
     with pytest.raises(CacheMismatchError, match="seq_len: file has 24, this run 16"):
-        extract(target, random_scenarios(30, 16, 500, mid), cache_path, progress=False)
+        extract(target, random_scenarios(30, 16, 500, mid), cache_path, ExtractionSettings(progress=False))
     with pytest.raises(CacheMismatchError, match="scenario_fingerprint"):
-        extract(target, random_scenarios(30, 24, 500, mid, seed=5), cache_path, progress=False)
+        extract(target, random_scenarios(30, 24, 500, mid, seed=5), cache_path, ExtractionSettings(progress=False))
     other = load_target(target_b_dir, device="cpu")
     with pytest.raises(CacheMismatchError, match="model: file has"):
-        extract(other, random_scenarios(30, 24, 500, mid), cache_path, progress=False)
+        extract(other, random_scenarios(30, 24, 500, mid), cache_path, ExtractionSettings(progress=False))
 
 
 def test_truncated_or_foreign_files_give_a_clear_error(cache_path, target, scenarios, tmp_path):
@@ -117,7 +120,7 @@ def test_truncated_or_foreign_files_give_a_clear_error(cache_path, target, scena
         with pytest.raises(CacheError, match="truncated or corrupt.*delete it"):
             AttentionCache(path)
         with pytest.raises(CacheError, match="truncated or corrupt"):
-            extract(target, scenarios, path, progress=False)
+            extract(target, scenarios, path, ExtractionSettings(progress=False))
     with pytest.raises(CacheError, match="not a complete apmae attention cache"):
         AttentionCache(foreign)
     with pytest.raises(CacheError, match="do not exist"):
@@ -128,7 +131,7 @@ def test_truncated_or_foreign_files_give_a_clear_error(cache_path, target, scena
 def test_damaged_pattern_chunk_gives_a_clear_error(target, scenarios, compression, tmp_path):
     """Uncompressed chunks carry a Fletcher-32 checksum, deflated ones zlib's Adler-32: damage is detected."""
     path = shard_path(tmp_path, "target-a", 0)
-    extract(target, scenarios.subset(np.arange(4)), path, progress=False, compression=compression)
+    extract(target, scenarios.subset(np.arange(4)), path, ExtractionSettings(progress=False, compression=compression))
     damaged = tmp_path / "damaged.rank0.h5"
     data = bytearray(path.read_bytes())
     with h5py.File(path, "r") as f:
@@ -142,8 +145,14 @@ def test_damaged_pattern_chunk_gives_a_clear_error(target, scenarios, compressio
 
 def test_rank_shards_merge_into_the_single_process_cache(cache_path, target, scenarios, tmp_path):
     for rank in (0, 1):
-        result = extract(target, scenarios, shard_path(tmp_path, "target-a", rank), batch_size=4, rank=rank,
-                         world_size=2, progress=False)
+        result = extract(
+            target,
+            scenarios,
+            shard_path(tmp_path, "target-a", rank),
+            ExtractionSettings(batch_size=4, progress=False),
+            rank=rank,
+            world_size=2,
+        )
         assert result.rows == 15
     files = cache_files(tmp_path, "target-a")
     assert [p.name for p in files] == ["target-a.rank0.h5", "target-a.rank1.h5"]
@@ -161,7 +170,7 @@ def test_a_shard_cannot_be_resumed_under_another_world_size(target, scenarios, t
                      n_scenarios=30, shard_rank=0, shard_world_size=2)
     CacheWriter.open(path, spec, scenarios).close()
     with pytest.raises(CacheMismatchError, match="shard_world_size: file has 2, this run 1"):
-        extract(target, scenarios, path, progress=False)
+        extract(target, scenarios, path, ExtractionSettings(progress=False))
 
 
 def test_every_encoding_and_compression_stores_the_same_patterns(cache_path, target, scenarios, tmp_path):
@@ -173,29 +182,34 @@ def test_every_encoding_and_compression_stores_the_same_patterns(cache_path, tar
     for encoding, compression in [("bfloat16-14bit", "gzip"), ("bfloat16-14bit", "lzf"), ("bfloat16-bits", "none"),
                                   ("bfloat16-bits", "gzip")]:
         path = shard_path(tmp_path / f"{encoding}-{compression}", "target-a", 0)
-        extract(target, scenarios, path, batch_size=7, progress=False, compression=compression, encoding=encoding)
+        extract(
+            target,
+            scenarios,
+            path,
+            ExtractionSettings(batch_size=7, progress=False, compression=compression, encoding=encoding),
+        )
         with h5py.File(path, "r") as f:
             assert f["patterns"].compression == (None if compression == "none" else compression)
             assert f["patterns"].dtype == (np.uint8 if encoding == "bfloat16-14bit" else np.uint16)
         _assert_same_cache(AttentionCache(path), reference)
     with pytest.raises(ValueError, match="compression='zstd'"):
-        extract(target, scenarios, tmp_path / "z.rank0.h5", progress=False, compression="zstd")
+        extract(target, scenarios, tmp_path / "z.rank0.h5", ExtractionSettings(progress=False, compression="zstd"))
     with pytest.raises(ValueError, match="encoding='float8'"):
-        extract(target, scenarios, tmp_path / "e.rank0.h5", progress=False, encoding="float8")
+        extract(target, scenarios, tmp_path / "e.rank0.h5", ExtractionSettings(progress=False, encoding="float8"))
 
 
 def test_a_cache_is_never_resumed_in_another_encoding(cache_path, target, scenarios):
     with pytest.raises(CacheMismatchError, match="encoding: file has 'bfloat16-14bit', this run 'bfloat16-bits'"):
-        extract(target, scenarios, cache_path, progress=False, encoding="bfloat16-bits")
+        extract(target, scenarios, cache_path, ExtractionSettings(progress=False, encoding="bfloat16-bits"))
 
 
 @pytest.mark.parametrize("workers", [1, 3])
 def test_any_number_of_workers_writes_the_same_rows_in_order(cache_path, target, scenarios, workers, tmp_path):
     path = shard_path(tmp_path, "target-a", 0)
-    extract(target, scenarios, path, batch_size=4, workers=workers, progress=False)
+    extract(target, scenarios, path, ExtractionSettings(batch_size=4, workers=workers, progress=False))
     _assert_same_cache(AttentionCache(path), AttentionCache(cache_path))
     with pytest.raises(ValueError, match="workers=0"):
-        extract(target, scenarios, tmp_path / "w.rank0.h5", workers=0, progress=False)
+        extract(target, scenarios, tmp_path / "w.rank0.h5", ExtractionSettings(workers=0, progress=False))
 
 
 def test_append_rejects_patterns_of_the_wrong_shape(target, scenarios, tmp_path):
@@ -212,13 +226,15 @@ def test_append_rejects_patterns_of_the_wrong_shape(target, scenarios, tmp_path)
 
 def test_ensure_cache_builds_once_then_reuses_and_refuses_other_scenarios(cache_path, target_dir, scenarios,
                                                                          tiny_tokenizer, tmp_path):
-    first = ensure_cache(str(target_dir), scenarios, tmp_path, device="cpu", batch_size=7, progress=False)
+    first = ensure_cache(
+        str(target_dir), scenarios, tmp_path, ExtractionSettings(device="cpu", batch_size=7, progress=False)
+    )
     assert first.name == target_dir.name and [p.name for p in first.files] == [f"{target_dir.name}.rank0.h5"]
     assert (first.extraction.written, first.extraction.rows) == (30, 30)
     _assert_same_cache(AttentionCache(first.files), AttentionCache(cache_path))
     mtime = first.files[0].stat().st_mtime_ns
-    again = ensure_cache(str(target_dir), scenarios, tmp_path, device="cpu", progress=False)
+    again = ensure_cache(str(target_dir), scenarios, tmp_path, ExtractionSettings(device="cpu", progress=False))
     assert again.extraction is None and again.files == first.files and first.files[0].stat().st_mtime_ns == mtime
     other = random_scenarios(30, 24, 500, tiny_tokenizer.convert_tokens_to_ids("<fim_middle>"), seed=9)
     with pytest.raises(CacheMismatchError, match="scenario_fingerprint: file has"):
-        ensure_cache(str(target_dir), other, tmp_path, device="cpu", progress=False)
+        ensure_cache(str(target_dir), other, tmp_path, ExtractionSettings(device="cpu", progress=False))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from apmae.mining.settings import MiningConfig
 from apmae.cache.store import cache_files
 from apmae.model.scaling import scale
 from apmae.mining.scenario_set import SPLITS
@@ -232,9 +233,13 @@ def test_a_scenario_datamodule_is_mined_then_extracted(tmp_path, tiny_tokenizer,
     (tmp_path / "src").mkdir()
     for i in range(12):
         (tmp_path / "src" / f"F{i}.java").write_text(JAVA_SNIPPETS[i % 3].replace("demo", f"demo{i}"))
-    mined = JavaScenarioDataModule(sources=str(tmp_path / "src"), tokenizer=str(tmp_path / "tok"), seq_len=24,
-                                   max_label_tokens=8, n_per_task=4, tasks=["identifiers", "closing_bracket"],
-                                   cache_dir=str(tmp_path / "scenarios"), progress=False)
+    mined = JavaScenarioDataModule(
+        mining=MiningConfig(seq_len=24, max_label_tokens=8, n_per_task=4, tasks=["identifiers", "closing_bracket"]),
+        sources=str(tmp_path / "src"),
+        tokenizer=str(tmp_path / "tok"),
+        cache_dir=str(tmp_path / "scenarios"),
+        progress=False,
+    )
     dm = AttentionCacheDataModule(target=str(target_dir), scenarios=mined, cache_dir=str(tmp_path / "cache"),
                                   extraction=CPU, batch_size=1000)
     assert dm.seq_len == 24

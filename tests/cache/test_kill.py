@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from apmae.cache.settings import ExtractionSettings
 from apmae.cache.store import AttentionCache, shard_path
 from apmae.cache.extract import extract
 
@@ -22,7 +23,7 @@ from apmae.target.access import load_target
 
 target = load_target(sys.argv[1], device="cpu")
 scenarios = ScenarioSet.load(sys.argv[2])
-extract(target, scenarios, sys.argv[3], batch_size=2, progress=False,
+extract(target, scenarios, sys.argv[3], {"batch_size": 2, "progress": False},
         on_batch=lambda n: print(n, flush=True))
 """
 
@@ -40,10 +41,10 @@ def test_sigkill_mid_run_then_resume(kill_after, target, target_dir, scenarios, 
             break
     child.wait()
     assert child.returncode == -signal.SIGKILL
-    resumed = extract(target, scenarios, path, batch_size=2, progress=False)
+    resumed = extract(target, scenarios, path, ExtractionSettings(batch_size=2, progress=False))
     assert resumed.written < len(scenarios)
     full_path = shard_path(tmp_path, "full", 0)
-    extract(target, scenarios, full_path, batch_size=2, progress=False)
+    extract(target, scenarios, full_path, ExtractionSettings(batch_size=2, progress=False))
     got, want = AttentionCache(path), AttentionCache(full_path)
     for name in ("scenario_index", "input_ids", "prediction", "correct", "loss", "task", "source_id"):
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from apmae.cache.extract import ensure_cache, extract
 from datamodules.attention_cache import AttentionCacheDataModule
 from datamodules.settings import EncoderSettings, ExtractionSettings
 
@@ -55,14 +56,29 @@ def test_bad_encoder_settings_name_the_key(kwargs, message):
     assert str(info.value) == message
 
 
-def test_a_bare_value_for_a_settings_argument_says_what_to_pass(target_dir, scenarios_path, tmp_path):
+def test_a_bare_value_for_a_settings_argument_says_what_to_pass_and_a_dict_is_the_object(target_dir, scenarios_path,
+                                                                                          tmp_path):
     common = dict(target=str(target_dir), scenarios=str(scenarios_path), cache_dir=str(tmp_path), mode="scenarios")
     with pytest.raises(TypeError) as info:
         AttentionCacheDataModule(encoder="artifacts/apmae", **common)  # type: ignore[arg-type]
-    assert str(info.value) == ("encoder='artifacts/apmae': pass encoder=EncoderSettings(...) (in a config, "
-                               "a nested mapping under encoder:)")
-    with pytest.raises(TypeError, match=r"extraction=\{'dtype': 'bfloat16'\}: pass extraction=ExtractionSettings"):
-        AttentionCacheDataModule(extraction={"dtype": "bfloat16"}, **common)  # type: ignore[arg-type]
+    assert str(info.value) == ("encoder='artifacts/apmae': pass encoder=EncoderSettings(...) or a dict of its "
+                               "fields (in a config, a nested mapping under encoder:)")
+    # in Python as in a config, a mapping of the fields means the settings object
+    dm = AttentionCacheDataModule(extraction={"dtype": "bfloat16"}, encoder={"path": "enc"}, **common)
+    assert dm.extraction == ExtractionSettings(dtype="bfloat16") and dm.encoder == EncoderSettings(path="enc")
+    with pytest.raises(TypeError, match=r"\['batchsize'\] are not ExtractionSettings fields"):
+        AttentionCacheDataModule(extraction={"batchsize": 3}, **common)  # type: ignore[arg-type]
+
+
+def test_extraction_settings_pass_whole_and_flat_arguments_name_the_object_to_pass():
+    with pytest.raises(TypeError, match=r"pass settings=ExtractionSettings\(batch_size=4, workers=1\)"):
+        extract(None, None, "x.h5", batch_size=4, workers=1)
+    with pytest.raises(TypeError, match=r"pass settings=ExtractionSettings\(dtype='bfloat16'\)"):
+        ensure_cache("model", None, "cache", dtype="bfloat16")
+    with pytest.raises(TypeError, match=r"unexpected arguments \['batchsize'\]"):
+        extract(None, None, "x.h5", batchsize=4)
+    assert ExtractionSettings.of(None) == ExtractionSettings()
+    assert ExtractionSettings.of({"batch_size": 3}) == ExtractionSettings(batch_size=3)
 
 
 def test_the_datamodule_keeps_its_settings(target_dir, scenarios_path, tmp_path):

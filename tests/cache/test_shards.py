@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from apmae.cache.settings import ExtractionSettings
 from apmae.cache.extract import extract
 from apmae.cache.store import AttentionCache, shard_path
 from apmae.common.h5shards import shard_rows
@@ -16,7 +17,7 @@ from tests.stream.conftest import micro_apmae
 @pytest.fixture(scope="module")
 def single(target, scenarios, tmp_path_factory):
     path = shard_path(tmp_path_factory.mktemp("single"), "target-a", 0)
-    extract(target, scenarios, path, batch_size=1, progress=False)
+    extract(target, scenarios, path, ExtractionSettings(batch_size=1, progress=False))
     return path
 
 
@@ -33,8 +34,14 @@ def test_shard_rows_cover_every_row_once_for_uneven_world_sizes():
 def test_uneven_shards_merge_into_the_single_process_cache(single, target, scenarios, tmp_path, world):
     sizes = []
     for rank in range(world):
-        result = extract(target, scenarios, shard_path(tmp_path, "target-a", rank), batch_size=1, rank=rank,
-                         world_size=world, progress=False)
+        result = extract(
+            target,
+            scenarios,
+            shard_path(tmp_path, "target-a", rank),
+            ExtractionSettings(batch_size=1, progress=False),
+            rank=rank,
+            world_size=world,
+        )
         sizes.append(result.rows)
     assert sizes == [len(range(rank, 30, world)) for rank in range(world)] and len(set(sizes)) == 2  # uneven
     merged, reference = AttentionCache(str(tmp_path / "target-a.rank*.h5")), AttentionCache(single)
@@ -56,10 +63,16 @@ def test_uneven_shards_merge_into_the_single_process_cache(single, target, scena
 def test_more_ranks_than_scenarios_leave_an_empty_shard_that_still_merges(target, scenarios, tmp_path):
     few = scenarios.subset(np.arange(4))
     for rank in range(5):
-        extract(target, few, shard_path(tmp_path, "few", rank), batch_size=1, rank=rank, world_size=5,
-                progress=False)
+        extract(
+            target,
+            few,
+            shard_path(tmp_path, "few", rank),
+            ExtractionSettings(batch_size=1, progress=False),
+            rank=rank,
+            world_size=5,
+        )
     assert len(AttentionCache(shard_path(tmp_path, "few", 4), require_complete=False)) == 0
-    extract(target, few, shard_path(tmp_path / "one", "few", 0), batch_size=1, progress=False)
+    extract(target, few, shard_path(tmp_path / "one", "few", 0), ExtractionSettings(batch_size=1, progress=False))
     merged = AttentionCache(str(tmp_path / "few.rank*.h5"))
     reference = AttentionCache(tmp_path / "one" / "few.rank0.h5")
     np.testing.assert_array_equal(merged.scenario_index, np.arange(4))
@@ -70,6 +83,12 @@ def test_more_ranks_than_scenarios_leave_an_empty_shard_that_still_merges(target
 @pytest.mark.parametrize("rank", [3, 4, -1])
 def test_a_rank_outside_the_world_is_refused(target, scenarios, tmp_path, rank):
     with pytest.raises(ValueError, match=rf"rank {rank} is outside world size 3"):
-        extract(target, scenarios, shard_path(tmp_path, "target-a", max(rank, 0)), rank=rank, world_size=3,
-                progress=False)
+        extract(
+            target,
+            scenarios,
+            shard_path(tmp_path, "target-a", max(rank, 0)),
+            ExtractionSettings(progress=False),
+            rank=rank,
+            world_size=3,
+        )
     assert not list(tmp_path.iterdir())  # refused before any file was made

@@ -68,7 +68,7 @@ def test_demo_configs_differ_in_size_and_seed(capsys, monkeypatch, tmp_path):
     assert [x["model"]["init_args"]["total_steps"] for x in (a, b, c)] == [x["trainer"]["max_steps"] for x in (a, b, c)]
     assert c["model"]["init_args"]["total_steps"] == 700 != a["trainer"]["max_steps"]
     apmae = _resolved(capsys, CONFIGS / "apmae.yaml")
-    scenario_len = apmae["data"]["init_args"]["scenarios"]["init_args"]["seq_len"]
+    scenario_len = apmae["data"]["init_args"]["scenarios"]["init_args"]["mining"]["seq_len"]
     # both targets are trained for exactly the FIM prompt length the demo's scenarios have
     assert a["data"]["init_args"]["context_len"] == b["data"]["init_args"]["context_len"] == scenario_len == 128
 

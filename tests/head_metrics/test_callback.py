@@ -97,7 +97,9 @@ def _check_maps_tables(folder, target_dir, cache):
     result = model_maps(target.model, found.relations)
     for row in _table(folder / "maps_scores.csv"):
         layer, head = int(row["layer"]), int(row["head"])
-        assert [float(row[n]) for n in result.relations] == pytest.approx(result.scores[:, layer, head].tolist(), rel=1e-5)
+        assert [float(row[n]) for n in result.relations] == pytest.approx(
+            result.scores[:, layer, head].tolist(), rel=1e-5
+        )
 
 
 @pytest.mark.slow
@@ -152,7 +154,7 @@ def test_a_cache_without_validation_rows_skips_the_metrics_and_the_fit_goes_on(t
                                                "source_id", "span_start", "span_end")}
     no_val = ScenarioSet(**cols, split=np.where(scenarios.split == 1, 0, scenarios.split).astype(np.int8),
                          task_names=scenarios.task_names, meta=scenarios.meta)
-    path = extract(target, no_val, tmp_path / "t.rank0.h5", progress=False).path
+    path = extract(target, no_val, tmp_path / "t.rank0.h5", ExtractionSettings(progress=False)).path
     with pytest.raises(NoValidationRows, match=r"no validation rows \(rows per split: \{'train': \d+, 'val': 0"):
         validation_rows(AttentionCache(path), 4)
     callback = HeadMetrics(n_scenarios=2, methods=["distance"], cache=str(path), target=target.name)

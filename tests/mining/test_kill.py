@@ -33,8 +33,9 @@ JavaScenarioDataModule(**eval(sys.argv[1]), tokenizer=sys.argv[2], cache_dir=sys
 
 @pytest.fixture
 def mining(java_dir, tokenizer_dir):
-    return dict(sources=str(java_dir), seq_len=64, n_per_task=8, tasks=["identifiers", "eol", "noise"],
-                max_per_file=2, splits=(0.6, 0.2, 0.2), seed=0, progress=False), str(tokenizer_dir)
+    return dict(sources=str(java_dir), mining=dict(seq_len=64, n_per_task=8, tasks=["identifiers", "eol", "noise"],
+                                                   max_per_file=2, splits=(0.6, 0.2, 0.2), seed=0),
+                progress=False), str(tokenizer_dir)
 
 
 @pytest.mark.slow  # a child process: ~5 s on two cores

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from apmae.mining.settings import MiningConfig
 from apmae.mining.miner import mine_scenarios
 from apmae.mining.prompts import bos_id, resolve_prompt_format
 from apmae.mining.scenario_set import ScenarioSet
@@ -13,8 +14,9 @@ S = 48
 
 
 def _mine(java_corpus, tokenizer, prompt_format, **kwargs):
-    kwargs = {"seq_len": S, "n_per_task": 6, "max_per_file": 2, "seed": 0, "progress": False, **kwargs}
-    return mine_scenarios(java_corpus, tokenizer, prompt_format=prompt_format, **kwargs).scenarios
+    settings = MiningConfig(**{"seq_len": S, "n_per_task": 6, "max_per_file": 2, "seed": 0, **kwargs},
+                            prompt_format=prompt_format)
+    return mine_scenarios(java_corpus, tokenizer, settings, progress=False).scenarios
 
 
 def _text_before_hole(java_corpus, sc: ScenarioSet, i: int) -> str:
@@ -91,15 +93,17 @@ def test_a_hole_in_both_formats_has_the_same_label(java_corpus, tiny_tokenizer):
     def by_hole(sc):
         return {(s, a, b): tuple(sc.labels(i)) for i, (s, a, b) in
                 enumerate(zip(sc.source_id, sc.span_start, sc.span_end)) if s}
-    fim, causal = by_hole(_mine(java_corpus, tiny_tokenizer, "fim")), by_hole(_mine(java_corpus, tiny_tokenizer, "causal"))
+    fim, causal = by_hole(_mine(java_corpus, tiny_tokenizer, "fim")), by_hole(
+        _mine(java_corpus, tiny_tokenizer, "causal")
+    )
     common = fim.keys() & causal.keys()
     assert len(common) > 10
     assert all(fim[k] == causal[k] for k in common)
 
 
 def test_a_split_left_empty_or_tiny_by_small_data_is_warned_about_at_mining_time(java_corpus, tiny_tokenizer, caplog):
-    result = mine_scenarios(java_corpus, tiny_tokenizer, tasks=["identifiers"], seq_len=S, n_per_task=4, max_per_file=1,
-                            splits=(0.8, 0.1, 0.1), seed=0, progress=False)
+    settings = MiningConfig(tasks=["identifiers"], seq_len=S, n_per_task=4, max_per_file=1, splits=(0.8, 0.1, 0.1))
+    result = mine_scenarios(java_corpus, tiny_tokenizer, settings, progress=False)
     report, sc = result.report, result.scenarios
     assert sum(report.split_rows.values()) == len(sc)
     assert report.split_rows == {name: int((sc.split == k).sum()) for k, name in enumerate(("train", "val", "test"))}

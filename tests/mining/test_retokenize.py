@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from apmae.mining.settings import MiningConfig
 from apmae.mining.miner import mine_scenarios
 from apmae.mining.retokenize import retokenize
 from apmae.mining.sources import JavaSources
@@ -14,8 +15,19 @@ S = 48
 
 @pytest.fixture(scope="module")
 def fim_set(java_corpus, tiny_tokenizer):
-    return mine_scenarios(java_corpus, tiny_tokenizer, tasks=["identifiers", "closing_bracket", "noise"], seq_len=S,
-                          n_per_task=8, max_per_file=2, max_label_tokens=8, seed=0, progress=False).scenarios
+    return mine_scenarios(
+        java_corpus,
+        tiny_tokenizer,
+        MiningConfig(
+            tasks=["identifiers", "closing_bracket", "noise"],
+            seq_len=S,
+            n_per_task=8,
+            max_per_file=2,
+            max_label_tokens=8,
+            seed=0,
+        ),
+        progress=False,
+    ).scenarios
 
 
 def _hole_text(java_corpus, sc, i):

@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
+from apmae.cache.settings import ExtractionSettings
 from apmae.cache.store import AttentionCache, shard_path
 from apmae.encodings.store import (ARRAYS, COLUMNS, WIDE, EncodingSet, EncodingsError, EncodingsMismatchError,
                                    ensure_encodings)
@@ -54,7 +55,7 @@ def _stream(target, scenarios, net, path, **kwargs):
 
 
 def test_stream_equals_pattern_cache_then_encode(target, scenarios, net, tmp_path):
-    extract(target, scenarios, shard_path(tmp_path, "cache", 0), batch_size=4, progress=False)
+    extract(target, scenarios, shard_path(tmp_path, "cache", 0), ExtractionSettings(batch_size=4, progress=False))
     cache = AttentionCache(shard_path(tmp_path, "cache", 0))
     from_cache = ensure_encodings(net, cache, tmp_path / "from-cache.h5", batch_size=4, progress=False)
     result = _stream(target, scenarios, net, shard_path(tmp_path, "stream", 0), batch_size=4, workers=1)

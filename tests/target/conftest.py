@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from apmae.mining.settings import MiningConfig
 from apmae.mining.miner import mine_scenarios
 from tests.cache.helpers import save_target
 from tests.mining.conftest import write_corpus
@@ -30,5 +31,17 @@ def gpt2_dir(gpt2_tokenizer, tmp_path_factory):
 
 
 def mine_causal(corpus, tokenizer, tasks=("identifiers", "closing_bracket", "noise")):
-    return mine_scenarios(corpus, tokenizer, tasks=list(tasks), seq_len=SEQ_LEN, n_per_task=6, max_per_file=2,
-                          seed=0, progress=False, prompt_format="auto", max_label_tokens=8).scenarios
+    return mine_scenarios(
+        corpus,
+        tokenizer,
+        MiningConfig(
+            tasks=list(tasks),
+            seq_len=SEQ_LEN,
+            n_per_task=6,
+            max_per_file=2,
+            seed=0,
+            prompt_format="auto",
+            max_label_tokens=8,
+        ),
+        progress=False,
+    ).scenarios

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from apmae.mining.settings import MiningConfig
 from apmae.model.net import APMAE
 from apmae.patterns.run import run_recurring_patterns
 from callbacks.head_metrics import HeadMetrics
@@ -32,9 +33,15 @@ def _trainer(root, epochs, **kwargs):
 @pytest.mark.slow
 def test_causal_llama_runs_every_stage(java_corpus, llama_dir, llama_tokenizer, tmp_path):
     L.seed_everything(0)
-    scenarios = JavaScenarioDataModule(sources=str(java_corpus), tokenizer=str(llama_dir), seq_len=S,
-                                       n_per_task=6, max_per_file=2, max_label_tokens=8, splits=(0.5, 0.25, 0.25),
-                                       cache_dir=str(tmp_path / "scenarios"), progress=False, prompt_format="auto")
+    scenarios = JavaScenarioDataModule(
+        mining=MiningConfig(
+            seq_len=S, n_per_task=6, max_per_file=2, max_label_tokens=8, splits=(0.5, 0.25, 0.25), prompt_format="auto"
+        ),
+        sources=str(java_corpus),
+        tokenizer=str(llama_dir),
+        cache_dir=str(tmp_path / "scenarios"),
+        progress=False,
+    )
     extraction = ExtractionSettings(device="cpu", progress=False)
     heads = AttentionCacheDataModule(target=str(llama_dir), scenarios=scenarios, cache_dir=str(tmp_path / "cache"),
                                      batch_size=16, extraction=extraction)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from apmae.cache.settings import ExtractionSettings
 from apmae.cache.extract import extract
 from apmae.cache.store import AttentionCache, shard_path
 from apmae.target.access import load_target, zero_heads
@@ -33,7 +34,7 @@ def test_causal_scenarios_of_each_layout_start_as_its_tokenizer_does(layout, lla
 def test_cache_equals_eager_attention(layout, tmp_path):
     name, target, scenarios = layout
     path = shard_path(tmp_path, name, 0)
-    extract(target, scenarios, path, batch_size=4, progress=False)
+    extract(target, scenarios, path, ExtractionSettings(batch_size=4, progress=False))
     with torch.no_grad():
         ref = target.model(input_ids=torch.from_numpy(scenarios.input_ids).long(), output_attentions=True)
     expected = torch.stack(ref.attentions, 1).numpy()  # (N, L, H, S, S): GQA already expanded to query heads
@@ -53,11 +54,11 @@ def test_an_interrupted_extraction_resumes_exactly(layout, tmp_path):
 
     path, full = shard_path(tmp_path, "resumed", 0), shard_path(tmp_path, "full", 0)
     with pytest.raises(KeyboardInterrupt):
-        extract(target, scenarios, path, batch_size=4, progress=False, on_batch=stop_after_eight)
+        extract(target, scenarios, path, ExtractionSettings(batch_size=4, progress=False), on_batch=stop_after_eight)
     with h5py.File(path, "r+") as f:
         f["patterns"][8:12] = 255  # written but never committed: must be rewritten
-    extract(target, scenarios, path, batch_size=4, progress=False)
-    extract(target, scenarios, full, batch_size=4, progress=False)
+    extract(target, scenarios, path, ExtractionSettings(batch_size=4, progress=False))
+    extract(target, scenarios, full, ExtractionSettings(batch_size=4, progress=False))
     got, want = AttentionCache(path), AttentionCache(full)
     for i in range(len(want)):
         np.testing.assert_array_equal(got.packed(i), want.packed(i))
@@ -88,12 +89,14 @@ def test_a_prompt_longer_than_a_sliding_window_or_the_positions_is_refused(tiny_
     long, short = (random_scenarios(4, s, len(tiny_tokenizer), fim_middle) for s in (24, 16))
     target = wrap_model(windowed, name="windowed")
     with pytest.raises(ValueError, match=r"sliding-window .* last 16 tokens.*S=24.*seq_len <= 16"):
-        extract(target, long, tmp_path / "long.h5", progress=False)
-    assert extract(target, short, tmp_path / "short.h5", progress=False).rows == 4  # S <= window: whole patterns
+        extract(target, long, tmp_path / "long.h5", ExtractionSettings(progress=False))
+    assert (
+        extract(target, short, tmp_path / "short.h5", ExtractionSettings(progress=False)).rows == 4
+    )  # S <= window: whole patterns
     few_positions = tiny_gpt2(tiny_tokenizer)
     few_positions.config.n_positions = 20
     with pytest.raises(ValueError, match=r"has 20 positions.*S=24"):
-        extract(wrap_model(few_positions, name="gpt2"), long, tmp_path / "gpt2.h5", progress=False)
+        extract(wrap_model(few_positions, name="gpt2"), long, tmp_path / "gpt2.h5", ExtractionSettings(progress=False))
 
 
 def test_zeroing_a_head_of_wide_heads_zeroes_exactly_its_slice(tiny_tokenizer):
@@ -125,10 +128,10 @@ def test_contribution_weights_of_a_causal_llama_and_a_clear_refusal_for_gpt2(lay
     path = shard_path(tmp_path, f"{name}.contribution", 0)
     if name == "gpt2":
         with pytest.raises(ValueError, match="no recognised attention modules"):
-            extract(target, scenarios, path, progress=False, pattern_kind="contribution")
+            extract(target, scenarios, path, ExtractionSettings(progress=False, pattern_kind="contribution"))
         assert not path.exists()
         return
-    extract(target, scenarios, path, batch_size=4, progress=False, pattern_kind="contribution")
+    extract(target, scenarios, path, ExtractionSettings(batch_size=4, progress=False, pattern_kind="contribution"))
     stored = np.stack(list(AttentionCache(path, pattern_kind="contribution")))  # (N, L, H, S, S)
     np.testing.assert_allclose(stored.sum(-1), 1.0, atol=2e-2)  # rows sum to 1 (bfloat16 per value)
     assert np.triu(stored[0, 0, 0], 1).max() == 0
@@ -144,7 +147,7 @@ def test_streamed_encodings_of_causal_prompts_equal_cache_then_encode(layout, tm
     torch.manual_seed(0)
     net = APMAE(APMAEConfig.preset("tiny", seq_len=SEQ_LEN, patch_size=8, enc_dim=16, enc_depth=1, enc_heads=2,
                                    enc_mlp=32, dec_dim=16, dec_depth=1, dec_heads=2, dec_mlp=32)).eval()
-    extract(target, scenarios, shard_path(tmp_path, "cache", 0), batch_size=4, progress=False)
+    extract(target, scenarios, shard_path(tmp_path, "cache", 0), ExtractionSettings(batch_size=4, progress=False))
     from_cache = ensure_encodings(net, AttentionCache(shard_path(tmp_path, "cache", 0)), tmp_path / "enc.h5",
                                   batch_size=4, progress=False)
     streamed = stream_encodings(target, scenarios, net, shard_path(tmp_path, "stream", 0), batch_size=4,

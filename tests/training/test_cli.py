@@ -155,3 +155,27 @@ def test_the_former_probe_stage_names_the_probe_module(synth_config, tmp_path, c
     assert "Set `model.class_path: lit_models.probe_module.LitProbe`" in err and "remove stage" in err
     err = _config_error(capsys, ["fit", "--config", str(synth_config), "--model.init_args.stage", "probe"])
     assert "command line `--model.init_args.stage`" in err and "lit_models.probe_module.LitProbe" in err
+
+
+def test_flat_mining_keys_name_their_nested_key_and_the_nested_override_works(tmp_path, capsys):
+    smoke = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
+    flat = tmp_path / "flat.yaml"
+    flat.write_text(
+        "data:\n  init_args:\n    scenarios:\n      class_path: datamodules.java_scenarios.JavaScenarioDataModule\n"
+        "      init_args: {sources: s, tokenizer: t, seq_len: 64, n_per_task: 3}\n"
+    )
+    err = _config_error(capsys, ["fit", "--config", str(smoke), "--config", str(flat)])
+    assert (f"config file {flat}: `data.init_args.scenarios.init_args.seq_len` -> "
+            "`data.init_args.scenarios.init_args.mining.seq_len`") in err and "n_per_task" in err
+    overlay = tmp_path / "overlay.yaml"  # an overlay's block names no class
+    overlay.write_text("data:\n  init_args:\n    scenarios:\n      init_args:\n        n_per_task: 750\n")
+    err = _config_error(capsys, ["fit", "--config", str(smoke), "--config", str(overlay)])
+    assert f"config file {overlay}: `data.init_args.scenarios.init_args.n_per_task` -> " in err
+    err = _config_error(capsys, ["fit", "--config", str(smoke), "--data.init_args.scenarios.init_args.seed=3"])
+    assert "`--data.init_args.scenarios.init_args.seed` -> `--data.init_args.scenarios.init_args.mining.seed`" in err
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", str(smoke), "--data.init_args.scenarios.init_args.mining.seed", "3",
+                  "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    mining = printed["data"]["init_args"]["scenarios"]["init_args"]["mining"]
+    assert mining["seed"] == 3 and mining["seq_len"] == 32  # the override lands; smoke.yaml's own value stays

@@ -14,11 +14,12 @@ from lit_models.probe_module import LitProbe
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAPER_BASE = CONFIGS / "paper" / "base.yaml"
 # Overlays and the config each one is checked on top of: paper model files on the paper base (which every
-# one of them exercises), target-b's on target-a's, the probe and the data overlay that serves encodings
+# one of them exercises), target-b's on target-a's, the probe, the AP-MAE variant and the data overlay that serves encodings
 # on the demo AP-MAE config; everything else stands alone.
 BASES = {CONFIGS / "demo" / "target_lm_b.yaml": CONFIGS / "demo" / "target_lm.yaml",
          CONFIGS / "demo" / "encode.yaml": CONFIGS / "demo" / "apmae.yaml",
-         CONFIGS / "demo" / "probe.yaml": CONFIGS / "demo" / "apmae.yaml"}
+         CONFIGS / "demo" / "probe.yaml": CONFIGS / "demo" / "apmae.yaml",
+         CONFIGS / "demo" / "apmae_row_emphasis.yaml": CONFIGS / "demo" / "apmae.yaml"}
 # The paper probe stacks on the paper base and the StarCoder2-3B overlay, as its header says.
 PAPER_STACKS = {CONFIGS / "paper" / "probe_starcoder2_3b.yaml": [PAPER_BASE, CONFIGS / "paper" / "starcoder2_3b.yaml"]}
 
@@ -120,7 +121,7 @@ def _check_encode_settings(cli: APMAECLI, *, paper: bool) -> None:
     if paper:
         scenarios = data.scenarios
         assert (data.target, scenarios.tokenizer, data.seq_len) == ("bigcode/starcoder2-3b",) * 2 + (256,)
-        assert scenarios.n_per_task * 14 >= 10_000 and scenarios.tasks is None  # all 14 tasks
+        assert scenarios.mining.n_per_task * 14 >= 10_000 and scenarios.mining.tasks is None  # all 14 tasks
 
 
 def _check_paper_settings(cli: APMAECLI, name: str) -> None:

@@ -129,7 +129,7 @@ def test_the_paper_command_runs_to_the_end_under_bf16_mixed(tmp_path, tiny_token
         "--data.init_args.scenarios.init_args.sources", str(_java_dir(tmp_path / "java")),
         "--data.init_args.target", str(target_a), "--data.init_args.extra_targets", f"[{target_b}]",
         "--data.init_args.scenarios.init_args.tokenizer", str(tokenizer),
-        "--data.init_args.scenarios.init_args.n_per_task", "4",
+        "--data.init_args.scenarios.init_args.mining.n_per_task", "4",
         "--data.init_args.scenarios.init_args.mining_workers", "0", "--data.init_args.num_workers", "0",
         "--data.init_args.batch_size", "4", "--data.init_args.extraction.dtype", "float32",
         "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
@@ -142,8 +142,8 @@ def test_the_paper_command_runs_to_the_end_under_bf16_mixed(tmp_path, tiny_token
         "--data.init_args.scenarios.init_args.cache_dir", str(tmp_path / "scenarios"),
         "--trainer.default_root_dir", str(tmp_path / "runs"),
         "--data.init_args.correct_only", "false",
-        "--data.init_args.scenarios.init_args.max_per_file", "1",
-        "--data.init_args.scenarios.init_args.splits", "[0.5, 0.5, 0.0]",
+        "--data.init_args.scenarios.init_args.mining.max_per_file", "1",
+        "--data.init_args.scenarios.init_args.mining.splits", "[0.5, 0.5, 0.0]",
         "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
         # The paper preset's widths, heads and patch grid, with 2 + 1 blocks instead of 24 + 8: the full
         # 127 M parameters also run to the end (~75 s here) but write ~2.5 GB of checkpoint and export.

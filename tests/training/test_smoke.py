@@ -67,7 +67,7 @@ def test_smoke_config_runs_the_real_chain_into_mlflow(smoke_args, smoke_paths, t
     assert run.info.run_name == "smoke"
     params, metrics = run.data.params, run.data.metrics
     assert params["data.init_args.target"] == str(smoke_paths["target_a"])
-    assert params["data.init_args.scenarios.init_args.seq_len"] == "32"
+    assert params["data.init_args.scenarios.init_args.mining.seq_len"] == "32"
     for name in ("target-a", "target-b"):
         assert metrics[f"val/{name}/mse"] > 0 and metrics[f"val/{name}/baseline_mse"] > 0
         assert metrics[f"val/{name}/mse_over_baseline"] == pytest.approx(
