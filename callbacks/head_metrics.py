@@ -40,7 +40,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
 from apmae.cache.store import AttentionCache
-from apmae.common.cores import usable_cores
+from apmae.common.cores import torch_threads, usable_cores
 from apmae.common.tracking import log_to_runs
 from apmae.head_metrics import suite
 from apmae.head_metrics.distance import DEFAULT_LOCAL_THRESHOLD, DEFAULT_WINDOW, local_heads
@@ -220,16 +220,10 @@ def validation_rows(cache: Any, n: int) -> np.ndarray:
     return val[np.linspace(0, len(val) - 1, n).round().astype(int)]
 
 
-@contextlib.contextmanager
-def _all_cores() -> Iterator[None]:
+def _all_cores() -> contextlib.AbstractContextManager[None]:
     """Every core for the metrics: they run before training, while the DataLoader workers are idle, and a
     module that keeps one thread for training (``num_threads: 1``) would otherwise leave the others unused."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(threads, usable_cores()))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return torch_threads(max(torch.get_num_threads(), usable_cores()))
 
 
 @contextlib.contextmanager

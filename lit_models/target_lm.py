@@ -28,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from apmae.common.atomic import atomic_dir
 from apmae.model.optim import weight_decay_groups
 from apmae.model.schedules import warmup_cosine
+from lit_models.training import hold_threads, release_threads
 
 EXPORT_ATTN = "eager"
 
@@ -146,8 +147,11 @@ class TargetLM(LightningModule):
             self.model = Starcoder2ForCausalLM(config)
 
     def setup(self, stage: str) -> None:
-        if self.hparams.num_threads:
-            torch.set_num_threads(self.hparams.num_threads)
+        hold_threads(self, self.hparams.num_threads or None)
+
+    def teardown(self, stage: str) -> None:
+        """Give the process back the thread count it had before ``setup``."""
+        release_threads(self)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, S, V)."""

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch import LightningModule
 
+from apmae.common.cores import torch_threads
 from apmae.model.schedules import warmup_cosine
 
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # devices with torch's fused AdamW kernel
@@ -91,17 +92,12 @@ class RecipeModule(LightningModule):
         raise NotImplementedError(f"{type(self).__name__} must say which parameters train (parameter_groups)")
 
     def setup(self, stage: str) -> None:
-        if self.recipe.num_threads is not None:
-            self._threads_before = torch.get_num_threads()
-            torch.set_num_threads(self.recipe.num_threads)
+        hold_threads(self, self.recipe.num_threads)
 
     def teardown(self, stage: str) -> None:
         """Give the process back the thread count it had before ``setup``: a later fit in the same
         process (the demo's probe after AP-MAE) sets up its data on the process's own threads."""
-        threads = getattr(self, "_threads_before", None)
-        if threads is not None:
-            torch.set_num_threads(threads)
-            self._threads_before = None
+        release_threads(self)
 
     def prepare_reference(self) -> None:
         """What evaluation compares with (a baseline, reference features), computed once from the training
@@ -196,4 +192,23 @@ class RecipeModule(LightningModule):
         return Path(self.trainer.default_root_dir) / self.EXPORT_NAME
 
 
-__all__ = ["RecipeModule", "TrainingRecipe", "OptimizerFactory", "SchedulerFactory", "FUSED_ADAMW_DEVICES"]
+
+
+def hold_threads(module: Any, threads: int | None) -> None:
+    """Set torch's thread count to ``threads`` from a module's ``setup`` until :func:`release_threads`
+    (its ``teardown``) restores it (:func:`apmae.common.cores.torch_threads`); None leaves it."""
+    if threads is not None and getattr(module, "_held_threads", None) is None:
+        held = torch_threads(threads)
+        held.__enter__()
+        module._held_threads = held
+
+
+def release_threads(module: Any) -> None:
+    """Restore the thread count :func:`hold_threads` changed (nothing when it did not)."""
+    held = getattr(module, "_held_threads", None)
+    if held is not None:
+        module._held_threads = None
+        held.__exit__(None, None, None)
+
+
+__all__ = ["RecipeModule", "TrainingRecipe", "OptimizerFactory", "SchedulerFactory", "FUSED_ADAMW_DEVICES", "hold_threads", "release_threads"]
