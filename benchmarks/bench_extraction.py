@@ -53,7 +53,8 @@ from apmae.cache.codec import (DEFAULT_ENCODING, ENCODINGS, decode_patterns, dec
                          to_14bit_torch, triangle_bits_torch)
 from apmae.cache.extract import extract  # noqa: E402
 from apmae.mining.scenario_set import ScenarioSet  # noqa: E402
-from apmae.target.access import Target, load_target, run_batch_stored, run_batch_triangles, wrap_model  # noqa: E402
+from apmae.cache.gather import run_batch_stored  # noqa: E402
+from apmae.target.access import Target, load_target, run_batch_triangles, wrap_model  # noqa: E402
 from apmae.common.triangle import triangle_size  # noqa: E402
 
 DEMO = {"layers": 4, "heads": 8, "kv_heads": 2, "hidden": 128, "vocab": 2048}

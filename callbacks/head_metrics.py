@@ -203,7 +203,7 @@ class NoValidationRows(ValueError):
     """The cache's validation split is empty (small data: splits are drawn per source file)."""
 
 
-def validation_rows(cache: Any, n: int) -> np.ndarray:
+def validation_rows(cache: AttentionCache, n: int) -> np.ndarray:
     """``n`` rows of the cache's validation split spread evenly over it (all of them when there are fewer).
 
     Raises:

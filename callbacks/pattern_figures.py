@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -31,6 +31,9 @@ from apmae.common.plotting import pyplot
 from apmae.common.tracking import mlflow_runs
 from apmae.model.net import masked_error
 from lit_models.interfaces import ReconstructsPatterns, require
+
+if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers
+    from apmae.model.net import APMAE
 
 
 @dataclass
@@ -55,7 +58,7 @@ class Reconstruction:
     mse: torch.Tensor  # (B,) masked valid-pixel MSE per image
 
 
-def reconstruct_for_figures(net: Any, images: torch.Tensor, noise: torch.Tensor) -> Reconstruction:
+def reconstruct_for_figures(net: APMAE, images: torch.Tensor, noise: torch.Tensor) -> Reconstruction:
     """Run ``net`` on (B, 1, S, S) ``images`` with a fixed mask and split what a figure shows."""
     out = net(images, noise=noise)
     zeros = torch.zeros_like(images)

@@ -123,3 +123,41 @@ def test_an_import_inside_a_function_says_why():
                 if "#" not in here and not above.startswith("#") and not grouped:
                     silent.append(f"{name}:{node.lineno}: {here.strip()}")
     assert silent == []
+
+
+ENTRY_POINTS = ("apmae.cli", "apmae.__main__", "apmae.demo")  # they run the LightningCLI
+GLUE = ("lightning", "callbacks", "datamodules", "lit_models")
+
+
+def _core_modules() -> dict[str, Path]:
+    return {name: path for name, path in _project_modules().items()
+            if name.startswith("apmae") and not name.startswith(ENTRY_POINTS)}
+
+
+def test_core_stages_never_import_lightning_or_the_glue():
+    """Imports inside functions count too: a stage that reaches Lightning lazily is no plain-PyTorch stage."""
+    reaching = []
+    for name, path in _core_modules().items():
+        for node in _imports(path):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            reaching += [f"{name}: {n}" for n in names if n.split(".")[0] in GLUE and node.level == 0]
+    assert len(_core_modules()) > 80  # the modules were read
+    assert reaching == []
+
+
+def test_the_core_stage_packages_import_one_way():
+    """The stage packages of ``apmae`` (cache, target, mining, ...) form no loop, counting each package as one."""
+    graph: dict[str, set[str]] = {}
+    for name, path in _core_modules().items():
+        parts = name.split(".")
+        package = parts[1] if len(parts) > 1 else parts[0]
+        targets = graph.setdefault(package, set())
+        for node in _imports(path):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            for n in names:
+                p = n.split(".")
+                if p[0] == "apmae" and len(p) > 1 and p[1] != package and not n.startswith(ENTRY_POINTS):
+                    targets.add(p[1])
+    assert graph["cache"] >= {"target", "mining"} and "cache" not in graph["target"]  # the graph was read
+    graph = {k: {t for t in v if t in graph} for k, v in graph.items()}
+    assert _cycles(graph) == []

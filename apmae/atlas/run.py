@@ -27,7 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -40,7 +40,8 @@ from apmae.common.head_tables import write_head_table
 from apmae.common.tracking import download_run_artifacts, log_to_run
 
 SUMMARY = "join every head-level result of a run into one page: atlas/index.html, heads.csv, grid PNG/SVG"
-INPUT_FOLDERS = ("head_importance", "probe-protocol", "clusters", "head_metrics", "interventions")  # a run's folders the atlas reads
+# a run's folders the atlas reads
+INPUT_FOLDERS = ("head_importance", "probe-protocol", "clusters", "head_metrics", "interventions")
 COLOUR_ORDER = ("crossfit_importance", "importance", "shap", "zeroed_delta_accuracy", "integrated_gradients", "waad", "families")
 
 
@@ -88,12 +89,12 @@ def write_heads_csv(path: Path, table: AtlasTable) -> Path:
     return write_head_table(path, columns)
 
 
-def pattern_rows(cache: Any, n: int) -> np.ndarray:
+def pattern_rows(cache: AttentionCache, n: int) -> np.ndarray:
     """``n`` cache rows spread evenly over it (all of them when it has fewer)."""
     return np.unique(np.linspace(0, len(cache) - 1, min(n, len(cache))).round().astype(int))
 
 
-def thumbnails(roots: Sequence[Path], cache: Any, *, n_rows: int, mean_side: int = MEAN_SIDE,
+def thumbnails(roots: Sequence[Path], cache: AttentionCache, *, n_rows: int, mean_side: int = MEAN_SIDE,
                medoid_side: int = MEDOID_SIDE) -> Thumbnails:
     """Mean patterns over ``n_rows`` rows of ``cache`` and family medoids (when a ``clusters/labels.npz`` is found)."""
     if cache is None:
@@ -106,8 +107,9 @@ def thumbnails(roots: Sequence[Path], cache: Any, *, n_rows: int, mean_side: int
     return out
 
 
-def build_atlas(roots: Sequence[str | Path], out_dir: str | Path, *, cache: Any = None, target: str | None = None,
-                colour: str | None = None, n_pattern_rows: int = 32, title: str | None = None) -> AtlasReport:
+def build_atlas(roots: Sequence[str | Path], out_dir: str | Path, *, cache: AttentionCache | None = None,
+                target: str | None = None, colour: str | None = None, n_pattern_rows: int = 32,
+                title: str | None = None) -> AtlasReport:
     """Read the artifact folders ``roots`` and write ``<out_dir>/atlas/`` (see the module docstring).
 
     ``cache`` is an :class:`apmae.cache.AttentionCache` of the run's target (None: no patterns).

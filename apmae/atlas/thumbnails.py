@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from apmae.model.scaling import scale_log_normalize
+
+if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers
+    from apmae.cache.store import AttentionCache
 
 MEAN_SIDE = 32  # G of a head's mean pattern
 MEDOID_SIDE = 16  # G of a family medoid's thumbnail
@@ -56,7 +59,7 @@ class Thumbnails:
     family_sizes: dict[tuple[int, int], list[int]] = field(default_factory=dict)  # members of each family
 
 
-def mean_thumbnails(cache: Any, rows: Sequence[int], *, side: int = MEAN_SIDE) -> np.ndarray:
+def mean_thumbnails(cache: AttentionCache, rows: Sequence[int], *, side: int = MEAN_SIDE) -> np.ndarray:
     """(L, H, G, G) thumbnails of each head's mean pattern over ``rows`` of an attention cache."""
     total = None
     for row in rows:
@@ -65,7 +68,7 @@ def mean_thumbnails(cache: Any, rows: Sequence[int], *, side: int = MEAN_SIDE) -
     return thumbnail(total / len(rows), side)
 
 
-def family_thumbnails(cache: Any, labels_npz: str | Path, *, side: int = MEDOID_SIDE, max_families: int = 6
+def family_thumbnails(cache: AttentionCache, labels_npz: str | Path, *, side: int = MEDOID_SIDE, max_families: int = 6
                       ) -> tuple[dict[tuple[int, int], list[np.ndarray]], dict[tuple[int, int], list[int]]]:
     """Each head's medoid thumbnails (largest families first, at most ``max_families``) from ``clusters/labels.npz``.
 

@@ -35,15 +35,16 @@ import torch
 from tqdm.auto import tqdm
 
 from apmae.cache.codec import stored_attentions
+from apmae.cache.gather import run_batch_stored
 from apmae.cache.settings import ExtractionSettings, moved_to_extraction
-from apmae.common.cores import torch_threads
 from apmae.cache.store import (DEFAULT_PATTERN_KIND, AttentionCache, CacheError,
                                CacheMismatchError, CacheSpec, CacheWriter, cache_files, check_identity,
                                check_pattern_kind, shard_path)
-from apmae.head_metrics.contribution import run_batch_contributions
+from apmae.common.cores import torch_threads
 from apmae.mining.scenario_set import ScenarioSet
-from apmae.target.access import load_target, run_batch_stored
+from apmae.target.access import load_target
 from apmae.target.context import check_context
+from apmae.target.contribution import run_batch_contributions
 from apmae.target.layout import attention_layers
 
 J = TypeVar("J")
@@ -85,7 +86,7 @@ def extract(
     in flight at once (computed in threads, written in order). ``on_batch(committed)``
     is called after each batch is committed. ``pattern_kind="contribution"``
     stores each head's norm-based contribution weights instead of its attention
-    (:func:`apmae.head_metrics.contribution.run_batch_contributions`).
+    (:func:`apmae.target.contribution.run_batch_contributions`).
 
     Raises:
         ValueError: bad batch size, workers or pattern kind, contribution weights of a model whose

@@ -31,7 +31,7 @@ class ExtractionSettings:
     encoding: str = DEFAULT_ENCODING  # stored form of the values: bfloat16-14bit, or bfloat16-bits for values
     # that can leave [0, 2) (apmae.cache.codec)
     pattern_kind: str = DEFAULT_PATTERN_KIND  # what a head's image is: attention, or contribution (its
-    # norm-based contribution weights, apmae.head_metrics.contribution), cached in their own files
+    # norm-based contribution weights, apmae.target.contribution), cached in their own files
     progress: bool = True  # a progress bar (scenarios/s) while extracting or encoding
 
     def __post_init__(self) -> None:

@@ -30,7 +30,7 @@ than time.
 
 ``pattern_kind`` says what the patterns are: ``attention`` (the softmax
 weights) or ``contribution`` (each head's norm-based contribution weights,
-:mod:`apmae.head_metrics.contribution`; same shape, non-negative, rows sum to
+:mod:`apmae.target.contribution`; same shape, non-negative, rows sum to
 1). It is part of the file's identity, so one file, or one set of shards,
 never mixes the two; files written before the attribute hold attention.
 

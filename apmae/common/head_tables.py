@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -106,31 +107,65 @@ def _check_heads(keys: list[tuple[int, int]], path: str | Path, *, n_layers: int
                          f"({missing[:5]}); it must list every head")
 
 
-def head_heatmap(path: str | Path, panels: Mapping[str, np.ndarray], *, title: str = "",
-                 signed: bool = True, cmap: str | None = None) -> Path:
-    """Save one L x H heatmap per panel side by side (PNG); signed panels are centred on 0."""
+@dataclass(frozen=True)
+class HeadPanel:
+    """One L x H heatmap of a figure (layers as rows, heads as columns)."""
+
+    title: str
+    values: Any  # (L, H)
+    vmin: float | None = None  # colour scale; None = the values' own range (signed: symmetric around 0)
+    vmax: float | None = None
+
+
+def heatmap_figure(panels: Mapping[str, Any] | Sequence[HeadPanel], *, title: str = "", signed: bool = True,
+                   cmap: str | None = None, columns: int | None = None, labels: str | None = None) -> Any:
+    """The figure of one L x H heatmap per panel, ``columns`` per row (default: one row), each with its colour bar.
+
+    ``panels`` maps titles to (L, H) arrays, or lists :class:`HeadPanel` with their own colour scales.
+    Signed panels use a diverging colour map centred on 0. ``labels`` (a format such as ``"{:.2f}"``)
+    writes each cell's value while the model has at most 256 heads.
+    """
     plt = pyplot()
 
-    n = len(panels)
-    first = np.asarray(next(iter(panels.values())))
-    fig, axes = plt.subplots(1, n, figsize=(1.2 + 0.45 * first.shape[1] * n + 1.2 * n, 1.0 + 0.4 * first.shape[0]),
-                             squeeze=False)
-    for ax, (name, values) in zip(axes[0], panels.items()):
-        values = np.asarray(values, dtype=np.float64)
-        if signed:
-            bound = float(np.nanmax(np.abs(values))) or 1.0
-            image = ax.imshow(values, cmap=cmap or "RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
-        else:
-            image = ax.imshow(values, cmap=cmap or "viridis", aspect="auto")
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        ax.set_xticks(range(values.shape[1]))
-        ax.set_yticks(range(values.shape[0]))
-        fig.colorbar(image, ax=ax, fraction=0.05)
+    if isinstance(panels, Mapping):
+        panels = [HeadPanel(name, values) for name, values in panels.items()]
+    columns = columns or len(panels)
+    rows = -(-len(panels) // columns)
+    n_layers, n_heads = np.asarray(panels[0].values).shape
+    cell_w, cell_h = max(3.0, 0.45 * n_heads + 1.5), max(2.5, 0.45 * n_layers + 1.2)
+    fig, axes = plt.subplots(rows, columns, figsize=(cell_w * columns, cell_h * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, panel in zip(axes.flat, panels):
+        values = np.asarray(panel.values, dtype=np.float64)
+        vmin, vmax = panel.vmin, panel.vmax
+        if signed and vmin is None and vmax is None:
+            bound = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+            vmin, vmax = -(bound or 1.0), bound or 1.0
+        image = ax.imshow(values, cmap=cmap or ("RdBu_r" if signed else "viridis"), vmin=vmin, vmax=vmax,
+                          aspect="auto", interpolation="nearest")
+        ax.set_title(panel.title, fontsize=9)
+        ax.set_xlabel("head", fontsize=8)
+        ax.set_ylabel("layer", fontsize=8)
+        ax.set_xticks(range(n_heads))
+        ax.set_yticks(range(n_layers))
+        ax.tick_params(labelsize=7)
+        if labels and n_layers * n_heads <= 256:
+            for (layer, head), v in np.ndenumerate(values):
+                ax.text(head, layer, labels.format(v), ha="center", va="center", fontsize=6, color="w")
+        fig.colorbar(image, ax=ax, fraction=0.046)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def head_heatmap(path: str | Path, panels: Mapping[str, Any] | Sequence[HeadPanel], *, title: str = "",
+                 signed: bool = True, cmap: str | None = None, columns: int | None = None,
+                 labels: str | None = None) -> Path:
+    """:func:`heatmap_figure` saved as a PNG at ``path``; returns the path."""
+    plt = pyplot()
+    fig = heatmap_figure(panels, title=title, signed=signed, cmap=cmap, columns=columns, labels=labels)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -138,4 +173,5 @@ def head_heatmap(path: str | Path, panels: Mapping[str, np.ndarray], *, title: s
     return path
 
 
-__all__ = ["HeadTableError", "head_heatmap", "read_head_table", "table_cell", "write_head_table"]
+__all__ = ["HeadPanel", "HeadTableError", "head_heatmap", "heatmap_figure", "read_head_table", "table_cell",
+           "write_head_table"]

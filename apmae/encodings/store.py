@@ -49,7 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence, TYPE_CHECKING
 from dataclasses import asdict
 import contextlib
 
@@ -62,6 +62,10 @@ from apmae.common import h5shards
 from apmae.common.files import expand_files
 from apmae.common.h5shards import RowWriter, StoreError, StoreFormat, StoreMessages, checksummed
 from apmae.encodings.readouts import READOUTS, ROW_FEATURE_NAMES, row_features, row_readouts, scored_rows
+
+if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers
+    from apmae.cache.store import AttentionCache
+    from apmae.model.net import APMAE
 
 SCHEMA_VERSION = 3  # 2: shard attributes (rank, world size, group fingerprint); 3: prediction-row readouts
 STAT_NAMES = ("entropy", "mean_distance", "first_token_mass", "diagonal_mass")
@@ -93,7 +97,7 @@ class EncodingsMismatchError(EncodingsError):
 # ---------------------------------------------------------------- identities
 
 
-def encoder_hash(net: Any) -> str:
+def encoder_hash(net: APMAE) -> str:
     """16 hex digits identifying an AP-MAE's configuration and exact weights."""
     h = hashlib.sha256(json.dumps(asdict(net.config), sort_keys=True).encode())
     for name, value in sorted(net.state_dict().items()):
@@ -115,7 +119,7 @@ def source_fingerprint(target: dict[str, Any], scenario_fingerprint: str, seq_le
     return h.hexdigest()[:16]
 
 
-def cache_fingerprint(cache: Any) -> str:
+def cache_fingerprint(cache: AttentionCache) -> str:
     """The :func:`source_fingerprint` of a pattern cache's target, scenarios, rows and pattern kind."""
     return source_fingerprint(cache.target, str(cache.attrs["scenario_fingerprint"]), cache.seq_len,
                               cache.columns["scenario_index"], cache.pattern_kind)
@@ -457,12 +461,14 @@ def _reading(path: Path) -> Iterator[h5py.File]:
 # ---------------------------------------------------------------- building from a pattern cache
 
 
-def cache_columns(cache: Any) -> dict[str, np.ndarray]:
+def cache_columns(cache: AttentionCache) -> dict[str, np.ndarray]:
     """The per-scenario columns of an attention cache, in its row order."""
     return {name: cache.columns[name] for name in COLUMNS}
 
 
-def iter_scenario_patterns(cache: Any, start: int, batch_size: int, *, prefetch: bool = True) -> Iterator[np.ndarray]:
+def iter_scenario_patterns(
+    cache: AttentionCache, start: int, batch_size: int, *, prefetch: bool = True
+) -> Iterator[np.ndarray]:
     """Raw patterns (B, L, H, S, S) float32 of consecutive cache rows from ``start``.
 
     With ``prefetch`` one background thread reads and decodes the next batch
@@ -487,7 +493,7 @@ def iter_scenario_patterns(cache: Any, start: int, batch_size: int, *, prefetch:
             yield pending.result()
 
 
-def encode_patterns(net: Any, patterns: Any, *, scaler: str, input_ids: Any, query_pos: Any = None,
+def encode_patterns(net: APMAE, patterns: Any, *, scaler: str, input_ids: Any, query_pos: Any = None,
                     chunk: int = 256, autocast_dtype: Any = None) -> EncodedRows:
     """Raw patterns (B, L, H, S, S) of prompts ``input_ids`` (B, S) scored at ``query_pos`` (B,) -> every array.
 
@@ -524,7 +530,7 @@ def encode_patterns(net: Any, patterns: Any, *, scaler: str, input_ids: Any, que
                        row_attention=rows.reshape(b, n_layers, n_heads, s).half().cpu().numpy())
 
 
-def check_encoder_seq_len(net: Any, seq_len: int, source: str) -> None:
+def check_encoder_seq_len(net: APMAE, seq_len: int, source: str) -> None:
     """Raise :class:`EncodingsMismatchError` when the encoder's image side is not the patterns' S."""
     if net.config.seq_len != seq_len:
         raise EncodingsMismatchError(
@@ -532,7 +538,7 @@ def check_encoder_seq_len(net: Any, seq_len: int, source: str) -> None:
             f"patterns: train/export an AP-MAE for this sequence length, or use {source} of that length")
 
 
-def encodings_spec(net: Any, cache: Any, scaler: str) -> EncodingsSpec:
+def encodings_spec(net: APMAE, cache: AttentionCache, scaler: str) -> EncodingsSpec:
     """The identity an encodings file of ``cache`` under ``net`` must have."""
     check_encoder_seq_len(net, cache.seq_len, "the cache")
     return EncodingsSpec(source_fingerprint=cache_fingerprint(cache), encoder_hash=encoder_hash(net), scaler=scaler,
@@ -542,7 +548,7 @@ def encodings_spec(net: Any, cache: Any, scaler: str) -> EncodingsSpec:
                          patch_size=net.config.patch_size)
 
 
-def ensure_encodings(net: Any, cache: Any, path: str | Path, *, scaler: str = "log_normalize",
+def ensure_encodings(net: APMAE, cache: AttentionCache, path: str | Path, *, scaler: str = "log_normalize",
                      batch_size: int = 4, autocast_dtype: Any = None, progress: bool = True) -> EncodingSet:
     """The encodings of every row of ``cache`` under ``net``: read from ``path`` or computed (and resumed).
 

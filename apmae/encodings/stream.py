@@ -35,7 +35,7 @@ import contextlib
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -52,11 +52,15 @@ from apmae.model.scaling import get_scaler
 from apmae.target.access import run_batch
 from apmae.target.context import check_context
 
+if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers
+    from apmae.model.net import APMAE
+    from apmae.target.access import Target
+
 # Columns copied from the ScenarioSet (``scenario_index`` is the row itself; the outcomes come from the target).
 _SCENARIO_COLUMNS = tuple(c for c in COLUMNS if c != "scenario_index" and c not in OUTCOMES)
 
 
-def stream_spec(target: Any, scenarios: ScenarioSet, net: Any, *, scaler: str, rank: int = 0,
+def stream_spec(target: Target, scenarios: ScenarioSet, net: APMAE, *, scaler: str, rank: int = 0,
                 world_size: int = 1) -> EncodingsSpec:
     """The identity of rank ``rank``'s encodings file of ``scenarios`` through ``target`` and ``net``.
 
@@ -83,9 +87,9 @@ def stream_columns(scenarios: ScenarioSet, rows: np.ndarray) -> dict[str, np.nda
 
 
 def stream_encodings(
-    target: Any,
+    target: Target,
     scenarios: ScenarioSet,
-    net: Any,
+    net: APMAE,
     path: str | Path,
     *,
     rank: int = 0,
@@ -129,7 +133,7 @@ def stream_encodings(
                             bytes=Path(path).stat().st_size)
 
 
-def _check_args(target: Any, net: Any, *, batch_size: int, workers: int, chunk: int) -> None:
+def _check_args(target: Target, net: APMAE, *, batch_size: int, workers: int, chunk: int) -> None:
     for name, value in (("batch_size", batch_size), ("workers", workers), ("chunk", chunk)):
         if value < 1:
             raise ValueError(f"{name}={value}; it must be at least 1")
@@ -159,7 +163,7 @@ def _run(writer: EncodingsWriter, rows: np.ndarray, encode: Callable, batch_size
         bar.close()
 
 
-def encode_batch(target: Any, net: Any, scenarios: ScenarioSet, idx: np.ndarray, *, scaler: str,
+def encode_batch(target: Target, net: APMAE, scenarios: ScenarioSet, idx: np.ndarray, *, scaler: str,
                  autocast_dtype: Any = None, chunk: int = 256) -> tuple:
     """Scenario rows ``idx`` -> (their :class:`EncodedRows`, their outcome columns (B,)).
 
@@ -192,7 +196,7 @@ def as_cached(attentions: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _eval_mode(net: Any):
+def _eval_mode(net: APMAE):
     was_training = net.training
     net.eval()
     try:

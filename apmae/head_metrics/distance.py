@@ -17,7 +17,7 @@ Local/global rule: a head is *locally focused* when its mean WAAD over the
 queries t >= 1 and the scenarios is at most ``local_threshold * W`` (default
 half the window: most of its attention within a few tokens), and *globally
 focused* otherwise. Sink heads (attention parked on the first token) count as
-global by this rule; the sink share of :mod:`apmae.head_metrics.contribution`
+global by this rule; the sink share of :mod:`apmae.target.contribution`
 tells them apart. Anchor tokens of a scenario are the keys with the highest
 FAI averaged over its global heads, searched from position 1 on because key 0
 is the sink of most heads.

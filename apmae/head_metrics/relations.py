@@ -28,9 +28,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence, TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers
+    from transformers import PreTrainedTokenizerBase
 
 RELATIONS = ("copying", "brackets", "accessor_field", "type_variable")
 _CLOSING = {"(": ")", "[": "]", "{": "}"}
@@ -59,7 +62,7 @@ class RelationSet:
     skipped: dict[str, str] = field(default_factory=dict)  # name -> why it has no pair
 
 
-def token_texts(tokenizer: Any, vocab_size: int) -> list[str]:
+def token_texts(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[str]:
     """The decoded text of every token id below ``vocab_size`` (ids the tokenizer lacks decode to '')."""
     n = min(vocab_size, len(tokenizer))
     texts = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False,
@@ -140,7 +143,7 @@ def _pair_array(pairs: Sequence[tuple[int, int]]) -> np.ndarray:
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
 
-def code_relations(tokenizer: Any, corpus_ids: np.ndarray, *, vocab_size: int,
+def code_relations(tokenizer: PreTrainedTokenizerBase, corpus_ids: np.ndarray, *, vocab_size: int,
                    names: Sequence[str] = RELATIONS, max_pairs: int = 2000) -> RelationSet:
     """The named relations for ``tokenizer``, mined from the (N, S) corpus token ids where they need it.
 

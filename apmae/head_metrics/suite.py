@@ -13,23 +13,30 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import ClassVar, Sequence, TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from apmae.common.head_tables import write_head_table
-from apmae.head_metrics.contribution import run_contributions, summarize_contributions
+from apmae.common.head_tables import HeadPanel, head_heatmap, write_head_table
+from apmae.target.contribution import run_contributions, summarize_contributions
 from apmae.head_metrics.distance import (DEFAULT_LOCAL_THRESHOLD, DEFAULT_WINDOW, anchor_positions, local_heads,
                                          scenario_distance)
 from apmae.head_metrics.maps import DEFAULT_CHUNK_ELEMENTS, MapsResult, model_maps
 from apmae.head_metrics.relations import RELATIONS, Relation, code_relations, token_texts
-from apmae.head_metrics.report import Panel, head_name, heatmaps, token_text, top_heads, write_rows
+from apmae.head_metrics.report import head_name, token_text, top_heads, write_rows
 from apmae.head_metrics.types import (TYPES, HeadTypes, head_types, model_repeat_scores, ordinary_tokens,
                                       pattern_scores, type_counts)
 
+if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers
+    from apmae.cache.store import AttentionCache
+    from apmae.target.access import Target
+    from transformers import PreTrainedTokenizerBase
 
-def _texts(tokenizer: Any, vocab_size: int) -> list[str] | None:
+METRIC_HEATMAP = dict(signed=False, labels="{:.2f}")  # scores on their own scales, each cell labelled
+
+
+def _texts(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[str] | None:
     return None if tokenizer is None else token_texts(tokenizer, vocab_size)
 
 
@@ -49,12 +56,12 @@ class ContributionReport:
     def write(self, out: Path) -> list[Path]:
         c = self.columns
         return [write_head_table(out / "contribution.csv", c),
-                heatmaps(out / "contribution_sink_share.png",
-                         [Panel("attention", c["sink_attention"], 0.0, 1.0),
-                          Panel("norm-based contribution", c["sink_norm"], 0.0, 1.0),
-                          Panel("row L1 |attention - norm-based|", c["attention_vs_norm_l1"], 0.0, 2.0)],
-                         title=f"{self.target}: weight on the first token (mean over queries >= 1, "
-                               f"{self.n_scenarios} scenarios)")]
+                head_heatmap(out / "contribution_sink_share.png",
+                             [HeadPanel("attention", c["sink_attention"], 0.0, 1.0),
+                              HeadPanel("norm-based contribution", c["sink_norm"], 0.0, 1.0),
+                              HeadPanel("row L1 |attention - norm-based|", c["attention_vs_norm_l1"], 0.0, 2.0)],
+                             title=f"{self.target}: weight on the first token (mean over queries >= 1, "
+                                   f"{self.n_scenarios} scenarios)", **METRIC_HEATMAP)]
 
     def scalars(self) -> dict[str, float]:
         out = {f"{k}_mean": float(v.mean()) for k, v in self.columns.items()}
@@ -71,7 +78,7 @@ class ContributionReport:
                 f"mean row L1 |a - n| {c['attention_vs_norm_l1'].mean():.2f}")
 
 
-def contribution_report(target: Any, input_ids: np.ndarray, *, batch_size: int = 8,
+def contribution_report(target: Target, input_ids: np.ndarray, *, batch_size: int = 8,
                         name: str | None = None) -> ContributionReport:
     """Attention and contribution weights of ``target`` over (N, S) prompts, one forward pass per batch.
 
@@ -123,13 +130,14 @@ class DistanceReport:
         focus = np.where(self.local, "local", "global")
         anchor_rows = [[a.scenario, a.task, a.rank, a.position, a.token, a.text, a.fai] for a in self.anchors]
         return [write_head_table(out / "distance.csv", {**self.columns, "focus": focus}),
-                heatmaps(out / "distance.png",
-                         [Panel(f"mean WAAD (W={self.window}; local if <= {self.local_threshold * self.window:g})",
-                                self.columns["mean_waad"], 0.0, float(self.window)),
-                          Panel("FAI Gini", self.columns["fai_gini"], 0.0, 1.0),
-                          Panel("FAI top-5 % share", self.columns["fai_top_share"], 0.0, 1.0)],
-                         title=f"{self.target}: attention distance and future attention influence "
-                               f"({self.n_scenarios} scenarios)"),
+                head_heatmap(out / "distance.png",
+                             [HeadPanel(f"mean WAAD (W={self.window}; local if <= "
+                                        f"{self.local_threshold * self.window:g})",
+                                        self.columns["mean_waad"], 0.0, float(self.window)),
+                              HeadPanel("FAI Gini", self.columns["fai_gini"], 0.0, 1.0),
+                              HeadPanel("FAI top-5 % share", self.columns["fai_top_share"], 0.0, 1.0)],
+                             title=f"{self.target}: attention distance and future attention influence "
+                                   f"({self.n_scenarios} scenarios)", **METRIC_HEATMAP),
                 write_rows(out / "anchors.csv", ["scenario", "task", "rank", "position", "token_id", "token", "fai"],
                            anchor_rows)]
 
@@ -150,9 +158,9 @@ class DistanceReport:
                 f"most concentrated FAI (Gini) {sharp}; top anchors {anchors}")
 
 
-def distance_report(cache: Any, rows: Sequence[int], *, tokenizer: Any = None, window: int = DEFAULT_WINDOW,
-                    local_threshold: float = DEFAULT_LOCAL_THRESHOLD, anchors_per_scenario: int = 5,
-                    name: str | None = None) -> DistanceReport:
+def distance_report(cache: AttentionCache, rows: Sequence[int], *, tokenizer: PreTrainedTokenizerBase | None = None,
+                    window: int = DEFAULT_WINDOW, local_threshold: float = DEFAULT_LOCAL_THRESHOLD,
+                    anchors_per_scenario: int = 5, name: str | None = None) -> DistanceReport:
     """WAAD/FAI of the cached patterns of ``rows`` of ``cache`` (an :class:`apmae.cache.AttentionCache`).
 
     ``tokenizer`` decodes the anchor tokens (ids are shown without one); ``name``
@@ -200,12 +208,12 @@ class MapsReport:
         for i, name in enumerate(r.relations):
             columns[name], columns[f"{name}_suppression"] = r.scores[i], r.suppression[i]
         labels = [f"{name} ({r.pairs[i]} pairs, top-{r.k[i]})" for i, name in enumerate(r.relations)]
-        panels = [Panel(label, r.scores[i], 0.0, 1.0) for i, label in enumerate(labels)]
-        panels += [Panel(f"suppression: {label}", r.suppression[i], 0.0, 1.0) for i, label in enumerate(labels)]
+        panels = [HeadPanel(label, r.scores[i], 0.0, 1.0) for i, label in enumerate(labels)]
+        panels += [HeadPanel(f"suppression: {label}", r.suppression[i], 0.0, 1.0) for i, label in enumerate(labels)]
         return [write_head_table(out / "maps_scores.csv", columns), self._write_top_pairs(out),
                 self._write_relations(out),
-                heatmaps(out / "maps.png", panels, columns=len(labels),
-                         title=f"{self.target}: MAPS scores per relation (top row) and suppression (bottom row)")]
+                head_heatmap(out / "maps.png", panels, columns=len(labels), **METRIC_HEATMAP,
+                             title=f"{self.target}: MAPS scores per relation (top row) and suppression (bottom row)")]
 
     def _write_top_pairs(self, out: Path) -> Path:
         r, rows = self.result, []
@@ -239,7 +247,7 @@ class MapsReport:
         return f"MAPS [{self.target}, {self.seconds:.1f} s]: " + "; ".join(parts)
 
 
-def maps_report(target: Any, corpus_ids: np.ndarray, *, relations: Sequence[str] = RELATIONS, max_pairs: int = 2000,
+def maps_report(target: Target, corpus_ids: np.ndarray, *, relations: Sequence[str] = RELATIONS, max_pairs: int = 2000,
                 first_mlp: bool = False, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, top_n: int = 5,
                 name: str | None = None) -> MapsReport:
     """MAPS on ``target``'s parameters with the code relations mined from the (N, S) corpus token ids.
@@ -287,10 +295,11 @@ class TypesReport:
     def write(self, out: Path) -> list[Path]:
         t = self.types
         return [write_head_table(out / "types.csv", t.columns()),
-                heatmaps(out / "types.png", [Panel(f"{k} (type if >= {t.thresholds[k]:g})", t.scores[k], 0.0, 1.0)
-                                             for k in TYPES], columns=3,
-                         title=f"{self.target}: head-type scores ({self.n_scenarios} scenarios; duplicate and "
-                               f"induction on {self.n_sequences} repeated random blocks of {self.repeat_length})")]
+                head_heatmap(out / "types.png",
+                             [HeadPanel(f"{k} (type if >= {t.thresholds[k]:g})", t.scores[k], 0.0, 1.0) for k in TYPES],
+                             columns=3, **METRIC_HEATMAP,
+                             title=f"{self.target}: head-type scores ({self.n_scenarios} scenarios; duplicate and "
+                                   f"induction on {self.n_sequences} repeated random blocks of {self.repeat_length})")]
 
     def scalars(self) -> dict[str, float]:
         return {**{f"{k}_heads": float(v) for k, v in type_counts(self.types).items()}, "seconds": self.seconds}
@@ -303,7 +312,7 @@ class TypesReport:
                 f"each type's threshold (best two): " + "; ".join(parts))
 
 
-def types_report(target: Any, cache: Any, rows: Sequence[int], *, window: int = DEFAULT_WINDOW,
+def types_report(target: Target, cache: AttentionCache, rows: Sequence[int], *, window: int = DEFAULT_WINDOW,
                  thresholds: dict[str, float] | None = None, repeat_length: int = 32, n_sequences: int = 4,
                  seed: int = 0, name: str | None = None) -> TypesReport:
     """Head-type scores: the cached patterns of ``rows`` of ``cache`` and ``target`` on repeated random tokens.

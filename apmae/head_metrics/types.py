@@ -41,13 +41,16 @@ head (``kv_head``), so heads that share keys and values can be compared.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence, TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from apmae.head_metrics.distance import DEFAULT_LOCAL_THRESHOLD, DEFAULT_WINDOW, waad
 from apmae.target.access import run_batch
+
+if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers
+    from apmae.target.access import Target
 
 PATTERN_TYPES = ("previous_token", "sink", "self", "local")
 REPEAT_TYPES = ("duplicate_token", "induction")
@@ -112,7 +115,7 @@ def repeat_scores(attentions: np.ndarray, length: int) -> dict[str, np.ndarray]:
 
 
 @torch.no_grad()
-def model_repeat_scores(target: Any, candidates: np.ndarray, *, first: int, length: int = 32, n_sequences: int = 4,
+def model_repeat_scores(target: Target, candidates: np.ndarray, *, first: int, length: int = 32, n_sequences: int = 4,
                         seed: int = 0) -> dict[str, np.ndarray]:
     """:func:`repeat_scores` of ``target`` (an :class:`apmae.target.access.Target`) on its own forward pass."""
     ids = torch.as_tensor(repeated_tokens(candidates, first=first, length=length, n_sequences=n_sequences, seed=seed))

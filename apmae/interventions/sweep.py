@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence, TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +33,10 @@ from tqdm.auto import tqdm
 
 from apmae.interventions.head_sets import HeadSet
 from apmae.target.access import accepts_argument, first_token_outcome, zero_heads
+
+if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers
+    from apmae.cache.store import AttentionCache
+    from apmae.target.access import Target
 
 BASELINE = HeadSet(strategy="none", k=0, seed=None, heads=())
 
@@ -69,7 +73,7 @@ class InterventionScenarios:
             source_id=self.source_id[index] if len(self.source_id) else self.source_id)
 
     @classmethod
-    def from_cache(cls, cache: Any, rows: np.ndarray, *, middle_pos: np.ndarray) -> "InterventionScenarios":
+    def from_cache(cls, cache: AttentionCache, rows: np.ndarray, *, middle_pos: np.ndarray) -> "InterventionScenarios":
         """Rows of an :class:`apmae.cache.AttentionCache`; ``middle_pos`` (N,) of those rows, from the ScenarioSet.
 
         Raises:
@@ -166,7 +170,7 @@ def greedy_generate(model: Any, input_ids: Any, n_tokens: int) -> tuple[Any, Any
     return first, torch.stack(tokens, dim=1)  # (B, V), (B, n_tokens)
 
 
-def evaluate(target: Any, scenarios: InterventionScenarios, heads: Mapping[int, Sequence[int]] | HeadSet,
+def evaluate(target: Target, scenarios: InterventionScenarios, heads: Mapping[int, Sequence[int]] | HeadSet,
              *, batch_size: int = 16) -> Outcome:
     """Run ``scenarios`` through ``target`` (an :class:`apmae.target.Target`) with ``heads`` zeroed.
 
@@ -188,7 +192,7 @@ def evaluate(target: Any, scenarios: InterventionScenarios, heads: Mapping[int, 
     return _concat(parts, width=scenarios.label_ids.shape[1]).subset(np.argsort(order))
 
 
-def _evaluate_batch(target: Any, batch: InterventionScenarios) -> Outcome:
+def _evaluate_batch(target: Target, batch: InterventionScenarios) -> Outcome:
 
     device = target.device
     input_ids = torch.as_tensor(batch.input_ids, dtype=torch.long, device=device)  # (B, S)
@@ -244,7 +248,7 @@ class SweepResult:
         return out
 
 
-def run_sweep(target: Any, scenarios: InterventionScenarios, head_sets: Sequence[HeadSet], *, batch_size: int = 16,
+def run_sweep(target: Target, scenarios: InterventionScenarios, head_sets: Sequence[HeadSet], *, batch_size: int = 16,
               scope: str = "all", progress: bool = False) -> SweepResult:
     """The baseline and every head set on ``scenarios``; identical head sets run once.
 

@@ -12,7 +12,10 @@ evaluated on cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence, TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers
+    from transformers import PreTrainedTokenizerBase
 
 FIM_PREFIX = "<fim_prefix>"
 FIM_MIDDLE = "<fim_middle>"
@@ -32,7 +35,7 @@ class FimTokens:
     eos: int | None = None  # end of text, optional
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Any) -> "FimTokens":
+    def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase) -> "FimTokens":
         """Read the FIM token ids of a Hugging Face tokenizer.
 
         Raises:

@@ -24,21 +24,24 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from apmae.mining.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FimTokens
+
+if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers
+    from transformers import PreTrainedTokenizerBase
 
 PROMPT_FORMATS = ("fim", "causal", "auto")
 FIM_OVERHEAD = 3  # <fim_prefix>, <fim_suffix>, <fim_middle>
 
 
-def has_fim_tokens(tokenizer: Any) -> bool:
+def has_fim_tokens(tokenizer: PreTrainedTokenizerBase) -> bool:
     """True when the tokenizer has single-id ``<fim_prefix>``, ``<fim_suffix>`` and ``<fim_middle>``."""
     vocab = tokenizer.get_vocab()
     return all(t in vocab for t in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE))
 
 
-def bos_id(tokenizer: Any) -> int | None:
+def bos_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
     """The BOS id the tokenizer puts in front of every text, or None when it adds none.
 
     Read from what the tokenizer does, not from its config: Llama and Gemma tokenizers add
@@ -51,7 +54,7 @@ def bos_id(tokenizer: Any) -> int | None:
     return int(bos) if len(ids) > 0 and ids[0] == bos else None
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """What decides a tokenizer's ids, hashed: vocabulary, merges, pre-tokenizer, special tokens, BOS handling.
 
     Two loads of one tokenizer, or copies saved beside different models, agree; truncation and
@@ -84,7 +87,7 @@ class PromptFormat:
         return {"prompt_format": "causal", "bos": self.bos}
 
 
-def resolve_prompt_format(prompt_format: str, tokenizer: Any) -> PromptFormat:
+def resolve_prompt_format(prompt_format: str, tokenizer: PreTrainedTokenizerBase) -> PromptFormat:
     """The format for ``tokenizer``: ``auto`` becomes ``fim`` or ``causal``.
 
     Raises:

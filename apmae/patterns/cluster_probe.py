@@ -22,7 +22,6 @@ one place that reads that layout.
 
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from apmae.common.head_tables import write_head_table
 from apmae.common.optional import require
 from apmae.mining.scenario_set import balance_per_task
 from apmae.probe.metrics import BinaryScores, best_threshold, metric_dict, per_task_scores
@@ -189,28 +189,13 @@ def fit_cluster_probe(labels: np.ndarray, *, correct: np.ndarray, split: np.ndar
 
 
 def write_importance_csv(path: str | Path, importance: np.ndarray) -> Path:
-    """Write (L, H) ``importance`` as ``layer,head,importance``, one row per head, layer-major."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["layer", "head", "importance"])
-        for (layer, head), value in np.ndenumerate(np.asarray(importance, dtype=np.float64)):
-            writer.writerow([layer, head, repr(float(value))])
-    return path
+    """Write (L, H) ``importance`` as a head table ``layer,head,importance``, one row per head, layer-major."""
+    return write_head_table(path, {"importance": np.asarray(importance, dtype=np.float64)})
 
 
 def write_shap_csv(path: str | Path, shap: HeadShap) -> Path:
-    """Write every per-head SHAP summary: ``layer,head,mean,mean_positive,mean_negative,mean_abs``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = ("mean", "mean_positive", "mean_negative", "mean_abs")
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["layer", "head", *columns])
-        for (layer, head), _ in np.ndenumerate(shap.mean):
-            writer.writerow([layer, head, *(repr(float(getattr(shap, c)[layer, head])) for c in columns)])
-    return path
+    """Write every per-head SHAP summary as a head table: ``layer,head,mean,mean_positive,mean_negative,mean_abs``."""
+    return write_head_table(path, {c: getattr(shap, c) for c in ("mean", "mean_positive", "mean_negative", "mean_abs")})
 
 
 __all__ = ["ClusterProbeConfig", "ClusterProbeResult", "HeadShap", "PREFIX", "evaluation_rows", "feature_names",

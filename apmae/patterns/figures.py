@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from apmae.common.head_tables import HeadPanel, heatmap_figure
 from apmae.common.plotting import pyplot
 
 _LOG_FLOOR = 1e-4  # lowest probability the colour scale distinguishes
@@ -22,21 +23,8 @@ _LOG_FLOOR = 1e-4  # lowest probability the colour scale distinguishes
 
 def families_heatmap(n_clusters: np.ndarray, *, title: str) -> Any:
     """Figure of the (L, H) number of pattern families per head, each cell labelled."""
-    plt = pyplot()
-    n_layers, n_heads = n_clusters.shape
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.5 + 0.55 * n_heads), max(2.5, 1.2 + 0.5 * n_layers)))
-    image = ax.imshow(n_clusters, cmap="viridis", vmin=0, aspect="auto")
-    for (layer, head), k in np.ndenumerate(n_clusters):
-        ax.text(head, layer, str(int(k)), ha="center", va="center", fontsize=8,
-                color="white" if k < 0.6 * max(n_clusters.max(), 1) else "black")
-    ax.set_xticks(range(n_heads))
-    ax.set_yticks(range(n_layers))
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, label="clusters")
-    fig.tight_layout()
-    return fig
+    panel = HeadPanel("clusters", np.asarray(n_clusters), vmin=0.0)
+    return heatmap_figure([panel], title=title, signed=False, labels="{:.0f}")
 
 
 def medoid_montage(patterns: Sequence[np.ndarray], titles: Sequence[str], *, title: str,

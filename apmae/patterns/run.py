@@ -182,7 +182,7 @@ def select_montage_heads(clusters: PatternClusters, n: int) -> list[tuple[int, i
     return chosen
 
 
-def head_montage(head: HeadClusters, cache: Any, task_names: Sequence[str], *, max_clusters: int) -> Any:
+def head_montage(head: HeadClusters, cache: AttentionCache, task_names: Sequence[str], *, max_clusters: int) -> Any:
     """Montage of the medoid raw patterns of ``head``'s largest ``max_clusters`` clusters."""
     order = np.argsort(-head.sizes, kind="stable")[:max_clusters]
     patterns = [cache.pattern(int(head.medoids[k]), head.layer, head.head) for k in order]
@@ -193,7 +193,7 @@ def head_montage(head: HeadClusters, cache: Any, task_names: Sequence[str], *, m
     return medoid_montage(patterns, titles, title=title)
 
 
-def write_figures(out: Path, clusters: PatternClusters, cache: Any, task_names: Sequence[str], *,
+def write_figures(out: Path, clusters: PatternClusters, cache: AttentionCache, task_names: Sequence[str], *,
                   heads: list[tuple[int, int]], max_clusters: int) -> dict[str, Path]:
     """The families heatmap and one montage per chosen head, as PNGs under ``out/clusters``."""
     # pyplot only after apmae.patterns.figures chose its non-interactive backend
@@ -217,7 +217,7 @@ def write_figures(out: Path, clusters: PatternClusters, cache: Any, task_names: 
 # ---------------------------------------------------------------- the stage
 
 
-def check_aligned(encodings: Any, cache: Any) -> None:
+def check_aligned(encodings: Any, cache: AttentionCache) -> None:
     """Raise ValueError unless row i of ``encodings`` is row i of ``cache`` (same scenarios, same heads)."""
     same_rows = len(encodings) == len(cache) and np.array_equal(
         encodings.columns["scenario_index"], cache.columns["scenario_index"])
@@ -227,12 +227,25 @@ def check_aligned(encodings: Any, cache: Any) -> None:
                          f"{cache.n_heads}): pass the cache the encodings file was built from")
 
 
-def run_recurring_patterns(encodings: Any, cache: Any, out_dir: str | Path, *, reduction: str = DEMO_REDUCTION,
-                           kind: str = "cls", min_samples: int = 20, min_cluster_size: int = 25, seed: int = 0,
-                           workers: int = 1, probe: ClusterProbeConfig | None = ClusterProbeConfig(),
-                           ranking: str = "mean", montage_heads: int = 3, max_montage_clusters: int = 12,
-                           run_id: str | None = None, tracking_uri: str | None = None,
-                           stability: bool = True) -> PatternsReport:
+def run_recurring_patterns(
+    encodings: Any,
+    cache: AttentionCache,
+    out_dir: str | Path,
+    *,
+    reduction: str = DEMO_REDUCTION,
+    kind: str = "cls",
+    min_samples: int = 20,
+    min_cluster_size: int = 25,
+    seed: int = 0,
+    workers: int = 1,
+    probe: ClusterProbeConfig | None = ClusterProbeConfig(),
+    ranking: str = "mean",
+    montage_heads: int = 3,
+    max_montage_clusters: int = 12,
+    run_id: str | None = None,
+    tracking_uri: str | None = None,
+    stability: bool = True,
+) -> PatternsReport:
     """Cluster every head of an :class:`~apmae.encodings.EncodingSet`, draw, probe, write and log.
 
     Args:

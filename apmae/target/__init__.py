@@ -3,7 +3,9 @@
 - :mod:`apmae.target.access`: load a causal LM (hub name or directory), run batches with eager
   attention, score the first token, zero heads;
 - :mod:`apmae.target.layout`: where a model keeps each head's value and output projections
-  (the one registry of attention modules; grouped-query attention mapped to query heads).
+  (the one registry of attention modules; grouped-query attention mapped to query heads);
+- :mod:`apmae.target.contribution`: each head's value-aware contribution weights, captured in the
+  forward pass that yields the attentions (a head metric, and a pattern kind the cache stores).
 """
 
 from apmae.target.access import Target, load_target, run_batch, wrap_model, zero_heads

@@ -1,8 +1,7 @@
 """Target-model access: load a causal LM, run scenarios, zero heads.
 
 Glossary: B scenarios in a batch, S prompt tokens, L layers, H query heads,
-hd head width, V vocabulary, T = S(S+1)/2 lower-triangle entries, W stored
-elements per head (apmae.cache.codec.packed_width).
+hd head width, V vocabulary, T = S(S+1)/2 lower-triangle entries.
 
 Any Hugging Face causal LM works (hub name or local directory); attention is
 read with eager attention because the fused kernels return no patterns. Where
@@ -19,11 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from apmae.cache.codec import DEFAULT_ENCODING, stored_attentions
 from apmae.common.triangle import lower_triangle_index
 from apmae.target.gguf import convert_gguf, is_gguf
 from apmae.target.layout import output_projections
@@ -86,14 +83,6 @@ class TriangleOutput(FirstToken):
     """:func:`run_batch_triangles`: the outcome and every head's lower triangle."""
 
     triangles: torch.Tensor  # (B, L, H, T) row-major (apmae.common.triangle), model dtype and device
-
-
-@dataclass
-class StoredOutput(FirstToken):
-    """:func:`run_batch_stored`: the outcome and the patterns as an attention cache stores them."""
-
-    stored: np.ndarray  # (B, L, H, W) on the host, the stored form of ``encoding`` (apmae.cache.codec)
-    encoding: str
 
 
 def resolve_device(device: str) -> torch.device:
@@ -193,7 +182,7 @@ def run_batch(
     Raises:
         ValueError: the model returned no attention patterns.
     """
-    attentions, outcome = _forward(target, input_ids, label_first, middle_pos)
+    attentions, outcome = forward_attentions(target, input_ids, label_first, middle_pos)
     return TargetOutput(**vars(outcome), attentions=torch.stack(attentions, dim=1))
 
 
@@ -206,30 +195,19 @@ def run_batch_triangles(
     The triangles are gathered layer by layer on the model's device, so the
     full (B, L, H, S, S) stack is never built.
     """
-    attentions, outcome = _forward(target, input_ids, label_first, middle_pos)
+    attentions, outcome = forward_attentions(target, input_ids, label_first, middle_pos)
     index = torch.tensor(lower_triangle_index(input_ids.shape[1]), device=attentions[0].device)
     triangles = torch.stack([a.flatten(-2).index_select(-1, index) for a in attentions], dim=1)  # (B, L, H, T)
     return TriangleOutput(**vars(outcome), triangles=triangles)
 
 
-@torch.inference_mode()
-def run_batch_stored(
-    target: Target, input_ids: torch.Tensor, label_first: torch.Tensor, *, middle_pos: torch.Tensor | None = None,
-    encoding: str = DEFAULT_ENCODING,
-) -> StoredOutput:
-    """:func:`run_batch` with the patterns in an attention cache's stored form (B, L, H, W), on the host.
+def forward_attentions(target: Target, input_ids: torch.Tensor, label_first: torch.Tensor,
+                       middle_pos: torch.Tensor | None) -> tuple[tuple[torch.Tensor, ...], FirstToken]:
+    """The eager forward pass: per-layer attentions (B, H, S, S) and the first-token outcome.
 
-    What extraction writes: :func:`apmae.cache.codec.stored_attentions` of the
-    layers' attentions (``encoding="bfloat16-bits"`` gives the bfloat16 bit
-    patterns of the triangles, uint16).
+    What :func:`run_batch` and :func:`run_batch_triangles` read, and what the cache stores
+    (:func:`apmae.cache.gather.run_batch_stored`). Call it under ``torch.inference_mode``.
     """
-    attentions, outcome = _forward(target, input_ids, label_first, middle_pos)
-    return StoredOutput(**vars(outcome), stored=stored_attentions(attentions, encoding), encoding=encoding)
-
-
-def _forward(target: Target, input_ids: torch.Tensor, label_first: torch.Tensor,
-             middle_pos: torch.Tensor | None) -> tuple[tuple[torch.Tensor, ...], FirstToken]:
-    """The eager forward pass: per-layer attentions (B, H, S, S) and the first-token outcome."""
     model, device = target.model, target.device
     input_ids = input_ids.to(device=device, dtype=torch.long)
     seq_len = input_ids.shape[1]

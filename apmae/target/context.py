@@ -10,7 +10,10 @@ is the head's whole causal pattern.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers
+    from apmae.target.access import Target
 
 
 def attention_window(config: Any) -> int | None:
@@ -24,7 +27,7 @@ def attention_window(config: Any) -> int | None:
     return int(window)
 
 
-def check_context(target: Any, seq_len: int) -> None:
+def check_context(target: Target, seq_len: int) -> None:
     """Raise ``ValueError`` when ``target`` cannot read ``seq_len`` tokens whole.
 
     ``target`` is an :class:`apmae.target.access.Target` (or anything with ``model.config`` and ``name``).

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from apmae.cache.codec import encode_patterns, encode_stored
-from apmae.target.access import (Target, accepts_argument, load_target, run_batch, run_batch_stored,
-                                 run_batch_triangles, wrap_model, zero_heads)
+from apmae.cache.gather import run_batch_stored
+from apmae.target.access import (Target, accepts_argument, load_target, run_batch, run_batch_triangles, wrap_model,
+                                 zero_heads)
 from apmae.target.layout import ATTENTION_LAYOUTS, attention_layers, find_attention, output_projections
 from apmae.common.triangle import to_triangle
 

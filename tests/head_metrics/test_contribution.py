@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from apmae.head_metrics.contribution import (capture_values, contribution_weights, row_l1, run_contributions,
+from apmae.target.contribution import (capture_values, contribution_weights, row_l1, run_contributions,
                                              sink_share)
 from apmae.target.layout import attention_layers
 from apmae.target.access import wrap_model

@@ -12,7 +12,7 @@ import torch
 from apmae.cache.store import AttentionCache, CacheMismatchError, cache_files
 from apmae.encodings.store import cache_fingerprint, source_fingerprint
 from apmae.cache.extract import ensure_cache, extract, target_short_name
-from apmae.head_metrics.contribution import run_contributions
+from apmae.target.contribution import run_contributions
 from datamodules.attention_cache import AttentionCacheDataModule
 from datamodules.settings import ExtractionSettings
 

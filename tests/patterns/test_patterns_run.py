@@ -8,6 +8,7 @@ import mlflow
 import numpy as np
 import pytest
 
+from apmae.common.head_tables import table_cell
 from apmae.cli import cli_main
 from apmae.patterns.cluster_probe import ClusterProbeConfig
 from apmae.patterns.run import SUMMARY_COLUMNS, log_to_mlflow, main, run_recurring_patterns
@@ -38,7 +39,8 @@ def test_stage_writes_summary_labels_figures_and_ranking(stage) -> None:
     assert report.montage_heads == [(0, 0)] and (out / "clusters/montage_L0_H0.png").stat().st_size > 0
     with (out / "head_importance/cluster_probe_importance.csv").open() as f:
         ranking = [float(r["importance"]) for r in csv.DictReader(f)]
-    assert ranking == report.probe.shap.mean.ravel().tolist()
+    # a head table: every value as the format writes it (6 significant digits, apmae.common.head_tables)
+    assert ranking == [float(table_cell(v)) for v in report.probe.shap.mean.ravel()]
 
 
 def test_stage_reports_the_probe_and_the_family_count(stage) -> None:

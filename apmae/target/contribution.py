@@ -32,12 +32,15 @@ import contextlib
 import inspect
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, TYPE_CHECKING
 
 import torch
 
 from apmae.target.access import TargetOutput, run_batch
 from apmae.target.layout import AttentionLayer, attention_layers
+
+if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers
+    from apmae.target.access import Target
 
 
 @dataclass
@@ -129,7 +132,7 @@ class ContributionBatch:
 
 
 @torch.no_grad()
-def run_contributions(target: Any, input_ids: torch.Tensor) -> ContributionBatch:
+def run_contributions(target: Target, input_ids: torch.Tensor) -> ContributionBatch:
     """One batched forward pass of ``target`` (:class:`apmae.target.Target`) over ``input_ids`` (B, S).
 
     Raises:
@@ -150,7 +153,7 @@ def run_contributions(target: Any, input_ids: torch.Tensor) -> ContributionBatch
 
 
 @torch.inference_mode()
-def run_batch_contributions(target: Any, input_ids: torch.Tensor, label_first: torch.Tensor, *,
+def run_batch_contributions(target: Target, input_ids: torch.Tensor, label_first: torch.Tensor, *,
                             middle_pos: torch.Tensor | None = None) -> TargetOutput:
     """:func:`apmae.target.access.run_batch` with each head's norm-based contribution weights as its patterns.
 
