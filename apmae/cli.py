@@ -37,7 +37,10 @@ from lightning.pytorch.loggers import MLFlowLogger
 from apmae.atlas import run as atlas_run
 from apmae.common.allocator import keep_freed_memory
 from apmae.common.tracking import DEFAULT_EXPERIMENT, artifact_location, tracking_uri
+from apmae.common.settings import field_names
+from apmae.interventions.settings import InterventionSettings
 from apmae.mining.settings import MINING_FIELDS
+from lit_models.training import RECIPE_FIELDS
 from apmae.model.loading import CheckpointError, check_checkpoint
 from apmae.patterns import run as patterns_run
 from apmae.probe import run as crossfit_run
@@ -127,10 +130,11 @@ class APMAECLI(LightningCLI):
         parser.link_arguments(source, target, apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        _reject_unreadable_configs(parser, args)
-        _reject_linked_keys(parser, args)
-        _reject_probe_stage(parser, args)
-        _reject_moved_mining_keys(parser, args)
+        line = CommandLine.of(args)
+        _reject_unreadable_configs(parser, line)
+        _reject_linked_keys(parser, line)
+        _reject_probe_stage(parser, line)
+        _reject_moved_settings_keys(parser, line)
         super().parse_arguments(parser, args)
         # before LightningCLI reads the checkpoint's hyperparameters with torch.load
         _check_ckpt_path(self.config[self.config.subcommand] if self.config.get("subcommand") else self.config)
@@ -156,17 +160,38 @@ def _root_cause(err: BaseException) -> str:
     return str(err)
 
 
-def _config_paths(args: Any) -> list[str]:
-    """The files given to ``--config`` / ``-c`` / ``--config=`` on the command line."""
-    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
-    return [argv[i + 1] if arg in ("--config", "-c") else arg.partition("--config=")[2]
-            for i, arg in enumerate(argv)
-            if (arg in ("--config", "-c") and i + 1 < len(argv)) or arg.startswith("--config=")]
+@dataclass(frozen=True)
+class CommandLine:
+    """The command line read once: its arguments, and the config files it names (the pre-parse checks read these)."""
+
+    argv: tuple[str, ...]
+    config_paths: tuple[str, ...]  # given to --config / -c / --config=, in order
+
+    @classmethod
+    def of(cls, args: Any) -> "CommandLine":
+        """``args`` (a list, or None for ``sys.argv[1:]``; a dict of parsed values names no files)."""
+        argv = tuple(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else ()
+        paths = tuple(argv[i + 1] if arg in ("--config", "-c") else arg.partition("--config=")[2]
+                      for i, arg in enumerate(argv)
+                      if (arg in ("--config", "-c") and i + 1 < len(argv)) or arg.startswith("--config="))
+        return cls(argv=argv, config_paths=paths)
+
+    @property
+    def config_files(self) -> list[Path]:
+        """The named config files that exist (jsonargparse names missing ones itself)."""
+        return [Path(p) for p in self.config_paths if p and Path(p).is_file()]
+
+    def tree(self, path: Path) -> Any:
+        """A config file's YAML, or None when it is not readable YAML text (reported elsewhere)."""
+        try:
+            return yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            return None
 
 
-def _reject_unreadable_configs(parser: LightningArgumentParser, args: Any) -> None:
+def _reject_unreadable_configs(parser: LightningArgumentParser, line: CommandLine) -> None:
     """A config file that is not text ends in a parser error naming it (YAML errors jsonargparse names itself)."""
-    for path in filter(lambda p: Path(p).is_file(), _config_paths(args)):  # jsonargparse names missing files
+    for path in line.config_files:
         try:
             Path(path).read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError) as e:
@@ -186,16 +211,11 @@ def _check_ckpt_path(config: Any) -> None:
         raise SystemExit(2) from err
 
 
-def _reject_linked_keys(parser: LightningArgumentParser, args: Any) -> None:
+def _reject_linked_keys(parser: LightningArgumentParser, line: CommandLine) -> None:
     """Fail early and clearly when a config or argument sets a value the CLI links itself."""
-    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
-    texts = []
-    for i, arg in enumerate(argv):
-        if arg.startswith("--model.init_args.seq_len") or arg.startswith("--model.seq_len"):
-            texts.append(f"command line `{arg}`")
-        if arg in ("--config", "-c") and i + 1 < len(argv) and Path(argv[i + 1]).is_file():
-            if _config_sets_model_seq_len(Path(argv[i + 1])):
-                texts.append(f"config file {argv[i + 1]}")
+    texts = [f"command line `{arg}`" for arg in line.argv
+             if arg.startswith("--model.init_args.seq_len") or arg.startswith("--model.seq_len")]
+    texts += [f"config file {path}" for path in line.config_files if "seq_len" in _model_init_args(line.tree(path))]
     if texts:
         parser.error(
             f"model seq_len is set in {', '.join(texts)}, but it is linked from data.seq_len "
@@ -204,87 +224,88 @@ def _reject_linked_keys(parser: LightningArgumentParser, args: Any) -> None:
         )
 
 
-def _reject_probe_stage(parser: LightningArgumentParser, args: Any) -> None:
+def _reject_probe_stage(parser: LightningArgumentParser, line: CommandLine) -> None:
     """Point a config of the former ``stage: probe`` of LitAPMAE at the probe's own module.
 
     Checked before parsing: jsonargparse would otherwise refuse the first unknown key
     (``stage``, ``encoder``, ...) without saying where those settings went.
     """
-    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
-    texts = [f"command line `{a}`" for a in argv if a.startswith(("--model.init_args.stage", "--model.stage"))]
-    for i, arg in enumerate(argv):
-        path = argv[i + 1] if arg in ("--config", "-c") and i + 1 < len(argv) else arg.partition("--config=")[2]
-        if path and Path(path).is_file() and "stage" in _config_model_init_args(Path(path)):
-            texts.append(f"config file {path}")
+    texts = [f"command line `{a}`" for a in line.argv if a.startswith(("--model.init_args.stage", "--model.stage"))]
+    texts += [f"config file {path}" for path in line.config_files if "stage" in _model_init_args(line.tree(path))]
     if texts:
         parser.error(
             f"model.init_args.stage is set in {', '.join(texts)}, but LitAPMAE trains AP-MAE reconstruction "
             f"only: the probe is {PROBE_CLASS}. Set `model.class_path: {PROBE_CLASS}`, give its settings under "
             "model.init_args (encoder, finetune_encoder, probe_features, probe_hidden, probe_dropout, probe_layers, "
-            "probe_heads, importance_scenarios, importance_steps, lr, ...; see configs/demo/probe.yaml) and "
+            "probe_heads, importance_scenarios, importance_steps, recipe, ...; see configs/demo/probe.yaml) and "
             "remove stage and net_overrides"
         )
 
 
-def _reject_moved_mining_keys(parser: LightningArgumentParser, args: Any) -> None:
-    """Name the nested key of a mining setting a config or argument still gives flat.
+INTERVENTION_FIELDS = field_names(InterventionSettings)
+# settings a class once took one by one and now takes as one nested block: class name -> (fields, block)
+MOVED_SETTINGS = {"JavaScenarioDataModule": (MINING_FIELDS, "mining"),
+                  "Interventions": (INTERVENTION_FIELDS, "settings"),
+                  "LitAPMAE": (RECIPE_FIELDS, "recipe"), "LitProbe": (RECIPE_FIELDS, "recipe")}
+
+
+def _reject_moved_settings_keys(parser: LightningArgumentParser, line: CommandLine) -> None:
+    """Name the nested key of a setting a config or argument still gives flat.
 
     ``JavaScenarioDataModule`` takes its mining settings as one ``mining:`` block
-    (:class:`apmae.mining.settings.MiningConfig`); jsonargparse would refuse a flat ``seq_len:``
-    without saying where it went.
+    (:class:`apmae.mining.settings.MiningConfig`), the ``Interventions`` callback its sweep's as one
+    ``settings:`` block (:class:`apmae.interventions.settings.InterventionSettings`), LitAPMAE and
+    LitProbe their training recipe as one ``recipe:`` block (:class:`lit_models.training.TrainingRecipe`);
+    jsonargparse would refuse a flat ``seq_len:`` without saying where it went.
     """
-    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+    interventions_appended = any("Interventions" in arg for arg in line.argv)
+    own_model = not any("TargetLM" in p.read_text(encoding="utf-8", errors="replace") for p in line.config_files)
     found = []
-    for arg in argv:
+    for arg in line.argv:
         key = arg.split("=", 1)[0]
-        prefix, _, field = key.rpartition(".")
-        if field in MINING_FIELDS and prefix.endswith("scenarios.init_args"):
-            found.append(f"command line `{key}` -> `{prefix}.mining.{field}`")
-    for path in filter(lambda p: Path(p).is_file(), _config_paths(args)):
-        try:
-            tree = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError, OSError):
-            continue  # reported by jsonargparse or _reject_unreadable_configs
-        found += [f"config file {path}: `{where}.{field}` -> `{where}.mining.{field}`"
-                  for where, field in _flat_mining_keys(tree, "")]
+        prefix, _, name = key.rpartition(".")
+        if name in MINING_FIELDS and prefix.endswith("scenarios.init_args"):
+            found.append(f"command line `{key}` -> `{prefix}.mining.{name}`")
+        if interventions_appended and name in INTERVENTION_FIELDS and prefix.endswith("callbacks"):
+            found.append(f"command line `{key}` -> `{prefix}.settings.{name}`")
+        if own_model and name in RECIPE_FIELDS and prefix in ("--model.init_args", "--model"):
+            found.append(f"command line `{key}` -> `{prefix}.recipe.{name}`")
+    for path in line.config_files:
+        found += [f"config file {path}: `{where}.{name}` -> `{where}.{block}.{name}`"
+                  for where, name, block in _flat_settings_keys(line.tree(path), "")]
     if found:
-        parser.error("the scenarios' mining settings moved into one `mining:` block of "
-                     "JavaScenarioDataModule's init_args (apmae.mining.settings.MiningConfig): " + "; ".join(found))
+        parser.error("settings moved into nested blocks (JavaScenarioDataModule's `mining:`, "
+                     "apmae.mining.settings.MiningConfig; Interventions' `settings:`, "
+                     "apmae.interventions.settings.InterventionSettings; LitAPMAE's and LitProbe's `recipe:`, "
+                     "lit_models.training.TrainingRecipe): " + "; ".join(found))
 
 
-def _flat_mining_keys(tree: Any, where: str) -> list[tuple[str, str]]:
-    """(path of an init_args block, key) of every mining setting given flat to a JavaScenarioDataModule."""
+def _flat_settings_keys(tree: Any, where: str) -> list[tuple[str, str, str]]:
+    """(path of an init_args block, key, its block) of every moved setting given flat to its class."""
     found = []
     if isinstance(tree, dict):
         init_args = tree.get("init_args")
-        # a scenarios DataModule: named by its class, or an overlay's `scenarios:` block without one
-        scenarios = (str(tree.get("class_path", "")).endswith("JavaScenarioDataModule")
-                     or ("class_path" not in tree and where.endswith(".scenarios")))
-        if scenarios and isinstance(init_args, dict):
-            found += [(f"{where}.init_args".lstrip("."), k) for k in init_args if k in MINING_FIELDS]
+        owner = str(tree.get("class_path", "")).rpartition(".")[2]
+        if "class_path" not in tree and where.endswith(".scenarios"):
+            owner = "JavaScenarioDataModule"  # an overlay's `scenarios:` block names no class
+        if owner in MOVED_SETTINGS and isinstance(init_args, dict):
+            fields, block = MOVED_SETTINGS[owner]
+            found += [(f"{where}.init_args".lstrip("."), k, block) for k in init_args if k in fields]
         for key, value in tree.items():
-            found += _flat_mining_keys(value, f"{where}.{key}")
+            found += _flat_settings_keys(value, f"{where}.{key}")
     elif isinstance(tree, list):
         for i, value in enumerate(tree):
-            found += _flat_mining_keys(value, f"{where}[{i}]")
+            found += _flat_settings_keys(value, f"{where}[{i}]")
     return found
 
 
-def _config_model_init_args(path: Path) -> dict[str, Any]:
-    """The ``model`` init args a YAML config file sets ({} when none, or when it is not valid YAML)."""
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError):
-        return {}  # malformed YAML jsonargparse reports itself; text that is not UTF-8, _reject_unreadable_configs
+def _model_init_args(tree: Any) -> dict[str, Any]:
+    """The ``model`` init args a config's YAML sets ({} when none, or when the file is no YAML mapping)."""
     model = tree.get("model") if isinstance(tree, dict) else None
     if not isinstance(model, dict):
         return {}
     init_args = model.get("init_args") if isinstance(model.get("init_args"), dict) else model
     return init_args
-
-
-def _config_sets_model_seq_len(path: Path) -> bool:
-    return "seq_len" in _config_model_init_args(path)
 
 
 def _name_mlflow_run(config: Any) -> None:

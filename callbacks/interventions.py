@@ -48,24 +48,25 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TYPE_CHECKING
 
 import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from apmae.common.plotting import pyplot
 from apmae.common.tracking import log_to_runs
-from apmae.interventions.head_sets import (DEFAULT_FRACTIONS, STRATEGIES, check_importance, check_ks,
-                                           read_importance_csv, sweep_head_sets, sweep_ks)
+from apmae.interventions.head_sets import check_importance, check_ks, read_importance_csv, sweep_head_sets, sweep_ks
 from apmae.interventions.report import (RESULT_FIELDS, SCENARIO_FIELDS, TASK_FIELDS, curve_figure, key_numbers,
                                         metric_values, result_rows, scenario_rows, task_rows, write_csv)
+from apmae.interventions.settings import InterventionSettings, moved_to_settings
 from apmae.interventions.significance import SettingKey, SettingTest, setting_tests, significance_metric_values
 from apmae.interventions.sweep import InterventionScenarios, run_sweep
-from apmae.mining.scenario_set import SPLITS
-from apmae.mining.tasks import CONTROL_TASK
 from apmae.target.access import load_target
 from datamodules.rows import select_rows
 from lit_models.interfaces import RanksHeads, implements, require
+
+if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers
+    from apmae.target.access import Target
 
 ARTIFACTS = ("results.csv", "scenarios.csv", "by_task.csv", "curve.png")
 
@@ -89,26 +90,14 @@ class Interventions(Callback):
     Args:
         every_n_epochs: evaluate at validation runs 0, N, 2N, ... (sanity checks never); None: only at the
             end of fit and of test.
-        n_scenarios: scenarios evaluated (a seeded choice among the split's rows, fixed for the run).
-        split: scenario split to take them from (``val``; ``test`` keeps them apart from a ranking made on val).
-        tasks: only these tasks (default: every task of the cache).
-        exclude_tasks: tasks left out (default ``noise``, random prompts the target cannot complete).
-        seed: seed of the scenario choice.
-        target: hub name or directory of the target model (default: the DataModule's ``target``).
-        dtype: target dtype (``float32``, ``bfloat16``, ``float16``).
-        device: target device; ``auto`` = the device of the module being trained.
-        attn_implementation: attention kernel of the callback's own target copy; no pattern is read, so
-            ``sdpa`` (faster) gives the same function up to rounding; ``eager`` matches ``run_batch`` bit for bit.
+        settings: the scenarios, the target and the head sets of every sweep
+            (:class:`apmae.interventions.settings.InterventionSettings`: n_scenarios, split, tasks,
+            exclude_tasks, seed, target, dtype, device, attn_implementation, strategies, fractions, ks,
+            random_seeds, batch_size), or a dict of its fields; None: its defaults.
         importance_csv: ``importance.csv`` (``layer,head,importance``); when given it is the ranking, ahead of
             the module's ``head_importance``.
         per_task: also run each task's own ranking on that task's scenarios.
         importance_csv_by_task: ``{task: importance.csv}`` used when the module has no ``head_importance_by_task``.
-        strategies: any of ``positive``, ``negative``, ``neutral``, ``random``.
-        fractions: the k sweep as shares of all heads (rounded, at least 1, deduplicated).
-        ks: explicit head counts instead of ``fractions``.
-        random_seeds: seeds of the random head sets (mean and spread are reported, and the null a ranked
-            setting is tested against: m seeds allow p-values down to 2 / (m + 1)); default 0..4.
-        batch_size: scenarios per forward pass of the target.
         output_dir: local folder of the artifacts (default ``<default_root_dir>/interventions``).
         run_at_fit_end: evaluate again at the end of fit when the ranking changed since the last evaluation.
         verbose: print the curve's key numbers at the end of fit and of test.
@@ -118,48 +107,32 @@ class Interventions(Callback):
         self,
         *,
         every_n_epochs: Optional[int] = 1,
-        n_scenarios: int = 128,
-        split: str = "val",
-        tasks: Optional[list[str]] = None,
-        exclude_tasks: Optional[list[str]] = None,
-        seed: int = 0,
-        target: Optional[str] = None,
-        dtype: str = "float32",
-        device: str = "auto",
-        attn_implementation: str = "sdpa",
+        settings: Optional[InterventionSettings] = None,
         importance_csv: Optional[str] = None,
         per_task: bool = False,
         importance_csv_by_task: Optional[dict[str, str]] = None,
-        strategies: Optional[list[str]] = None,
-        fractions: Optional[list[float]] = None,
-        ks: Optional[list[int]] = None,
-        random_seeds: Optional[list[int]] = None,
-        batch_size: int = 16,
         output_dir: Optional[str] = None,
         run_at_fit_end: bool = True,
         verbose: bool = True,
+        **moved: Any,
     ) -> None:
         super().__init__()
-        self.strategies = list(strategies if strategies is not None else STRATEGIES)
-        self.random_seeds = list(random_seeds if random_seeds is not None else range(5))
-        self.fractions = list(fractions if fractions is not None else DEFAULT_FRACTIONS)
-        _check_args(every_n_epochs=every_n_epochs, n_scenarios=n_scenarios, batch_size=batch_size,
-                    strategies=self.strategies, random_seeds=self.random_seeds, fractions=self.fractions,
-                    ks=ks, csv_paths=[importance_csv, *(importance_csv_by_task or {}).values()])
-        if split not in SPLITS:
-            raise ValueError(f"split={split!r}; use one of {SPLITS}")
+        moved_to_settings("Interventions", moved)
+        self.settings = InterventionSettings.of(settings)
+        if every_n_epochs is not None and every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1 or null, got {every_n_epochs}")
+        files = [importance_csv, *(importance_csv_by_task or {}).values()]
+        missing = [p for p in files if p and not Path(p).is_file()]
+        if missing:
+            raise ValueError(f"importance files {missing} do not exist; give the importance.csv of a probe run")
         if importance_csv_by_task and not per_task:
             raise ValueError("importance_csv_by_task is used only with per_task: true; set it or drop the files")
-        self.every_n_epochs, self.n_scenarios, self.split, self.seed = every_n_epochs, n_scenarios, split, seed
-        self.tasks = tasks
-        self.exclude_tasks = list(exclude_tasks if exclude_tasks is not None else [CONTROL_TASK])
-        self.target_name, self.dtype, self.device = target, dtype, device
-        self.attn_implementation = attn_implementation
+        self.every_n_epochs = every_n_epochs
         self.importance_csv, self.per_task = importance_csv, per_task
         self.importance_csv_by_task = dict(importance_csv_by_task or {})
-        self.ks, self.batch_size, self.output_dir = ks, batch_size, output_dir
+        self.output_dir = output_dir
         self.run_at_fit_end, self.verbose = run_at_fit_end, verbose
-        self.target: Any = None  # apmae.target.Target, loaded on first use
+        self.target: Optional[Target] = None  # loaded on first use
         self.scenarios: Any = None  # apmae.interventions.InterventionScenarios, chosen on first use
         self.cached_correct: Optional[np.ndarray] = None  # (N,) the cache's own outcome of those scenarios
         self.last: Optional[InterventionRun] = None
@@ -211,7 +184,7 @@ class Interventions(Callback):
             self._warn_once("no head importance yet (the module has not computed it, no importance_csv): "
                             "interventions skipped")
             return None
-        sweeps = [run_sweep(self.target, scenarios, sets, batch_size=self.batch_size, scope=scope,
+        sweeps = [run_sweep(self.target, scenarios, sets, batch_size=self.settings.batch_size, scope=scope,
                             progress=trainer.progress_bar_callback is not None)
                   for scope, scenarios, sets in plans]
         self._ranking_key = self._current_key(pl_module)
@@ -222,17 +195,19 @@ class Interventions(Callback):
         """Load the target and choose the scenarios, once."""
         datamodule = _datamodule(trainer)
         if self.target is None:
-            device = str(pl_module.device) if self.device == "auto" else self.device
-            self.target = load_target(self.target_name or datamodule.target, dtype=self.dtype, device=device)
-            self.target.model.set_attn_implementation(self.attn_implementation)
+            x = self.settings
+            device = str(pl_module.device) if x.device == "auto" else x.device
+            self.target = load_target(x.target or datamodule.target, dtype=x.dtype, device=device)
+            self.target.model.set_attn_implementation(x.attn_implementation)
         if self.scenarios is None:
             self.scenarios, self.cached_correct = choose_scenarios(
-                datamodule, n=self.n_scenarios, split=self.split, tasks=self.tasks,
-                exclude_tasks=self.exclude_tasks, seed=self.seed)
+                datamodule, n=self.settings.n_scenarios, split=self.settings.split, tasks=self.settings.tasks,
+                exclude_tasks=self.settings.exclude_tasks, seed=self.settings.seed)
 
     def _sweep_ks(self) -> list[int]:
         n_total = self.target.n_layers * self.target.n_heads
-        return check_ks(self.ks, n_total) if self.ks is not None else sweep_ks(n_total, fractions=self.fractions)
+        ks = self.settings.ks
+        return check_ks(ks, n_total) if ks is not None else sweep_ks(n_total, fractions=self.settings.fractions)
 
     def _plans(self, pl_module: LightningModule) -> list[tuple[str, Any, list[Any]]]:
         """(scope, scenarios, head sets) for the global ranking and, with ``per_task``, each task's."""
@@ -246,7 +221,7 @@ class Interventions(Callback):
             if scenarios is None:
                 continue
             sets = sweep_head_sets(importance, self._sweep_ks(), n_layers=t.n_layers, n_heads=t.n_heads,
-                                   strategies=self.strategies, seeds=self.random_seeds)
+                                   strategies=self.settings.strategies, seeds=self.settings.random_seeds)
             plans.append((scope, scenarios, sets))
         return plans
 
@@ -323,7 +298,7 @@ class Interventions(Callback):
             "by_task.csv": write_csv(task_rows(sweeps), folder / "by_task.csv", TASK_FIELDS),
         }
         fig = curve_figure(main, title=f"{Path(self.target.name).name}: heads zeroed by ranking [{main.scope}], "
-                                       f"{len(main.scenarios)} {self.split} scenarios ({stage})", tests=tests)
+                                       f"{len(main.scenarios)} {self.settings.split} scenarios ({stage})", tests=tests)
         fig.savefig(folder / "curve.png", dpi=110)
         plt.close(fig)
         files["curve.png"] = folder / "curve.png"
@@ -382,23 +357,3 @@ def _datamodule(trainer: Trainer) -> Any:
         raise ValueError("Interventions needs the trainer to run with a DataModule "
                          "(trainer.fit(model, datamodule=...))")
     return datamodule
-
-
-def _check_args(*, every_n_epochs: Optional[int], n_scenarios: int, batch_size: int, strategies: list[str],
-                random_seeds: list[int], fractions: list[float], ks: Optional[list[int]],
-                csv_paths: list[Optional[str]]) -> None:
-    """Refuse bad arguments at construction, before a run spends time training."""
-    if (every_n_epochs is not None and every_n_epochs < 1) or n_scenarios < 1 or batch_size < 1:
-        raise ValueError(f"every_n_epochs, n_scenarios and batch_size must be >= 1; got {every_n_epochs}, "
-                         f"{n_scenarios}, {batch_size}")
-    unknown = [s for s in strategies if s not in STRATEGIES]
-    if unknown or not strategies:
-        raise ValueError(f"strategies {unknown or 'empty'}: use some of {STRATEGIES}")
-    if "random" in strategies and not random_seeds:
-        raise ValueError("the random strategy needs at least one seed in random_seeds")
-    sweep_ks(1, fractions=fractions)  # validates the fractions
-    if ks is not None and (not ks or min(ks) < 1):
-        raise ValueError(f"ks={ks} must be non-empty head counts >= 1")
-    missing = [p for p in csv_paths if p and not Path(p).is_file()]
-    if missing:
-        raise ValueError(f"importance files {missing} do not exist; give the importance.csv of a probe run")

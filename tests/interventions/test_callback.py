@@ -10,9 +10,11 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
+from lit_models.training import TrainingRecipe
 from apmae.common.head_tables import write_head_table
 from apmae.mining.scenario_set import SPLITS, ScenarioSet
 from apmae.target.access import run_batch, zero_heads
+from apmae.interventions.settings import InterventionSettings
 from callbacks.interventions import Interventions
 from datamodules.attention_cache import AttentionCacheDataModule
 from datamodules.settings import ExtractionSettings
@@ -66,12 +68,14 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def _fit(tmp_path: Path, target_dir: Path, scenarios_path: Path, logger) -> tuple[Interventions, Trainer]:
     """Two epochs of a micro AP-MAE with the callback: no ranking at validation 0, one at validation 1."""
-    callback = Interventions(n_scenarios=100, exclude_tasks=[], per_task=True, random_seeds=[0, 1], batch_size=4,
-                             output_dir=str(tmp_path / "out"), verbose=False)
+    settings = InterventionSettings(n_scenarios=100, exclude_tasks=[], random_seeds=[0, 1], batch_size=4)
+    callback = Interventions(settings=settings, per_task=True, output_dir=str(tmp_path / "out"), verbose=False)
     trainer = Trainer(accelerator="cpu", devices=1, max_epochs=2, limit_train_batches=2, limit_val_batches=2,
                       num_sanity_val_steps=0, logger=logger, callbacks=[callback], enable_progress_bar=False,
                       enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path)
-    module = RankedLitAPMAE(seq_len=16, net_overrides=dict(MICRO_NET), lr=1e-3, export_dir=str(tmp_path / "net"))
+    module = RankedLitAPMAE(
+        seq_len=16, net_overrides=dict(MICRO_NET), recipe=TrainingRecipe(lr=1e-3, export_dir=str(tmp_path / "net"))
+    )
     with pytest.warns(UserWarning, match="no head importance yet"):
         trainer.fit(module, datamodule=_data(tmp_path, target_dir, scenarios_path))
     return callback, trainer
@@ -145,26 +149,46 @@ def test_the_callback_target_is_left_as_loaded(fitted, micro_target, scenario_se
 
 def test_a_ranking_file_of_another_model_is_refused(tmp_path, micro_target_dir, scenario_set_path):
     path = write_head_table(tmp_path / "importance.csv", {"importance": np.zeros((4, 8))})
-    callback = Interventions(importance_csv=str(path), strategies=["positive"], verbose=False)
-    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=1, limit_val_batches=1,
-                      num_sanity_val_steps=0, logger=False, callbacks=[callback], enable_progress_bar=False,
-                      enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path)
+    callback = Interventions(importance_csv=str(path), settings={"strategies": ["positive"]}, verbose=False)
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        callbacks=[callback],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     with pytest.raises(ValueError, match="made for another model"):
-        trainer.fit(LitAPMAE(seq_len=16, net_overrides=dict(MICRO_NET), export_dir=str(tmp_path / "net")),
-                    datamodule=_data(tmp_path, micro_target_dir, scenario_set_path))
+        trainer.fit(
+            LitAPMAE(
+                seq_len=16, net_overrides=dict(MICRO_NET), recipe=TrainingRecipe(export_dir=str(tmp_path / "net"))
+            ),
+            datamodule=_data(tmp_path, micro_target_dir, scenario_set_path),
+        )
 
 
 def test_bad_arguments_are_refused_at_construction(tmp_path):
-    with pytest.raises(ValueError, match="strategies"):
-        Interventions(strategies=["top"])
-    with pytest.raises(ValueError, match="needs at least one seed"):
-        Interventions(random_seeds=[])
+    with pytest.raises(ValueError, match="settings.strategies"):
+        Interventions(settings={"strategies": ["top"]})
+    with pytest.raises(ValueError, match="needs at least one seed in settings.random_seeds"):
+        Interventions(settings=InterventionSettings(random_seeds=[]))
     with pytest.raises(ValueError, match="do not exist"):
         Interventions(importance_csv=str(tmp_path / "missing.csv"))
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
-        Interventions(fractions=[2.0])
-    with pytest.raises(ValueError, match="split='dev'"):
-        Interventions(split="dev")
+        Interventions(settings={"fractions": [2.0]})
+    with pytest.raises(ValueError, match="settings.split='dev'"):
+        Interventions(settings={"split": "dev"})
+    # the sweep's settings passed one by one name the settings object that takes them now
+    with pytest.raises(TypeError, match=r"pass settings=InterventionSettings\(n_scenarios=8, split='test'\)"):
+        Interventions(split="test", n_scenarios=8)
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        Interventions(every_n_epochs=0)
     path = write_head_table(tmp_path / "importance.csv", {"importance": np.zeros((2, 4))})
     with pytest.raises(ValueError, match="only with per_task"):
         Interventions(importance_csv_by_task={"identifiers": str(path)})
@@ -188,10 +212,10 @@ def test_the_cli_appends_the_callback_to_any_config(monkeypatch):
     smoke = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
     cli = APMAECLI(args=["--config", str(smoke), "--trainer.logger=false",
                          "--trainer.callbacks+=callbacks.interventions.Interventions",
-                         "--trainer.callbacks.n_scenarios=64", "--trainer.callbacks.dtype=bfloat16",
+                         "--trainer.callbacks.settings.n_scenarios=64", "--trainer.callbacks.settings.dtype=bfloat16",
                          "--trainer.callbacks.every_n_epochs=null"], run=False)
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, Interventions)]
-    assert (callback.n_scenarios, callback.dtype, callback.every_n_epochs) == (64, "bfloat16", None)
+    assert (callback.settings.n_scenarios, callback.settings.dtype, callback.every_n_epochs) == (64, "bfloat16", None)
 
 
 def test_results_carry_each_settings_interval_and_flip_test(fitted):
