@@ -26,8 +26,8 @@ from pathlib import Path
 # name -> overrides on top of the demo config (model.init_args.* unless given in full)
 VARIANTS: dict[str, list[str]] = {
     "base": [],
-    "lr2e-3": ["--model.init_args.lr=2.0e-3"],
-    "lr5e-4": ["--model.init_args.lr=5.0e-4"],
+    "lr2e-3": ["--model.init_args.recipe.lr=2.0e-3"],
+    "lr5e-4": ["--model.init_args.recipe.lr=5.0e-4"],
     "patch8": ["--model.init_args.net_overrides={patch_size: 8}"],
     "patch32": ["--model.init_args.net_overrides={patch_size: 32}"],
     "mask0.75": ["--model.init_args.net_overrides={patch_size: 16, mask_ratio: 0.75}"],
@@ -36,7 +36,7 @@ VARIANTS: dict[str, list[str]] = {
     "all-heads": ["--data.init_args.head_selection=all"],
     "constant-lr": ["--model.init_args.min_lr_ratio=1.0"],
     # cost only: two torch threads beside the DataLoader worker (the demo trains on one)
-    "threads2": ["--model.init_args.num_threads=2"],
+    "threads2": ["--model.init_args.recipe.num_threads=2"],
 }
 
 
@@ -53,7 +53,7 @@ def run_variant(name: str, steps: int, demo_dir: str) -> dict:
             "--trainer.enable_checkpointing=false", f"--trainer.max_steps={steps}",
             f"--trainer.check_val_every_n_epoch={10 ** 6}", "--trainer.val_check_interval=1.0",
             "--trainer.enable_progress_bar=false",
-            f"--trainer.default_root_dir={root}", f"--model.init_args.export_dir={root / 'apmae'}",
+            f"--trainer.default_root_dir={root}", f"--model.init_args.recipe.export_dir={root / 'apmae'}",
             *VARIANTS[name]]
     start = time.perf_counter()
     cli = cli_main(args)

@@ -36,22 +36,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from apmae.cache.extract import cache_name, ensure_cache, target_short_name
+from apmae.cache.extract import cache_name, ensure_cache, extraction_device, target_short_name
 from apmae.cache.store import AttentionCache, CacheMismatchError, cache_files
 from apmae.encodings.store import encoder_hash, ensure_encodings, pattern_stats
 from apmae.mining.prompts import tokenizer_fingerprint
-from apmae.mining.scenario_set import SPLITS, ScenarioSet, load_source, source_seq_len
+from apmae.mining.scenario_set import SPLITS, ScenarioSet
 from apmae.model.loading import ENCODER_PRECISIONS, load_encoder
-from apmae.model.scaling import get_scaler, scale
+from apmae.model.scaling import get_scaler
 from apmae.target.access import load_target_tokenizer
 from datamodules.java_scenarios import JavaScenarioDataModule
-from datamodules.rows import EncodingRows, collate_encodings, row_columns, select_rows
-from datamodules.sampling import evaluation_sampler
+from datamodules.rows import EncodingRows, row_columns, select_rows
+from datamodules.patterns_base import PatternDataModule
 from datamodules.settings import EncoderSettings, ExtractionSettings, as_settings
 
 MODES = ("heads", "scenarios")
@@ -152,30 +151,10 @@ class ScenarioStackDataset(Dataset):
                 "stats": pattern_stats(patterns).numpy(), **row_columns(c, row)}
 
 
-class ScaledCollate:
-    """Stacks samples and scales the whole batch at once (runs inside the workers)."""
-
-    def __init__(self, scaler: str) -> None:
-        self.scaler = scaler
-
-    _DTYPES = {"correct": torch.bool, "probability": torch.float32}
-
-    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = {}
-        for key, value in samples[0].items():
-            if isinstance(value, np.ndarray):
-                batch[key] = torch.from_numpy(np.stack([s[key] for s in samples]))
-            else:
-                batch[key] = torch.tensor([s[key] for s in samples], dtype=self._DTYPES.get(key, torch.long))
-        if "images" in batch:
-            batch["images"] = scale(batch["images"], self.scaler).contiguous()
-        return batch
-
-
 # ---------------------------------------------------------------- the DataModule
 
 
-class AttentionCacheDataModule(L.LightningDataModule):
+class AttentionCacheDataModule(PatternDataModule):
     """Attention-pattern samples of one target model (plus extra targets for cross-model evaluation)."""
 
     def __init__(
@@ -218,7 +197,7 @@ class AttentionCacheDataModule(L.LightningDataModule):
             seed: seeds the layerwise head choice and class balancing.
             extraction: how the caches are built: the target's device, dtype and batches, the cache's
                 compression and value encoding, and the pattern kind (``attention``, or ``contribution``:
-                each head's norm-based contribution weights, :mod:`apmae.head_metrics.contribution`, in their
+                each head's norm-based contribution weights, :mod:`apmae.target.contribution`, in their
                 own cache files; AP-MAE trains and probes on either unchanged).
             encoder: a trained AP-MAE; with ``mode="scenarios"`` batches then carry its per-head encodings
                 instead of images (``None``: images).
@@ -258,12 +237,6 @@ class AttentionCacheDataModule(L.LightningDataModule):
         self.caches: dict[str, AttentionCache] = {}
 
     # -- scenarios
-    def _scenario_seq_len(self) -> int:
-        return source_seq_len(self.scenarios)
-
-    def scenario_set(self) -> ScenarioSet:
-        return load_source(self.scenarios)
-
     def scenario_set_of(self, model: str) -> ScenarioSet:
         """The scenarios a target reads: the set itself, or for an extra target with another tokenizer the
         same holes cut with its own tokens (:meth:`JavaScenarioDataModule.scenario_set_for`).
@@ -296,17 +269,9 @@ class AttentionCacheDataModule(L.LightningDataModule):
                          "for each tokenizer")
 
     # -- building
-    def _world(self) -> tuple[int, int, int]:
-        """(global rank, world size, local rank) from the trainer, or a single process."""
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 1, 0
-        return int(trainer.global_rank), int(trainer.world_size), int(trainer.local_rank)
-
     def prepare_data(self) -> None:
         """Mine scenarios if needed; build or resume the caches (single process; DDP shards in ``setup``)."""
-        if not isinstance(self.scenarios, (str, Path)):
-            self.scenarios.prepare_data()
+        self.prepare_scenarios()
         _, world, _ = self._world()
         if world == 1:
             self._build(0, 1, 0)
@@ -340,7 +305,7 @@ class AttentionCacheDataModule(L.LightningDataModule):
     def _encode_caches(self) -> None:
         """Read or compute every cache's encodings under ``encoder`` (rank 0 computes under DDP)."""
         net = load_encoder(self.encoder.path)
-        device = torch.device(f"cuda:{self._world()[2]}" if torch.cuda.is_available() else "cpu")
+        device = torch.device(extraction_device(self.extraction.device, self._world()[2]))  # as EncodingsDataModule
         net.to(device)
         self.encoder_hash = encoder_hash(net)
         rank, world, _ = self._world()
@@ -354,23 +319,9 @@ class AttentionCacheDataModule(L.LightningDataModule):
                 self.trainer.strategy.barrier("encodings")
             self.encodings[name] = ensure_encodings(net, cache, path, scaler=self.scaler, progress=False).load()
 
-    @property
-    def n_layers(self) -> int | None:
-        """L of the training target (None before setup)."""
-        cache = self.caches.get(self.train_target_name)
-        return None if cache is None else cache.n_layers
-
-    @property
-    def n_heads(self) -> int | None:
-        """H of the training target (None before setup)."""
-        cache = self.caches.get(self.train_target_name)
-        return None if cache is None else cache.n_heads
-
-    @property
-    def task_names(self) -> list[str] | None:
-        """Task names of the training target's cache (None before setup)."""
-        cache = self.caches.get(self.train_target_name)
-        return None if cache is None else cache.task_names
+    def served(self) -> AttentionCache | None:
+        """The training target's cache (None before setup)."""
+        return self.caches.get(self.train_target_name)
 
     def dataset(self, name: str, split: str) -> Dataset:
         """The samples of one target's cache and split after the filters."""
@@ -388,22 +339,6 @@ class AttentionCacheDataModule(L.LightningDataModule):
         selection = HeadSelection.parse(self.head_selection, n_layers=cache.n_layers, n_heads=cache.n_heads,
                                         seed=self.seed)
         return HeadImageDataset(cache, rows, selection)
-
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        collate = collate_encodings if isinstance(dataset, EncodingRows) else ScaledCollate(self.scaler)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=collate, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available(),
-                          sampler=None if shuffle else evaluation_sampler(dataset))
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset(self.train_target_name, "train"), shuffle=True)
-
-    def val_dataloader(self) -> list[DataLoader]:
-        return [self._loader(self.dataset(n, "val"), shuffle=False) for n in self.val_target_names]
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(self.dataset(n, "test"), shuffle=False) for n in self.test_target_names]
 
     def teardown(self, stage: str | None = None) -> None:
         for cache in self.caches.values():

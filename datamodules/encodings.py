@@ -27,28 +27,29 @@ row blocks and whole heads, not random rows.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from apmae.cache.extract import extraction_device, target_short_name
-from apmae.cache.store import DEFAULT_PATTERN_KIND, cache_files, shard_path
+from apmae.cache.extract import ensure_cache, extraction_device, target_short_name
+from apmae.cache.store import DEFAULT_PATTERN_KIND, AttentionCache, cache_files, shard_path
 from apmae.encodings.store import EncodingSet, EncodingsError, EncodingsMismatchError, encoder_hash, ensure_encodings
 from apmae.encodings.stream import stream_encodings
-from apmae.mining.scenario_set import ScenarioSet, load_source, source_seq_len
+from apmae.mining.scenario_set import ScenarioSet
 from apmae.model.loading import ENCODER_PRECISIONS, load_encoder
 from apmae.model.scaling import get_scaler
 from apmae.target.access import load_target
-from datamodules.attention_cache import AttentionCacheDataModule
 from datamodules.java_scenarios import JavaScenarioDataModule
-from datamodules.rows import EncodingRows, collate_encodings, select_rows
-from datamodules.sampling import evaluation_sampler
+from datamodules.rows import EncodingRows, select_rows
+from datamodules.patterns_base import PatternDataModule
 from datamodules.settings import EncoderSettings, ExtractionSettings, as_settings
 
+if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers
+    from apmae.model.net import APMAE
 
-class EncodingsDataModule(L.LightningDataModule):
+
+class EncodingsDataModule(PatternDataModule):
     """Per-scenario AP-MAE encodings of one target's heads, for probes, clustering and interventions."""
 
     def __init__(
@@ -117,40 +118,17 @@ class EncodingsDataModule(L.LightningDataModule):
         self.name: str | None = None  # <target>.<encoder hash>, known once the encoder is loaded
         self._built = False
 
-    def _scenario_seq_len(self) -> int:
-        return source_seq_len(self.scenarios)
-
-    def scenario_set(self) -> ScenarioSet:
-        return load_source(self.scenarios)
-
-    # -- facts the probe reads (None before setup)
-    @property
-    def n_layers(self) -> int | None:
-        return None if self.encodings is None else self.encodings.n_layers
-
-    @property
-    def n_heads(self) -> int | None:
-        return None if self.encodings is None else self.encodings.n_heads
-
-    @property
-    def task_names(self) -> list[str] | None:
-        return None if self.encodings is None else self.encodings.task_names
+    def served(self) -> EncodingSet | None:
+        """The encodings (None before setup)."""
+        return self.encodings
 
     # -- building
-    def _world(self) -> tuple[int, int, int]:
-        """(global rank, world size, local rank) from the trainer, or a single process."""
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 1, 0
-        return int(trainer.global_rank), int(trainer.world_size), int(trainer.local_rank)
-
     def _device(self, local_rank: int) -> torch.device:
         return torch.device(extraction_device(self.extraction.device, local_rank))
 
     def prepare_data(self) -> None:
         """Mine scenarios if needed; compute or resume the encodings (single process; DDP ranks in ``setup``)."""
-        if not isinstance(self.scenarios, (str, Path)):
-            self.scenarios.prepare_data()
+        self.prepare_scenarios()
         if self._world()[1] == 1:
             self._build(0, 1, 0)
 
@@ -186,26 +164,29 @@ class EncodingsDataModule(L.LightningDataModule):
                                          "encodings_dir")
         return True
 
-    def _stream(self, net: Any, scenarios: ScenarioSet, rank: int, world: int, device: torch.device) -> None:
+    def _stream(self, net: APMAE, scenarios: ScenarioSet, rank: int, world: int, device: torch.device) -> None:
         x = self.extraction
         target = load_target(self.target, dtype=x.dtype, device=str(device))
         stream_encodings(target, scenarios, net, shard_path(self.encodings_dir, self.name, rank), rank=rank,
                          world_size=world, batch_size=x.batch_size, scaler=self.scaler,
                          autocast_dtype=self.autocast_dtype, workers=x.workers, progress=x.progress)
 
-    def _encode_cache(self, net: Any, scenarios: ScenarioSet, rank: int, world: int, device: torch.device) -> None:
-        """Build (or reuse) the attention cache on every rank, then encode it on rank 0."""
-        patterns = AttentionCacheDataModule(target=self.target, scenarios=self.scenarios, cache_dir=str(self.cache_dir),
-                                            scaler=self.scaler, mode="scenarios", extraction=self.extraction)
-        patterns.trainer = self.trainer
-        patterns.setup("encode")
+    def _encode_cache(self, net: APMAE, scenarios: ScenarioSet, rank: int, world: int, device: torch.device) -> None:
+        """Build (or reuse) the attention cache (every rank its shard, as extraction does), then encode it on rank 0."""
+        build = ensure_cache(self.target, scenarios, self.cache_dir, self.extraction, rank=rank, world_size=world,
+                             local_rank=self._world()[2])
+        if world > 1:
+            self.trainer.strategy.barrier("attention-cache")
         if rank == 0:
+            cache = AttentionCache(cache_files(self.cache_dir, build.name), pattern_kind=self.extraction.pattern_kind)
             # by default in the stream's steps, so both settings give the same encodings
             batch_size = self.encoder.batch_size or self.extraction.batch_size
-            ensure_encodings(net, patterns.caches[self.train_target_name], shard_path(self.encodings_dir, self.name, 0),
-                             scaler=self.scaler, batch_size=batch_size, autocast_dtype=self.autocast_dtype,
-                             progress=self.extraction.progress)
-        patterns.teardown()
+            try:
+                ensure_encodings(net, cache, shard_path(self.encodings_dir, self.name, 0), scaler=self.scaler,
+                                 batch_size=batch_size, autocast_dtype=self.autocast_dtype,
+                                 progress=self.extraction.progress)
+            finally:
+                cache.close()
 
     # -- setup
     def setup(self, stage: str | None = None) -> None:
@@ -218,6 +199,7 @@ class EncodingsDataModule(L.LightningDataModule):
             self._build(0, 1, 0)
         if self.encodings is None:
             self.encodings = EncodingSet(cache_files(self.encodings_dir, self.name))
+            self.encoder_hash = str(self.encodings.identity["encoder_hash"])
         if self.encodings.identity["seq_len"] != self.seq_len:
             raise EncodingsMismatchError(f"encodings {self.name!r} have S={self.encodings.identity['seq_len']}, "
                                          f"the scenarios S={self.seq_len}")
@@ -229,19 +211,3 @@ class EncodingsDataModule(L.LightningDataModule):
         rows = select_rows(self.encodings, split, tasks=self.tasks, correct_only=self.correct_only,
                            balance=self.balance, seed=self.seed)
         return EncodingRows(self.encodings, rows)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.dataset(self.train_target_name, split)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=collate_encodings, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available(),
-                          sampler=None if shuffle else evaluation_sampler(dataset))
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> list[DataLoader]:
-        return [self._loader("val", shuffle=False)]
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader("test", shuffle=False)]

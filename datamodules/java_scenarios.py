@@ -19,11 +19,12 @@ In a notebook::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, TYPE_CHECKING
 
 import lightning.pytorch as pl
 import numpy as np
@@ -37,6 +38,9 @@ from apmae.mining.scenario_set import FORMAT_VERSION, SPLITS, ScenarioSet
 from apmae.mining.settings import MiningConfig, moved_to_mining
 from apmae.mining.sources import JavaSources
 from apmae.mining.tasks import get_tasks
+
+if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +113,7 @@ class JavaScenarioDataModule(pl.LightningDataModule):
         super().__init__()
         moved_to_mining("JavaScenarioDataModule", moved)
         self.mining = MiningConfig.of(mining)
+        mining = dataclasses.asdict(self.mining)  # the checkpoint keeps plain values, not the dataclass
         self.save_hyperparameters()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -185,7 +190,7 @@ class JavaScenarioDataModule(pl.LightningDataModule):
             self._tokenizer_fingerprint = tokenizer_fingerprint(load_tokenizer(self.tokenizer, "auto")[0])
         return self._tokenizer_fingerprint
 
-    def scenario_set_for(self, tokenizer: Any) -> ScenarioSet:
+    def scenario_set_for(self, tokenizer: PreTrainedTokenizerBase) -> ScenarioSet:
         """The same holes cut for another target's ``tokenizer`` (:func:`apmae.mining.retokenize.retokenize`).
 
         The mining tokenizer gets :meth:`scenario_set` itself; another one a set cut from the same

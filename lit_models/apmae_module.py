@@ -69,24 +69,18 @@ class LitAPMAE(RecipeModule):
             ``seq_len`` is always taken from ``seq_len``.
         net: a ready ``APMAE`` (Python use, or ``class_path: apmae.model.APMAE`` in YAML); replaces
             ``preset``/``net_overrides`` and must have ``config.seq_len == seq_len``.
-        base_lr: learning rate per ``lr_reference_batch`` images (paper: 1.5e-4 per 50).
-        lr_reference_batch: batch size ``base_lr`` refers to; the run's LR is
-            ``base_lr * effective_batch / lr_reference_batch`` (batch x devices x accumulation).
-        lr: absolute learning rate; when set, no batch-size scaling happens.
-        betas: AdamW betas.
-        weight_decay: AdamW weight decay, not applied to norms, biases, embeddings and tokens.
-        warmup_fraction: share of all optimiser steps spent in linear warmup.
-        min_lr_ratio: the cosine schedule ends at ``min_lr_ratio * lr``.
+        recipe: the optimiser, schedule and process settings (:class:`lit_models.training.TrainingRecipe`:
+            base_lr, lr_reference_batch, lr, betas, weight_decay, warmup_fraction, min_lr_ratio,
+            export_dir, num_threads), or a dict of its fields; None: its defaults (the paper's AdamW
+            recipe, 1.5e-4 per 50 images). ``export_dir`` is where the trained net is saved
+            (``APMAE.save``) at the end of fit (default: ``apmae_net/`` next to the checkpoint
+            directory); ``num_threads`` the torch CPU threads of the process while it trains (on a
+            small CPU, ``cores - num_workers`` avoids oversubscription).
         optimizer: optional factory ``params -> Optimizer`` replacing AdamW; it receives the
             weight-decay parameter groups and keeps its own learning rate (no scaling).
         scheduler: optional factory ``optimizer -> LRScheduler`` stepped every optimiser step,
             replacing warmup + cosine.
         baseline_batches: training batches averaged into the mean-pattern baseline.
-        export_dir: where the trained net is saved (``APMAE.save``) at the end of fit;
-            default: ``apmae_net/`` next to the checkpoint directory.
-        num_threads: torch CPU threads of this process, set when the trainer sets up (None: leave
-            torch's default). On a small CPU, ``cores - num_workers`` avoids oversubscription,
-            which slows small-matrix training several-fold.
         compile: run the net's forward through ``torch.compile`` (``nn.Module.compile``: parameter
             names, checkpoints and the export stay as they are). Off by default: on a 2-core CPU the
             demo net compiles for minutes (train and eval graphs) and then steps ~2 % faster.
@@ -106,26 +100,22 @@ class LitAPMAE(RecipeModule):
         preset: str = "tiny",
         net_overrides: Optional[dict[str, Any]] = None,
         net: Optional[APMAE] = None,
-        base_lr: float = 1.5e-4,
-        lr_reference_batch: int = 50,
-        lr: Optional[float] = None,
-        betas: tuple[float, float] = (0.9, 0.95),
-        weight_decay: float = 0.05,
-        warmup_fraction: float = 0.05,
-        min_lr_ratio: float = 0.0,
+        recipe: Optional[TrainingRecipe] = None,
         optimizer: Optional[OptimizerFactory] = None,
         scheduler: Optional[SchedulerFactory] = None,
         baseline_batches: int = 32,
-        export_dir: Optional[str] = None,
-        num_threads: Optional[int] = None,
         compile: bool = False,
         bootstrap_resamples: int = 1000,
         row_emphasis: Optional[RowEmphasis] = None,
     ) -> None:
-        recipe = TrainingRecipe(base_lr=base_lr, lr_reference_batch=lr_reference_batch, lr=lr, betas=betas,
-                                weight_decay=weight_decay, warmup_fraction=warmup_fraction,
-                                min_lr_ratio=min_lr_ratio, export_dir=export_dir, num_threads=num_threads)
-        super().__init__(recipe=recipe, optimizer=optimizer, scheduler=scheduler)
+        settings = TrainingRecipe.of(recipe)
+        super().__init__(recipe=settings, optimizer=optimizer, scheduler=scheduler)
+        if isinstance(row_emphasis, dict):
+            row_emphasis = RowEmphasis(**row_emphasis)
+        emphasis = row_emphasis
+        # the checkpoint keeps plain values (a weights_only load refuses dataclasses), each setting once
+        recipe = asdict(settings)
+        row_emphasis = None if emphasis is None else asdict(emphasis)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         if baseline_batches < 1:
             raise ValueError(f"baseline_batches must be >= 1, got {baseline_batches}")
@@ -134,12 +124,12 @@ class LitAPMAE(RecipeModule):
         self.net = _build_net(seq_len=seq_len, preset=preset, overrides=net_overrides, net=net)
         if compile:
             self.net.compile()
-        if isinstance(row_emphasis, dict):
-            row_emphasis = RowEmphasis(**row_emphasis)
-        self.row_emphasis = row_emphasis if row_emphasis is not None and row_emphasis.active else None
+        self.row_emphasis = emphasis if emphasis is not None and emphasis.active else None
         if self.row_emphasis is not None:
             config = self.net.config
-            self.row_emphasis.check(config.grid, config.num_patches - num_visible(config.num_patches, config.mask_ratio))
+            self.row_emphasis.check(
+                config.grid, config.num_patches - num_visible(config.num_patches, config.mask_ratio)
+            )
         # Mean scaled training image: the trivial reconstruction every run is compared with.
         self.register_buffer("baseline_mean", torch.zeros(1, 1, seq_len, seq_len))
         self.register_buffer("baseline_images", torch.zeros((), dtype=torch.long))

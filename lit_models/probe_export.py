@@ -8,15 +8,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from apmae.common.head_tables import head_heatmap, write_head_table
-from apmae.probe.uncertainty import ScoreUncertainty
+from apmae.probe.uncertainty import ProbeScores, ScoreUncertainty
 from lit_models.probe_stage import ProbeStage
 
 
-def write_probe_files(directory: str | Path, probe: ProbeStage, scores: Optional[dict[str, Any]]) -> list[Path]:
+def write_probe_files(directory: str | Path, probe: ProbeStage, scores: Optional[ProbeScores]) -> list[Path]:
     """importance.csv, integrated_gradients.csv, heatmap.png and ``<stage>_scores.csv`` (when scored) in ``directory``.
 
-    ``scores`` is ``{"stage": "val" | "test", "scores": {predictor: {task: BinaryScores}}}`` or None; with
-    ``"uncertainty"`` in it also ``<stage>_intervals.csv`` and ``<stage>_paired_tests.csv``.
+    With ``scores.uncertainty`` also ``<stage>_intervals.csv`` and ``<stage>_paired_tests.csv``.
     """
     directory = Path(directory)
     importance = probe.head_importance.cpu().numpy()
@@ -27,9 +26,9 @@ def write_probe_files(directory: str | Path, probe: ProbeStage, scores: Optional
                           {"mean replacement (logit change)": importance, "integrated gradients": ig},
                           title="probe head importance: + pushes toward 'correct'")]
     if scores is not None:
-        files.append(write_score_table(directory / f"{scores['stage']}_scores.csv", scores["scores"]))
-    if scores is not None and scores.get("uncertainty"):
-        files += write_uncertainty_tables(directory, scores["stage"], scores["uncertainty"])
+        files.append(write_score_table(directory / f"{scores.stage}_scores.csv", scores.scores))
+    if scores is not None and scores.uncertainty:
+        files += write_uncertainty_tables(directory, scores.stage, scores.uncertainty)
     return files
 
 

@@ -21,6 +21,7 @@ The protocol passes these in as ``external`` fits, so the core protocol stays fr
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -36,6 +37,7 @@ from apmae.probe.linear import balanced_weights
 from apmae.probe.models import FoldScore
 from datamodules.rows import EncodingRows, collate_encodings
 from lit_models.probe_module import LitProbe
+from lit_models.training import TrainingRecipe
 
 PREDICTORS = {"probe": "apmae [litprobe]", "probe_confidence": "confidence+apmae [litprobe]"}
 
@@ -93,17 +95,31 @@ def litprobe_crossfit(protocol: Protocol, settings: LitProbeFolds) -> dict[str, 
         for i, fold in enumerate(folds):
             seed = protocol.settings.seed + i
             L.seed_everything(seed, verbose=False)
-            module = LitProbe(seq_len=seq_len, encoder=settings.encoder, probe_features=settings.probe_features,
-                              probe_hidden=settings.probe_hidden, probe_dropout=settings.probe_dropout,
-                              probe_layers=data.n_layers, probe_heads=data.n_heads, lr=settings.lr,
-                              warmup_fraction=0.05, importance_scenarios=0, bootstrap_resamples=0,
-                              export_dir=f"{scratch}/fold{i}", num_threads=settings.num_threads)
+            module = LitProbe(
+                seq_len=seq_len,
+                encoder=settings.encoder,
+                probe_features=settings.probe_features,
+                probe_hidden=settings.probe_hidden,
+                probe_dropout=settings.probe_dropout,
+                probe_layers=data.n_layers,
+                probe_heads=data.n_heads,
+                importance_scenarios=0,
+                bootstrap_resamples=0,
+                recipe=TrainingRecipe(
+                    lr=settings.lr,
+                    warmup_fraction=0.05,
+                    export_dir=f"{scratch}/fold{i}",
+                    num_threads=settings.num_threads,
+                ),
+            )
             datamodule = FoldRowsDataModule(data.source, data.rows[fold.train], data.rows[fold.test],
                                             batch_size=settings.batch_size, seed=seed)
             trainer = L.Trainer(max_epochs=settings.epochs, accelerator="cpu", devices=1, logger=False,
                                 enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                                 limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=scratch)
-            trainer.fit(module, datamodule=datamodule)
+            with warnings.catch_warnings():  # no validation by design: nothing may see the fold's test files
+                warnings.filterwarnings("ignore", message=".*validation_step.* no `val_dataloader`")
+                trainer.fit(module, datamodule=datamodule)
             for name, p in _predict(module, datamodule.test_dataloader()).items():
                 scores[name].append(FoldScore(p=p, inner_auroc=float("nan")))
     return {row: CrossFit(name=row, feature_set="apmae", model="litprobe", folds=folds,

@@ -38,7 +38,7 @@ from apmae.encodings.store import encoder_hash
 from apmae.model.loading import NET_CONFIG_KEY, load_encoder
 from apmae.model.net import APMAE
 from apmae.probe.metrics import best_threshold, metric_dict, per_task_scores
-from apmae.probe.uncertainty import BootstrapSettings, score_uncertainty, uncertainty_metric_dict
+from apmae.probe.uncertainty import BootstrapSettings, ProbeScores, score_uncertainty, uncertainty_metric_dict
 from apmae.common.tracking import log_to_runs
 from lit_models.probe_export import write_probe_files
 from lit_models.probe_stage import FEATURES, MAX_TASKS, Collected, ProbeStage
@@ -65,18 +65,12 @@ class LitProbe(RecipeModule):
         probe_heads: H of the target (None: taken from the DataModule's ``n_heads`` at setup).
         importance_scenarios: validation scenarios the head importance is computed on (at most).
         importance_steps: integrated-gradients steps of the second importance estimate.
-        base_lr: learning rate per ``lr_reference_batch`` scenarios.
-        lr_reference_batch: batch size ``base_lr`` refers to; the run's LR is
-            ``base_lr * effective_batch / lr_reference_batch`` (batch x devices x accumulation).
-        lr: absolute learning rate; when set, no batch-size scaling happens.
-        betas: AdamW betas.
-        weight_decay: AdamW weight decay of the probes (and of the encoder's weights when fine-tuned).
-        warmup_fraction: share of all optimiser steps spent in linear warmup.
-        min_lr_ratio: the cosine schedule ends at ``min_lr_ratio * lr``.
-        export_dir: where the head importance (``importance.csv``, ``integrated_gradients.csv``,
-            ``heatmap.png``) and the score table go; default: ``probe/`` next to the checkpoint directory.
-        num_threads: torch CPU threads of this process, set when the trainer sets up (None: leave
-            torch's default).
+        recipe: the optimiser, schedule and process settings (:class:`lit_models.training.TrainingRecipe`:
+            base_lr (per ``lr_reference_batch`` scenarios), lr_reference_batch, lr, betas, weight_decay
+            (of the probes, and of the encoder's weights when fine-tuned), warmup_fraction, min_lr_ratio,
+            export_dir, num_threads), or a dict of its fields; None: its defaults. ``export_dir`` is where
+            the head importance (``importance.csv``, ``integrated_gradients.csv``, ``heatmap.png``) and
+            the score table go (default: ``probe/`` next to the checkpoint directory).
         bootstrap_resamples: resamples of the test split's stratified bootstrap (intervals and paired
             tests, per task and pooled); 0 turns them off.
         bootstrap_seed: seed of those resamples (the same seed gives the same intervals).
@@ -97,22 +91,13 @@ class LitProbe(RecipeModule):
         probe_heads: Optional[int] = None,
         importance_scenarios: int = 512,
         importance_steps: int = 32,
-        base_lr: float = 1.5e-4,
-        lr_reference_batch: int = 50,
-        lr: Optional[float] = None,
-        betas: tuple[float, float] = (0.9, 0.95),
-        weight_decay: float = 0.05,
-        warmup_fraction: float = 0.05,
-        min_lr_ratio: float = 0.0,
-        export_dir: Optional[str] = None,
-        num_threads: Optional[int] = None,
+        recipe: Optional[TrainingRecipe] = None,
         bootstrap_resamples: int = 1000,
         bootstrap_seed: int = 0,
     ) -> None:
-        recipe = TrainingRecipe(base_lr=base_lr, lr_reference_batch=lr_reference_batch, lr=lr, betas=betas,
-                                weight_decay=weight_decay, warmup_fraction=warmup_fraction,
-                                min_lr_ratio=min_lr_ratio, export_dir=export_dir, num_threads=num_threads)
-        super().__init__(recipe=recipe)
+        settings = TrainingRecipe.of(recipe)
+        super().__init__(recipe=settings)
+        recipe = asdict(settings)  # the checkpoint keeps plain values (a weights_only load refuses dataclasses)
         self.save_hyperparameters()
         if probe_features not in FEATURES:
             raise ValueError(f"probe_features={probe_features!r}; use one of {FEATURES}")
@@ -127,9 +112,7 @@ class LitProbe(RecipeModule):
         self.probe: Optional[ProbeStage] = None
         if probe_layers is not None and probe_heads is not None:
             self._build_probe(probe_layers, probe_heads)
-        # {"stage", "scores": {predictor: {task: BinaryScores}}}; at test also "uncertainty":
-        # {predictor: {task: ScoreUncertainty}} and "bootstrap_seconds"
-        self.probe_scores: Optional[dict[str, Any]] = None
+        self.probe_scores: Optional[ProbeScores] = None  # of the latest evaluation
         self._collected = Collected()
         self._ranked: Optional[tuple[Collected, list[str]]] = None  # what head_importance was computed on
         self._by_task: Optional[dict[str, torch.Tensor]] = None
@@ -207,11 +190,9 @@ class LitProbe(RecipeModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
             raise ValueError("the probe needs a DataModule with a train split for its reference features")
-        served = getattr(datamodule, "encoder_hash", None)
-        if served is not None and not self.hparams.finetune_encoder and served != encoder_hash(self.net):
-            raise ValueError(f"the DataModule serves encodings of encoder {served} but the probe's encoder is "
-                             f"{encoder_hash(self.net)}: point data.encoder.path and model.encoder at the same AP-MAE")
-        self.probe.fit_reference(datamodule.train_dataloader(), self.net)
+        batches = datamodule.train_dataloader()
+        check_served_encoder(datamodule, batches, self.net, finetune=self.hparams.finetune_encoder)
+        self.probe.fit_reference(batches, self.net)
 
     # -------------------------------------------------------------- evaluation
     def on_validation_epoch_start(self) -> None:
@@ -257,7 +238,7 @@ class LitProbe(RecipeModule):
         logit = torch.logit(torch.from_numpy(probs["probe"]).clamp(1e-6, 1 - 1e-6))
         values[f"{stage}/loss"] = float(nn.functional.binary_cross_entropy_with_logits(
             logit, torch.from_numpy(correct).float()))
-        self.probe_scores = {"stage": stage, "scores": scores}
+        self.probe_scores = ProbeScores(stage=stage, scores=scores)
         if stage == "test" and self.hparams.bootstrap_resamples:
             values.update(self._uncertainty(probs, correct, task, names, thresholds))
         self.log_dict({k: v for k, v in values.items() if np.isfinite(v)}, add_dataloader_idx=False)
@@ -268,7 +249,8 @@ class LitProbe(RecipeModule):
         start = time.perf_counter()
         settings = BootstrapSettings(n_resamples=self.hparams.bootstrap_resamples, seed=self.hparams.bootstrap_seed)
         uncertainty = score_uncertainty(probs, correct, task, names, thresholds=thresholds, settings=settings)
-        self.probe_scores.update(uncertainty=uncertainty, bootstrap_seconds=time.perf_counter() - start)
+        self.probe_scores.uncertainty = uncertainty
+        self.probe_scores.bootstrap_seconds = time.perf_counter() - start
         return {k: v for name, u in uncertainty.items() for k, v in uncertainty_metric_dict(f"test/{name}", u).items()}
 
     def _task_names(self) -> list[str]:
@@ -288,6 +270,27 @@ class LitProbe(RecipeModule):
         if self.trainer.is_global_zero:
             files = write_probe_files(self.export_path(), self.probe, self.probe_scores)
             log_to_runs(self.trainer.loggers, files, "head_importance")
+
+
+def check_served_encoder(datamodule: Any, batches: Any, net: APMAE, *, finetune: bool) -> None:
+    """Refuse stored encodings of another AP-MAE than the probe's: they would be read as its own.
+
+    A DataModule that serves encodings (batches with ``cls``) names their encoder as ``encoder_hash``;
+    one that serves them without naming it is refused too, since the check could not be made.
+    A fine-tuned encoder reads the images, never stored encodings.
+    """
+    if finetune:
+        return
+    served = getattr(datamodule, "encoder_hash", None)
+    if served is None:
+        first = next(iter(batches), None)
+        if first is not None and "cls" in first:
+            raise ValueError(f"{type(datamodule).__name__} serves stored encodings without saying of which encoder "
+                             "(an encoder_hash attribute): the probe cannot check they are its encoder's")
+        return
+    if served != encoder_hash(net):
+        raise ValueError(f"the DataModule serves encodings of encoder {served} but the probe's encoder is "
+                         f"{encoder_hash(net)}: point data.encoder.path and model.encoder at the same AP-MAE")
 
 
 def _load_encoder(encoder: str, *, seq_len: int) -> APMAE:

@@ -6,8 +6,8 @@
 - gradient clipping that also works for a fused optimizer under bf16-mixed;
 - the torch CPU thread count of the process and the folder a run exports to.
 
-A module subclasses :class:`RecipeModule`, builds a :class:`TrainingRecipe` from its own
-(flat, documented) constructor arguments and says which parameters train in
+A module subclasses :class:`RecipeModule`, takes one ``recipe`` argument (a :class:`TrainingRecipe`,
+a dict of its fields, or a ``recipe:`` block in a config) and says which parameters train in
 :meth:`RecipeModule.parameter_groups`.
 """
 
@@ -17,13 +17,14 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Optional
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Optional
 
 import torch
 import torch.distributed as dist
 from lightning.pytorch import LightningModule
 
 from apmae.common.cores import torch_threads
+from apmae.common.settings import field_names, settings_of
 from apmae.model.schedules import warmup_cosine
 
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # devices with torch's fused AdamW kernel
@@ -46,12 +47,21 @@ class TrainingRecipe:
     num_threads: Optional[int] = None  # torch CPU threads, set at setup (None: torch's default)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
         if self.lr_reference_batch < 1:
             raise ValueError(f"lr_reference_batch must be >= 1, got {self.lr_reference_batch}")
+
+    @classmethod
+    def of(cls, value: "TrainingRecipe | Mapping[str, Any] | None") -> "TrainingRecipe":
+        """``value`` as a TrainingRecipe: itself, one built from a mapping of its fields, or the defaults."""
+        return settings_of(cls, value, "recipe")
+
+
+RECIPE_FIELDS = field_names(TrainingRecipe)
 
 
 def every_rank(local: Any) -> list[Any]:
@@ -211,4 +221,5 @@ def release_threads(module: Any) -> None:
         held.__exit__(None, None, None)
 
 
-__all__ = ["RecipeModule", "TrainingRecipe", "OptimizerFactory", "SchedulerFactory", "FUSED_ADAMW_DEVICES", "hold_threads", "release_threads"]
+__all__ = ["FUSED_ADAMW_DEVICES", "OptimizerFactory", "RECIPE_FIELDS", "RecipeModule", "SchedulerFactory",
+           "TrainingRecipe", "hold_threads", "release_threads"]

@@ -73,7 +73,7 @@ def probe_overrides(demo_dir: str) -> list[str]:
     """CLI overrides that point the stacked probe config at ``demo_dir``."""
     d = Path(demo_dir)
     return [*input_overrides(demo_dir), f"--trainer.default_root_dir={d / 'probe-runs'}",
-            f"--model.init_args.encoder={d / 'apmae'}", f"--model.init_args.export_dir={d / 'probe'}"]
+            f"--model.init_args.encoder={d / 'apmae'}", f"--model.init_args.recipe.export_dir={d / 'probe'}"]
 
 
 def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, reduction: str = "pca",
@@ -141,8 +141,9 @@ def fold_settings(cli: Any) -> Any:
 
     h = cli.model.hparams
     return LitProbeFolds(encoder=h.encoder, epochs=cli.trainer.max_epochs, batch_size=cli.datamodule.batch_size,
-                         lr=h.lr, probe_features=h.probe_features, probe_hidden=h.probe_hidden,
-                         probe_dropout=h.probe_dropout, num_threads=h.num_threads, repeats=LITPROBE_REPEATS)
+                         lr=cli.model.recipe.lr, probe_features=h.probe_features, probe_hidden=h.probe_hidden,
+                         probe_dropout=h.probe_dropout, num_threads=cli.model.recipe.num_threads,
+                         repeats=LITPROBE_REPEATS)
 
 
 def _atlas(cli: Any, demo_dir: str, run_ids: list[str], tracking_uri: str | None) -> list[str]:

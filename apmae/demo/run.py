@@ -106,7 +106,7 @@ def demo_overrides(demo_dir: str) -> list[str]:
     """CLI overrides that point the demo config at ``demo_dir`` instead of artifacts/demo."""
     d = Path(demo_dir)
     return [*input_overrides(demo_dir), f"--data.init_args.extra_targets=[{d / 'target-a'}]",
-            f"--trainer.default_root_dir={d / 'runs'}", f"--model.init_args.export_dir={d / 'apmae'}"]
+            f"--trainer.default_root_dir={d / 'runs'}", f"--model.init_args.recipe.export_dir={d / 'apmae'}"]
 
 
 def summarize(cli: Any) -> DemoSummary:

@@ -52,8 +52,16 @@ READOUTS = ("apmae", "apmae_row", "apmae_rowattn", "apmae*")  # paired against t
 def fit_variant(name: str, overlay: str, demo_dir: Path, *, retrain: bool) -> DemoSummary:
     """Fit (or reuse) AP-MAE with the demo config plus ``overlay``, exported into ``<demo>/variants/<name>/apmae``."""
     folder = demo_dir / "variants" / name
-    fit_args = ["fit", "--config", DEFAULT_CONFIG, "--config", overlay, *demo_overrides(str(demo_dir)),
-                f"--trainer.default_root_dir={folder / 'runs'}", f"--model.init_args.export_dir={folder / 'apmae'}"]
+    fit_args = [
+        "fit",
+        "--config",
+        DEFAULT_CONFIG,
+        "--config",
+        overlay,
+        *demo_overrides(str(demo_dir)),
+        f"--trainer.default_root_dir={folder / 'runs'}",
+        f"--model.init_args.recipe.export_dir={folder / 'apmae'}",
+    ]
     record, key = folder / "apmae" / FIT_RECORD, fit_key(fit_args)
     summary = None if retrain else finished_fit(record, key)
     if summary is None:

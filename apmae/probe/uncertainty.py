@@ -21,7 +21,7 @@ import numpy as np
 
 from apmae.common.stats import (CONFIDENCE, N_RESAMPLES, NAN_INTERVAL, BootstrapResult, Interval, paired_p_value,
                                 stratified_bootstrap)
-from apmae.probe.metrics import POOLED
+from apmae.probe.metrics import POOLED, BinaryScores
 
 # (predictor, the baseline it is tested against): does the probe add to what the target knows,
 # to what plain pattern statistics know, and does it add to confidence when given both
@@ -161,5 +161,15 @@ def uncertainty_metric_dict(prefix: str, uncertainty: Mapping[str, ScoreUncertai
     return out
 
 
-__all__ = ["BootstrapSettings", "COMPARISONS", "INTERVAL_METRICS", "PairedTest", "ScoreUncertainty",
+@dataclass
+class ProbeScores:
+    """A probe's scores of one evaluation: every predictor on every task, and at test their uncertainty."""
+
+    stage: str  # "val" or "test"
+    scores: dict[str, dict[str, BinaryScores]]  # predictor -> task (and "all") -> scores
+    uncertainty: dict[str, dict[str, ScoreUncertainty]] | None = None  # predictor -> task -> intervals, tests
+    bootstrap_seconds: float = 0.0  # spent on the uncertainty
+
+
+__all__ = ["BootstrapSettings", "COMPARISONS", "INTERVAL_METRICS", "PairedTest", "ProbeScores", "ScoreUncertainty",
            "score_uncertainty", "uncertainty_metric_dict"]

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lit_models.training import TrainingRecipe
 from apmae.model.net import APMAE
 from callbacks.resumable_rng import ResumableRNG
 from datamodules.attention_cache import AttentionCacheDataModule
@@ -49,7 +50,9 @@ def fit(root: Path, out: Path, *, ckpt_path: str | None = None, callbacks: tuple
     """Seeded fit of EPOCHS epochs, probe dropout on (the generators matter), ``last.ckpt`` in ``out``."""
     torch.set_num_threads(1)
     L.seed_everything(0)
-    model = LitProbe(seq_len=32, encoder=str(root / "encoder"), lr=1e-2, probe_dropout=0.2, importance_steps=2)
+    model = LitProbe(
+        seq_len=32, encoder=str(root / "encoder"), probe_dropout=0.2, importance_steps=2, recipe=TrainingRecipe(lr=1e-2)
+    )
     trainer = L.Trainer(max_epochs=EPOCHS, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=out,
                         callbacks=[ModelCheckpoint(dirpath=out, save_last=True), ResumableRNG(), *callbacks])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from lit_models.training import TrainingRecipe
 from apmae.common.head_tables import read_head_table
 from apmae.encodings.store import encoder_hash
 from apmae.model.net import APMAE
@@ -50,7 +51,12 @@ def probe_data(planted: dict[str, Path], **overrides) -> AttentionCacheDataModul
 
 def fit_probe(planted: dict[str, Path], out: Path, epochs: int = 30) -> tuple[L.Trainer, LitProbe]:
     L.seed_everything(0)
-    model = LitProbe(seq_len=32, encoder=str(planted["encoder"]), lr=1e-2, export_dir=str(out), importance_steps=8)
+    model = LitProbe(
+        seq_len=32,
+        encoder=str(planted["encoder"]),
+        importance_steps=8,
+        recipe=TrainingRecipe(lr=1e-2, export_dir=str(out)),
+    )
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=probe_data(planted))
@@ -144,7 +150,7 @@ def test_test_split_gets_intervals_and_paired_tests_of_every_predictor(planted, 
     trainer, model = fit_probe(planted, tmp_path / "probe", epochs=3)
     trainer.test(model, datamodule=probe_data(planted), verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    scores, uncertainty = model.probe_scores["scores"], model.probe_scores["uncertainty"]
+    scores, uncertainty = model.probe_scores.scores, model.probe_scores.uncertainty
     for name in ("probe", "stats_probe", "confidence", "probe_confidence"):
         for metric in ("balanced_accuracy", "auroc"):
             value = metrics[f"test/{name}/all/{metric}"]
@@ -160,7 +166,7 @@ def test_test_split_gets_intervals_and_paired_tests_of_every_predictor(planted, 
     rows = (tmp_path / "probe" / "test_paired_tests.csv").read_text().splitlines()
     assert rows[0] == "predictor,other,task,metric,difference,ci_low,ci_high,p_value"
     assert len(rows) == 1 + 3 * 2 * len(uncertainty["probe"])  # three comparisons, two metrics, every task
-    assert (tmp_path / "probe" / "test_intervals.csv").is_file() and model.probe_scores["bootstrap_seconds"] > 0
+    assert (tmp_path / "probe" / "test_intervals.csv").is_file() and model.probe_scores.bootstrap_seconds > 0
 
 
 def test_too_few_resamples_are_refused_before_the_encoder_loads(tmp_path) -> None:
@@ -172,7 +178,7 @@ def test_encodings_of_another_encoder_are_refused(planted, tmp_path) -> None:
     """The DataModule serves encodings of one AP-MAE; a probe built on another would read them as its own."""
     torch.manual_seed(1)
     other = APMAE.from_preset("tiny", **MICRO).save(tmp_path / "other")
-    model = LitProbe(seq_len=32, encoder=str(other), lr=1e-2, importance_steps=2)
+    model = LitProbe(seq_len=32, encoder=str(other), importance_steps=2, recipe=TrainingRecipe(lr=1e-2))
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     data = probe_data(planted)
@@ -205,8 +211,12 @@ def test_a_fit_sets_its_num_threads_and_gives_the_process_its_own_back(planted, 
         def on_train_start(self, trainer, module):
             seen.append(torch.get_num_threads())
 
-    model = LitProbe(seq_len=32, encoder=str(planted["encoder"]), export_dir=str(tmp_path), importance_steps=8,
-                     num_threads=2)
+    model = LitProbe(
+        seq_len=32,
+        encoder=str(planted["encoder"]),
+        importance_steps=8,
+        recipe=TrainingRecipe(export_dir=str(tmp_path), num_threads=2),
+    )
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_train_batches=1, limit_val_batches=1, callbacks=[Record()])

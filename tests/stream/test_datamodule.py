@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from lit_models.training import TrainingRecipe
 from apmae.encodings.store import EncodingSet, EncodingsMismatchError
 from datamodules.attention_cache import target_short_name
 from datamodules.encodings import EncodingsDataModule
@@ -172,3 +173,42 @@ def test_under_ddp_each_rank_streams_its_shard_and_reads_the_merged_set(target_d
     single.setup("fit")
     for dm in ranks:
         assert_same_encodings(dm.encodings, single.encodings)
+
+
+def _probe_fit(model, data, tmp_path):
+    import lightning as L
+
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_train_batches=1, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=data)
+
+
+def test_the_encoder_guard_holds_for_the_encodings_datamodule(streamed, target_dir, scenarios_path, encoder_dir,
+                                                             tmp_path):
+    """LitProbe reads stored encodings as its own encoder's: the DataModule names theirs, and another is refused."""
+    from apmae.encodings.store import encoder_hash
+    from apmae.model.net import APMAE
+    from lit_models.probe_module import LitProbe
+    from tests.stream.conftest import micro_apmae
+
+    dm = _dm(target_dir, scenarios_path, encoder_dir, streamed / "encodings", batch_size=4)
+    dm.setup("fit")
+    assert dm.encoder_hash == encoder_hash(APMAE.load(encoder_dir))
+    other = micro_apmae(seed=1).save(tmp_path / "other")
+    with pytest.raises(ValueError, match=r"serves encodings of encoder [0-9a-f]{16} but the probe's encoder is"):
+        _probe_fit(LitProbe(seq_len=24, encoder=str(other), importance_steps=2), dm, tmp_path)
+    _probe_fit(
+        LitProbe(
+            seq_len=24,
+            encoder=str(encoder_dir),
+            importance_steps=2,
+            recipe=TrainingRecipe(export_dir=str(tmp_path / "p")),
+        ),
+        dm,
+        tmp_path,
+    )  # its own encoder: the fit runs
+    # a DataModule that serves encodings without naming their encoder cannot be checked: refused
+    dm.encoder_hash = None
+    with pytest.raises(ValueError, match="serves stored encodings without saying of which encoder"):
+        _probe_fit(LitProbe(seq_len=24, encoder=str(encoder_dir), importance_steps=2), dm, tmp_path)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from lit_models.training import TrainingRecipe
 from apmae.mining.settings import MiningConfig
 from apmae.model.net import APMAE
 from apmae.patterns.run import run_recurring_patterns
@@ -45,7 +46,9 @@ def test_causal_llama_runs_every_stage(java_corpus, llama_dir, llama_tokenizer, 
     extraction = ExtractionSettings(device="cpu", progress=False)
     heads = AttentionCacheDataModule(target=str(llama_dir), scenarios=scenarios, cache_dir=str(tmp_path / "cache"),
                                      batch_size=16, extraction=extraction)
-    reconstruct = LitAPMAE(seq_len=S, net_overrides=dict(MICRO_NET), lr=1e-3, export_dir=str(tmp_path / "apmae"))
+    reconstruct = LitAPMAE(
+        seq_len=S, net_overrides=dict(MICRO_NET), recipe=TrainingRecipe(lr=1e-3, export_dir=str(tmp_path / "apmae"))
+    )
     metrics = HeadMetrics(n_scenarios=2, methods=["contribution", "distance", "types", "maps"], device="cpu")
     _trainer(tmp_path, 2, callbacks=[metrics]).fit(reconstruct, datamodule=heads)
     written = {p.name for p in (tmp_path / "head_metrics").rglob("*.csv")}
@@ -59,11 +62,19 @@ def test_causal_llama_runs_every_stage(java_corpus, llama_dir, llama_tokenizer, 
     probe_data = AttentionCacheDataModule(target=str(llama_dir), scenarios=scenarios, cache_dir=str(tmp_path / "cache"),
                                           mode="scenarios", batch_size=8, extraction=extraction,
                                           encoder=EncoderSettings(path=str(tmp_path / "apmae")))
-    interventions = Interventions(every_n_epochs=None, run_at_fit_end=False, split="test", n_scenarios=64,
-                                  exclude_tasks=[], random_seeds=[0], batch_size=8, ks=[1, 2],
-                                  output_dir=str(tmp_path / "interventions"), verbose=False)
-    probe = LitProbe(seq_len=S, encoder=str(tmp_path / "apmae"), lr=1e-2, export_dir=str(tmp_path / "probe"),
-                     importance_steps=4)
+    interventions = Interventions(
+        every_n_epochs=None,
+        run_at_fit_end=False,
+        settings=dict(split="test", n_scenarios=64, exclude_tasks=[], random_seeds=[0], batch_size=8, ks=[1, 2]),
+        output_dir=str(tmp_path / "interventions"),
+        verbose=False,
+    )
+    probe = LitProbe(
+        seq_len=S,
+        encoder=str(tmp_path / "apmae"),
+        importance_steps=4,
+        recipe=TrainingRecipe(lr=1e-2, export_dir=str(tmp_path / "probe")),
+    )
     trainer = _trainer(tmp_path, 3, callbacks=[interventions])
     trainer.fit(probe, datamodule=probe_data)
     assert probe.head_importance is not None and probe.head_importance.shape == (2, 4)

@@ -31,8 +31,9 @@ model:
     preset: tiny
     net_overrides: {patch_size: 8, enc_dim: 32, enc_depth: 1, enc_heads: 2, enc_mlp: 64,
                     dec_dim: 32, dec_depth: 1, dec_heads: 2, dec_mlp: 64}
-    lr: 2.0e-3
-    warmup_fraction: 0.1
+    recipe:  # lit_models.training.TrainingRecipe
+      lr: 2.0e-3
+      warmup_fraction: 0.1
 data:
   class_path: tests.training.synthetic.SyntheticAttentionDataModule
   init_args:

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lit_models.training import TrainingRecipe
 from lit_models.apmae_module import LitAPMAE
 from lit_models.probe_module import LitProbe
 from tests.probe import fit_run
@@ -30,7 +31,9 @@ def apmae_parts(root: Path) -> tuple[L.LightningModule, L.LightningDataModule]:
 
 
 def probe_parts(root: Path) -> tuple[L.LightningModule, L.LightningDataModule]:
-    return LitProbe(seq_len=32, encoder=str(root / "encoder"), lr=1e-2, importance_steps=2), fit_run.data(root)
+    return LitProbe(
+        seq_len=32, encoder=str(root / "encoder"), importance_steps=2, recipe=TrainingRecipe(lr=1e-2)
+    ), fit_run.data(root)
 
 
 PARTS = {"apmae": apmae_parts, "probe": probe_parts}

@@ -79,13 +79,13 @@ def test_resume_from_checkpoint_continues_the_step_count(synth_config, tmp_path)
 def test_interpolation_resolves_after_overrides_and_seq_len_is_linked(synth_config, tmp_path):
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(
-        "model:\n  init_args:\n    lr_reference_batch: ${...data.init_args.batch_size}\n"
-        "    baseline_batches: ${.lr_reference_batch}\n"
+        "model:\n  init_args:\n    recipe:\n      lr_reference_batch: ${....data.init_args.batch_size}\n"
+        "    baseline_batches: ${.recipe.lr_reference_batch}\n"
         "data:\n  init_args:\n    n_val: ${.batch_size}\n    seq_len: 16\n"
     )
     cli = APMAECLI(args=["--config", str(synth_config), "--config", str(overlay),
                          "--data.init_args.batch_size", "4"], run=False)
-    assert cli.model.hparams.lr_reference_batch == 4 and cli.model.hparams.baseline_batches == 4
+    assert cli.model.recipe.lr_reference_batch == 4 and cli.model.hparams.baseline_batches == 4
     assert cli.datamodule.n_val == 4
     assert cli.model.net.config.seq_len == 16 == cli.datamodule.seq_len
 
@@ -179,3 +179,12 @@ def test_flat_mining_keys_name_their_nested_key_and_the_nested_override_works(tm
     printed = yaml.safe_load(capsys.readouterr().out)
     mining = printed["data"]["init_args"]["scenarios"]["init_args"]["mining"]
     assert mining["seed"] == 3 and mining["seq_len"] == 32  # the override lands; smoke.yaml's own value stays
+
+
+def test_a_flat_recipe_key_names_the_recipe_block(synth_config, tmp_path, capsys):
+    err = _config_error(capsys, ["fit", "--config", str(synth_config), "--model.init_args.lr", "1e-3"])
+    assert "command line `--model.init_args.lr` -> `--model.init_args.recipe.lr`" in err
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("model:\n  class_path: lit_models.apmae_module.LitAPMAE\n  init_args:\n    lr: 1.0e-3\n")
+    err = _config_error(capsys, ["fit", "--config", str(synth_config), "--config", str(flat)])
+    assert f"config file {flat}: `model.init_args.lr` -> `model.init_args.recipe.lr`" in err

@@ -14,8 +14,8 @@ from lit_models.probe_module import LitProbe
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAPER_BASE = CONFIGS / "paper" / "base.yaml"
 # Overlays and the config each one is checked on top of: paper model files on the paper base (which every
-# one of them exercises), target-b's on target-a's, the probe, the AP-MAE variant and the data overlay that serves encodings
-# on the demo AP-MAE config; everything else stands alone.
+# one of them exercises), target-b's on target-a's, the probe, the AP-MAE variant and the data overlay
+# that serves encodings on the demo AP-MAE config; everything else stands alone.
 BASES = {CONFIGS / "demo" / "target_lm_b.yaml": CONFIGS / "demo" / "target_lm.yaml",
          CONFIGS / "demo" / "encode.yaml": CONFIGS / "demo" / "apmae.yaml",
          CONFIGS / "demo" / "probe.yaml": CONFIGS / "demo" / "apmae.yaml",
@@ -133,8 +133,8 @@ def _check_paper_settings(cli: APMAECLI, name: str) -> None:
     assert (data.head_selection, data.correct_only, data.scaler) == ("layerwise:0.25", True, "log_normalize")
     assert cli.config.trainer.precision == "bf16-mixed"
     assert cli.config.run_name == "starcoder2-" + name.split("_")[1].split(".")[0]
-    hp = cli.model.hparams
-    assert (hp.base_lr, hp.lr_reference_batch, tuple(hp.betas), hp.weight_decay) == (1.5e-4, 50, (0.9, 0.95), 0.05)
+    r = cli.model.recipe
+    assert (r.base_lr, r.lr_reference_batch, tuple(r.betas), r.weight_decay) == (1.5e-4, 50, (0.9, 0.95), 0.05)
 
 
 def _printed(capsys, args: list[str]) -> dict:

@@ -22,7 +22,7 @@ def test_overrides_point_every_demo_path_at_the_demo_dir(tmp_path):
     assert data.scenarios.sources == [str(tmp_path / "eval-corpus")]
     assert data.scenarios.tokenizer == str(tmp_path / "smollm2") and data.scenarios.prompt_format == "auto"
     assert data.scenarios.cache_dir == tmp_path / "scenarios"
-    assert cli.model.hparams.export_dir == str(tmp_path / "apmae")
+    assert cli.model.recipe.export_dir == str(tmp_path / "apmae")
     assert (cli.model.net.config.seq_len, cli.model.net.config.patch_size) == (128, 16)  # linked from the scenarios
     assert cli.model.net.config.num_patches == 36  # the paper's 8 x 8 grid
 
@@ -64,7 +64,7 @@ def test_a_finished_fit_is_reused_only_for_the_same_config_and_arguments(tmp_pat
     record.parent.mkdir()
     save_finished_fit(record, fit_key(args), summary)
     assert finished_fit(record, fit_key(args)) == summary
-    assert finished_fit(record, fit_key([*args, "--model.init_args.lr=0.1"])) is None  # other arguments
+    assert finished_fit(record, fit_key([*args, "--model.init_args.recipe.lr=0.1"])) is None  # other arguments
     config.write_text("trainer: {max_steps: 20}\n")
     assert finished_fit(record, fit_key(args)) is None  # the same file name, another config
     record.write_text("{not json")

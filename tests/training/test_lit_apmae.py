@@ -9,6 +9,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
+from lit_models.training import TrainingRecipe
 from apmae.model.baselines import band_neighbours, neighbour_patches
 from apmae.model.net import APMAE, APMAEConfig, masked_error
 from apmae.model.schedules import warmup_cosine
@@ -68,7 +69,7 @@ def test_net_seq_len_mismatch_is_a_clear_error():
 
 def test_lr_scales_with_effective_batch_and_norms_get_no_decay(tmp_path):
     data = SyntheticAttentionDataModule(seq_len=32, n_train=16, n_val=8, batch_size=4)
-    module = _module(base_lr=1e-3, lr_reference_batch=16, weight_decay=0.05)
+    module = _module(recipe=TrainingRecipe(base_lr=1e-3, lr_reference_batch=16, weight_decay=0.05))
     trainer = _trainer(tmp_path, max_steps=1, accumulate_grad_batches=2, limit_val_batches=0)
     trainer.fit(module, datamodule=data)
     groups = trainer.optimizers[0].param_groups
@@ -82,7 +83,7 @@ def test_lr_scales_with_effective_batch_and_norms_get_no_decay(tmp_path):
 
 def test_validation_metrics_match_independent_computation(tmp_path):
     data = SyntheticAttentionDataModule(seq_len=32, n_train=24, n_val=12, batch_size=8, extra_targets=["synth-b"])
-    module = _module(lr=1e-3)
+    module = _module(recipe=TrainingRecipe(lr=1e-3))
     trainer = _trainer(tmp_path, max_epochs=1, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=data)
     metrics = trainer.callback_metrics
@@ -120,7 +121,7 @@ def test_validation_metrics_match_independent_computation(tmp_path):
 
 def test_training_lowers_validation_error_and_exports_net(tmp_path):
     data = SyntheticAttentionDataModule(seq_len=32, n_train=64, n_val=16, batch_size=8)
-    module = _module(lr=3e-3, warmup_fraction=0.0, export_dir=str(tmp_path / "export"))
+    module = _module(recipe=TrainingRecipe(lr=3e-3, warmup_fraction=0.0, export_dir=str(tmp_path / "export")))
     before = _trainer(tmp_path).validate(module, datamodule=data, verbose=False)[0]["val/loss"]
     trainer = _trainer(tmp_path, max_epochs=4, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=data)
@@ -184,7 +185,7 @@ def test_the_constructor_takes_no_probe_argument():
 
 def test_checkpoints_of_the_former_combined_module_load_or_name_the_probe_module(tmp_path):
     data = SyntheticAttentionDataModule(seq_len=32, n_train=16, n_val=8, batch_size=4)
-    module = _module(lr=1e-3, export_dir=str(tmp_path / "net"))
+    module = _module(recipe=TrainingRecipe(lr=1e-3, export_dir=str(tmp_path / "net")))
     trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=0)
     trainer.fit(module, datamodule=data)
     checkpoint = tmp_path / "old.ckpt"
@@ -227,7 +228,7 @@ def test_error_ratio_intervals_resample_whole_scenarios(tmp_path):
     from apmae.common.stats import ratio_intervals
 
     data = _GroupedData(seq_len=32, n_train=24, n_val=24, batch_size=8)
-    module = _module(lr=1e-3, bootstrap_resamples=500)
+    module = _module(bootstrap_resamples=500, recipe=TrainingRecipe(lr=1e-3))
     trainer = _trainer(tmp_path, max_epochs=1, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=data)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -316,8 +317,35 @@ def test_row_emphasis_trains_and_refuses_a_mask_too_small_for_the_row(tmp_path):
     with pytest.raises(ValueError, match="loss_weight"):
         RowEmphasis(loss_weight=0.0)
     data = SyntheticAttentionDataModule(seq_len=32, n_train=32, n_val=8, batch_size=8)
-    module = _module(lr=3e-3, warmup_fraction=0.0, row_emphasis={"mask_probability": 0.5, "loss_weight": 2.0})
+    module = _module(
+        row_emphasis={"mask_probability": 0.5, "loss_weight": 2.0}, recipe=TrainingRecipe(lr=3e-3, warmup_fraction=0.0)
+    )
     trainer = _trainer(tmp_path, max_epochs=2, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=data)
     assert math.isfinite(float(trainer.callback_metrics["val/loss"]))
     assert module.row_emphasis == RowEmphasis(mask_probability=0.5, loss_weight=2.0)
+
+
+def test_the_recipe_is_one_argument_an_object_or_a_dict():
+    assert _module(recipe={"lr": 1e-3}).recipe == TrainingRecipe(lr=1e-3) == _module(recipe=TrainingRecipe(lr=1e-3)).recipe
+    assert _module().recipe == TrainingRecipe()  # the paper's recipe by default
+    with pytest.raises(TypeError, match=r"\['lrr'\] are not TrainingRecipe fields"):
+        _module(recipe={"lrr": 1e-3})
+    with pytest.raises(TypeError, match="lr"):  # the recipe's fields are no arguments of their own any more
+        _module(lr=1e-3)
+
+
+def test_a_checkpoint_holds_plain_settings_and_loads_with_weights_only(tmp_path):
+    """Lightning loads checkpoints with torch's weights_only: the recipe and the row emphasis are kept as dicts."""
+    from apmae.model.row_emphasis import RowEmphasis
+
+    data = SyntheticAttentionDataModule(seq_len=32, n_train=16, n_val=8, batch_size=4)
+    module = _module(recipe=TrainingRecipe(lr=1e-3, export_dir=str(tmp_path / "net")),
+                     row_emphasis=RowEmphasis(mask_probability=0.5))
+    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    trainer.fit(module, datamodule=data)
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    hparams = torch.load(tmp_path / "a.ckpt", weights_only=True)["hyper_parameters"]
+    assert hparams["recipe"]["lr"] == 1e-3 and hparams["row_emphasis"] == {"mask_probability": 0.5, "loss_weight": 1.0}
+    loaded = LitAPMAE.load_from_checkpoint(tmp_path / "a.ckpt")
+    assert loaded.recipe == module.recipe and loaded.row_emphasis == module.row_emphasis

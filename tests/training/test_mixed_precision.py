@@ -10,6 +10,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
+from lit_models.training import TrainingRecipe
 from apmae.cli import cli_main
 from callbacks.pattern_figures import PatternFigures
 from lit_models.apmae_module import LitAPMAE
@@ -167,7 +168,7 @@ def test_the_paper_command_runs_to_the_end_under_bf16_mixed(tmp_path, tiny_token
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_fused_optimizer_gradients_are_clipped_to_the_norm_under_every_cpu_precision(precision):
-    module = LitAPMAE(seq_len=32, net_overrides=MICRO_NET, lr=1e-3)
+    module = LitAPMAE(seq_len=32, net_overrides=MICRO_NET, recipe=TrainingRecipe(lr=1e-3))
     trainer = Trainer(accelerator="cpu", precision=precision, gradient_clip_val=0.5, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False)
     module.trainer = trainer
