@@ -100,10 +100,8 @@ def main(argv=None) -> dict:
         runs = []
         for workers in args.workers:
             start, cpu0 = time.perf_counter(), _cpu_seconds()
-            res = mine_scenarios(
-                sources,
-                tokenizer,
-                MiningConfig(
+            res = mine_scenarios(sources, tokenizer,
+                                 MiningConfig(
                     tasks=tasks,
                     seq_len=args.seq_len,
                     n_per_task=10**9,
@@ -111,9 +109,7 @@ def main(argv=None) -> dict:
                     exhaustive=True,
                     seed=args.seed,
                 ),
-                num_workers=workers,
-                progress=False,
-            )
+                                 num_workers=workers, progress=False)
             seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu0
             built = sum(t.assembled for t in res.report.tasks)
             runs.append({"num_workers": workers, "seconds": round(seconds, 2),

@@ -58,18 +58,15 @@ def main(argv: list[str] | None = None) -> dict:
         out["load_s"] = round(time.perf_counter() - start, 2)
         out["layers_x_heads"] = [target.n_layers, target.n_heads]
         start = time.perf_counter()
-        scenarios = mine_scenarios(
-            args.sources,
-            target.tokenizer,
-            MiningConfig(
+        scenarios = mine_scenarios(args.sources, target.tokenizer,
+                                   MiningConfig(
                 seq_len=args.seq_len,
                 n_per_task=args.n_per_task,
                 max_per_file=2,
                 max_label_tokens=16,
                 prompt_format="auto",
             ),
-            progress=False,
-        ).scenarios
+                                   progress=False).scenarios
         out["mine_s"], out["scenarios"] = round(time.perf_counter() - start, 2), len(scenarios)
         out["prompt_format"] = scenarios.prompt_format
         result = extract(

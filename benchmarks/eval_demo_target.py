@@ -66,12 +66,11 @@ def main(argv: list[str] | None = None) -> dict:
     model = AutoModelForCausalLM.from_pretrained(args.target).eval()
     with tempfile.TemporaryDirectory() as heldout:
         write_corpus(heldout, args.n_files, seed=args.heldout_seed)
-        mined = mine_scenarios(
-            heldout,
-            tokenizer,
-            MiningConfig(seq_len=args.seq_len, n_per_task=args.n_per_task, seed=args.heldout_seed, exhaustive=True),
-            progress=False,
-        )
+        mined = mine_scenarios(heldout,
+                               tokenizer,
+                               MiningConfig(seq_len=args.seq_len, n_per_task=args.n_per_task, seed=args.heldout_seed,
+                                            exhaustive=True),
+                               progress=False)
     scenarios = mined.scenarios
     start = time.perf_counter()
     per_task = first_token_accuracy(model, scenarios)

@@ -145,14 +145,8 @@ def test_damaged_pattern_chunk_gives_a_clear_error(target, scenarios, compressio
 
 def test_rank_shards_merge_into_the_single_process_cache(cache_path, target, scenarios, tmp_path):
     for rank in (0, 1):
-        result = extract(
-            target,
-            scenarios,
-            shard_path(tmp_path, "target-a", rank),
-            ExtractionSettings(batch_size=4, progress=False),
-            rank=rank,
-            world_size=2,
-        )
+        result = extract(target, scenarios, shard_path(tmp_path, "target-a", rank),
+                         ExtractionSettings(batch_size=4, progress=False), rank=rank, world_size=2)
         assert result.rows == 15
     files = cache_files(tmp_path, "target-a")
     assert [p.name for p in files] == ["target-a.rank0.h5", "target-a.rank1.h5"]
@@ -182,12 +176,8 @@ def test_every_encoding_and_compression_stores_the_same_patterns(cache_path, tar
     for encoding, compression in [("bfloat16-14bit", "gzip"), ("bfloat16-14bit", "lzf"), ("bfloat16-bits", "none"),
                                   ("bfloat16-bits", "gzip")]:
         path = shard_path(tmp_path / f"{encoding}-{compression}", "target-a", 0)
-        extract(
-            target,
-            scenarios,
-            path,
-            ExtractionSettings(batch_size=7, progress=False, compression=compression, encoding=encoding),
-        )
+        extract(target, scenarios, path,
+                ExtractionSettings(batch_size=7, progress=False, compression=compression, encoding=encoding))
         with h5py.File(path, "r") as f:
             assert f["patterns"].compression == (None if compression == "none" else compression)
             assert f["patterns"].dtype == (np.uint8 if encoding == "bfloat16-14bit" else np.uint16)

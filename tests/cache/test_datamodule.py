@@ -233,13 +233,12 @@ def test_a_scenario_datamodule_is_mined_then_extracted(tmp_path, tiny_tokenizer,
     (tmp_path / "src").mkdir()
     for i in range(12):
         (tmp_path / "src" / f"F{i}.java").write_text(JAVA_SNIPPETS[i % 3].replace("demo", f"demo{i}"))
-    mined = JavaScenarioDataModule(
-        mining=MiningConfig(seq_len=24, max_label_tokens=8, n_per_task=4, tasks=["identifiers", "closing_bracket"]),
-        sources=str(tmp_path / "src"),
-        tokenizer=str(tmp_path / "tok"),
-        cache_dir=str(tmp_path / "scenarios"),
-        progress=False,
-    )
+    mined = JavaScenarioDataModule(sources=str(tmp_path / "src"),
+                                   tokenizer=str(tmp_path / "tok"),
+                                   mining=MiningConfig(seq_len=24, max_label_tokens=8, n_per_task=4,
+                                                       tasks=["identifiers", "closing_bracket"]),
+                                   cache_dir=str(tmp_path / "scenarios"),
+                                   progress=False)
     dm = AttentionCacheDataModule(target=str(target_dir), scenarios=mined, cache_dir=str(tmp_path / "cache"),
                                   extraction=CPU, batch_size=1000)
     assert dm.seq_len == 24

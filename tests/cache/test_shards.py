@@ -34,14 +34,8 @@ def test_shard_rows_cover_every_row_once_for_uneven_world_sizes():
 def test_uneven_shards_merge_into_the_single_process_cache(single, target, scenarios, tmp_path, world):
     sizes = []
     for rank in range(world):
-        result = extract(
-            target,
-            scenarios,
-            shard_path(tmp_path, "target-a", rank),
-            ExtractionSettings(batch_size=1, progress=False),
-            rank=rank,
-            world_size=world,
-        )
+        result = extract(target, scenarios, shard_path(tmp_path, "target-a", rank),
+                         ExtractionSettings(batch_size=1, progress=False), rank=rank, world_size=world)
         sizes.append(result.rows)
     assert sizes == [len(range(rank, 30, world)) for rank in range(world)] and len(set(sizes)) == 2  # uneven
     merged, reference = AttentionCache(str(tmp_path / "target-a.rank*.h5")), AttentionCache(single)
@@ -63,14 +57,8 @@ def test_uneven_shards_merge_into_the_single_process_cache(single, target, scena
 def test_more_ranks_than_scenarios_leave_an_empty_shard_that_still_merges(target, scenarios, tmp_path):
     few = scenarios.subset(np.arange(4))
     for rank in range(5):
-        extract(
-            target,
-            few,
-            shard_path(tmp_path, "few", rank),
-            ExtractionSettings(batch_size=1, progress=False),
-            rank=rank,
-            world_size=5,
-        )
+        extract(target, few, shard_path(tmp_path, "few", rank), ExtractionSettings(batch_size=1, progress=False),
+                rank=rank, world_size=5)
     assert len(AttentionCache(shard_path(tmp_path, "few", 4), require_complete=False)) == 0
     extract(target, few, shard_path(tmp_path / "one", "few", 0), ExtractionSettings(batch_size=1, progress=False))
     merged = AttentionCache(str(tmp_path / "few.rank*.h5"))
@@ -83,12 +71,6 @@ def test_more_ranks_than_scenarios_leave_an_empty_shard_that_still_merges(target
 @pytest.mark.parametrize("rank", [3, 4, -1])
 def test_a_rank_outside_the_world_is_refused(target, scenarios, tmp_path, rank):
     with pytest.raises(ValueError, match=rf"rank {rank} is outside world size 3"):
-        extract(
-            target,
-            scenarios,
-            shard_path(tmp_path, "target-a", max(rank, 0)),
-            ExtractionSettings(progress=False),
-            rank=rank,
-            world_size=3,
-        )
+        extract(target, scenarios, shard_path(tmp_path, "target-a", max(rank, 0)), ExtractionSettings(progress=False),
+                rank=rank, world_size=3)
     assert not list(tmp_path.iterdir())  # refused before any file was made

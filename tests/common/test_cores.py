@@ -11,10 +11,8 @@ from lit_models.training import hold_threads, release_threads
 
 @pytest.fixture(autouse=True)
 def three_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(3)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(3):  # what the first test checks: a block's count, and the one before it back after
+        yield
 
 
 def test_the_block_runs_on_its_threads_and_the_count_comes_back_even_after_an_error():

@@ -54,12 +54,8 @@ def workspace(tiny_tokenizer, tmp_path_factory) -> Path:
     target = load_target(target_dir, device="cpu")
     fim_middle = tiny_tokenizer.convert_tokens_to_ids("<fim_middle>")
     scenarios = make_half_correct(target, random_scenarios(12, SEQ_LEN, len(tiny_tokenizer), fim_middle))
-    extract(
-        target,
-        scenarios,
-        root / "artifacts" / "demo" / "cache" / "target-a.rank0.h5",
-        ExtractionSettings(progress=False),
-    )
+    extract(target, scenarios, root / "artifacts" / "demo" / "cache" / "target-a.rank0.h5",
+            ExtractionSettings(progress=False))
     torch.manual_seed(0)
     APMAE(APMAEConfig.preset("tiny", seq_len=SEQ_LEN, patch_size=8)).save(root / "artifacts" / "demo" / "apmae")
     return root

@@ -21,12 +21,8 @@ from datamodules.settings import ExtractionSettings
 def caches(tmp_path_factory, target, scenarios):
     out = tmp_path_factory.mktemp("kinds")
     extract(target, scenarios, out / "attention.h5", ExtractionSettings(batch_size=8, progress=False))
-    extract(
-        target,
-        scenarios,
-        out / "contribution.h5",
-        ExtractionSettings(batch_size=8, pattern_kind="contribution", progress=False),
-    )
+    extract(target, scenarios, out / "contribution.h5",
+            ExtractionSettings(batch_size=8, pattern_kind="contribution", progress=False))
     return out
 
 
@@ -67,12 +63,8 @@ def test_a_model_without_value_projections_fails_before_any_file(scenarios, tmp_
 
     model = GPT2LMHeadModel(GPT2Config(vocab_size=5000, n_embd=16, n_layer=1, n_head=2, n_positions=32)).eval()
     with pytest.raises(ValueError, match="no recognised attention modules"):
-        extract(
-            wrap_model(model, name="gpt2-micro"),
-            scenarios,
-            tmp_path / "gpt2.h5",
-            ExtractionSettings(pattern_kind="contribution", progress=False),
-        )
+        extract(wrap_model(model, name="gpt2-micro"), scenarios, tmp_path / "gpt2.h5",
+                ExtractionSettings(pattern_kind="contribution", progress=False))
     assert not (tmp_path / "gpt2.h5").exists()
 
 
@@ -92,21 +84,13 @@ def test_files_without_the_attribute_hold_attention_and_keep_their_fingerprint(c
 
 def test_ensure_cache_keeps_each_kind_under_its_own_name(target_dir, scenarios, tmp_path):
     short = target_short_name(str(target_dir))
-    built = ensure_cache(
-        str(target_dir),
-        scenarios,
-        tmp_path,
-        ExtractionSettings(device="cpu", batch_size=16, pattern_kind="contribution", progress=False),
-    )
+    built = ensure_cache(str(target_dir), scenarios, tmp_path,
+                         ExtractionSettings(device="cpu", batch_size=16, pattern_kind="contribution", progress=False))
     assert built.name == f"{short}.contribution"
     assert [p.name for p in built.files] == [f"{short}.contribution.rank0.h5"]
     assert built.extraction is not None and built.extraction.written == len(scenarios)
-    again = ensure_cache(
-        str(target_dir),
-        scenarios,
-        tmp_path,
-        ExtractionSettings(device="cpu", pattern_kind="contribution", progress=False),
-    )
+    again = ensure_cache(str(target_dir), scenarios, tmp_path,
+                         ExtractionSettings(device="cpu", pattern_kind="contribution", progress=False))
     assert again.extraction is None
     assert cache_files(tmp_path, short) == []  # no attention cache was written or merged with it
     with pytest.raises(CacheMismatchError, match="pattern_kind: file has 'contribution', this run 'attention'"):
@@ -114,13 +98,8 @@ def test_ensure_cache_keeps_each_kind_under_its_own_name(target_dir, scenarios, 
             str(target_dir), scenarios, tmp_path, ExtractionSettings(device="cpu", progress=False), name=built.name
         )
     with pytest.raises(ValueError, match="pattern_kind='norm'"):
-        ensure_cache(
-            str(target_dir),
-            scenarios,
-            tmp_path,
-            ExtractionSettings(pattern_kind="norm", progress=False),
-            name=built.name,
-        )
+        ensure_cache(str(target_dir), scenarios, tmp_path, ExtractionSettings(pattern_kind="norm", progress=False),
+                     name=built.name)
 
 
 def test_datamodule_serves_contribution_images_from_caches_beside_the_attention_caches(

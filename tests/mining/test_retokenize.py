@@ -15,10 +15,8 @@ S = 48
 
 @pytest.fixture(scope="module")
 def fim_set(java_corpus, tiny_tokenizer):
-    return mine_scenarios(
-        java_corpus,
-        tiny_tokenizer,
-        MiningConfig(
+    return mine_scenarios(java_corpus, tiny_tokenizer,
+                          MiningConfig(
             tasks=["identifiers", "closing_bracket", "noise"],
             seq_len=S,
             n_per_task=8,
@@ -26,8 +24,7 @@ def fim_set(java_corpus, tiny_tokenizer):
             max_label_tokens=8,
             seed=0,
         ),
-        progress=False,
-    ).scenarios
+                          progress=False).scenarios
 
 
 def _hole_text(java_corpus, sc, i):

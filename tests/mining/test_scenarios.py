@@ -94,14 +94,11 @@ def test_agreement_with_a_starcoder_style_tokenizer(tmp_path):
     tok = PreTrainedTokenizerFast(tokenizer_object=raw, additional_special_tokens=SPECIAL_TOKENS[1:])
     text = LEDGER.replace("10_000L", "10_000L + 1234567890").replace("    private", "\t private  ")
     (tmp_path / "L.java").write_text(text)
-    res = mine_scenarios(
-        tmp_path,
-        tok,
-        MiningConfig(
+    res = mine_scenarios(tmp_path, tok,
+                         MiningConfig(
             tasks=["identifiers", "numeric_literals", "eol", "random"], seq_len=S, n_per_task=25, max_per_file=25
         ),
-        progress=False,
-    )
+                         progress=False)
     sc, fim, data = res.scenarios, FimTokens.from_tokenizer(tok), text.encode()
     assert len(sc) > 60
     for i in range(len(sc)):
@@ -136,12 +133,11 @@ def test_multibyte_characters_before_the_hole(tmp_path, tiny_tokenizer):
         '"ledger is frozen or amount is zero"', '"Konto gesperrt – Betrag null"')
     (tmp_path / "Ledger.java").write_text(text, encoding="utf-8")
     assert len(text.encode()) > len(text)
-    res = mine_scenarios(
-        tmp_path,
-        tiny_tokenizer,
-        MiningConfig(tasks=["identifiers", "string_literals", "eol"], seq_len=S, n_per_task=40, max_per_file=40),
-        progress=False,
-    )
+    res = mine_scenarios(tmp_path,
+                         tiny_tokenizer,
+                         MiningConfig(tasks=["identifiers", "string_literals", "eol"], seq_len=S, n_per_task=40,
+                                      max_per_file=40),
+                         progress=False)
     sc, fim, data = res.scenarios, FimTokens.from_tokenizer(tiny_tokenizer), text.encode()
     first_non_ascii = data.index("ü".encode())
     assert (sc.span_start > first_non_ascii).sum() > 30
@@ -176,36 +172,19 @@ def test_deterministic_for_a_seed(corpus, tiny_tokenizer, mined):
 
 @pytest.mark.slow
 def test_same_scenarios_for_any_number_of_workers(corpus, tiny_tokenizer, mined):
-    par = mine_scenarios(
-        corpus,
-        tiny_tokenizer,
-        MiningConfig(seq_len=S, n_per_task=6, max_per_file=2, seed=0),
-        num_workers=2,
-        progress=False,
-    )
+    par = mine_scenarios(corpus, tiny_tokenizer, MiningConfig(seq_len=S, n_per_task=6, max_per_file=2, seed=0),
+                         num_workers=2, progress=False)
     assert par.scenarios.fingerprint() == mined.scenarios.fingerprint()
     assert par.report.summary().splitlines()[1:] == mined.report.summary().splitlines()[1:]
 
 
 def test_splits_are_by_file_and_stable_when_the_corpus_grows(tmp_path, tiny_tokenizer):
+    settings = MiningConfig(tasks=["identifiers", "keywords"], seq_len=S, n_per_task=500, max_per_file=3,
+                            splits=(0.5, 0.25, 0.25))
     write_corpus(tmp_path / "c", n_copies=6)
-    small = mine_scenarios(
-        tmp_path / "c",
-        tiny_tokenizer,
-        MiningConfig(
-            tasks=["identifiers", "keywords"], seq_len=S, n_per_task=500, max_per_file=3, splits=(0.5, 0.25, 0.25)
-        ),
-        progress=False,
-    ).scenarios
+    small = mine_scenarios(tmp_path / "c", tiny_tokenizer, settings, progress=False).scenarios
     write_corpus(tmp_path / "c", n_copies=12)  # six more copies of every file
-    big = mine_scenarios(
-        tmp_path / "c",
-        tiny_tokenizer,
-        MiningConfig(
-            tasks=["identifiers", "keywords"], seq_len=S, n_per_task=500, max_per_file=3, splits=(0.5, 0.25, 0.25)
-        ),
-        progress=False,
-    ).scenarios
+    big = mine_scenarios(tmp_path / "c", tiny_tokenizer, settings, progress=False).scenarios
     for sc in (small, big):
         owner = {}
         for src, split in zip(sc.source_id.tolist(), sc.split.tolist()):
@@ -234,12 +213,9 @@ def test_skip_reasons_and_broken_code(tmp_path, tiny_tokenizer):
     (root / "F.java").write_text("class F { int x = 1; }")  # shorter than a prompt
     broken = LEDGER.replace("    public long balance() {", "    public long balance( {{ ) = ;")
     (root / "G.java").write_text(broken)
-    res = mine_scenarios(
-        root,
-        tiny_tokenizer,
-        MiningConfig(tasks=["identifiers", "eol"], seq_len=S, n_per_task=100, max_per_file=5),
-        progress=False,
-    )
+    res = mine_scenarios(root, tiny_tokenizer,
+                         MiningConfig(tasks=["identifiers", "eol"], seq_len=S, n_per_task=100, max_per_file=5),
+                         progress=False)
     assert dict(res.report.skipped) == {"duplicate": 1, "non_utf8": 1, "binary": 1, "empty": 1, "too_short": 1}
     assert res.report.files_seen == 7 and res.report.files_mined == 2
     from_broken = res.scenarios.source_id == f"G.java@{__import__('hashlib').sha1(broken.encode()).hexdigest()[:12]}"
@@ -254,12 +230,9 @@ def test_pad_policy_keeps_short_files(tmp_path, tiny_tokenizer):
         tmp_path, tiny_tokenizer, MiningConfig(tasks=["identifiers"], seq_len=S, n_per_task=3), progress=False
     )
     assert len(skipped.scenarios) == 0 and skipped.report.skipped["too_short"] == 1
-    padded = mine_scenarios(
-        tmp_path,
-        tiny_tokenizer,
-        MiningConfig(tasks=["identifiers"], seq_len=S, n_per_task=3, max_per_file=3, pad=True),
-        progress=False,
-    ).scenarios
+    padded = mine_scenarios(tmp_path, tiny_tokenizer,
+                            MiningConfig(tasks=["identifiers"], seq_len=S, n_per_task=3, max_per_file=3, pad=True),
+                            progress=False).scenarios
     assert len(padded) == 3 and padded.input_ids.shape == (3, S)
     for row in padded.input_ids:
         start = int(np.flatnonzero(row == fim.prefix)[0])
@@ -280,17 +253,14 @@ def test_noise_scenarios(mined, tiny_tokenizer):
 
 
 def test_proportions_and_bad_arguments(corpus, tiny_tokenizer):
-    res = mine_scenarios(
-        corpus,
-        tiny_tokenizer,
-        MiningConfig(
+    res = mine_scenarios(corpus, tiny_tokenizer,
+                         MiningConfig(
             tasks=["identifiers", "keywords", "noise"],
             seq_len=S,
             n_per_task=4,
             proportions={"identifiers": 2, "keywords": 1, "noise": 1},
         ),
-        progress=False,
-    )
+                         progress=False)
     assert Counter(res.scenarios.task.tolist()) == {0: 6, 1: 3, 2: 3}
     with pytest.raises(ValueError, match="splits"):
         mine_scenarios(corpus, tiny_tokenizer, MiningConfig(splits=(0.5, 0.5, 0.5)), progress=False)

@@ -45,8 +45,8 @@ def test_litprobe_is_fitted_per_fold_on_training_files_only_and_scores_every_sce
     monkeypatch.setattr(probe_folds.FoldRowsDataModule, "__init__", spy)
     data = ProbeData.from_encodings(EncodingSet(planted / "e.h5"))
     two_repeats = dataclasses.replace(SETTINGS, n_repeats=2)
-    report = run_protocol(data, settings=two_repeats, plan=PLAN,
-                          external=[litprobe_fits(LitProbeFolds(encoder=str(planted / "encoder"), epochs=30, repeats=1))])
+    litprobe = LitProbeFolds(encoder=str(planted / "encoder"), epochs=30, repeats=1)
+    report = run_protocol(data, settings=two_repeats, plan=PLAN, external=[litprobe_fits(litprobe)])
     assert len(seen) == 3  # one Trainer fit per outer fold of the first repeat
     files = data.source.columns["source_id"]
     for train, test in seen:
@@ -68,7 +68,8 @@ def test_litprobe_refuses_encodings_of_another_encoder(planted, tmp_path):
     other.save(tmp_path / "other")
     data = ProbeData.from_encodings(EncodingSet(planted / "e.h5"))
     with pytest.raises(ValueError, match="serves encodings of encoder"):
-        run_protocol(data, settings=SETTINGS, plan=PLAN, external=[litprobe_fits(LitProbeFolds(encoder=str(tmp_path / "other")))])
+        run_protocol(data, settings=SETTINGS, plan=PLAN,
+                     external=[litprobe_fits(LitProbeFolds(encoder=str(tmp_path / "other")))])
 
 
 def test_an_external_predictor_may_not_shadow_the_plan(planted):

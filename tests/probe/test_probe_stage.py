@@ -51,12 +51,8 @@ def probe_data(planted: dict[str, Path], **overrides) -> AttentionCacheDataModul
 
 def fit_probe(planted: dict[str, Path], out: Path, epochs: int = 30) -> tuple[L.Trainer, LitProbe]:
     L.seed_everything(0)
-    model = LitProbe(
-        seq_len=32,
-        encoder=str(planted["encoder"]),
-        importance_steps=8,
-        recipe=TrainingRecipe(lr=1e-2, export_dir=str(out)),
-    )
+    model = LitProbe(seq_len=32, encoder=str(planted["encoder"]), importance_steps=8,
+                     recipe=TrainingRecipe(lr=1e-2, export_dir=str(out)))
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=probe_data(planted))
@@ -211,12 +207,8 @@ def test_a_fit_sets_its_num_threads_and_gives_the_process_its_own_back(planted, 
         def on_train_start(self, trainer, module):
             seen.append(torch.get_num_threads())
 
-    model = LitProbe(
-        seq_len=32,
-        encoder=str(planted["encoder"]),
-        importance_steps=8,
-        recipe=TrainingRecipe(export_dir=str(tmp_path), num_threads=2),
-    )
+    model = LitProbe(seq_len=32, encoder=str(planted["encoder"]), importance_steps=8,
+                     recipe=TrainingRecipe(export_dir=str(tmp_path), num_threads=2))
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_train_batches=1, limit_val_batches=1, callbacks=[Record()])

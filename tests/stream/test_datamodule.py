@@ -199,12 +199,8 @@ def test_the_encoder_guard_holds_for_the_encodings_datamodule(streamed, target_d
     with pytest.raises(ValueError, match=r"serves encodings of encoder [0-9a-f]{16} but the probe's encoder is"):
         _probe_fit(LitProbe(seq_len=24, encoder=str(other), importance_steps=2), dm, tmp_path)
     _probe_fit(
-        LitProbe(
-            seq_len=24,
-            encoder=str(encoder_dir),
-            importance_steps=2,
-            recipe=TrainingRecipe(export_dir=str(tmp_path / "p")),
-        ),
+        LitProbe(seq_len=24, encoder=str(encoder_dir), importance_steps=2,
+                 recipe=TrainingRecipe(export_dir=str(tmp_path / "p"))),
         dm,
         tmp_path,
     )  # its own encoder: the fit runs

@@ -31,10 +31,8 @@ def gpt2_dir(gpt2_tokenizer, tmp_path_factory):
 
 
 def mine_causal(corpus, tokenizer, tasks=("identifiers", "closing_bracket", "noise")):
-    return mine_scenarios(
-        corpus,
-        tokenizer,
-        MiningConfig(
+    return mine_scenarios(corpus, tokenizer,
+                          MiningConfig(
             tasks=list(tasks),
             seq_len=SEQ_LEN,
             n_per_task=6,
@@ -43,5 +41,4 @@ def mine_causal(corpus, tokenizer, tasks=("identifiers", "closing_bracket", "noi
             prompt_format="auto",
             max_label_tokens=8,
         ),
-        progress=False,
-    ).scenarios
+                          progress=False).scenarios

@@ -34,15 +34,12 @@ def _trainer(root, epochs, **kwargs):
 @pytest.mark.slow
 def test_causal_llama_runs_every_stage(java_corpus, llama_dir, llama_tokenizer, tmp_path):
     L.seed_everything(0)
-    scenarios = JavaScenarioDataModule(
-        mining=MiningConfig(
-            seq_len=S, n_per_task=6, max_per_file=2, max_label_tokens=8, splits=(0.5, 0.25, 0.25), prompt_format="auto"
-        ),
-        sources=str(java_corpus),
-        tokenizer=str(llama_dir),
-        cache_dir=str(tmp_path / "scenarios"),
-        progress=False,
-    )
+    scenarios = JavaScenarioDataModule(sources=str(java_corpus),
+                                       tokenizer=str(llama_dir),
+                                       mining=MiningConfig(seq_len=S, n_per_task=6, max_per_file=2, max_label_tokens=8,
+                                                           splits=(0.5, 0.25, 0.25), prompt_format="auto"),
+                                       cache_dir=str(tmp_path / "scenarios"),
+                                       progress=False)
     extraction = ExtractionSettings(device="cpu", progress=False)
     heads = AttentionCacheDataModule(target=str(llama_dir), scenarios=scenarios, cache_dir=str(tmp_path / "cache"),
                                      batch_size=16, extraction=extraction)
@@ -69,12 +66,8 @@ def test_causal_llama_runs_every_stage(java_corpus, llama_dir, llama_tokenizer, 
         output_dir=str(tmp_path / "interventions"),
         verbose=False,
     )
-    probe = LitProbe(
-        seq_len=S,
-        encoder=str(tmp_path / "apmae"),
-        importance_steps=4,
-        recipe=TrainingRecipe(lr=1e-2, export_dir=str(tmp_path / "probe")),
-    )
+    probe = LitProbe(seq_len=S, encoder=str(tmp_path / "apmae"), importance_steps=4,
+                     recipe=TrainingRecipe(lr=1e-2, export_dir=str(tmp_path / "probe")))
     trainer = _trainer(tmp_path, 3, callbacks=[interventions])
     trainer.fit(probe, datamodule=probe_data)
     assert probe.head_importance is not None and probe.head_importance.shape == (2, 4)

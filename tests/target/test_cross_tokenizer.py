@@ -20,21 +20,14 @@ def starcoder2_dir(tiny_tokenizer, tmp_path_factory):
 
 
 def _scenarios(corpus, tokenizer_dir, tmp_path, prompt_format="auto"):
-    return JavaScenarioDataModule(
-        mining=MiningConfig(
-            seq_len=S,
-            n_per_task=6,
-            max_per_file=2,
-            max_label_tokens=8,
-            splits=(0.5, 0.5, 0.0),
-            tasks=["identifiers", "closing_bracket", "noise"],
-            prompt_format=prompt_format,
-        ),
-        sources=str(corpus),
-        tokenizer=str(tokenizer_dir),
-        progress=False,
-        cache_dir=str(tmp_path / "sc"),
-    )
+    return JavaScenarioDataModule(sources=str(corpus),
+                                  tokenizer=str(tokenizer_dir),
+                                  mining=MiningConfig(seq_len=S, n_per_task=6, max_per_file=2, max_label_tokens=8,
+                                                      splits=(0.5, 0.5, 0.0),
+                                                      tasks=["identifiers", "closing_bracket", "noise"],
+                                                      prompt_format=prompt_format),
+                                  progress=False,
+                                  cache_dir=str(tmp_path / "sc"))
 
 
 def test_each_extra_target_reads_the_same_holes_in_its_own_tokens(java_corpus, starcoder2_dir, llama_dir, gpt2_dir,

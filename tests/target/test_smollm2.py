@@ -47,12 +47,11 @@ def test_smollm2_converts_once_completes_java_and_its_cache_equals_its_attention
         nxt = target.model(input_ids=ids).logits[0, -1].argmax()
     assert tokenizer.decode(nxt).strip() == "size"  # a trained model, not a random one
     write_corpus(tmp_path / "java", n_copies=2)
-    scenarios = mine_scenarios(
-        tmp_path / "java",
-        tokenizer,
-        MiningConfig(tasks=["identifiers"], seq_len=48, n_per_task=2, max_label_tokens=8, prompt_format="auto"),
-        progress=False,
-    ).scenarios
+    scenarios = mine_scenarios(tmp_path / "java",
+                               tokenizer,
+                               MiningConfig(tasks=["identifiers"], seq_len=48, n_per_task=2, max_label_tokens=8,
+                                            prompt_format="auto"),
+                               progress=False).scenarios
     assert scenarios.prompt_format == "causal" and len(scenarios) == 2  # no FIM tokens in its vocabulary
     path = extract(target, scenarios, tmp_path / "smollm2.rank0.h5", ExtractionSettings(progress=False)).path
     with torch.no_grad():

@@ -182,9 +182,10 @@ def test_flat_mining_keys_name_their_nested_key_and_the_nested_override_works(tm
 
 
 def test_a_flat_recipe_key_names_the_recipe_block(synth_config, tmp_path, capsys):
-    err = _config_error(capsys, ["fit", "--config", str(synth_config), "--model.init_args.lr", "1e-3"])
-    assert "command line `--model.init_args.lr` -> `--model.init_args.recipe.lr`" in err
     flat = tmp_path / "flat.yaml"
     flat.write_text("model:\n  class_path: lit_models.apmae_module.LitAPMAE\n  init_args:\n    lr: 1.0e-3\n")
-    err = _config_error(capsys, ["fit", "--config", str(synth_config), "--config", str(flat)])
-    assert f"config file {flat}: `model.init_args.lr` -> `model.init_args.recipe.lr`" in err
+    for given, named in ((["--model.init_args.lr", "1e-3"], "command line `--model.init_args.lr` -> "
+                                                           "`--model.init_args.recipe.lr`"),
+                         (["--config", str(flat)], f"config file {flat}: `model.init_args.lr` -> "
+                                                   "`model.init_args.recipe.lr`")):
+        assert named in _config_error(capsys, ["fit", "--config", str(synth_config), *given])

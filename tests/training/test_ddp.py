@@ -46,20 +46,13 @@ def test_fit_with_two_cpu_processes(smoke_args, smoke_paths, tmp_path, tracking_
 
     ckpt = torch.load(next((tmp_path / "runs").rglob("last.ckpt")), map_location="cpu", weights_only=False)
     p = smoke_paths
-    scen = JavaScenarioDataModule(
-        mining=MiningConfig(
-            seq_len=32,
-            n_per_task=12,
-            max_per_file=4,
-            max_label_tokens=8,
-            splits=(0.6, 0.4, 0.0),
-            tasks=["identifiers", "closing_bracket", "eol", "keywords"],
-        ),
-        sources=str(p["sources"]),
-        tokenizer=str(p["target_a"]),
-        cache_dir=str(p["scenarios"]),
-        progress=False,
-    )
+    scen = JavaScenarioDataModule(sources=str(p["sources"]),
+                                  tokenizer=str(p["target_a"]),
+                                  mining=MiningConfig(seq_len=32, n_per_task=12, max_per_file=4, max_label_tokens=8,
+                                                      splits=(0.6, 0.4, 0.0),
+                                                      tasks=["identifiers", "closing_bracket", "eol", "keywords"]),
+                                  cache_dir=str(p["scenarios"]),
+                                  progress=False)
     data = AttentionCacheDataModule(target=str(p["target_a"]), scenarios=scen, cache_dir=str(p["cache"]),
                                     head_selection="layerwise:0.5", batch_size=8,
                                     extraction=ExtractionSettings(progress=False))

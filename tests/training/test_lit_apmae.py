@@ -327,7 +327,8 @@ def test_row_emphasis_trains_and_refuses_a_mask_too_small_for_the_row(tmp_path):
 
 
 def test_the_recipe_is_one_argument_an_object_or_a_dict():
-    assert _module(recipe={"lr": 1e-3}).recipe == TrainingRecipe(lr=1e-3) == _module(recipe=TrainingRecipe(lr=1e-3)).recipe
+    recipe = TrainingRecipe(lr=1e-3)
+    assert _module(recipe={"lr": 1e-3}).recipe == recipe == _module(recipe=recipe).recipe
     assert _module().recipe == TrainingRecipe()  # the paper's recipe by default
     with pytest.raises(TypeError, match=r"\['lrr'\] are not TrainingRecipe fields"):
         _module(recipe={"lrr": 1e-3})
