@@ -42,7 +42,7 @@ from apmae.mining.offsets import byte_to_char, code_points, is_whitespace
 from apmae.mining.prompts import PromptFormat, resolve_prompt_format, tokenizer_fingerprint
 from apmae.mining.scenario_set import SPLITS, ScenarioSet
 from apmae.mining.settings import DEFAULTS, MiningConfig, moved_to_mining
-from apmae.mining.sources import JavaSources, Source, SourceFile
+from apmae.mining.sources import JavaSources, Source, SourceError, SourceFile
 from apmae.mining.tasks import NON_CODE_QUERY, FileContext, Span, Task, compile_query, get_tasks, java_language
 
 log = logging.getLogger(__name__)
@@ -440,6 +440,11 @@ def mine_scenarios(
     start = time.perf_counter()
     heaps = _collect(files, (config, task_objs, tok_json), quotas, report, num_workers, progress,
                      settings.max_files, settings.exhaustive)
+    if files.yielded == 0 and any(t.needs_source and quotas[t.name] > 0 for t in task_objs):
+        skipped = ", ".join(f"{k} {v}" for k, v in sorted(files.skipped.items())) or "no .java file found"
+        raise SourceError(f"no Java file could be read from {files.describe()} ({skipped}): every task but the "
+                          "noise control needs source files; pass a folder, archive or JSONL/Parquet file of Java "
+                          "sources")
     noise = [(ti, noise_scenarios(config, t, quotas[t.name], noise_vocab(hf_tok, prompt.fim)))
              for ti, t in enumerate(task_objs) if not t.needs_source]
     scenarios = _to_set(heaps, noise, task_objs, fractions, seed)

@@ -15,6 +15,8 @@ Files are read one at a time, never a whole corpus in memory. Each yielded file
 has a stable id ``<path inside the source>@<content hash>``. Exact duplicates
 (same content) are yielded once; empty, over-size, binary (NUL bytes) and
 non-UTF-8 files are skipped and counted by reason in :attr:`JavaSources.skipped`.
+A source that cannot be read as what its name says (a truncated archive, a JSONL line
+that is not JSON) raises :class:`SourceError` naming the file, and the line where there is one.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import os
 import tarfile
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +39,10 @@ import pyarrow.parquet as pq
 SKIP_REASONS = ("empty", "oversize", "binary", "non_utf8", "duplicate")
 ID_COLUMNS = ("id", "path", "max_stars_repo_path", "file_path", "filename")  # first present one names a row
 HF_PREFIX = "hf:"
+
+
+class SourceError(ValueError):
+    """A source cannot be read: a damaged or truncated archive, or a JSONL line that is not JSON."""
 
 
 @dataclass(frozen=True)
@@ -201,23 +208,37 @@ def _dir_files(root: Path, max_bytes: int) -> Iterator[tuple[str, bytes | None]]
 
 
 def _zip_files(path: Path, max_bytes: int) -> Iterator[tuple[str, bytes | None]]:
-    with zipfile.ZipFile(path) as zf:
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise SourceError(f"{path} is not a readable zip archive ({e}): it is truncated or damaged; fetch it "
+                          "again, or unpack what is readable and pass the folder") from e
+    with zf:
         for info in zf.infolist():
             if info.is_dir() or not info.filename.endswith(".java"):
                 continue
-            yield info.filename, None if info.file_size > max_bytes else zf.read(info)
+            try:
+                data = None if info.file_size > max_bytes else zf.read(info)
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+                raise SourceError(f"{path}: member {info.filename} cannot be read ({e}): the archive is damaged; "
+                                  "fetch it again, or unpack what is readable and pass the folder") from e
+            yield info.filename, data
 
 
 def _tar_files(path: Path, max_bytes: int) -> Iterator[tuple[str, bytes | None]]:
-    with tarfile.open(path, "r|*") as tf:  # stream mode: members are read in order, never all at once
-        for member in tf:
-            if not member.isfile() or not member.name.endswith(".java"):
-                continue
-            if member.size > max_bytes:
-                yield member.name, None
-                continue
-            handle = tf.extractfile(member)
-            yield member.name, handle.read() if handle is not None else b""
+    try:
+        with tarfile.open(path, "r|*") as tf:  # stream mode: members are read in order, never all at once
+            for member in tf:
+                if not member.isfile() or not member.name.endswith(".java"):
+                    continue
+                if member.size > max_bytes:
+                    yield member.name, None
+                    continue
+                handle = tf.extractfile(member)
+                yield member.name, handle.read() if handle is not None else b""
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise SourceError(f"{path} is not a readable tar archive ({e}): it is truncated or damaged; fetch it "
+                          "again, or unpack what is readable and pass the folder") from e
 
 
 def _row_id(row: dict, id_column: str | None, fallback: str) -> str:
@@ -241,7 +262,23 @@ def _rows(rows: Iterable[dict], where: str, content: str = "content",
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, str | None]]:
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:
-        yield from _rows((json.loads(line) for line in f if line.strip()), path.name)
+        yield from _rows(_json_lines(f, path), path.name)
+
+
+def _json_lines(lines: Iterable[str], path: Path) -> Iterator[dict]:
+    """The JSON object of every non-blank line; a line that is not one is an error naming its number."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SourceError(f"{path} line {number} is not valid JSON ({e.msg}, column {e.colno}): fix or remove "
+                              "that line (every line must be one JSON object with a 'content' field)") from None
+        if not isinstance(row, dict):
+            raise SourceError(f"{path} line {number} is a JSON {type(row).__name__}, not an object with a "
+                              "'content' field")
+        yield row
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, str | None]]:
