@@ -24,6 +24,7 @@ import torch.distributed as dist
 from lightning.pytorch import LightningModule
 
 from apmae.common.cores import torch_threads
+from apmae.common.precision import warn_emulated_bf16
 from apmae.common.settings import field_names, settings_of
 from apmae.model.schedules import warmup_cosine
 
@@ -103,6 +104,10 @@ class RecipeModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         hold_threads(self, self.recipe.num_threads)
+        trainer = getattr(self, "_trainer", None)
+        precision = str(getattr(trainer, "precision", "")) if trainer is not None else ""
+        if "bf16" in precision and self.device.type == "cpu":
+            warn_emulated_bf16(f"{type(self).__name__} (trainer.precision={precision})", "--trainer.precision 32")
 
     def teardown(self, stage: str) -> None:
         """Give the process back the thread count it had before ``setup``: a later fit in the same

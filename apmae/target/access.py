@@ -21,6 +21,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from safetensors import SafetensorError
 
+from apmae.common.precision import warn_emulated_bf16
 from apmae.common.triangle import lower_triangle_index
 from apmae.target.gguf import convert_gguf, is_gguf
 from apmae.target.layout import output_projections
@@ -108,6 +109,8 @@ def load_target(name_or_path: str | Path, *, dtype: str = "float32", device: str
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(DTYPES)}")
+    if dtype == "bfloat16" and resolve_device(device).type == "cpu":
+        warn_emulated_bf16(f"the target {name_or_path} (dtype bfloat16)", "dtype float32 (extraction.dtype: float32)")
     name = str(name_or_path)
     if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
         raise ValueError(f"cannot load target model {name!r}: it does not exist; give a model directory, a .gguf "
