@@ -106,7 +106,8 @@ class RecipeModule(LightningModule):
         hold_threads(self, self.recipe.num_threads)
         trainer = getattr(self, "_trainer", None)
         precision = str(getattr(trainer, "precision", "")) if trainer is not None else ""
-        if "bf16" in precision and self.device.type == "cpu":
+        # the trainer's device: at setup the module is not on it yet
+        if "bf16" in precision and trainer.strategy.root_device.type == "cpu":
             warn_emulated_bf16(f"{type(self).__name__} (trainer.precision={precision})", "--trainer.precision 32")
 
     def teardown(self, stage: str) -> None:
