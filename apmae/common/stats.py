@@ -135,6 +135,12 @@ def ratio_intervals(numerator: np.ndarray, denominators: np.ndarray, *, n_resamp
     return [boot.interval(i) for i in range(len(den))]
 
 
+def percentile_interval(distribution: np.ndarray, *, confidence: float = CONFIDENCE) -> Interval:
+    """The percentile interval at ``confidence`` of a bootstrap distribution (B,), NaNs ignored."""
+    tail = 100 * (1 - confidence) / 2
+    return Interval(*np.nanpercentile(distribution, [tail, 100 - tail]))
+
+
 def paired_p_value(difference: np.ndarray) -> float:
     """Two-sided p-value of "no difference" from a paired bootstrap distribution (B,) of a difference.
 
@@ -242,5 +248,5 @@ def _weighted_auroc(score: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np
 
 
 __all__ = ["BootstrapResult", "CONFIDENCE", "Interval", "NAN_INTERVAL", "N_RESAMPLES", "benjamini_hochberg",
-           "grouped_auroc_bootstrap", "holm", "mcnemar_exact", "paired_p_value", "rank_p_value", "ratio_intervals",
-           "stratified_bootstrap", "wilson_interval"]
+           "grouped_auroc_bootstrap", "holm", "mcnemar_exact", "paired_p_value", "percentile_interval",
+           "rank_p_value", "ratio_intervals", "stratified_bootstrap", "wilson_interval"]

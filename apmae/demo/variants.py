@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from apmae.cache.store import AttentionCache, cache_files
-from apmae.common.stats import CONFIDENCE, grouped_auroc_bootstrap, paired_p_value
+from apmae.common.stats import grouped_auroc_bootstrap, paired_p_value, percentile_interval
 from apmae.demo.console import quiet_libraries
 from apmae.demo.probe_report import DEMO_PLAN, DEMO_PROTOCOL, PROTOCOL_FOLDER
 from apmae.demo.run import DEFAULT_CONFIG, FIT_RECORD, DemoSummary, demo_overrides, finished_fit, fit_key, \
@@ -118,8 +118,7 @@ def paired_lines(reference: Path, variant: Path, name: str) -> list[str]:
     for predictor in READOUTS:
         boot = grouped_auroc_bootstrap(np.stack([var[predictor], ref[predictor]]), correct, files, seed=0)
         d = boot.distribution[0] - boot.distribution[1]
-        tail = 100 * (1 - CONFIDENCE) / 2
-        low, high = np.nanpercentile(d, [tail, 100 - tail])
+        low, high = percentile_interval(d)
         lines.append(f"    {predictor:<16} {boot.estimate[0] - boot.estimate[1]:+.3f} [{low:+.3f}, {high:+.3f}], "
                      f"p {paired_p_value(d):.3f}")
     return lines

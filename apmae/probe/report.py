@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import stats as scipy_stats
 
-from apmae.common.stats import CONFIDENCE, Interval, grouped_auroc_bootstrap, holm, paired_p_value
+from apmae.common.stats import Interval, grouped_auroc_bootstrap, holm, paired_p_value, percentile_interval
 from apmae.probe.crossfit import CrossFit, PermutationTest, Protocol, ProtocolSettings
 from apmae.probe.features import ProbeData
 from apmae.probe.importance import HeadImportance, head_importance
@@ -198,14 +198,14 @@ def run_protocol(data: ProbeData, *, settings: ProtocolSettings | None = None, p
         claims[(first, second)] = paired_p_value(d)
     adjusted = dict(zip(claims, holm(list(claims.values()))))
     comparisons = [Comparison(first=a, second=b, delta=paired[(a, b)][0],
-                              interval=_interval(paired[(a, b)][1]),
+                              interval=percentile_interval(paired[(a, b)][1]),
                               p_value=claims[(a, b)], p_holm=adjusted[(a, b)]) for a, b in plan.comparisons]
     rows = []
     for i, name in enumerate(names):
         extra = {}
         if name in paired:
             delta, d = paired[name]
-            extra = dict(delta=delta, delta_interval=_interval(d),
+            extra = dict(delta=delta, delta_interval=percentile_interval(d),
                          delta_p=claims[name], n_needed=_n_needed(delta, d, len(protocol.y), s.alpha))
         chosen = {}
         if fits[name].chosen:
@@ -220,12 +220,6 @@ def run_protocol(data: ProbeData, *, settings: ProtocolSettings | None = None, p
     per_task, unscored = _per_task(data, scores, s.min_per_class)
     return ProbeReport(rows=rows, scores=scores, per_task=per_task, unscored=unscored, importance=importance,
                        data=data, comparisons=comparisons, settings=s, noise=noise, seconds=seconds)
-
-
-def _interval(distribution: np.ndarray) -> Interval:
-    """The percentile interval at the project's confidence of a paired bootstrap distribution of a difference."""
-    tail = 100 * (1 - CONFIDENCE) / 2
-    return Interval(*np.nanpercentile(distribution, [tail, 100 - tail]))
 
 
 def _n_needed(delta: float, distribution: np.ndarray, n: int, alpha: float) -> float:
