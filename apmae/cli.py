@@ -166,6 +166,7 @@ class CommandLine:
 
     argv: tuple[str, ...]
     config_paths: tuple[str, ...]  # given to --config / -c / --config=, in order
+    trees: dict[Path, Any]  # the YAML of every named config file that exists (None: not readable YAML text)
 
     @classmethod
     def of(cls, args: Any) -> "CommandLine":
@@ -174,19 +175,25 @@ class CommandLine:
         paths = tuple(argv[i + 1] if arg in ("--config", "-c") else arg.partition("--config=")[2]
                       for i, arg in enumerate(argv)
                       if (arg in ("--config", "-c") and i + 1 < len(argv)) or arg.startswith("--config="))
-        return cls(argv=argv, config_paths=paths)
+        # jsonargparse names missing files itself; each existing one is parsed here once
+        trees = {Path(p): _read_yaml(Path(p)) for p in paths if p and Path(p).is_file()}
+        return cls(argv=argv, config_paths=paths, trees=trees)
 
     @property
     def config_files(self) -> list[Path]:
-        """The named config files that exist (jsonargparse names missing ones itself)."""
-        return [Path(p) for p in self.config_paths if p and Path(p).is_file()]
+        """The named config files that exist."""
+        return list(self.trees)
 
     def tree(self, path: Path) -> Any:
         """A config file's YAML, or None when it is not readable YAML text (reported elsewhere)."""
-        try:
-            return yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError, OSError):
-            return None
+        return self.trees[path]
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return None
 
 
 def _reject_unreadable_configs(parser: LightningArgumentParser, line: CommandLine) -> None:
@@ -259,7 +266,7 @@ def _reject_moved_settings_keys(parser: LightningArgumentParser, line: CommandLi
     jsonargparse would refuse a flat ``seq_len:`` without saying where it went.
     """
     interventions_appended = any("Interventions" in arg for arg in line.argv)
-    own_model = not any("TargetLM" in p.read_text(encoding="utf-8", errors="replace") for p in line.config_files)
+    own_model = not any(str(_model_class(tree)).endswith("TargetLM") for tree in line.trees.values())
     found = []
     for arg in line.argv:
         key = arg.split("=", 1)[0]
@@ -297,6 +304,12 @@ def _flat_settings_keys(tree: Any, where: str) -> list[tuple[str, str, str]]:
         for i, value in enumerate(tree):
             found += _flat_settings_keys(value, f"{where}[{i}]")
     return found
+
+
+def _model_class(tree: Any) -> str | None:
+    """The ``model.class_path`` a config's YAML sets (None when none)."""
+    model = tree.get("model") if isinstance(tree, dict) else None
+    return model.get("class_path") if isinstance(model, dict) else None
 
 
 def _model_init_args(tree: Any) -> dict[str, Any]:
