@@ -319,6 +319,11 @@ class AttentionCacheDataModule(PatternDataModule):
                 self.trainer.strategy.barrier("encodings")
             self.encodings[name] = ensure_encodings(net, cache, path, scaler=self.scaler, progress=False).load()
 
+    @property
+    def serves_encodings(self) -> bool:
+        """Whole scenarios under an encoder are served as their encodings; everything else as images."""
+        return self.mode == "scenarios" and self.encoder is not None
+
     def served(self) -> AttentionCache | None:
         """The training target's cache (None before setup)."""
         return self.caches.get(self.train_target_name)

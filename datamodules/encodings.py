@@ -118,6 +118,8 @@ class EncodingsDataModule(PatternDataModule):
         self.name: str | None = None  # <target>.<encoder hash>, known once the encoder is loaded
         self._built = False
 
+    serves_encodings = True  # its batches always carry the stored encodings
+
     def served(self) -> EncodingSet | None:
         """The encodings (None before setup)."""
         return self.encodings

@@ -56,6 +56,11 @@ class PatternDataModule(L.LightningDataModule):
     test_target_names: list[str]
     encoder_hash: str | None = None  # the encoder of the encodings served, when any (LitProbe checks it)
 
+    @property
+    def serves_encodings(self) -> bool:
+        """Whether batches carry stored AP-MAE encodings (``cls``, ``mean``) rather than images."""
+        raise NotImplementedError
+
     # -- scenarios
     def _scenario_seq_len(self) -> int:
         return source_seq_len(self.scenarios)

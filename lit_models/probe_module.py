@@ -276,15 +276,19 @@ def check_served_encoder(datamodule: Any, batches: Any, net: APMAE, *, finetune:
     """Refuse stored encodings of another AP-MAE than the probe's: they would be read as its own.
 
     A DataModule that serves encodings (batches with ``cls``) names their encoder as ``encoder_hash``;
-    one that serves them without naming it is refused too, since the check could not be made.
-    A fine-tuned encoder reads the images, never stored encodings.
+    one that serves them without naming it is refused too, since the check could not be made. The
+    project's DataModules say whether they serve encodings (``serves_encodings``); of another, the
+    first training batch is looked at. A fine-tuned encoder reads the images, never stored encodings.
     """
     if finetune:
         return
     served = getattr(datamodule, "encoder_hash", None)
     if served is None:
-        first = next(iter(batches), None)
-        if first is not None and "cls" in first:
+        serves = getattr(datamodule, "serves_encodings", None)
+        if serves is None:  # a DataModule of another project: its first batch says
+            first = next(iter(batches), None)
+            serves = first is not None and "cls" in first
+        if serves:
             raise ValueError(f"{type(datamodule).__name__} serves stored encodings without saying of which encoder "
                              "(an encoder_hash attribute): the probe cannot check they are its encoder's")
         return
