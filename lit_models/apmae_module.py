@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from apmae.common.settings import settings_of
 from apmae.common.stats import ratio_intervals
 from apmae.model.baselines import band_neighbours, neighbour_patches
 from apmae.model.loading import NET_CONFIG_KEY
@@ -110,9 +111,7 @@ class LitAPMAE(RecipeModule):
     ) -> None:
         settings = TrainingRecipe.of(recipe)
         super().__init__(recipe=settings, optimizer=optimizer, scheduler=scheduler)
-        if isinstance(row_emphasis, dict):
-            row_emphasis = RowEmphasis(**row_emphasis)
-        emphasis = row_emphasis
+        emphasis = None if row_emphasis is None else settings_of(RowEmphasis, row_emphasis, "row_emphasis")
         # the checkpoint keeps plain values (a weights_only load refuses dataclasses), each setting once
         recipe = asdict(settings)
         row_emphasis = None if emphasis is None else asdict(emphasis)
