@@ -24,6 +24,7 @@ as params, so runs compare side by side in the MLflow UI (``make ui``).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass
@@ -34,20 +35,21 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 import yaml
 from lightning.pytorch.loggers import MLFlowLogger
 
+from apmae import GLUE_PACKAGES
 from apmae.atlas import run as atlas_run
 from apmae.common.allocator import keep_freed_memory
 from apmae.common.tracking import DEFAULT_EXPERIMENT, artifact_location, tracking_uri
 from apmae.common.settings import field_names
 from apmae.interventions.settings import InterventionSettings
 from apmae.mining.settings import MINING_FIELDS
-from lit_models.training import RECIPE_FIELDS
+from apmae.lit_models.training import RECIPE_FIELDS
 from apmae.model.loading import CheckpointError, check_checkpoint
 from apmae.patterns import run as patterns_run
 from apmae.probe import run as crossfit_run
 
 MLFLOW_LOGGER = "lightning.pytorch.loggers.MLFlowLogger"
 LINKED = {"seq_len": ("data.seq_len", "model.init_args.seq_len")}
-PROBE_CLASS = "lit_models.probe_module.LitProbe"  # the probe, formerly LitAPMAE's `stage: probe`
+PROBE_CLASS = "apmae.lit_models.probe_module.LitProbe"  # the probe, formerly LitAPMAE's `stage: probe`
 CKPT_ALIASES = ("last", "best", "hpc")  # --ckpt_path values Lightning resolves itself
 
 
@@ -135,6 +137,7 @@ class APMAECLI(LightningCLI):
         _reject_linked_keys(parser, line)
         _reject_probe_stage(parser, line)
         _reject_moved_settings_keys(parser, line)
+        _reject_old_class_paths(parser, line)
         super().parse_arguments(parser, args)
         # before LightningCLI reads the checkpoint's hyperparameters with torch.load
         _check_ckpt_path(self.config[self.config.subcommand] if self.config.get("subcommand") else self.config)
@@ -262,7 +265,7 @@ def _reject_moved_settings_keys(parser: LightningArgumentParser, line: CommandLi
     ``JavaScenarioDataModule`` takes its mining settings as one ``mining:`` block
     (:class:`apmae.mining.settings.MiningConfig`), the ``Interventions`` callback its sweep's as one
     ``settings:`` block (:class:`apmae.interventions.settings.InterventionSettings`), LitAPMAE and
-    LitProbe their training recipe as one ``recipe:`` block (:class:`lit_models.training.TrainingRecipe`);
+    LitProbe their training recipe as one ``recipe:`` block (:class:`apmae.lit_models.training.TrainingRecipe`);
     jsonargparse would refuse a flat ``seq_len:`` without saying where it went.
     """
     interventions_appended = any("Interventions" in arg for arg in line.argv)
@@ -284,7 +287,55 @@ def _reject_moved_settings_keys(parser: LightningArgumentParser, line: CommandLi
         parser.error("settings moved into nested blocks (JavaScenarioDataModule's `mining:`, "
                      "apmae.mining.settings.MiningConfig; Interventions' `settings:`, "
                      "apmae.interventions.settings.InterventionSettings; LitAPMAE's and LitProbe's `recipe:`, "
-                     "lit_models.training.TrainingRecipe): " + "; ".join(found))
+                     "apmae.lit_models.training.TrainingRecipe): " + "; ".join(found))
+
+
+def _reject_old_class_paths(parser: LightningArgumentParser, line: CommandLine) -> None:
+    """Name the new class path of a class the config still names by its former top-level package.
+
+    The Lightning glue moved from the top-level packages ``datamodules``, ``lit_models`` and ``callbacks``
+    to ``apmae.datamodules``, ``apmae.lit_models`` and ``apmae.callbacks``. A path into a project's own
+    package of one of those names (one that is not apmae's folder) is that project's and is left alone.
+    """
+    found = [f"command line `{arg}`: {old} -> apmae.{old}" for arg in line.argv
+             for old in [arg.rpartition("=")[2]] if _former_glue_path(old)]
+    for path in line.config_files:
+        found += [f"config file {path}: {old} -> apmae.{old}" for old in _class_paths(line.tree(path))
+                  if _former_glue_path(old)]
+    if found:
+        parser.error("the Lightning glue is imported as apmae.datamodules, apmae.lit_models and apmae.callbacks "
+                     "(the top-level names were left to your own packages); change these class paths: "
+                     + "; ".join(found))
+
+
+def _class_paths(tree: Any) -> list[str]:
+    """Every ``class_path`` value in a config's YAML."""
+    if isinstance(tree, dict):
+        own = [tree["class_path"]] if isinstance(tree.get("class_path"), str) else []
+        return own + [p for value in tree.values() for p in _class_paths(value)]
+    if isinstance(tree, list):
+        return [p for value in tree for p in _class_paths(value)]
+    return []
+
+
+def _former_glue_path(path: str) -> bool:
+    """Whether ``path`` names a module of apmae's glue by its former top-level package."""
+    package, _, rest = path.partition(".")
+    if package not in GLUE_PACKAGES or "." not in rest:
+        return False
+    module = rest.rpartition(".")[0]
+    if importlib.util.find_spec(f"apmae.{package}.{module}") is None:
+        return False  # not one of apmae's modules: another project's path
+    try:
+        spec = importlib.util.find_spec(package)  # the top-level name, found but not imported
+    except (ImportError, ValueError):
+        return True
+    ours = importlib.util.find_spec(f"apmae.{package}")
+    theirs = [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
+    if ours is not None and theirs == [Path(p) for p in ours.submodule_search_locations or []]:
+        return True  # the checkout's own folder, found under its former name
+    first = module.split(".")[0]  # a project's own package of that name that holds this module keeps its path
+    return not any((d / f"{first}.py").is_file() or (d / first / "__init__.py").is_file() for d in theirs)
 
 
 def _flat_settings_keys(tree: Any, where: str) -> list[tuple[str, str, str]]:

@@ -20,7 +20,7 @@ Per target it logs CSV tables and L x H heatmaps as MLflow artifacts under
 no MLflow logger is attached), scalars ``head_metrics/<target>/<method>/<name>``
 (``seconds`` among them), and prints one line per method naming the most
 striking heads. It reads nothing from the LightningModule (only the trainer's
-DataModule), so it works beside any module (see :mod:`lit_models.interfaces`).
+DataModule), so it works beside any module (see :mod:`apmae.lit_models.interfaces`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from apmae.head_metrics.relations import RELATIONS
 from apmae.head_metrics.types import check_thresholds
 from apmae.mining.scenario_set import SPLITS
 from apmae.target.access import load_target
-from datamodules.attention_cache import target_short_name
+from apmae.datamodules.attention_cache import target_short_name
 
 METHODS = ("contribution", "distance", "maps", "types")
 DEFAULT_METHODS = ("contribution", "distance", "maps")

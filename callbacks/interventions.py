@@ -11,7 +11,7 @@ strategies of :mod:`apmae.interventions.head_sets` over a k sweep (:mod:`apmae.i
 The ranking is the ``importance_csv`` file when one is given (e.g. the
 cross-fitted ranking of :mod:`apmae.probe.importance`, which the demo uses), else the
 LightningModule's current ``head_importance`` ((L, H) tensor or array; None until it
-is computed) when the module ranks heads (:class:`lit_models.interfaces.RanksHeads`,
+is computed) when the module ranks heads (:class:`apmae.lit_models.interfaces.RanksHeads`,
 e.g. ``LitProbe``). With ``per_task``, rankings per task (the module's
 ``head_importance_by_task: {task: (L, H)}``, else ``importance_csv_by_task``)
 are each applied to that task's scenarios only. Until a ranking exists an
@@ -62,8 +62,8 @@ from apmae.interventions.settings import InterventionSettings, moved_to_settings
 from apmae.interventions.significance import SettingKey, SettingTest, setting_tests, significance_metric_values
 from apmae.interventions.sweep import InterventionScenarios, run_sweep
 from apmae.target.access import load_target
-from datamodules.rows import select_rows
-from lit_models.interfaces import RanksHeads, implements, require
+from apmae.datamodules.rows import select_rows
+from apmae.lit_models.interfaces import RanksHeads, implements, require
 
 if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers
     from apmae.target.access import Target
@@ -145,12 +145,12 @@ class Interventions(Callback):
         """Refuse a module that ranks no heads when no importance file stands in for it.
 
         Raises:
-            TypeError: the module lacks :class:`lit_models.interfaces.RanksHeads` and neither
+            TypeError: the module lacks :class:`apmae.lit_models.interfaces.RanksHeads` and neither
                 ``importance_csv`` nor ``importance_csv_by_task`` is given.
         """
         if not (self.importance_csv or self.importance_csv_by_task):
             require(pl_module, RanksHeads, reader="Interventions",
-                    use="attach the callback to a lit_models.probe_module.LitProbe run, or give importance_csv "
+                    use="attach the callback to an apmae.lit_models.probe_module.LitProbe run, or give importance_csv "
                         "(a probe run's importance.csv)")
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

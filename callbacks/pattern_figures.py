@@ -3,7 +3,7 @@
 Glossary: B images, S image side, P patch side, G = S / P grid side, Q triangular patches.
 
 Every ``every_n_epochs`` validation epochs the callback re-runs the module's AP-MAE
-(:class:`lit_models.interfaces.ReconstructsPatterns`, e.g. ``LitAPMAE``) on a
+(:class:`apmae.lit_models.interfaces.ReconstructsPatterns`, e.g. ``LitAPMAE``) on a
 fixed set of images from the first validation dataloader (the training
 target) with a fixed mask, and logs
 
@@ -30,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from apmae.common.plotting import pyplot
 from apmae.common.tracking import mlflow_runs
 from apmae.model.net import masked_error
-from lit_models.interfaces import ReconstructsPatterns, require
+from apmae.lit_models.interfaces import ReconstructsPatterns, require
 
 if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers
     from apmae.model.net import APMAE
@@ -124,10 +124,10 @@ class PatternFigures(Callback):
         """Refuse a module without an AP-MAE to reconstruct with.
 
         Raises:
-            TypeError: the module lacks :class:`lit_models.interfaces.ReconstructsPatterns`.
+            TypeError: the module lacks :class:`apmae.lit_models.interfaces.ReconstructsPatterns`.
         """
         require(pl_module, ReconstructsPatterns, reader="PatternFigures",
-                use="attach the callback to a lit_models.apmae_module.LitAPMAE run")
+                use="attach the callback to an apmae.lit_models.apmae_module.LitAPMAE run")
 
     def on_validation_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,

@@ -12,13 +12,13 @@ rank extracts its own shard in ``setup`` and the reader merges the shards. Batch
 - ``mode="scenarios"``: ``images`` (B, L*H, 1, S, S) scaled, ``stats`` (B, L, H, F)
   raw-pattern statistics (:func:`apmae.encodings.store.pattern_stats`), and ``scenario``,
   ``row``, ``task``, ``correct``, ``probability`` (B,);
-- ``mode="scenarios"`` with an ``encoder`` (:class:`~datamodules.settings.EncoderSettings`):
+- ``mode="scenarios"`` with an ``encoder`` (:class:`~apmae.datamodules.settings.EncoderSettings`):
   no images; ``cls`` and ``mean`` (B, L, H, D) AP-MAE encodings of every head
-  (:mod:`datamodules.rows`), computed once per cache and encoder into
+  (:mod:`apmae.datamodules.rows`), computed once per cache and encoder into
   ``<encodings_dir>/<cache name>.<encoder hash>.encodings.h5`` and read back by
   later runs (:mod:`apmae.encodings.store`), with the same ``stats`` and columns.
 
-``extraction.pattern_kind="contribution"`` (:class:`~datamodules.settings.ExtractionSettings`)
+``extraction.pattern_kind="contribution"`` (:class:`~apmae.cache.settings.ExtractionSettings`)
 serves each head's norm-based contribution weights instead of its attention, from
 caches ``<target>.contribution.rank<k>.h5`` beside the attention caches
 (:func:`apmae.cache.extract.cache_name`); images, stacks and encodings are built
@@ -48,10 +48,10 @@ from apmae.mining.scenario_set import SPLITS, ScenarioSet
 from apmae.model.loading import ENCODER_PRECISIONS, load_encoder
 from apmae.model.scaling import get_scaler
 from apmae.target.access import load_target_tokenizer
-from datamodules.java_scenarios import JavaScenarioDataModule
-from datamodules.rows import EncodingRows, row_columns, select_rows
-from datamodules.patterns_base import PatternDataModule
-from datamodules.settings import EncoderSettings, ExtractionSettings, as_settings
+from apmae.datamodules.java_scenarios import JavaScenarioDataModule
+from apmae.datamodules.rows import EncodingRows, row_columns, select_rows
+from apmae.datamodules.patterns_base import PatternDataModule
+from apmae.datamodules.settings import EncoderSettings, ExtractionSettings, as_settings
 
 MODES = ("heads", "scenarios")
 ENCODER_BATCH_SIZE = 4  # scenarios per encoder step over a cache when encoder.batch_size is null

@@ -9,7 +9,7 @@ every scenario under a trained AP-MAE encoder, once per (target, encoder):
   no pattern is ever written. Under DDP every rank streams its own shard
   ``<encodings_dir>/<target>.<encoder hash>.rank<k>.h5``.
 - ``stream=False``: the attention cache is built (or reused) in ``cache_dir``
-  as :class:`~datamodules.attention_cache.AttentionCacheDataModule` does, then
+  as :class:`~apmae.datamodules.attention_cache.AttentionCacheDataModule` does, then
   encoded once (:func:`apmae.encodings.store.ensure_encodings`, rank 0).
 
 Both give the same encodings (to float16 precision) under the same identity,
@@ -40,10 +40,10 @@ from apmae.mining.scenario_set import ScenarioSet
 from apmae.model.loading import ENCODER_PRECISIONS, load_encoder
 from apmae.model.scaling import get_scaler
 from apmae.target.access import load_target
-from datamodules.java_scenarios import JavaScenarioDataModule
-from datamodules.rows import EncodingRows, select_rows
-from datamodules.patterns_base import PatternDataModule
-from datamodules.settings import EncoderSettings, ExtractionSettings, as_settings
+from apmae.datamodules.java_scenarios import JavaScenarioDataModule
+from apmae.datamodules.rows import EncodingRows, select_rows
+from apmae.datamodules.patterns_base import PatternDataModule
+from apmae.datamodules.settings import EncoderSettings, ExtractionSettings, as_settings
 
 if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers
     from apmae.model.net import APMAE

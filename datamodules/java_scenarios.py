@@ -12,7 +12,7 @@ Batches are dicts of tensors:
 
 In a notebook::
 
-    from datamodules.java_scenarios import JavaScenarioDataModule
+    from apmae.datamodules.java_scenarios import JavaScenarioDataModule
     dm = JavaScenarioDataModule(sources="path/to/java", tokenizer="bigcode/starcoder2-3b", mining={"n_per_task": 100})
     batch = next(iter(dm.train_dataloader()))  # mines on first use, then reads the cache
 """

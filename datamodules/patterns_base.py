@@ -1,7 +1,7 @@
 """What the two attention-pattern DataModules share: their scenarios, the facts the probe reads, the loaders.
 
-:class:`PatternDataModule` is the base of :class:`datamodules.attention_cache.AttentionCacheDataModule`
-(patterns from an attention cache, encoded on demand) and :class:`datamodules.encodings.EncodingsDataModule`
+:class:`PatternDataModule` is the base of :class:`apmae.datamodules.attention_cache.AttentionCacheDataModule`
+(patterns from an attention cache, encoded on demand) and :class:`apmae.datamodules.encodings.EncodingsDataModule`
 (encodings streamed from a target or encoded from its cache). A subclass sets ``scenarios``,
 ``batch_size``, ``num_workers``, ``scaler``, ``train_target_name`` and the ``val_target_names`` /
 ``test_target_names`` it serves, and says which object holds the training target's rows
@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from apmae.mining.scenario_set import ScenarioSet, load_source, source_seq_len
 from apmae.model.scaling import scale
-from datamodules.rows import EncodingRows, collate_encodings
-from datamodules.sampling import evaluation_sampler
+from apmae.datamodules.rows import EncodingRows, collate_encodings
+from apmae.datamodules.sampling import evaluation_sampler
 
 
 class ScaledCollate:

@@ -3,8 +3,8 @@
 :class:`ExtractionSettings` (:mod:`apmae.cache.settings`, re-exported here) says how patterns
 are extracted from a target model (device, dtype, batches, the cache's storage form);
 :class:`EncoderSettings` says which trained AP-MAE encodes them and how. Both
-:class:`~datamodules.attention_cache.AttentionCacheDataModule` and
-:class:`~datamodules.encodings.EncodingsDataModule` take them as nested init args,
+:class:`~apmae.datamodules.attention_cache.AttentionCacheDataModule` and
+:class:`~apmae.datamodules.encodings.EncodingsDataModule` take them as nested init args,
 so one YAML mapping means the same in either and overlays that switch between the
 two DataModules keep it::
 

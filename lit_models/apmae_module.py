@@ -50,18 +50,18 @@ from apmae.model.loading import NET_CONFIG_KEY
 from apmae.model.net import APMAE, APMAEConfig, masked_error, num_visible
 from apmae.model.row_emphasis import RowEmphasis
 from apmae.common.tracking import log_to_runs
-from lit_models.training import OptimizerFactory, RecipeModule, SchedulerFactory, TrainingRecipe, every_rank
+from apmae.lit_models.training import OptimizerFactory, RecipeModule, SchedulerFactory, TrainingRecipe, every_rank
 
 IMAGE_KEYS = ("scenario", "layer", "head")  # what names a head image in a batch (its masking noise follows it)
 
-PROBE_MODULE = "lit_models.probe_module.LitProbe"  # where the probe stage of former LitAPMAE runs lives
+PROBE_MODULE = "apmae.lit_models.probe_module.LitProbe"  # where the probe stage of former LitAPMAE runs lives
 
 
 class LitAPMAE(RecipeModule):
     """Trains AP-MAE on scaled attention images and evaluates it across target models.
 
     Reconstruction only: the correctness probe over a trained encoder is
-    :class:`lit_models.probe_module.LitProbe`.
+    :class:`apmae.lit_models.probe_module.LitProbe`.
 
     Args:
         seq_len: image side S. The CLI links it from the DataModule's ``seq_len``.
@@ -70,7 +70,7 @@ class LitAPMAE(RecipeModule):
             ``seq_len`` is always taken from ``seq_len``.
         net: a ready ``APMAE`` (Python use, or ``class_path: apmae.model.APMAE`` in YAML); replaces
             ``preset``/``net_overrides`` and must have ``config.seq_len == seq_len``.
-        recipe: the optimiser, schedule and process settings (:class:`lit_models.training.TrainingRecipe`:
+        recipe: the optimiser, schedule and process settings (:class:`apmae.lit_models.training.TrainingRecipe`:
             base_lr, lr_reference_batch, lr, betas, weight_decay, warmup_fraction, min_lr_ratio,
             export_dir, num_threads), or a dict of its fields; None: its defaults (the paper's AdamW
             recipe, 1.5e-4 per 50 images). ``export_dir`` is where the trained net is saved

@@ -1,10 +1,10 @@
 """What the callbacks read from the LightningModule they are attached to, declared once.
 
-- :class:`RanksHeads`: ``callbacks.interventions.Interventions`` (the ranking it zeroes heads by);
-  implemented by :class:`lit_models.probe_module.LitProbe`.
-- :class:`ReconstructsPatterns`: ``callbacks.pattern_figures.PatternFigures`` (the AP-MAE it runs);
-  implemented by :class:`lit_models.apmae_module.LitAPMAE`.
-- ``callbacks.head_metrics.HeadMetrics`` reads nothing from the module: only the trainer's DataModule.
+- :class:`RanksHeads`: ``apmae.callbacks.interventions.Interventions`` (the ranking it zeroes heads by);
+  implemented by :class:`apmae.lit_models.probe_module.LitProbe`.
+- :class:`ReconstructsPatterns`: ``apmae.callbacks.pattern_figures.PatternFigures`` (the AP-MAE it runs);
+  implemented by :class:`apmae.lit_models.apmae_module.LitAPMAE`.
+- ``apmae.callbacks.head_metrics.HeadMetrics`` reads nothing from the module: only the trainer's DataModule.
 
 A callback calls :func:`require` when the trainer sets it up, so a module without what it reads
 fails before any training with a message that names the members and the module to use.
@@ -62,12 +62,12 @@ def implements(module: Any, protocol: type) -> bool:
 def require(module: Any, protocol: type, *, reader: str, use: str) -> None:
     """Raise TypeError naming what ``reader`` needs when ``module`` lacks a member of ``protocol``.
 
-    ``use`` says what to change, e.g. "attach it to a lit_models.probe_module.LitProbe".
+    ``use`` says what to change, e.g. "attach it to an apmae.lit_models.probe_module.LitProbe".
     """
     lacking = missing(module, protocol)
     if lacking:
         raise TypeError(f"{reader} reads {', '.join(members(protocol))} from the LightningModule "
-                        f"(lit_models.interfaces.{protocol.__name__}), but {type(module).__name__} has no "
+                        f"(apmae.lit_models.interfaces.{protocol.__name__}), but {type(module).__name__} has no "
                         f"{', '.join(lacking)}: {use}")
 
 

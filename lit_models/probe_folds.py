@@ -4,7 +4,7 @@ Glossary: N scenarios of the protocol, n training rows of a fold, L layers, H qu
 
 :func:`litprobe_crossfit` gives the cross-fitted protocol (:mod:`apmae.probe.report`) LitProbe's
 out-of-fold scores on the very folds its other predictors use: per outer fold a fresh
-:class:`lit_models.probe_module.LitProbe` over the frozen AP-MAE is trained by a
+:class:`apmae.lit_models.probe_module.LitProbe` over the frozen AP-MAE is trained by a
 ``lightning.Trainer`` on the fold's training scenarios only (:class:`FoldRowsDataModule`,
 drawn class-balanced with replacement, so no row is dropped) for a fixed number of epochs, with
 no validation, checkpoint choice or early stop (nothing sees the fold's test scenarios), and then
@@ -35,9 +35,9 @@ from apmae.model.loading import load_encoder
 from apmae.probe.crossfit import CrossFit, Protocol
 from apmae.probe.linear import balanced_weights
 from apmae.probe.models import FoldScore
-from datamodules.rows import EncodingRows, collate_encodings
-from lit_models.probe_module import LitProbe
-from lit_models.training import TrainingRecipe
+from apmae.datamodules.rows import EncodingRows, collate_encodings
+from apmae.lit_models.probe_module import LitProbe
+from apmae.lit_models.training import TrainingRecipe
 
 PREDICTORS = {"probe": "apmae [litprobe]", "probe_confidence": "confidence+apmae [litprobe]"}
 

@@ -4,8 +4,8 @@ Glossary: B scenarios, L layers, H query heads, S pattern side, D encoder width.
 
 The encoder is a trained AP-MAE (an export directory or a checkpoint, read by
 :func:`apmae.model.loading.load_encoder`), frozen unless ``finetune_encoder``. The
-predictors and their baselines are :class:`lit_models.probe_stage.ProbeStage`; this
-module trains them with the shared optimiser recipe (:mod:`lit_models.training`),
+predictors and their baselines are :class:`apmae.lit_models.probe_stage.ProbeStage`; this
+module trains them with the shared optimiser recipe (:mod:`apmae.lit_models.training`),
 scores them per task (:mod:`apmae.probe.metrics`) and computes the head importance.
 
 Metrics, per predictor (``probe``, ``stats_probe``, ``probe_confidence``,
@@ -40,9 +40,9 @@ from apmae.model.net import APMAE
 from apmae.probe.metrics import best_threshold, metric_dict, per_task_scores
 from apmae.probe.uncertainty import BootstrapSettings, ProbeScores, score_uncertainty, uncertainty_metric_dict
 from apmae.common.tracking import log_to_runs
-from lit_models.probe_export import write_probe_files
-from lit_models.probe_stage import FEATURES, MAX_TASKS, Collected, ProbeStage
-from lit_models.training import RecipeModule, TrainingRecipe
+from apmae.lit_models.probe_export import write_probe_files
+from apmae.lit_models.probe_stage import FEATURES, MAX_TASKS, Collected, ProbeStage
+from apmae.lit_models.training import RecipeModule, TrainingRecipe
 
 # State of the former probe stage of LitAPMAE that the probe never read: dropped when such a checkpoint loads.
 RECONSTRUCTION_BUFFERS = ("baseline_mean", "baseline_images")
@@ -65,7 +65,7 @@ class LitProbe(RecipeModule):
         probe_heads: H of the target (None: taken from the DataModule's ``n_heads`` at setup).
         importance_scenarios: validation scenarios the head importance is computed on (at most).
         importance_steps: integrated-gradients steps of the second importance estimate.
-        recipe: the optimiser, schedule and process settings (:class:`lit_models.training.TrainingRecipe`:
+        recipe: the optimiser, schedule and process settings (:class:`apmae.lit_models.training.TrainingRecipe`:
             base_lr (per ``lr_reference_batch`` scenarios), lr_reference_batch, lr, betas, weight_decay
             (of the probes, and of the encoder's weights when fine-tuned), warmup_fraction, min_lr_ratio,
             export_dir, num_threads), or a dict of its fields; None: its defaults. ``export_dir`` is where

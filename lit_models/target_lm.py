@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from apmae.common.atomic import atomic_dir
 from apmae.model.optim import weight_decay_groups
 from apmae.model.schedules import warmup_cosine
-from lit_models.training import hold_threads, release_threads
+from apmae.lit_models.training import hold_threads, release_threads
 
 EXPORT_ATTN = "eager"
 

@@ -8,8 +8,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+GLUE_FOLDERS = ("datamodules", "lit_models", "callbacks")  # top-level folders, imported as apmae.<folder>
+
+
 def _module_name(path: Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
+    parts = ("apmae", *parts) if parts[0] in GLUE_FOLDERS else parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -51,7 +55,7 @@ def test_demo_modules_import_each_other_without_a_cycle():
         visit(name, ())
 
 
-PACKAGES = ("apmae", "datamodules", "lit_models", "callbacks")
+PACKAGES = ("apmae", *GLUE_FOLDERS)
 
 
 def _project_modules() -> dict[str, Path]:
@@ -126,12 +130,28 @@ def test_an_import_inside_a_function_says_why():
 
 
 ENTRY_POINTS = ("apmae.cli", "apmae.__main__", "apmae.demo")  # they run the LightningCLI
-GLUE = ("lightning", "callbacks", "datamodules", "lit_models")
+GLUE = ("lightning", *(f"apmae.{folder}" for folder in GLUE_FOLDERS))
 
 
 def _core_modules() -> dict[str, Path]:
     return {name: path for name, path in _project_modules().items()
-            if name.startswith("apmae") and not name.startswith(ENTRY_POINTS)}
+            if not name.startswith(ENTRY_POINTS + GLUE)}
+
+
+def _is_glue(module: str) -> bool:
+    return any(module == g or module.startswith(g + ".") for g in GLUE)
+
+
+def test_the_glue_is_imported_by_its_namespaced_name_only():
+    """``datamodules``, ``lit_models`` and ``callbacks`` are apmae's subpackages: an import of the bare
+    top-level name would load a second copy of a module (or a user's own package of that name)."""
+    bare = []
+    for name, path in _project_modules().items():
+        for node in _imports(path):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            bare += [f"{name}: {n}" for n in names if n.split(".")[0] in GLUE_FOLDERS and node.level == 0]
+    assert len(_project_modules()) > 100  # the modules were read
+    assert bare == []
 
 
 def test_core_stages_never_import_lightning_or_the_glue():
@@ -140,7 +160,7 @@ def test_core_stages_never_import_lightning_or_the_glue():
     for name, path in _core_modules().items():
         for node in _imports(path):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            reaching += [f"{name}: {n}" for n in names if n.split(".")[0] in GLUE and node.level == 0]
+            reaching += [f"{name}: {n}" for n in names if _is_glue(n) and node.level == 0]
     assert len(_core_modules()) > 80  # the modules were read
     assert reaching == []
 

@@ -8,7 +8,7 @@ encodes every head of every scenario with the frozen AP-MAE (row readouts and ro
 included); the cross-fitted protocol (:mod:`apmae.probe.report`) then scores every scenario
 out of fold under every feature set and baseline, and its head ranking is the one the
 Interventions callback zeroes heads by when the LitProbe checkpoint is tested. LitProbe itself is also
-fitted by a Trainer inside the protocol's folds (:mod:`lit_models.probe_folds`, the first
+fitted by a Trainer inside the protocol's folds (:mod:`apmae.lit_models.probe_folds`, the first
 repeat's folds), so its rows stand in the same table. LitProbe's own class-balanced split table
 stays in its MLflow run; the demo prints the protocol's.
 """
@@ -87,8 +87,8 @@ def run_probe_stage(apmae_config: str, demo_dir: str, *, patterns: bool = True, 
     """
     # import cost ~5 s (Lightning): the demo's --skip-probe and --help never pay it
     from apmae.cli import cli_main
-    from callbacks.interventions import Interventions
-    from lit_models.probe_folds import litprobe_fits
+    from apmae.callbacks.interventions import Interventions
+    from apmae.lit_models.probe_folds import litprobe_fits
 
     seconds = {}
     start = time.perf_counter()
@@ -137,7 +137,7 @@ def crossfit_report(datamodule: Any, settings: ProtocolSettings, plan: ProbePlan
 
 def fold_settings(cli: Any) -> Any:
     """LitProbe inside the protocol's folds, with the demo LitProbe's own settings (first repeat's folds)."""
-    from lit_models.probe_folds import LitProbeFolds  # imports Lightning, as the fit before it did
+    from apmae.lit_models.probe_folds import LitProbeFolds  # imports Lightning, as the fit before it did
 
     h = cli.model.hparams
     return LitProbeFolds(encoder=h.encoder, epochs=cli.trainer.max_epochs, batch_size=cli.datamodule.batch_size,

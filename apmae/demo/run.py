@@ -111,7 +111,7 @@ def demo_overrides(demo_dir: str) -> list[str]:
 
 def summarize(cli: Any) -> DemoSummary:
     """Collect the final metrics, MLflow locations and head-metric lines of a finished ``fit``."""
-    from callbacks.head_metrics import HeadMetrics  # import cost ~5 s (Lightning): after the fit that loaded it
+    from apmae.callbacks.head_metrics import HeadMetrics  # import cost ~5 s (Lightning): after the fit that loaded it
 
     trainer = cli.trainer
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}

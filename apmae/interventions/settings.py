@@ -2,7 +2,7 @@
 
 :class:`InterventionSettings` holds which scenarios are re-run, how the target is loaded and which
 head sets are zeroed; each default is written here once and every field is checked at construction,
-naming the ``settings.<field>`` to change. ``callbacks.interventions.Interventions(settings=...)``
+naming the ``settings.<field>`` to change. ``apmae.callbacks.interventions.Interventions(settings=...)``
 takes it (a ``settings:`` block of the callback's ``init_args``, or an object or a dict in Python).
 """
 

@@ -161,7 +161,7 @@ def run_protocol(data: ProbeData, *, settings: ProtocolSettings | None = None, p
     """Cross-fit every predictor of ``plan`` on ``data``, test the claims, rank the heads.
 
     ``external``: functions that cross-fit predictors of their own on the protocol's very folds
-    (e.g. :func:`lit_models.probe_folds.litprobe_fits`, LitProbe under a Lightning Trainer);
+    (e.g. :func:`apmae.lit_models.probe_folds.litprobe_fits`, LitProbe under a Lightning Trainer);
     their fits are reported as ``model`` rows, with intervals, and make no claims.
     """
     plan = plan or ProbePlan()

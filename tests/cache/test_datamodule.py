@@ -10,8 +10,8 @@ from apmae.mining.settings import MiningConfig
 from apmae.cache.store import cache_files
 from apmae.model.scaling import scale
 from apmae.mining.scenario_set import SPLITS
-from datamodules.attention_cache import AttentionCacheDataModule, HeadSelection, target_short_name
-from datamodules.settings import ExtractionSettings
+from apmae.datamodules.attention_cache import AttentionCacheDataModule, HeadSelection, target_short_name
+from apmae.datamodules.settings import ExtractionSettings
 
 CPU = ExtractionSettings(device="cpu", progress=False)
 
@@ -226,7 +226,7 @@ def test_ddp_ranks_extract_disjoint_shards_that_merge(cache_dir, target_dir, sce
 
 
 def test_a_scenario_datamodule_is_mined_then_extracted(tmp_path, tiny_tokenizer, target_dir):
-    from datamodules.java_scenarios import JavaScenarioDataModule
+    from apmae.datamodules.java_scenarios import JavaScenarioDataModule
     from tests.conftest import JAVA_SNIPPETS
 
     tiny_tokenizer.save_pretrained(tmp_path / "tok")

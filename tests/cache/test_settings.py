@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from apmae.cache.extract import ensure_cache, extract
-from datamodules.attention_cache import AttentionCacheDataModule
-from datamodules.settings import EncoderSettings, ExtractionSettings
+from apmae.datamodules.attention_cache import AttentionCacheDataModule
+from apmae.datamodules.settings import EncoderSettings, ExtractionSettings
 
 
 def test_defaults_are_the_documented_ones():

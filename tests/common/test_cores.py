@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from apmae.common.cores import torch_threads, usable_cores
-from lit_models.training import hold_threads, release_threads
+from apmae.lit_models.training import hold_threads, release_threads
 
 
 @pytest.fixture(autouse=True)

@@ -57,7 +57,7 @@ def test_demo_configs_differ_in_size_and_seed(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["python -m apmae"])
     a = _resolved(capsys, CONFIGS / "target_lm.yaml")
     b = _resolved(capsys, CONFIGS / "target_lm.yaml", CONFIGS / "target_lm_b.yaml")  # b is an overlay on a
-    assert a["model"]["class_path"] == b["model"]["class_path"] == "lit_models.target_lm.TargetLM"
+    assert a["model"]["class_path"] == b["model"]["class_path"] == "apmae.lit_models.target_lm.TargetLM"
     size = ("hidden_size", "num_layers", "num_heads")
     assert [a["model"]["init_args"][k] for k in size] != [b["model"]["init_args"][k] for k in size]
     assert a["model"]["init_args"]["seed"] != b["model"]["init_args"]["seed"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from apmae.mining.fim import FimTokens, balanced_context, fim_sequence
-from datamodules.java_lm import IGNORE, FimSampler, JavaLMDataModule, collate_rows
+from apmae.datamodules.java_lm import IGNORE, FimSampler, JavaLMDataModule, collate_rows
 
 
 @pytest.fixture()

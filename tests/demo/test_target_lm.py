@@ -12,14 +12,14 @@ from tests.demo.conftest import MICRO
 
 @pytest.fixture()
 def micro(tokenizer_dir):
-    from lit_models.target_lm import TargetLM
+    from apmae.lit_models.target_lm import TargetLM
 
     return TargetLM(tokenizer_dir=str(tokenizer_dir), seq_len=160, lr=1e-2, warmup_steps=2, total_steps=20, **MICRO)
 
 
 @pytest.fixture()
 def batch(corpus_dir, tokenizer_dir):
-    from datamodules.java_lm import JavaLMDataModule
+    from apmae.datamodules.java_lm import JavaLMDataModule
 
     dm = JavaLMDataModule(corpus_dir=str(corpus_dir), tokenizer_dir=str(tokenizer_dir), seq_len=160,
                           context_len=128, batch_size=8, train_samples=8, val_samples=8)
@@ -104,7 +104,7 @@ def test_export_reloads_offline_with_identical_logits_and_eager_attentions(micro
 
 
 def test_bad_model_shapes_raise(tokenizer_dir):
-    from lit_models.target_lm import TargetLM
+    from apmae.lit_models.target_lm import TargetLM
 
     with pytest.raises(ValueError, match="num_heads"):
         TargetLM(tokenizer_dir=str(tokenizer_dir), hidden_size=30, num_heads=4)
@@ -119,7 +119,7 @@ def test_bad_model_shapes_raise(tokenizer_dir):
 def test_rope_theta_reaches_the_exported_config(tokenizer_dir, tmp_path):
     from transformers import AutoConfig
 
-    from lit_models.target_lm import TargetLM
+    from apmae.lit_models.target_lm import TargetLM
 
     module = TargetLM(tokenizer_dir=str(tokenizer_dir), seq_len=64, rope_theta=123456.0, **MICRO)
     config = AutoConfig.from_pretrained(module.export(tmp_path / "target"))

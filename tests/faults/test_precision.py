@@ -38,7 +38,7 @@ def test_a_bf16_target_on_the_cpu_is_warned_about_and_still_loads(emulated, tmp_
 
 
 def test_a_bf16_mixed_fit_on_the_cpu_is_warned_about(emulated, tmp_path):
-    from lit_models.apmae_module import LitAPMAE
+    from apmae.lit_models.apmae_module import LitAPMAE
     from tests.training.conftest import MICRO_NET
     from tests.training.synthetic import SyntheticAttentionDataModule
 

@@ -13,10 +13,10 @@ from lightning.pytorch import Trainer
 from apmae.cache.store import AttentionCache, cache_files
 from apmae.head_metrics.distance import waad
 from apmae.mining.scenario_set import SPLITS
-from callbacks.head_metrics import HeadMetrics, NoValidationRows, validation_rows
-from datamodules.attention_cache import AttentionCacheDataModule
-from datamodules.settings import ExtractionSettings
-from lit_models.apmae_module import LitAPMAE
+from apmae.callbacks.head_metrics import HeadMetrics, NoValidationRows, validation_rows
+from apmae.datamodules.attention_cache import AttentionCacheDataModule
+from apmae.datamodules.settings import ExtractionSettings
+from apmae.lit_models.apmae_module import LitAPMAE
 from tests.training.conftest import MICRO_NET
 
 
@@ -117,7 +117,7 @@ def test_the_trained_model_is_the_same_with_and_without_the_callback(tmp_path, t
 
 
 def test_validation_rows_spread_over_the_split(cache_dir, target_dir):
-    from datamodules.attention_cache import target_short_name
+    from apmae.datamodules.attention_cache import target_short_name
 
     cache = AttentionCache(cache_files(cache_dir, target_short_name(str(target_dir))))
     val = np.flatnonzero(cache.split == SPLITS.index("val"))
@@ -172,7 +172,7 @@ def test_a_cache_without_validation_rows_skips_the_metrics_and_the_fit_goes_on(t
 
 def test_maps_of_an_extra_target_reads_the_corpus_in_that_targets_own_tokens(monkeypatch):
     """A target with another tokenizer has a cache of its own: MAPS mines its relations from those ids."""
-    import callbacks.head_metrics as module
+    import apmae.callbacks.head_metrics as module
 
     seen = {}
 

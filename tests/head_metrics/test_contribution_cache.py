@@ -13,8 +13,8 @@ from apmae.cache.store import AttentionCache, CacheMismatchError, cache_files
 from apmae.encodings.store import cache_fingerprint, source_fingerprint
 from apmae.cache.extract import ensure_cache, extract, target_short_name
 from apmae.target.contribution import run_contributions
-from datamodules.attention_cache import AttentionCacheDataModule
-from datamodules.settings import ExtractionSettings
+from apmae.datamodules.attention_cache import AttentionCacheDataModule
+from apmae.datamodules.settings import ExtractionSettings
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from apmae.head_metrics import suite
 from apmae.head_metrics.types import (DEFAULT_THRESHOLDS, TYPES, check_thresholds, head_types, model_repeat_scores,
                                       ordinary_tokens, pattern_scores, repeated_tokens)
 from apmae.target.access import load_target, run_batch, wrap_model
-from callbacks.head_metrics import HeadMetrics, validation_rows
-from datamodules.attention_cache import target_short_name
+from apmae.callbacks.head_metrics import HeadMetrics, validation_rows
+from apmae.datamodules.attention_cache import target_short_name
 from tests.head_metrics.helpers import micro_llama
 
 # (layer, head) -> planted type; heads 0, 1 read key/value head 0 and heads 2, 3 key/value head 1

@@ -10,15 +10,15 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from lit_models.training import TrainingRecipe
+from apmae.lit_models.training import TrainingRecipe
 from apmae.common.head_tables import write_head_table
 from apmae.mining.scenario_set import SPLITS, ScenarioSet
 from apmae.target.access import run_batch, zero_heads
 from apmae.interventions.settings import InterventionSettings
-from callbacks.interventions import Interventions
-from datamodules.attention_cache import AttentionCacheDataModule
-from datamodules.settings import ExtractionSettings
-from lit_models.apmae_module import LitAPMAE
+from apmae.callbacks.interventions import Interventions
+from apmae.datamodules.attention_cache import AttentionCacheDataModule
+from apmae.datamodules.settings import ExtractionSettings
+from apmae.lit_models.apmae_module import LitAPMAE
 from tests.interventions.conftest import HEADS, LAYERS
 from tests.training.conftest import MICRO_NET
 
@@ -211,7 +211,7 @@ def test_the_cli_appends_the_callback_to_any_config(monkeypatch):
     monkeypatch.setattr("sys.argv", ["apmae"])
     smoke = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
     cli = APMAECLI(args=["--config", str(smoke), "--trainer.logger=false",
-                         "--trainer.callbacks+=callbacks.interventions.Interventions",
+                         "--trainer.callbacks+=apmae.callbacks.interventions.Interventions",
                          "--trainer.callbacks.settings.n_scenarios=64", "--trainer.callbacks.settings.dtype=bfloat16",
                          "--trainer.callbacks.every_n_epochs=null"], run=False)
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, Interventions)]

@@ -28,7 +28,7 @@ def test_two_processes_log_one_sweep(smoke_args, smoke_paths, tmp_path):  # noqa
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(ROOT)}
     args = [*smoke_args, "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
             "--trainer.max_epochs", "1",
-            "--trainer.callbacks+=callbacks.interventions.Interventions",
+            "--trainer.callbacks+=apmae.callbacks.interventions.Interventions",
             f"--trainer.callbacks.importance_csv={ranking}", "--trainer.callbacks.settings.random_seeds=[0]",
             f"--trainer.callbacks.output_dir={tmp_path / 'interventions'}"]
     proc = subprocess.run([sys.executable, "-m", "apmae", "fit", *args], cwd=tmp_path, env=env,

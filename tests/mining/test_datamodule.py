@@ -8,8 +8,8 @@ import torch
 
 from apmae.mining.scenario_set import ScenarioSet
 from apmae.mining.settings import MiningConfig
-from datamodules import java_scenarios
-from datamodules.java_scenarios import JavaScenarioDataModule
+from apmae.datamodules import java_scenarios
+from apmae.datamodules.java_scenarios import JavaScenarioDataModule
 
 
 MINING = dict(tasks=["identifiers", "eol", "noise"], seq_len=64, n_per_task=8, max_per_file=2, splits=(0.6, 0.2, 0.2),

@@ -9,14 +9,14 @@ from __future__ import annotations
 import pytest
 
 from apmae.mining.scenario_set import ScenarioSet
-from datamodules.java_scenarios import JavaScenarioDataModule
+from apmae.datamodules.java_scenarios import JavaScenarioDataModule
 from tests.killing import kill_when, start
 
 _MINE = """
 import sys
 import time
 import numpy as np
-from datamodules.java_scenarios import JavaScenarioDataModule
+from apmae.datamodules.java_scenarios import JavaScenarioDataModule
 
 if sys.argv[4] == "stall":  # the kill must land inside the write: write the start of a zip, then wait
     def stalled_savez(file, **arrays):

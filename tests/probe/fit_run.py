@@ -13,12 +13,12 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lit_models.training import TrainingRecipe
+from apmae.lit_models.training import TrainingRecipe
 from apmae.model.net import APMAE
-from callbacks.resumable_rng import ResumableRNG
-from datamodules.attention_cache import AttentionCacheDataModule
-from datamodules.settings import EncoderSettings, ExtractionSettings
-from lit_models.probe_module import LitProbe
+from apmae.callbacks.resumable_rng import ResumableRNG
+from apmae.datamodules.attention_cache import AttentionCacheDataModule
+from apmae.datamodules.settings import EncoderSettings, ExtractionSettings
+from apmae.lit_models.probe_module import LitProbe
 from tests.probe.synthetic_cache import write_planted_cache
 
 EPOCHS = 6

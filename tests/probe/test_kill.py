@@ -12,7 +12,7 @@ import lightning as L
 import pytest
 import torch
 
-from callbacks.resumable_rng import ResumableRNG
+from apmae.callbacks.resumable_rng import ResumableRNG
 from tests.probe.fit_run import fit, prepare
 
 ROOT = Path(__file__).resolve().parents[2]

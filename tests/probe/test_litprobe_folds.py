@@ -13,8 +13,8 @@ from apmae.probe.crossfit import ProtocolSettings
 from apmae.probe.features import ProbeData
 from apmae.probe.metrics import auroc
 from apmae.probe.report import ProbePlan, run_protocol
-from lit_models import probe_folds
-from lit_models.probe_folds import LitProbeFolds, litprobe_fits
+from apmae.lit_models import probe_folds
+from apmae.lit_models.probe_folds import LitProbeFolds, litprobe_fits
 from tests.probe.synthetic_cache import write_planted_cache
 from tests.probe.test_encodings import micro_net
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from lit_models.training import TrainingRecipe
+from apmae.lit_models.training import TrainingRecipe
 from apmae.common.head_tables import read_head_table
 from apmae.encodings.store import encoder_hash
 from apmae.model.net import APMAE
 from apmae.probe.net import mean_replacement_importance
-from datamodules.attention_cache import AttentionCacheDataModule
-from datamodules.settings import EncoderSettings, ExtractionSettings
-from lit_models.probe_module import LitProbe
+from apmae.datamodules.attention_cache import AttentionCacheDataModule
+from apmae.datamodules.settings import EncoderSettings, ExtractionSettings
+from apmae.lit_models.probe_module import LitProbe
 from tests.probe.synthetic_cache import write_planted_cache
 
 PLANTED = (1, 2)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from lit_models.training import TrainingRecipe
+from apmae.lit_models.training import TrainingRecipe
 from apmae.encodings.store import EncodingSet, EncodingsMismatchError
-from datamodules.attention_cache import target_short_name
-from datamodules.encodings import EncodingsDataModule
-from datamodules.settings import EncoderSettings, ExtractionSettings
+from apmae.datamodules.attention_cache import target_short_name
+from apmae.datamodules.encodings import EncodingsDataModule
+from apmae.datamodules.settings import EncoderSettings, ExtractionSettings
 from tests.stream.test_stream import _other_scenarios, assert_same_encodings
 
 
@@ -136,7 +136,7 @@ def test_the_encoder_is_required_and_only_attention_is_encoded(target_dir, scena
 @pytest.mark.parametrize("encoder, steps", [({}, 8), ({"batch_size": 3}, 3)])
 def test_a_cache_is_encoded_in_the_stream_s_steps_unless_the_encoder_says_otherwise(
         encoder, steps, target_dir, scenarios_path, encoder_dir, tmp_path, monkeypatch):
-    import datamodules.encodings as module
+    import apmae.datamodules.encodings as module
 
     seen = []
 
@@ -189,7 +189,7 @@ def test_the_encoder_guard_holds_for_the_encodings_datamodule(streamed, target_d
     """LitProbe reads stored encodings as its own encoder's: the DataModule names theirs, and another is refused."""
     from apmae.encodings.store import encoder_hash
     from apmae.model.net import APMAE
-    from lit_models.probe_module import LitProbe
+    from apmae.lit_models.probe_module import LitProbe
     from tests.stream.conftest import micro_apmae
 
     dm = _dm(target_dir, scenarios_path, encoder_dir, streamed / "encodings", batch_size=4)

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from lit_models.training import TrainingRecipe
+from apmae.lit_models.training import TrainingRecipe
 from apmae.mining.settings import MiningConfig
 from apmae.model.net import APMAE
 from apmae.patterns.run import run_recurring_patterns
-from callbacks.head_metrics import HeadMetrics
-from callbacks.interventions import Interventions
-from datamodules.attention_cache import AttentionCacheDataModule
-from datamodules.java_scenarios import JavaScenarioDataModule
-from datamodules.settings import EncoderSettings, ExtractionSettings
-from lit_models.apmae_module import LitAPMAE
-from lit_models.probe_module import LitProbe
+from apmae.callbacks.head_metrics import HeadMetrics
+from apmae.callbacks.interventions import Interventions
+from apmae.datamodules.attention_cache import AttentionCacheDataModule
+from apmae.datamodules.java_scenarios import JavaScenarioDataModule
+from apmae.datamodules.settings import EncoderSettings, ExtractionSettings
+from apmae.lit_models.apmae_module import LitAPMAE
+from apmae.lit_models.probe_module import LitProbe
 from tests.training.conftest import MICRO_NET
 
 S = 32

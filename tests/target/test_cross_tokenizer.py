@@ -7,8 +7,8 @@ import pytest
 
 from apmae.mining.settings import MiningConfig
 from apmae.cache.store import AttentionCache
-from datamodules.attention_cache import AttentionCacheDataModule
-from datamodules.java_scenarios import JavaScenarioDataModule
+from apmae.datamodules.attention_cache import AttentionCacheDataModule
+from apmae.datamodules.java_scenarios import JavaScenarioDataModule
 from tests.cache.helpers import micro_starcoder2, save_target
 
 S = 32

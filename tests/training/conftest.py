@@ -21,17 +21,17 @@ trainer:
   enable_model_summary: false
   log_every_n_steps: 1
   callbacks:
-    - class_path: callbacks.pattern_figures.PatternFigures
+    - class_path: apmae.callbacks.pattern_figures.PatternFigures
       init_args: {num_heads: 2, grid_layers: 2, grid_heads: 2}
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {monitor: val/loss, save_last: true}
 model:
-  class_path: lit_models.apmae_module.LitAPMAE
+  class_path: apmae.lit_models.apmae_module.LitAPMAE
   init_args:
     preset: tiny
     net_overrides: {patch_size: 8, enc_dim: 32, enc_depth: 1, enc_heads: 2, enc_mlp: 64,
                     dec_dim: 32, dec_depth: 1, dec_heads: 2, dec_mlp: 64}
-    recipe:  # lit_models.training.TrainingRecipe
+    recipe:  # apmae.lit_models.training.TrainingRecipe
       lr: 2.0e-3
       warmup_fraction: 0.1
 data:

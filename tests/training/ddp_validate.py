@@ -15,9 +15,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lit_models.training import TrainingRecipe
-from lit_models.apmae_module import LitAPMAE
-from lit_models.probe_module import LitProbe
+from apmae.lit_models.training import TrainingRecipe
+from apmae.lit_models.apmae_module import LitAPMAE
+from apmae.lit_models.probe_module import LitProbe
 from tests.probe import fit_run
 from tests.training.conftest import MICRO_NET
 from tests.training.synthetic import SyntheticAttentionDataModule

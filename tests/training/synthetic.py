@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.sampling import evaluation_sampler
+from apmae.datamodules.sampling import evaluation_sampler
 
 
 def causal_patterns(n: int, seq_len: int, *, seed: int, layers: int = 2, heads: int = 4) -> dict[str, torch.Tensor]:

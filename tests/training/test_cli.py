@@ -39,7 +39,7 @@ def test_fit_logs_a_complete_mlflow_run_and_validate_reloads_the_checkpoint(synt
     assert run.info.run_name == "micro" and run.info.status == "FINISHED"
 
     params = run.data.params
-    assert params["model.class_path"] == "lit_models.apmae_module.LitAPMAE"
+    assert params["model.class_path"] == "apmae.lit_models.apmae_module.LitAPMAE"
     assert params["data.init_args.seq_len"] == "32" and params["experiment"] == "synthetic-tests"
     metrics = run.data.metrics
     for name in ("synth-a", "synth-b"):
@@ -152,16 +152,16 @@ def test_the_former_probe_stage_names_the_probe_module(synth_config, tmp_path, c
                        "    net_overrides: null\n    probe_hidden: 64\n")
     err = _config_error(capsys, ["fit", "--config", str(synth_config), "--config", str(overlay)])
     assert f"model.init_args.stage is set in config file {overlay}" in err
-    assert "Set `model.class_path: lit_models.probe_module.LitProbe`" in err and "remove stage" in err
+    assert "Set `model.class_path: apmae.lit_models.probe_module.LitProbe`" in err and "remove stage" in err
     err = _config_error(capsys, ["fit", "--config", str(synth_config), "--model.init_args.stage", "probe"])
-    assert "command line `--model.init_args.stage`" in err and "lit_models.probe_module.LitProbe" in err
+    assert "command line `--model.init_args.stage`" in err and "apmae.lit_models.probe_module.LitProbe" in err
 
 
 def test_flat_mining_keys_name_their_nested_key_and_the_nested_override_works(tmp_path, capsys):
     smoke = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
     flat = tmp_path / "flat.yaml"
     flat.write_text(
-        "data:\n  init_args:\n    scenarios:\n      class_path: datamodules.java_scenarios.JavaScenarioDataModule\n"
+        "data:\n  init_args:\n    scenarios:\n      class_path: apmae.datamodules.java_scenarios.JavaScenarioDataModule\n"
         "      init_args: {sources: s, tokenizer: t, seq_len: 64, n_per_task: 3}\n"
     )
     err = _config_error(capsys, ["fit", "--config", str(smoke), "--config", str(flat)])
@@ -183,9 +183,36 @@ def test_flat_mining_keys_name_their_nested_key_and_the_nested_override_works(tm
 
 def test_a_flat_recipe_key_names_the_recipe_block(synth_config, tmp_path, capsys):
     flat = tmp_path / "flat.yaml"
-    flat.write_text("model:\n  class_path: lit_models.apmae_module.LitAPMAE\n  init_args:\n    lr: 1.0e-3\n")
+    flat.write_text("model:\n  class_path: apmae.lit_models.apmae_module.LitAPMAE\n  init_args:\n    lr: 1.0e-3\n")
     for given, named in ((["--model.init_args.lr", "1e-3"], "command line `--model.init_args.lr` -> "
                                                            "`--model.init_args.recipe.lr`"),
                          (["--config", str(flat)], f"config file {flat}: `model.init_args.lr` -> "
                                                    "`model.init_args.recipe.lr`")):
         assert named in _config_error(capsys, ["fit", "--config", str(synth_config), *given])
+
+
+def test_a_former_top_level_class_path_names_its_apmae_path(synth_config, tmp_path, capsys):
+    """The glue is apmae.datamodules / apmae.lit_models / apmae.callbacks: an old path gets the new one."""
+    overlay = tmp_path / "old_paths.yaml"
+    overlay.write_text("model:\n  class_path: lit_models.apmae_module.LitAPMAE\n")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", str(synth_config), "--config", str(overlay), "--trainer.max_steps=1",
+                  "--trainer.callbacks+=callbacks.resumable_rng.ResumableRNG"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"config file {overlay}: lit_models.apmae_module.LitAPMAE -> apmae.lit_models.apmae_module.LitAPMAE" in err
+    assert "callbacks.resumable_rng.ResumableRNG -> apmae.callbacks.resumable_rng.ResumableRNG" in err
+
+
+def test_a_projects_own_callbacks_package_keeps_its_class_paths(tmp_path, monkeypatch):
+    """A user's ``callbacks/interventions.py`` is theirs: its path is not taken for apmae's former one."""
+    from apmae.cli import _former_glue_path
+
+    (tmp_path / "callbacks").mkdir()
+    (tmp_path / "callbacks" / "__init__.py").write_text("")
+    (tmp_path / "callbacks" / "interventions.py").write_text("class Interventions:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert not _former_glue_path("callbacks.interventions.Interventions")  # theirs
+    assert _former_glue_path("callbacks.pattern_figures.PatternFigures")  # not in their package: apmae's
+    assert not _former_glue_path("callbacks.mine.Mine")  # not apmae's module at all

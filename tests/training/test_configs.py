@@ -9,7 +9,7 @@ import pytest
 
 from apmae.cli import APMAECLI
 from apmae.model.net import APMAEConfig
-from lit_models.probe_module import LitProbe
+from apmae.lit_models.probe_module import LitProbe
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAPER_BASE = CONFIGS / "paper" / "base.yaml"
@@ -113,7 +113,7 @@ def _check_probe_settings(cli: APMAECLI, *, paper: bool) -> None:
 
 def _check_encode_settings(cli: APMAECLI, *, paper: bool) -> None:
     """Encodings overlays stream by default, keep both classes for the probe, and paper scale means 10,000+."""
-    from datamodules.encodings import EncodingsDataModule
+    from apmae.datamodules.encodings import EncodingsDataModule
 
     data = cli.datamodule
     assert isinstance(data, EncodingsDataModule)
@@ -153,7 +153,7 @@ def test_nested_settings_merge_field_by_field_and_round_trip_through_the_cli(tmp
     """Overlays and command-line keys set single fields of ``extraction`` / ``encoder``; the rest is kept."""
     import yaml
 
-    from datamodules.settings import EncoderSettings, ExtractionSettings
+    from apmae.datamodules.settings import EncoderSettings, ExtractionSettings
 
     monkeypatch.setattr("sys.argv", ["python -m apmae"])
     overlay = tmp_path / "overlay.yaml"
@@ -167,7 +167,7 @@ def test_nested_settings_merge_field_by_field_and_round_trip_through_the_cli(tmp
                                      "pattern_kind": "attention", "progress": True}
     assert printed["encoder"] == {"path": "artifacts/demo/apmae", "precision": "bf16-mixed", "batch_size": None}
     again = tmp_path / "printed.yaml"
-    again.write_text(yaml.safe_dump({"data": {"class_path": "datamodules.encodings.EncodingsDataModule",
+    again.write_text(yaml.safe_dump({"data": {"class_path": "apmae.datamodules.encodings.EncodingsDataModule",
                                               "init_args": printed}}))
     assert _printed(capsys, [*args[:2], "--config", str(again)])["data"]["init_args"] == printed
     data = _instantiate([CONFIGS / "demo" / "apmae.yaml", again], []).datamodule

@@ -39,10 +39,10 @@ def test_fit_with_two_cpu_processes(smoke_args, smoke_paths, tmp_path, tracking_
     assert "val/target-b/mse_over_train" in metrics
 
     # Every rank trained on half the data: the step count is that of one rank.
-    from datamodules.attention_cache import AttentionCacheDataModule
+    from apmae.datamodules.attention_cache import AttentionCacheDataModule
     from apmae.mining.settings import MiningConfig
-    from datamodules.java_scenarios import JavaScenarioDataModule
-    from datamodules.settings import ExtractionSettings
+    from apmae.datamodules.java_scenarios import JavaScenarioDataModule
+    from apmae.datamodules.settings import ExtractionSettings
 
     ckpt = torch.load(next((tmp_path / "runs").rglob("last.ckpt")), map_location="cpu", weights_only=False)
     p = smoke_paths

@@ -7,11 +7,11 @@ import torch
 from lightning.pytorch import LightningModule
 
 from apmae.model.net import APMAE
-from callbacks.interventions import Interventions
-from callbacks.pattern_figures import PatternFigures
-from lit_models.apmae_module import LitAPMAE
-from lit_models.interfaces import RanksHeads, ReconstructsPatterns, implements, members, missing
-from lit_models.probe_module import LitProbe
+from apmae.callbacks.interventions import Interventions
+from apmae.callbacks.pattern_figures import PatternFigures
+from apmae.lit_models.apmae_module import LitAPMAE
+from apmae.lit_models.interfaces import RanksHeads, ReconstructsPatterns, implements, members, missing
+from apmae.lit_models.probe_module import LitProbe
 from tests.training.conftest import MICRO_NET
 
 
@@ -54,8 +54,8 @@ def test_interventions_refuse_a_module_that_ranks_no_heads_without_an_importance
         Interventions(verbose=False).setup(None, apmae, "fit")
     assert str(info.value) == (
         "Interventions reads device, head_importance, head_importance_by_task from the LightningModule "
-        "(lit_models.interfaces.RanksHeads), but LitAPMAE has no head_importance, head_importance_by_task: "
-        "attach the callback to a lit_models.probe_module.LitProbe run, or give importance_csv (a probe run's "
+        "(apmae.lit_models.interfaces.RanksHeads), but LitAPMAE has no head_importance, head_importance_by_task: "
+        "attach the callback to an apmae.lit_models.probe_module.LitProbe run, or give importance_csv (a probe run's "
         "importance.csv)")
     Interventions(verbose=False).setup(None, probe, "fit")  # the probe ranks heads
     csv = tmp_path / "importance.csv"

@@ -9,11 +9,11 @@ import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from lit_models.training import TrainingRecipe
+from apmae.lit_models.training import TrainingRecipe
 from apmae.model.baselines import band_neighbours, neighbour_patches
 from apmae.model.net import APMAE, APMAEConfig, masked_error
 from apmae.model.schedules import warmup_cosine
-from lit_models.apmae_module import LitAPMAE
+from apmae.lit_models.apmae_module import LitAPMAE
 from tests.training.conftest import MICRO_NET
 from tests.training.synthetic import SyntheticAttentionDataModule, causal_patterns
 
@@ -175,7 +175,7 @@ PROBE_ONLY = {"stage", "encoder", "finetune_encoder", "probe_features", "probe_h
 
 
 def test_the_constructor_takes_no_probe_argument():
-    from lit_models.probe_module import LitProbe
+    from apmae.lit_models.probe_module import LitProbe
 
     assert not set(inspect.signature(LitAPMAE).parameters) & PROBE_ONLY
     assert PROBE_ONLY - {"stage"} <= set(inspect.signature(LitProbe).parameters)

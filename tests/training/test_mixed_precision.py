@@ -10,10 +10,10 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from lit_models.training import TrainingRecipe
+from apmae.lit_models.training import TrainingRecipe
 from apmae.cli import cli_main
-from callbacks.pattern_figures import PatternFigures
-from lit_models.apmae_module import LitAPMAE
+from apmae.callbacks.pattern_figures import PatternFigures
+from apmae.lit_models.apmae_module import LitAPMAE
 from tests.cache.helpers import micro_starcoder2, save_target
 from tests.training.conftest import MICRO_NET
 from tests.training.synthetic import SyntheticAttentionDataModule

@@ -7,8 +7,8 @@ import torch
 from lightning.pytorch import Trainer
 
 from apmae.model.net import APMAE, APMAEConfig, masked_error
-from callbacks.pattern_figures import PatternFigures, reconstruct_for_figures
-from lit_models.apmae_module import LitAPMAE
+from apmae.callbacks.pattern_figures import PatternFigures, reconstruct_for_figures
+from apmae.lit_models.apmae_module import LitAPMAE
 from tests.training.conftest import MICRO_NET
 from tests.training.synthetic import SyntheticAttentionDataModule, causal_patterns
 
@@ -44,7 +44,7 @@ def test_head_selection_spreads_over_layers():
 
 
 def _sample(layer: int, head: int):
-    from callbacks.pattern_figures import HeadSample
+    from apmae.callbacks.pattern_figures import HeadSample
 
     return HeadSample(torch.zeros(1, 8, 8), layer, head, 0)
 

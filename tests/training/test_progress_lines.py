@@ -6,7 +6,7 @@ import pytest
 from lightning.pytorch import Trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from callbacks.progress_lines import ProgressLines
+from apmae.callbacks.progress_lines import ProgressLines
 
 
 class _LoggingModel(BoringModel):
