@@ -1,6 +1,6 @@
 """``python -m apmae``: the LightningCLI entry point (fit / validate / test / predict)."""
 
-from apmae.cli import cli_main
+from apmae.cli import main
 
 if __name__ == "__main__":
-    cli_main()
+    main()

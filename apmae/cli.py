@@ -24,12 +24,13 @@ as params, so runs compare side by side in the MLflow UI (``make ui``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 import yaml
@@ -37,11 +38,14 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from apmae import GLUE_PACKAGES
 from apmae.atlas import run as atlas_run
+from apmae.common import h5shards
 from apmae.common.allocator import keep_freed_memory
+from apmae.common.h5shards import StoreError
 from apmae.common.tracking import DEFAULT_EXPERIMENT, artifact_location, tracking_uri
 from apmae.common.settings import field_names
 from apmae.interventions.settings import InterventionSettings
 from apmae.mining.settings import MINING_FIELDS
+from apmae.mining.sources import SourceError
 from apmae.lit_models.training import RECIPE_FIELDS
 from apmae.model.loading import CheckpointError, check_checkpoint
 from apmae.patterns import run as patterns_run
@@ -404,6 +408,28 @@ def post_hoc_help() -> str:
     """The post-hoc stages, for the epilog of ``apmae --help``."""
     stages = "; ".join(f"{name}: {stage.summary}" for name, stage in POST_HOC_STAGES.items())
     return f"post-hoc stages, run as `apmae <stage> --help` for their arguments: {stages}"
+
+
+@contextlib.contextmanager
+def reported_errors() -> Iterator[None]:
+    """The project's errors about its inputs and stores end the process with ``error: <message>`` (exit 1)
+    instead of a traceback; other exceptions pass. After a write the disk refused, the process ends at once
+    (``os._exit``): HDF5 crashes at exit when it tries to close that file again."""
+    try:
+        yield
+    except (StoreError, SourceError) as err:
+        sys.stdout.flush()
+        sys.stderr.write(f"error: {err}\n")
+        sys.stderr.flush()
+        if h5shards.REFUSED:
+            os._exit(1)
+        raise SystemExit(1) from err
+
+
+def main() -> None:
+    """The ``apmae`` command and ``python -m apmae``: :func:`cli_main` on ``sys.argv``, errors reported."""
+    with reported_errors():
+        cli_main()
 
 
 def cli_main(args: list[str] | None = None) -> Any:

@@ -172,6 +172,7 @@ class CacheWriter(RowWriter):
     """
 
     _unit = "shard"
+    _format = FORMAT
 
     def __init__(self, path: Path, file: h5py.File, scenarios: Any, rows: np.ndarray) -> None:
         super().__init__(path, file, n_rows=len(rows))
@@ -225,13 +226,14 @@ class CacheWriter(RowWriter):
             raise ValueError(f"patterns of shape {patterns.shape[1:]} {patterns.dtype} do not fit this cache's "
                              f"{ds.shape[1:]} {ds.dtype} ({self.encoding}); encode them with CacheWriter.encode")
         f, idx = self._f, self.rows[lo:hi]
-        _write_patterns(f["patterns"], lo, patterns, self._pool)
-        f["scenario_index"][lo:hi] = idx
-        for name in _SCENARIO_COLUMNS:
-            f[name][lo:hi] = getattr(self._scenarios, name)[idx]
-        for name, value in zip(_RESULT_COLUMNS, (prediction, probability, correct, loss)):
-            f[name][lo:hi] = np.asarray(value).astype(_RESULT_COLUMNS[name])
-        self._commit(hi)
+        with self._writing(lo, hi):
+            _write_patterns(f["patterns"], lo, patterns, self._pool)
+            f["scenario_index"][lo:hi] = idx
+            for name in _SCENARIO_COLUMNS:
+                f[name][lo:hi] = getattr(self._scenarios, name)[idx]
+            for name, value in zip(_RESULT_COLUMNS, (prediction, probability, correct, loss)):
+                f[name][lo:hi] = np.asarray(value).astype(_RESULT_COLUMNS[name])
+            self._commit(hi)
 
     def close(self) -> None:
         if self._pool is not None:

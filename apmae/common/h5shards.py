@@ -40,10 +40,12 @@ Plain h5py and numpy: readers stay light enough for DataLoader workers.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -85,6 +87,37 @@ class StoreFormat:
     error: type[StoreError]
     mismatch_error: type[StoreError]  # a file of another run
     messages: StoreMessages
+
+
+# ---------------------------------------------------------------- what the operating system refused
+
+# HDF5 reports a refused write in its message text (h5py raises OSError or RuntimeError without errno)
+_STORAGE_FULL = {"errno = 28": "no space left on the device", "errno = 27": "the file size limit was reached",
+                 "errno = 122": "the disk quota was exceeded"}
+
+
+# files a write was refused to in this process: HDF5 cannot close them (it crashes at exit trying to), so the
+# command line ends the process at once after reporting (apmae.cli.reported_errors)
+REFUSED: list[Path] = []
+
+
+def storage_refused(err: BaseException) -> str | None:
+    """Why the storage refused a write, when ``err`` says so: a full disk, a file size limit or a quota."""
+    text = str(err)
+    codes = {28: "errno = 28", 27: "errno = 27", 122: "errno = 122"}
+    key = codes.get(getattr(err, "errno", None) or 0) or next((k for k in _STORAGE_FULL if k in text), None)
+    return _STORAGE_FULL[key] if key else None
+
+
+def file_locked(err: BaseException) -> bool:
+    """Whether opening a file failed because another process holds its HDF5 lock."""
+    return "unable to lock file" in str(err)
+
+
+def _in_use(path: Path, fmt: StoreFormat) -> StoreError:
+    return fmt.error(f"{fmt.messages.noun} {path} is in use by another process (it holds the file's HDF5 lock, "
+                     "as a run extracting or encoding into it does): wait for that run to finish, or give this "
+                     "run another output folder; the file is left as it is")
 
 
 # ---------------------------------------------------------------- shard files of a run
@@ -156,6 +189,8 @@ def open_checked(path: Path, mode: str, fmt: StoreFormat) -> h5py.File:
     try:
         f = h5py.File(path, mode)
     except OSError as e:
+        if file_locked(e):
+            raise _in_use(path, fmt) from e
         raise fmt.error(f"{words.noun} {path} is truncated or corrupt ({e}); {words.remedy}") from e
     try:
         _check_schema(f, path, fmt)
@@ -195,6 +230,7 @@ def open_or_create(path: str | Path, fmt: StoreFormat, identity: Attrs,
     """
     path = Path(path)
     if path.exists():
+        _pad_after_refused_write(path)
         f = open_checked(path, "r+", fmt)
         try:
             check_identity(fmt.identity(f.attrs), identity, path, fmt)
@@ -204,11 +240,45 @@ def open_or_create(path: str | Path, fmt: StoreFormat, identity: Attrs,
         return f
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".creating")
-    with h5py.File(tmp, "w") as f:
-        create(f)
-        f.attrs.update({"schema_version": fmt.version, "committed": 0})
+    try:
+        with h5py.File(tmp, "w") as f:
+            create(f)
+            f.attrs.update({"schema_version": fmt.version, "committed": 0})
+    except OSError as e:
+        if file_locked(e):  # another process is creating the same file
+            raise _in_use(tmp, fmt) from e
+        if storage_refused(e):
+            raise fmt.error(f"{fmt.messages.noun} {path} could not be laid out: {storage_refused(e)} ({e}); "
+                            f"free space under {path.parent} and run again") from e
+        raise
     tmp.replace(path)  # a kill during creation never leaves a half-made file under the real name
     return open_checked(path, "r+", fmt)
+
+
+def refused_marker(path: Path) -> Path:
+    """``<file>.refused``: left beside a file when the disk refused a write to it (an empty file: no blocks)."""
+    return path.with_name(path.name + ".refused")
+
+
+def _pad_after_refused_write(path: Path) -> None:
+    """A file whose last write the disk refused can end short of the size its superblock states (HDF5
+    wrote the superblock, then not the tail). When the writer left its marker, the tail held only space
+    for rows not yet committed, so the file is padded back to that size and opened as usual: identity,
+    schema and ``committed`` are checked as for any file, and a damaged committed row still fails its
+    chunk checksum. Without the marker a short file stays an error."""
+    marker = refused_marker(path)
+    if not marker.exists():
+        return
+    try:
+        with h5py.File(path, "r"):
+            found = None
+    except OSError as e:
+        found = re.search(r"truncated file: eof = (\d+), sblock->base_addr = 0, stored_eof = (\d+)", str(e))
+        if file_locked(e):
+            return  # another process has it: open_checked says so
+    if found and int(found.group(1)) == path.stat().st_size < int(found.group(2)):
+        os.truncate(path, int(found.group(2)))
+    marker.unlink()
 
 
 # ---------------------------------------------------------------- appending
@@ -221,11 +291,41 @@ class RowWriter:
     """
 
     _unit = "file"  # how overrun errors name what holds the rows
+    _format: StoreFormat  # the store's format (its error class and words), set by each subclass
 
     def __init__(self, path: Path, file: h5py.File, *, n_rows: int) -> None:
         """``file`` open for writing (:func:`open_or_create`), laid out for ``n_rows`` rows."""
         self.path, self._f, self.n_rows = path, file, n_rows
         self.committed = int(file.attrs["committed"])
+        self._refused = False  # a write was refused: the file closes without flushing again
+
+    @contextlib.contextmanager
+    def _writing(self, lo: int, hi: int) -> Iterator[None]:
+        """Rows ``lo..hi`` being written: a write the storage refuses (full disk, size limit, quota) becomes
+        the store's error, saying how many rows are kept and how to resume."""
+        try:
+            yield
+        except (OSError, RuntimeError) as e:
+            reason = storage_refused(e)
+            if reason is None:
+                raise
+            self._refused = True
+            REFUSED.append(self.path)
+            with contextlib.suppress(OSError):
+                refused_marker(self.path).touch()
+            raise self._format.error(self._refusal(lo, hi, reason)) from e
+
+    def _refusal(self, lo: int, hi: int, reason: str) -> str:
+        words = self._format.messages
+        try:
+            per_row = self.path.stat().st_size / max(self.committed, 1)
+            need = f" (about {(self.n_rows - self.committed) * per_row / 1e9:.2f} GB more for the rest)"
+        except OSError:
+            need = ""
+        return (f"{words.noun} {self.path}: {reason} while writing rows {lo}..{hi - 1}. {self.committed} of "
+                f"{self.n_rows} rows are committed and kept; free space under {self.path.parent}{need}, then "
+                f"{words.resume}: it goes on at row {self.committed} (end this Python process first: HDF5 cannot "
+                "close a file after a refused write)")
 
     @property
     def complete(self) -> bool:
@@ -247,7 +347,11 @@ class RowWriter:
 
     def close(self) -> None:
         if self._f.id.valid:
-            self._f.close()
+            try:
+                self._f.close()
+            except (OSError, RuntimeError):
+                if not self._refused:
+                    raise  # after a refused write HDF5 cannot flush its buffers: the committed rows are on disk
 
     def __enter__(self) -> "RowWriter":
         return self

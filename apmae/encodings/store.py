@@ -238,6 +238,8 @@ ARRAYS = (*WIDE, *_SCALARS, "row_attention")  # the per-head datasets of a file,
 class EncodingsWriter(RowWriter):
     """Appends rows of an encodings file in order; reopening a partial file resumes it."""
 
+    _format = FORMAT
+
     def __init__(self, path: Path, file: h5py.File) -> None:
         super().__init__(path, file, n_rows=int(file.attrs["n_rows"]))
 
@@ -271,11 +273,12 @@ class EncodingsWriter(RowWriter):
                              f"{ {name: self._f[name].shape[1:] for name in wrong} }")
         checked = _checked_outcomes(outcomes or {}, len(rows))
         lo, hi = self._reserve(len(rows))
-        for name in ARRAYS:
-            self._f[name][lo:hi] = getattr(rows, name).astype(_DTYPES[name])
-        for name, value in checked.items():
-            self._f[name][lo:hi] = value
-        self._commit(hi)
+        with self._writing(lo, hi):
+            for name in ARRAYS:
+                self._f[name][lo:hi] = getattr(rows, name).astype(_DTYPES[name])
+            for name, value in checked.items():
+                self._f[name][lo:hi] = value
+            self._commit(hi)
 
 
 def _checked_outcomes(outcomes: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
