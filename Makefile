@@ -32,6 +32,7 @@ test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow"
 
 ui: $(VENV)/.installed
+	@echo "MLflow UI on http://127.0.0.1:$(UI_PORT): click 'Model training' at the top left (apmae's runs are training runs)"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server \
 	  --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns \
 	  --host 127.0.0.1 --port $(UI_PORT) --workers 1

@@ -38,10 +38,11 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from apmae import GLUE_PACKAGES
 from apmae.atlas import run as atlas_run
+from apmae.cache.extract import target_short_name
 from apmae.common import h5shards
 from apmae.common.allocator import keep_freed_memory
 from apmae.common.h5shards import StoreError
-from apmae.common.tracking import DEFAULT_EXPERIMENT, artifact_location, tracking_uri
+from apmae.common.tracking import DEFAULT_EXPERIMENT, artifact_location, tag_training_experiment, tracking_uri
 from apmae.common.settings import field_names
 from apmae.interventions.settings import InterventionSettings
 from apmae.mining.settings import MINING_FIELDS
@@ -97,6 +98,7 @@ class LogConfigToMLflow(SaveConfigCallback):
         params.pop("config", None)
         for logger in trainer.loggers:
             if isinstance(logger, MLFlowLogger):
+                tag_training_experiment(logger.experiment, logger.experiment_id)
                 logger.experiment.log_text(logger.run_id, text, self.config_filename)
                 logger.log_hyperparams({k: ("" if v is None else v) for k, v in params.items()})
 
@@ -377,7 +379,13 @@ def _model_init_args(tree: Any) -> dict[str, Any]:
 
 
 def _name_mlflow_run(config: Any) -> None:
-    """Put the experiment/run names and the artifact location into a default MLflow logger."""
+    """Put the experiment, the run's name and tags, and the artifact location into a default MLflow logger.
+
+    A run is named ``<target>/<variant>``: the target model whose patterns it reads (the DataModule's
+    ``target``, when it has one) and the variant (``run_name``, else the last ``--config`` file's name),
+    so a config run on another target than the one it was written for says so. Both are also tags
+    (``apmae.target``, ``apmae.variant``, with the module's class as ``apmae.module``) to filter by.
+    """
     logger = config.get("trainer", {}).get("logger") if hasattr(config, "get") else None
     if logger is None or not hasattr(logger, "get") or logger.get("class_path") != MLFLOW_LOGGER:
         return
@@ -385,13 +393,25 @@ def _name_mlflow_run(config: Any) -> None:
     if config.get("experiment"):
         init.experiment_name = config.experiment
     configs = config.get("config") or []
-    if config.get("run_name"):
-        init.run_name = config.run_name
-    elif not init.get("run_name") and configs:
-        init.run_name = Path(str(configs[-1])).stem
+    variant = config.get("run_name") or init.get("run_name") or (Path(str(configs[-1])).stem if configs else None)
+    target = _target_name(config)
+    if variant or target:
+        init.run_name = "/".join(dict.fromkeys(p for p in (target, variant) if p))
+    module = str(config.get("model", {}).get("class_path") or "").rpartition(".")[2] if hasattr(
+        config.get("model"), "get") else ""
+    tags = {"apmae.target": target, "apmae.variant": variant, "apmae.module": module}
+    init.tags = {**(init.get("tags") or {}), **{k: v for k, v in tags.items() if v}}
     uri = init.get("tracking_uri") or tracking_uri()
     if not init.get("artifact_location"):
         init.artifact_location = artifact_location(uri, init.get("experiment_name") or DEFAULT_EXPERIMENT)
+
+
+def _target_name(config: Any) -> str | None:
+    """The short name of the target model a run's DataModule reads (None when it names none)."""
+    data = config.get("data")
+    init_args = data.get("init_args") if hasattr(data, "get") else None
+    target = init_args.get("target") if hasattr(init_args, "get") else None
+    return target_short_name(str(target)) if target else None
 
 
 def default_trainer_settings() -> dict[str, Any]:

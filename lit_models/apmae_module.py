@@ -49,7 +49,7 @@ from apmae.model.baselines import band_neighbours, neighbour_patches
 from apmae.model.loading import NET_CONFIG_KEY
 from apmae.model.net import APMAE, APMAEConfig, masked_error, num_visible
 from apmae.model.row_emphasis import RowEmphasis
-from apmae.common.tracking import log_to_runs
+from apmae.common.tracking import HEADLINE, log_to_runs
 from apmae.lit_models.training import OptimizerFactory, RecipeModule, SchedulerFactory, TrainingRecipe, every_rank
 
 IMAGE_KEYS = ("scenario", "layer", "head")  # what names a head image in a batch (its masking noise follows it)
@@ -268,6 +268,8 @@ class LitAPMAE(RecipeModule):
             values[f"{stage}/{name}/neighbour_mse"] = neighbour
             values[f"{stage}/{name}/mse_over_neighbour"] = mse / neighbour.clamp_min(1e-12)
             values[f"{stage}/{name}/mse_over_train"] = mse / train_mse.clamp_min(1e-12)
+        if stage == "val":
+            values |= _headline(errors, train_name)
         self.log_dict(values, sync_dist=True, add_dataloader_idx=False)
         if not self.trainer.sanity_checking:
             self.log_dict(self._ratio_intervals(stage, names), add_dataloader_idx=False)
@@ -351,3 +353,16 @@ def _train_loader(trainer: Any) -> Optional[Iterable[dict[str, torch.Tensor]]]:
 
 
 __all__ = ["LitAPMAE"]
+
+
+def _headline(errors: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]], train_name: str) -> dict[str, Any]:
+    """The run's few numbers under ``headline/``: the training target's error over the trivial mean pattern
+    and over the visible neighbours, its validation MSE, and (with other targets) the largest of their
+    errors over the trivial pattern, the cross-model ratio."""
+    mse, baseline, neighbour = errors[train_name]
+    out = {f"{HEADLINE}val_mse": mse, f"{HEADLINE}recon_over_trivial": mse / baseline.clamp_min(1e-12),
+           f"{HEADLINE}recon_over_neighbours": mse / neighbour.clamp_min(1e-12)}
+    others = [m / b.clamp_min(1e-12) for name, (m, b, _) in errors.items() if name != train_name]
+    if others:
+        out[f"{HEADLINE}cross_model_over_trivial"] = torch.stack(others).max()
+    return out

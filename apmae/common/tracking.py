@@ -21,6 +21,11 @@ from typing import Any, Iterable, Mapping, NamedTuple, Optional
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_EXPERIMENT = "apmae"
+# The few metrics that answer a run's question, under one prefix so the UI finds them among hundreds
+# (AP-MAE: reconstruction and cross-model ratios; the probe protocol: AUROCs beside their baselines).
+HEADLINE = "headline/"
+# MLflow 3 opens an experiment tagged so on its "Training runs" view (not the GenAI one)
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def tracking_uri() -> str:
@@ -39,6 +44,11 @@ def artifact_location(uri: str, experiment: str) -> Optional[str]:
     folder = Path(uri[len("sqlite:///"):]).resolve().parent
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment) or DEFAULT_EXPERIMENT
     return (folder / safe).as_uri()
+
+
+def tag_training_experiment(client: Any, experiment_id: str) -> None:
+    """Mark an experiment as one of model training runs (``client``: an ``mlflow.MlflowClient``)."""
+    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
 
 
 def mlflow_runs(loggers: Iterable[Any]) -> list[tuple[Any, str]]:

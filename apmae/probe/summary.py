@@ -21,9 +21,10 @@ import numpy as np
 
 from apmae.common.head_tables import head_heatmap, table_cell, write_head_table
 from apmae.common.plotting import pyplot
+from apmae.common.tracking import HEADLINE
 from apmae.encodings.store import EncodingSet
 from apmae.mining.tasks import CONTROL_TASK
-from apmae.probe.report import ProbeReport, Row
+from apmae.probe.report import SELECTED, ProbeReport, Row
 
 IMPORTANCE_CSV = "crossfit_importance.csv"  # the head ranking: Interventions' importance_csv, the atlas' column
 KIND_TITLES = {"baseline": "baselines", "attention": "attention alone",
@@ -102,7 +103,26 @@ def protocol_metrics(report: ProbeReport) -> dict[str, float]:
             out[f"{key}/p_perm"] = r.permutation.p_value
         out |= {f"{key}/delta": r.delta, f"{key}/p_holm": r.p_holm}
     out["probe_cv/importance_stability"] = report.importance.stability
+    out |= headline_metrics(report)
     return {k: float(v) for k, v in out.items() if np.isfinite(v)}
+
+
+# predictor -> its headline key: the AP-MAE readout the folds chose, the row features, the two baselines
+# every claim stands next to, and attention on top of confidence + task
+HEADLINE_ROWS = {SELECTED: "auroc_apmae", "row": "auroc_row", "task": "auroc_task",
+                 "confidence+task": "auroc_confidence_task", "confidence+task+row": "auroc_confidence_task_row"}
+
+
+def headline_metrics(report: ProbeReport) -> dict[str, float]:
+    """``headline/<name>``: the out-of-fold AUROCs of :data:`HEADLINE_ROWS` present in ``report``, and the
+    permutation p of the chosen AP-MAE readout."""
+    out = {}
+    for r in report.rows:
+        if r.name in HEADLINE_ROWS:
+            out[HEADLINE + HEADLINE_ROWS[r.name]] = r.auroc
+            if r.name == SELECTED and r.permutation is not None:
+                out[HEADLINE + "p_perm_apmae"] = r.permutation.p_value
+    return out
 
 
 def write_report(report: ProbeReport, folder: str | Path) -> list[Path]:

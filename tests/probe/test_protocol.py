@@ -16,7 +16,7 @@ from apmae.probe.importance import head_importance
 from apmae.probe.linear import Basis, fit_l2
 from apmae.probe.metrics import auroc
 from apmae.probe.report import ProbePlan, run_protocol
-from apmae.probe.summary import report_lines, write_report
+from apmae.probe.summary import protocol_metrics, report_lines, write_report
 
 FAST = dict(n_repeats=2, bootstrap_resamples=200, workers=2)
 
@@ -143,6 +143,12 @@ def test_the_report_sets_every_attention_claim_beside_the_baselines(tmp_path):
     assert versus_row.p_holm >= versus_row.p_value
     ranking = read_head_table(tmp_path / "crossfit_importance.csv", "importance", n_layers=3, n_heads=4)
     np.testing.assert_allclose(ranking, report.importance.importance, rtol=1e-5, atol=1e-7)
+    metrics = protocol_metrics(report)  # what MLflow gets: the headline few beside every row's numbers
+    assert {k for k in metrics if k.startswith("headline/")} == {
+        "headline/auroc_apmae", "headline/auroc_row", "headline/auroc_task", "headline/auroc_confidence_task",
+        "headline/auroc_confidence_task_row", "headline/p_perm_apmae"}
+    assert metrics["headline/auroc_row"] == metrics["probe_cv/row/auroc"] == pytest.approx(row.auroc)
+    assert metrics["headline/p_perm_apmae"] == pytest.approx(report.row("apmae*").permutation.p_value)
 
 
 def test_file_bootstrap_auroc_and_holm():

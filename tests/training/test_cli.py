@@ -37,6 +37,15 @@ def test_fit_logs_a_complete_mlflow_run_and_validate_reloads_the_checkpoint(synt
     assert experiment.artifact_location == (tmp_path / "synthetic-tests").as_uri()
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.run_name == "micro" and run.info.status == "FINISHED"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training view
+    assert run.data.tags["apmae.variant"] == "micro" and run.data.tags["apmae.module"] == "LitAPMAE"
+    headline = {k for k in run.data.metrics if k.startswith("headline/")}
+    assert headline == {"headline/val_mse", "headline/recon_over_trivial", "headline/recon_over_neighbours",
+                        "headline/cross_model_over_trivial"}
+    assert run.data.metrics["headline/recon_over_trivial"] == pytest.approx(
+        run.data.metrics["val/synth-a/mse_over_baseline"], rel=1e-6)
+    assert run.data.metrics["headline/cross_model_over_trivial"] == pytest.approx(
+        run.data.metrics["val/synth-b/mse_over_baseline"], rel=1e-6)
 
     params = run.data.params
     assert params["model.class_path"] == "apmae.lit_models.apmae_module.LitAPMAE"
@@ -216,3 +225,27 @@ def test_a_projects_own_callbacks_package_keeps_its_class_paths(tmp_path, monkey
     assert not _former_glue_path("callbacks.interventions.Interventions")  # theirs
     assert _former_glue_path("callbacks.pattern_figures.PatternFigures")  # not in their package: apmae's
     assert not _former_glue_path("callbacks.mine.Mine")  # not apmae's module at all
+
+
+def test_a_run_is_named_by_its_target_and_variant():
+    """A config written for one target and run on another says both; the run name is never the config's alone."""
+    from jsonargparse import Namespace
+
+    from apmae.cli import _name_mlflow_run, default_trainer_settings
+
+    def named(**config):
+        logger = Namespace(default_trainer_settings()["logger"])
+        logger.init_args = Namespace(logger.init_args)
+        tree = Namespace(trainer=Namespace(logger=logger), **config)
+        _name_mlflow_run(tree)
+        return logger.init_args.run_name, logger.init_args.tags
+
+    data = Namespace(init_args=Namespace(target="models/starcoder2-7b"))
+    model = Namespace(class_path="apmae.lit_models.apmae_module.LitAPMAE")
+    name, tags = named(config=["configs/paper/starcoder2_3b.yaml"], data=data, model=model, run_name="starcoder2-3b")
+    assert name == "starcoder2-7b/starcoder2-3b"
+    assert tags == {"apmae.target": "starcoder2-7b", "apmae.variant": "starcoder2-3b", "apmae.module": "LitAPMAE"}
+    name, _ = named(config=["a.yaml", "row_emphasis.yaml"], data=data, model=model)
+    assert name == "starcoder2-7b/row_emphasis"
+    same = Namespace(init_args=Namespace(target="bigcode/starcoder2-3b"))
+    assert named(config=["x.yaml"], data=same, model=model, run_name="starcoder2-3b")[0] == "starcoder2-3b"
