@@ -128,10 +128,12 @@ def _check(ns: dict) -> None:
         assert len(cache.correct) == len(cache.task) == 12
     if "target" in ns:  # head zeroing: the batch ran with heads zeroed, one outcome each
         assert ns["out"].prediction.shape == (2,)
-    if "batch" in ns:  # the DataModules: log-normalised head images in [0, 1]
-        images = ns["batch"]["images"]
-        assert images.ndim == 4 and images.shape[1] == 1
-        assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+    if "batch" in ns:  # the DataModules: every head of a scenario, raw attention (scaler none): rows sum to 1
+        images, batch = ns["batch"]["images"], ns["batch"]
+        assert images.ndim == 5 and images.shape[1:3] == (3 * 8, 1)
+        torch.testing.assert_close(images.sum(-1), torch.ones(images.shape[:-1]), atol=1e-2, rtol=0)
+        assert batch["stats"].shape == (len(images), 3, 8, 4)
+        assert {"scenario", "row", "task", "correct", "probability"} <= set(batch)
     if getattr(ns.get("data"), "encoder", None) is not None:  # settings: nested, typed, as given
         assert ns["data"].extraction.dtype == "bfloat16" and ns["data"].encoder.precision == "bf16-mixed"
     if "register_task" in ns:
