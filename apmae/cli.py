@@ -414,8 +414,16 @@ def _target_name(config: Any) -> str | None:
     return target_short_name(str(target)) if target else None
 
 
+CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
+
+
 def default_trainer_settings() -> dict[str, Any]:
-    """Trainer defaults: MLflow logging to the project's store."""
+    """Trainer defaults: MLflow logging to the project's store; CSV files when mlflow is not installed
+    (an extra: ``pip install apmae[mlflow]``), said once on stderr."""
+    if importlib.util.find_spec("mlflow") is None:
+        sys.stderr.write("note: mlflow is not installed, so runs log to CSV files under the trainer's "
+                         "default_root_dir; pip install 'apmae[mlflow]' for MLflow runs and the UI\n")
+        return {"logger": {"class_path": CSV_LOGGER, "init_args": {"save_dir": "lightning_logs"}}}
     return {
         "logger": {
             "class_path": MLFLOW_LOGGER,

@@ -249,3 +249,18 @@ def test_a_run_is_named_by_its_target_and_variant():
     assert name == "starcoder2-7b/row_emphasis"
     same = Namespace(init_args=Namespace(target="bigcode/starcoder2-3b"))
     assert named(config=["x.yaml"], data=same, model=model, run_name="starcoder2-3b")[0] == "starcoder2-3b"
+
+
+def test_without_mlflow_the_cli_logs_to_csv_and_says_so(synth_config, tmp_path, monkeypatch, capsys):
+    """mlflow is an extra: a fit without it logs to CSV files instead of failing to build its logger."""
+    import importlib.util
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    cli = _fit(synth_config, tmp_path, "--trainer.max_epochs=1", "--trainer.logger.init_args.save_dir",
+               str(tmp_path / "csv"))
+    assert isinstance(cli.trainer.logger, CSVLogger)
+    assert list((tmp_path / "csv").rglob("metrics.csv"))
+    assert "mlflow is not installed, so runs log to CSV files" in capsys.readouterr().err

@@ -64,8 +64,8 @@ def test_interventions_refuse_a_module_that_ranks_no_heads_without_an_importance
 
 
 def test_pattern_figures_refuse_a_module_without_an_apmae():
-    with pytest.raises(TypeError, match=r"LightningModule has no net: attach the callback to a "
-                                        r"lit_models\.apmae_module\.LitAPMAE run"):
+    with pytest.raises(TypeError, match=r"LightningModule has no net: attach the callback to an "
+                                        r"apmae\.lit_models\.apmae_module\.LitAPMAE run"):
         PatternFigures().setup(None, LightningModule(), "fit")
 
 

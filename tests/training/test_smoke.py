@@ -64,7 +64,8 @@ def test_smoke_config_runs_the_real_chain_into_mlflow(smoke_args, smoke_paths, t
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("apmae-smoke")
     (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.run_name == "smoke"
+    assert run.info.run_name == "target-a/smoke"  # <target>/<variant>: the config's name alone hid the target
+    assert run.data.tags["apmae.target"] == "target-a" and run.data.tags["apmae.variant"] == "smoke"
     params, metrics = run.data.params, run.data.metrics
     assert params["data.init_args.target"] == str(smoke_paths["target_a"])
     assert params["data.init_args.scenarios.init_args.mining.seq_len"] == "32"
