@@ -8,7 +8,8 @@
 # torch stays at constraints-cpu.txt's CPU wheel on a machine without CUDA: the CPU wheels of older
 # torch releases are not on PyPI (its Linux wheels are CUDA builds of several GB); the lower bound
 # torch>=2.11 is the release the project's GPU runs use. numpy, and everything not named in
-# setup.cfg, resolve to what pip picks beside the lower bounds.
+# setup.cfg, resolve to what pip picks beside the lower bounds; numpy's floor (2.0: the code relies on
+# numpy 2's type promotion) is kept as a range, since no resolution holds numpy 2.0.0 with every other floor.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-$(mktemp -d)/lower-bounds}
@@ -26,7 +27,9 @@ for extra in ("mlflow", "analysis", "gguf", "dev"):
 pins = {}
 for line in lines:  # an extra's higher floor of a base requirement (gguf's transformers) wins
     m = re.fullmatch(r"\s*([A-Za-z0-9_.\-\[\]]+)>=([0-9][0-9A-Za-z.]*)\s*", line)
-    if m and m.group(1) != "torch":
+    if m and m.group(1) == "numpy":  # its floor is a range: numpy 2.0.0 itself clashes with the other floors
+        pins["numpy"] = f"numpy>={m.group(2)}"
+    elif m and m.group(1) != "torch":
         pins[m.group(1)] = f"{m.group(1)}=={m.group(2)}"
 print(" ".join(pins.values()))
 EOF

@@ -202,7 +202,7 @@ def test_checkpoints_of_the_former_combined_module_load_or_name_the_probe_module
     assert int(loaded.baseline_images) == int(module.baseline_images) > 0
     state["hyper_parameters"]["stage"] = "probe"
     torch.save(state, checkpoint)
-    with pytest.raises(ValueError, match=r"load it with lit_models\.probe_module\.LitProbe\.load_from_checkpoint"):
+    with pytest.raises(ValueError, match=r"load it with apmae\.lit_models\.probe_module\.LitProbe\.load_from_checkpoint"):
         LitAPMAE.load_from_checkpoint(checkpoint)
 
 
