@@ -1,8 +1,9 @@
-"""File arguments as users give them: one path, a quoted glob, or a list of paths."""
+"""File arguments as users give them (one path, a quoted glob, or a list of paths), and a file's sha256."""
 
 from __future__ import annotations
 
 import glob
+import hashlib
 from pathlib import Path
 from typing import Sequence
 
@@ -25,3 +26,12 @@ def expand_files(paths: str | Path | Sequence[str | Path], *, what: str, hint: s
     if missing:
         raise error(f"{what} file(s) {missing} do not exist; {hint}")
     return [Path(p) for p in found]
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """The file's sha256, read in 4 MB chunks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from apmae.common.files import file_sha256
+
 DEBIAN_PACKAGE = "openjdk-17-source"
 SRC_ZIP_IN_PACKAGE = Path("usr/lib/jvm/openjdk-17/lib/src.zip")
 
@@ -110,18 +112,10 @@ def _described(path: Path, origin: str) -> Corpus:
         entries = sorted(p for p in path.rglob("*") if p.is_file())
         listing = hashlib.sha256()
         for p in entries:
-            listing.update(f"{p.relative_to(path)}\0{p.stat().st_size}\0{_sha256(p)}\n".encode())
+            listing.update(f"{p.relative_to(path)}\0{p.stat().st_size}\0{file_sha256(p)}\n".encode())
         return Corpus(path=str(path), origin=origin, size=sum(p.stat().st_size for p in entries),
                       sha256=listing.hexdigest())
-    return Corpus(path=str(path), origin=origin, size=path.stat().st_size, sha256=_sha256(path))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return Corpus(path=str(path), origin=origin, size=path.stat().st_size, sha256=file_sha256(path))
 
 
 __all__ = ["Corpus", "CorpusError", "DEBIAN_PACKAGE", "fetch_debian_source", "resolve_corpus"]

@@ -14,7 +14,6 @@ quantisation entry, saves normally. The conversion checks that every key matched
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from apmae.common.atomic import atomic_dir
+from apmae.common.files import file_sha256
 from apmae.common.optional import require
 
 GGUF_MAGIC = b"GGUF"
@@ -53,15 +53,6 @@ def check_gguf_file(path: Path) -> None:
         raise ValueError(f"GGUF file {path} is GGUF version {version}; the gguf reader reads versions "
                          f"{list(GGUF_VERSIONS)}: convert the model again with a llama.cpp that writes one of "
                          "them, or upgrade the gguf package if the version is newer")
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """The file's sha256, read in 4 MB chunks."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def converted_dir(path: str | Path, cache_dir: str | Path | None = None) -> Path:
@@ -136,4 +127,4 @@ def _resave(model):
     return fresh.eval()
 
 
-__all__ = ["DEFAULT_CACHE", "check_gguf_file", "convert_gguf", "converted_dir", "file_sha256", "is_gguf"]
+__all__ = ["DEFAULT_CACHE", "check_gguf_file", "convert_gguf", "converted_dir", "is_gguf"]
