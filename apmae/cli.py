@@ -386,7 +386,7 @@ def _name_mlflow_run(config: Any) -> None:
     so a config run on another target than the one it was written for says so. Both are also tags
     (``apmae.target``, ``apmae.variant``, with the module's class as ``apmae.module``) to filter by.
     """
-    logger = config.get("trainer", {}).get("logger") if hasattr(config, "get") else None
+    logger = _config_value(config, "trainer", "logger")
     if logger is None or not hasattr(logger, "get") or logger.get("class_path") != MLFLOW_LOGGER:
         return
     init = logger.init_args
@@ -397,8 +397,7 @@ def _name_mlflow_run(config: Any) -> None:
     target = _target_name(config)
     if variant or target:
         init.run_name = "/".join(dict.fromkeys(p for p in (target, variant) if p))
-    module = str(config.get("model", {}).get("class_path") or "").rpartition(".")[2] if hasattr(
-        config.get("model"), "get") else ""
+    module = str(_config_value(config, "model", "class_path") or "").rpartition(".")[2]
     tags = {"apmae.target": target, "apmae.variant": variant, "apmae.module": module}
     init.tags = {**(init.get("tags") or {}), **{k: v for k, v in tags.items() if v}}
     uri = init.get("tracking_uri") or tracking_uri()
@@ -408,10 +407,15 @@ def _name_mlflow_run(config: Any) -> None:
 
 def _target_name(config: Any) -> str | None:
     """The short name of the target model a run's DataModule reads (None when it names none)."""
-    data = config.get("data")
-    init_args = data.get("init_args") if hasattr(data, "get") else None
-    target = init_args.get("target") if hasattr(init_args, "get") else None
+    target = _config_value(config, "data", "init_args", "target")
     return target_short_name(str(target)) if target else None
+
+
+def _config_value(config: Any, *keys: str) -> Any:
+    """``config[k1][k2]...`` through nested namespaces or dicts; None where a level is missing or not a mapping."""
+    for key in keys:
+        config = config.get(key) if hasattr(config, "get") else None
+    return config
 
 
 CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"

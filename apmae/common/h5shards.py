@@ -103,9 +103,8 @@ REFUSED: list[Path] = []
 
 def storage_refused(err: BaseException) -> str | None:
     """Why the storage refused a write, when ``err`` says so: a full disk, a file size limit or a quota."""
-    text = str(err)
-    codes = {28: "errno = 28", 27: "errno = 27", 122: "errno = 122"}
-    key = codes.get(getattr(err, "errno", None) or 0) or next((k for k in _STORAGE_FULL if k in text), None)
+    own = f"errno = {getattr(err, 'errno', None)}"  # an OSError that carries its errno
+    key = own if own in _STORAGE_FULL else next((k for k in _STORAGE_FULL if k in str(err)), None)
     return _STORAGE_FULL[key] if key else None
 
 
@@ -247,8 +246,9 @@ def open_or_create(path: str | Path, fmt: StoreFormat, identity: Attrs,
     except OSError as e:
         if file_locked(e):  # another process is creating the same file
             raise _in_use(tmp, fmt) from e
-        if storage_refused(e):
-            raise fmt.error(f"{fmt.messages.noun} {path} could not be laid out: {storage_refused(e)} ({e}); "
+        reason = storage_refused(e)
+        if reason:
+            raise fmt.error(f"{fmt.messages.noun} {path} could not be laid out: {reason} ({e}); "
                             f"free space under {path.parent} and run again") from e
         raise
     tmp.replace(path)  # a kill during creation never leaves a half-made file under the real name
