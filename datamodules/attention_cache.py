@@ -18,6 +18,10 @@ rank extracts its own shard in ``setup`` and the reader merges the shards. Batch
   ``<encodings_dir>/<cache name>.<encoder hash>.encodings.h5`` and read back by
   later runs (:mod:`apmae.encodings.store`), with the same ``stats`` and columns.
 
+``extraction.heads="layerwise:<f>"`` caches only the heads that ``head_selection="layerwise:<f>"``
+with ``seed`` equal to ``extraction.head_seed`` serves (:mod:`apmae.cache.heads`), in files
+``<target>.heads-layerwise-<f>-seed<s>.rank<k>.h5`` beside the full caches; mode ``heads`` only.
+
 ``extraction.pattern_kind="contribution"`` (:class:`~apmae.cache.settings.ExtractionSettings`)
 serves each head's norm-based contribution weights instead of its attention, from
 caches ``<target>.contribution.rank<k>.h5`` beside the attention caches
@@ -30,7 +34,6 @@ more follows per ``extra_targets`` entry (cross-model generalisation).
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +44,7 @@ import torch
 from torch.utils.data import Dataset
 
 from apmae.cache.extract import cache_name, ensure_cache, extraction_device, target_short_name
+from apmae.cache.heads import ALL, heads_per_layer, layerwise_fraction, layerwise_heads
 from apmae.cache.store import AttentionCache, CacheMismatchError, cache_files
 from apmae.encodings.store import encoder_hash, ensure_encodings, pattern_stats
 from apmae.mining.prompts import tokenizer_fingerprint
@@ -65,8 +69,9 @@ class HeadSelection:
     """Which heads of each scenario become samples; the same heads every epoch.
 
     ``all``: every head; ``layerwise:<f>``: round(f*H) random heads per layer
-    per scenario (seeded by scenario index and layer); an explicit list of
-    ``(layer, head)`` pairs.
+    per scenario (:func:`apmae.cache.heads.layerwise_heads`, seeded by ``seed``, scenario
+    index and layer: the heads a cache extracted with ``extraction.heads: layerwise:<f>``
+    and the same ``head_seed`` stores); an explicit list of ``(layer, head)`` pairs.
     """
 
     n_layers: int
@@ -79,13 +84,12 @@ class HeadSelection:
     def parse(cls, spec: str | Sequence[Sequence[int]], *, n_layers: int, n_heads: int, seed: int = 0) -> "HeadSelection":
         """Raises ``ValueError`` for an unknown spec, a fraction outside (0, 1] or a pair out of range."""
         if isinstance(spec, str):
-            if spec == "all":
-                return cls(n_layers, n_heads, seed=seed)
-            m = re.fullmatch(r"layerwise:([0-9.]+)", spec)
-            if not m or not 0 < float(m.group(1)) <= 1:
+            try:
+                fraction = layerwise_fraction(spec, "head_selection")
+            except ValueError:
                 raise ValueError(f"head_selection={spec!r}; use 'all', 'layerwise:<fraction in (0, 1]>' "
-                                 "or a list of [layer, head] pairs")
-            return cls(n_layers, n_heads, fraction=float(m.group(1)), seed=seed)
+                                 "or a list of [layer, head] pairs") from None
+            return cls(n_layers, n_heads, fraction=fraction, seed=seed)
         pairs = tuple((int(p[0]), int(p[1])) for p in spec)
         bad = [p for p in pairs if not (0 <= p[0] < n_layers and 0 <= p[1] < n_heads)]
         if not pairs or bad:
@@ -95,7 +99,7 @@ class HeadSelection:
 
     @property
     def per_layer(self) -> int:
-        return max(1, round(self.fraction * self.n_heads)) if self.fraction is not None else self.n_heads
+        return heads_per_layer(self.fraction, self.n_heads)
 
     @property
     def per_scenario(self) -> int:
@@ -109,8 +113,34 @@ class HeadSelection:
         layer, j = divmod(k, self.per_layer)
         if self.fraction is None:
             return layer, j
-        order = np.random.default_rng([self.seed, scenario, layer]).permutation(self.n_heads)
-        return layer, int(np.sort(order[: self.per_layer])[j])
+        return layer, int(layerwise_heads(self.seed, scenario, layer, self.n_heads, self.per_layer)[j])
+
+
+def check_sampled_cache(extraction: ExtractionSettings, *, mode: str, head_selection: str | Sequence[Sequence[int]],
+                        seed: int, encoder: EncoderSettings | None) -> None:
+    """A sampled cache (``extraction.heads`` not ``all``) serves only the head images of its own draw.
+
+    Raises:
+        ValueError: ``mode="scenarios"`` or an ``encoder`` (both read every head), or a ``head_selection``
+            or ``seed`` other than the draw's; each says what to set.
+    """
+    heads = extraction.heads
+    if heads == ALL:
+        return
+    if mode == "scenarios":
+        reader = ("encoder (it encodes every head of each scenario)" if encoder is not None
+                  else "mode='scenarios' (it stacks every head of each scenario)")
+        raise ValueError(f"{reader} needs every head, but extraction.heads={heads!r} caches only some heads of "
+                         f"each layer: set extraction.heads: all, or use mode: heads with head_selection: {heads}")
+    if not isinstance(head_selection, str) or (layerwise_fraction(head_selection, "head_selection")
+                                               != layerwise_fraction(heads, "extraction.heads")):
+        raise ValueError(f"extraction.heads={heads!r} caches only the heads its layerwise draw keeps, but "
+                         f"head_selection={head_selection!r} selects others: set head_selection: {heads} "
+                         "(or extraction.heads: all)")
+    if seed != extraction.head_seed:
+        raise ValueError(f"extraction.heads={heads!r} draws its heads with extraction.head_seed="
+                         f"{extraction.head_seed}, but seed={seed} selects others: set seed: {extraction.head_seed} "
+                         f"(or extraction.head_seed: {seed})")
 
 
 # ---------------------------------------------------------------- datasets
@@ -182,10 +212,12 @@ class AttentionCacheDataModule(PatternDataModule):
             target: hub name or directory of the target causal LM whose patterns train/validate.
             scenarios: a scenario DataModule (``JavaScenarioDataModule``) or the path of a saved ScenarioSet ``.npz``.
             cache_dir: directory of the cache files ``<target short name>.rank<k>.h5``
-                (``<target short name>.contribution.rank<k>.h5`` for contribution weights).
+                (``<target short name>.contribution.rank<k>.h5`` for contribution weights,
+                ``<target short name>.heads-layerwise-<f>-seed<s>.rank<k>.h5`` for sampled heads).
             scaler: ``none``, ``log``, ``log_standardize`` or ``log_normalize`` (the paper's).
             mode: ``heads`` (one head image per sample) or ``scenarios`` (all heads of a scenario).
-            head_selection: ``all``, ``layerwise:<fraction>`` (paper: 0.25) or ``[[layer, head], ...]``; mode ``heads`` only.
+            head_selection: ``all``, ``layerwise:<fraction>`` (paper: 0.25) or ``[[layer, head], ...]``; mode ``heads``
+                only. With ``extraction.heads: layerwise:<f>`` it must be ``layerwise:<f>``.
             balance: keep as many correct as incorrect scenarios per task (the paper's probe setting).
             correct_only: only scenarios the target completed correctly (the paper trains AP-MAE on these).
             tasks: only these task names (default: all).
@@ -194,11 +226,13 @@ class AttentionCacheDataModule(PatternDataModule):
             extra_targets: more target models; their caches become extra val/test dataloaders. A target with
                 the scenario set's tokenizer reads the set itself; one with another tokenizer reads the same
                 holes cut with its own tokens (see :meth:`scenario_set_of`).
-            seed: seeds the layerwise head choice and class balancing.
+            seed: seeds the layerwise head choice and class balancing; with sampled heads it must equal
+                ``extraction.head_seed``.
             extraction: how the caches are built: the target's device, dtype and batches, the cache's
                 compression and value encoding, and the pattern kind (``attention``, or ``contribution``:
                 each head's norm-based contribution weights, :mod:`apmae.target.contribution`, in their
-                own cache files; AP-MAE trains and probes on either unchanged).
+                own cache files; AP-MAE trains and probes on either unchanged), and which heads the cache
+                stores (``heads: layerwise:<f>`` keeps a fraction of each layer's, for mode ``heads``).
             encoder: a trained AP-MAE; with ``mode="scenarios"`` batches then carry its per-head encodings
                 instead of images (``None``: images).
             encodings_dir: where the encodings files live (default: ``cache_dir``).
@@ -216,6 +250,7 @@ class AttentionCacheDataModule(PatternDataModule):
             encoder = as_settings("encoder", encoder, EncoderSettings)
         if encoder is not None and mode != "scenarios":
             raise ValueError("encoder applies to mode='scenarios' (per-scenario encodings); set mode: scenarios")
+        check_sampled_cache(extraction, mode=mode, head_selection=head_selection, seed=seed, encoder=encoder)
         self.extraction, self.encoder = extraction, encoder
         self.encodings_dir = Path(encodings_dir) if encodings_dir else Path(cache_dir)
         self.encodings: dict[str, Any] = {}
@@ -227,8 +262,9 @@ class AttentionCacheDataModule(PatternDataModule):
         self.train_target_name = target_short_name(self.target)
         self.val_target_names = [self.train_target_name, *map(target_short_name, self.extra_targets)]
         models = [self.target, *self.extra_targets]
-        self.cache_names = {target_short_name(m): cache_name(m, extraction.pattern_kind)
-                            for m in models}  # short name -> file stem
+        self.cache_names = {target_short_name(m): cache_name(m, extraction.pattern_kind, heads=extraction.heads,
+                                                             head_seed=extraction.head_seed)
+                            for m in models}  # short name -> file stem; extra targets are sampled alike
         if len(set(self.val_target_names)) != len(self.val_target_names):
             raise ValueError(f"target short names {self.val_target_names} collide; their caches would share "
                              "files: give the models distinct directory names")

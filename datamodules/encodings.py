@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from apmae.cache.extract import ensure_cache, extraction_device, target_short_name
+from apmae.cache.heads import ALL
 from apmae.cache.store import DEFAULT_PATTERN_KIND, AttentionCache, cache_files, shard_path
 from apmae.encodings.store import EncodingSet, EncodingsError, EncodingsMismatchError, encoder_hash, ensure_encodings
 from apmae.encodings.stream import stream_encodings
@@ -90,7 +91,7 @@ class EncodingsDataModule(PatternDataModule):
             seed: seeds class balancing.
             extraction: how the target runs (device, also the encoder's; dtype; scenarios per forward pass;
                 batches in flight; progress bar); compression and value encoding apply to the cache of
-                ``stream=False``; the pattern kind must be ``attention``.
+                ``stream=False``; the pattern kind must be ``attention`` and heads ``all``.
         """
         super().__init__()
         get_scaler(scaler)
@@ -103,6 +104,9 @@ class EncodingsDataModule(PatternDataModule):
             raise ValueError(f"extraction.pattern_kind={extraction.pattern_kind!r}: EncodingsDataModule encodes "
                              f"attention patterns only; set it to {DEFAULT_PATTERN_KIND!r}, or encode "
                              "contribution caches with AttentionCacheDataModule (mode: scenarios, encoder)")
+        if extraction.heads != ALL:
+            raise ValueError(f"extraction.heads={extraction.heads!r}: EncodingsDataModule encodes every head of each "
+                             "scenario; set extraction.heads: all")
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"batch_size={batch_size} must be >= 1 and num_workers={num_workers} >= 0")
         self.target, self.scenarios, self.encoder, self.extraction = str(target), scenarios, encoder, extraction

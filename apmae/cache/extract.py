@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from apmae.cache.codec import stored_attentions
 from apmae.cache.gather import run_batch_stored
+from apmae.cache.heads import ALL, canonical_sample
 from apmae.cache.settings import ExtractionSettings, moved_to_extraction
 from apmae.cache.store import (DEFAULT_PATTERN_KIND, AttentionCache, CacheError,
                                CacheMismatchError, CacheSpec, CacheWriter, cache_files, check_identity,
@@ -82,11 +83,12 @@ def extract(
     ``target`` is an :class:`apmae.target.Target`, already loaded (``settings.dtype`` and
     ``settings.device`` are :func:`ensure_cache`'s). ``settings`` (:class:`ExtractionSettings`, a
     dict of its fields, or None for its defaults) gives the batch size, the storage form
-    (compression, encoding, pattern kind) and the progress bar; ``settings.workers`` batches are
+    (compression, encoding, pattern kind, head sample) and the progress bar; ``settings.workers`` batches are
     in flight at once (computed in threads, written in order). ``on_batch(committed)``
     is called after each batch is committed. ``pattern_kind="contribution"``
     stores each head's norm-based contribution weights instead of its attention
-    (:func:`apmae.target.contribution.run_batch_contributions`).
+    (:func:`apmae.target.contribution.run_batch_contributions`); ``heads="layerwise:<f>"``
+    stores only the heads of each layer the draw seeded by ``head_seed`` keeps (:mod:`apmae.cache.heads`).
 
     Raises:
         ValueError: bad batch size, workers or pattern kind, contribution weights of a model whose
@@ -102,7 +104,8 @@ def extract(
         attention_layers(target.model)  # a model whose value projections are not found fails before any file
     spec = CacheSpec(target=target.summary(), seq_len=scenarios.seq_len, scenario_fingerprint=scenarios.fingerprint(),
                      n_scenarios=len(scenarios), shard_rank=rank, shard_world_size=world_size,
-                     compression=x.compression, encoding=x.encoding, pattern_kind=pattern_kind)
+                     compression=x.compression, encoding=x.encoding, pattern_kind=pattern_kind,
+                     heads=x.heads, head_seed=x.head_seed)
     start = time.perf_counter()
     with CacheWriter.open(path, spec, scenarios) as writer, threads_per_worker(target.device, workers):
         before = writer.committed
@@ -180,14 +183,19 @@ def target_short_name(name_or_path: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", base)
 
 
-def cache_name(model: str, pattern_kind: str = DEFAULT_PATTERN_KIND) -> str:
-    """The cache's file name stem: ``<short name>`` for attention, ``<short name>.<kind>`` for another kind.
+def cache_name(model: str, pattern_kind: str = DEFAULT_PATTERN_KIND, *, heads: str = ALL, head_seed: int = 0) -> str:
+    """The cache's file name stem: ``<short name>`` for attention, ``<short name>.<kind>`` for another kind,
+    then for a sampled cache ``.heads-layerwise-<f>-seed<head_seed>`` (``target-a.heads-layerwise-0.25-seed0``),
+    so the full and the sampled caches of one model sit side by side.
 
     Raises:
-        ValueError: an unknown pattern kind.
+        ValueError: an unknown pattern kind or head sample.
     """
     name = target_short_name(model)
-    return name if check_pattern_kind(pattern_kind) == DEFAULT_PATTERN_KIND else f"{name}.{pattern_kind}"
+    if check_pattern_kind(pattern_kind) != DEFAULT_PATTERN_KIND:
+        name = f"{name}.{pattern_kind}"
+    sample = canonical_sample(heads)
+    return name if sample == ALL else f"{name}.heads-{sample.replace(':', '-')}-seed{int(head_seed)}"
 
 
 @dataclass
@@ -213,25 +221,26 @@ def ensure_cache(
 ) -> CacheBuild:
     """The ``settings.pattern_kind`` cache of ``model`` over ``scenarios`` in ``cache_dir``: reused, resumed or built.
 
-    When a complete cache for this model, sequence length, scenario set and
-    pattern kind is there (written under any world size) nothing is loaded;
+    When a complete cache for this model, sequence length, scenario set,
+    pattern kind and head sample is there (written under any world size) nothing is loaded;
     otherwise rank ``rank`` of ``world_size`` loads the model
     (:func:`apmae.target.access.load_target` with ``settings.dtype`` on ``settings.device``;
     ``auto`` = GPU ``local_rank`` when CUDA is present, else CPU) and extracts or resumes
     its own shard ``<name>.rank<k>.h5`` (``name`` defaults to :func:`cache_name`,
-    so the kinds of one model sit side by side) with :func:`extract` under the same ``settings``
-    (:class:`ExtractionSettings`, a dict of its fields, or None for its defaults).
+    so the kinds and head samples of one model sit side by side) with :func:`extract` under the same
+    ``settings`` (:class:`ExtractionSettings`, a dict of its fields, or None for its defaults).
 
     Raises:
         CacheMismatchError: a complete cache in ``cache_dir`` under ``name`` was built for another run
-            (another model, S, scenario set or pattern kind).
+            (another model, S, scenario set, pattern kind or head sample).
         ValueError: an unknown pattern kind.
     """
     moved_to_extraction("ensure_cache", moved)
     x = ExtractionSettings.of(settings)
     pattern_kind = x.pattern_kind  # checked when the settings were built: before the model loads
-    name = name or cache_name(model, pattern_kind)
-    if cache_complete(cache_dir, name, model=model, scenarios=scenarios, pattern_kind=pattern_kind):
+    name = name or cache_name(model, pattern_kind, heads=x.heads, head_seed=x.head_seed)
+    if cache_complete(cache_dir, name, model=model, scenarios=scenarios, pattern_kind=pattern_kind, heads=x.heads,
+                      head_seed=x.head_seed):
         return CacheBuild(name=name, files=cache_files(cache_dir, name), extraction=None)
 
     target = load_target(model, dtype=x.dtype, device=extraction_device(x.device, local_rank))
@@ -243,11 +252,13 @@ def ensure_cache(
 
 
 def cache_complete(cache_dir: str | Path, name: str, *, model: str, scenarios: ScenarioSet,
-                   pattern_kind: str = DEFAULT_PATTERN_KIND) -> bool:
-    """True when every shard of cache ``name`` is there and fully committed, for this model, scenario set and kind.
+                   pattern_kind: str = DEFAULT_PATTERN_KIND, heads: str = ALL, head_seed: int = 0) -> bool:
+    """True when every shard of cache ``name`` is there and fully committed, for this model, scenario set, kind
+    and head sample.
 
     Raises:
-        CacheMismatchError: the cache was built for another model, sequence length, scenario set or pattern kind.
+        CacheMismatchError: the cache was built for another model, sequence length, scenario set, pattern kind
+            or head sample.
     """
     files = cache_files(cache_dir, name)
     if not files:
@@ -258,9 +269,10 @@ def cache_complete(cache_dir: str | Path, name: str, *, model: str, scenarios: S
         raise
     except CacheError:
         return False  # incomplete: resume it
+    sample = canonical_sample(heads)
     expected = {"model": model, "seq_len": scenarios.seq_len, "scenario_fingerprint": scenarios.fingerprint(),
-                "pattern_kind": pattern_kind}
-    check_identity(cache.identity, expected, files[0])
+                "pattern_kind": pattern_kind, "heads": sample, **({} if sample == ALL else {"head_seed": head_seed})}
+    check_identity({**cache.identity, "heads": cache.head_sample}, expected, files[0])
     return True
 
 

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import torch
 
 from apmae.cache.codec import DEFAULT_ENCODING, ENCODINGS
+from apmae.cache.heads import layerwise_fraction
 from apmae.cache.store import COMPRESSIONS, DEFAULT_COMPRESSION, DEFAULT_PATTERN_KIND, PATTERN_KINDS
 from apmae.common.settings import check_choice, refuse_moved, settings_of
 from apmae.target.access import DTYPES
@@ -32,6 +33,9 @@ class ExtractionSettings:
     # that can leave [0, 2) (apmae.cache.codec)
     pattern_kind: str = DEFAULT_PATTERN_KIND  # what a head's image is: attention, or contribution (its
     # norm-based contribution weights, apmae.target.contribution), cached in their own files
+    heads: str = "all"  # which heads the cache stores: all, or layerwise:<f> = round(f*H) heads of each layer per
+    # scenario (apmae.cache.heads), in their own files; AP-MAE then trains on head_selection: layerwise:<f>
+    head_seed: int = 0  # seeds the layerwise draw; the DataModule's seed must equal it
     progress: bool = True  # a progress bar (scenarios/s) while extracting or encoding
 
     def __post_init__(self) -> None:
@@ -43,6 +47,9 @@ class ExtractionSettings:
         check_choice("extraction.compression", self.compression, COMPRESSIONS)
         check_choice("extraction.encoding", self.encoding, ENCODINGS)
         check_choice("extraction.pattern_kind", self.pattern_kind, PATTERN_KINDS)
+        layerwise_fraction(self.heads, "extraction.heads")
+        if not isinstance(self.head_seed, int) or self.head_seed < 0:  # numpy seeds a generator with naturals only
+            raise ValueError(f"extraction.head_seed={self.head_seed!r}; use an integer >= 0")
         if self.device != "auto":
             try:
                 torch.device(self.device)

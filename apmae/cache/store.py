@@ -1,12 +1,13 @@
 """The HDF5 attention cache: one file per (target model, scenario set, rank).
 
-Glossary: N scenarios, S tokens, L layers, H query heads, K label tokens,
-T = S(S+1)/2 entries of a causal lower triangle (diagonal included),
-W stored elements per head (``apmae.cache.codec.packed_width``).
+Glossary: N scenarios, S tokens, L layers, H query heads, k heads stored per layer
+(H, or fewer in a sampled cache), K label tokens, T = S(S+1)/2 entries of a causal lower
+triangle (diagonal included), W stored elements per head (``apmae.cache.codec.packed_width``).
 
 Layout of one file::
 
-    patterns      (N, L, H, W) uint8    the lower triangles, 14 bits per value (apmae.cache.codec)
+    patterns      (N, L, k, W) uint8    the lower triangles, 14 bits per value (apmae.cache.codec)
+    heads         (N, L, k) int16       sampled caches only: the head each pattern slot holds, ascending
     scenario_index (N,) int64            row of the scenario in its ScenarioSet
     input_ids (N, S) int32, label_ids (N, K) int32, label_len, prediction (int32),
     probability, loss (float32), correct (uint8), task (int16), source_id (str),
@@ -14,7 +15,7 @@ Layout of one file::
     attrs: schema_version, encoding, pattern_kind, target (JSON), seq_len, n_layers, n_heads,
            scenario_fingerprint, scenario_meta, task_names, n_scenarios,
            shard_rank, shard_world_size, shard_rows, apmae_version, created,
-           compression, committed
+           compression, committed; sampled caches also heads (``layerwise:<f>``), head_seed
 
 Values: each head's lower triangle (row-major, :mod:`apmae.common.triangle`) in the
 stored form of the file's ``encoding``, W elements per head; the encodings
@@ -33,6 +34,12 @@ weights) or ``contribution`` (each head's norm-based contribution weights,
 :mod:`apmae.target.contribution`; same shape, non-negative, rows sum to
 1). It is part of the file's identity, so one file, or one set of shards,
 never mixes the two; files written before the attribute hold attention.
+
+A sampled cache (``heads="layerwise:<f>"``, :mod:`apmae.cache.heads`) stores only the
+round(f*H) heads of each layer that the layerwise draw seeded by ``head_seed`` keeps for each
+scenario: the writer is given every head and keeps the drawn ones, the reader serves those
+and refuses the others. The sample and its seed are attributes, and part of the identity,
+of sampled caches only, so a cache of every head keeps the attributes and identity it had.
 
 Creating, resuming, committing and merging rank shards follow the row-store
 protocol of :mod:`apmae.common.h5shards`: ``committed`` is written only after a
@@ -59,6 +66,7 @@ import numpy as np
 
 from apmae import __version__
 from apmae.cache.codec import DEFAULT_ENCODING, ENCODINGS, decode_stored, encode_stored, packed_width, stored_dtype
+from apmae.cache.heads import ALL, canonical_sample, heads_per_layer, layerwise_fraction, sampled_heads
 from apmae.common import h5shards
 from apmae.common.cores import usable_cores
 from apmae.common.files import expand_files
@@ -115,14 +123,23 @@ class CacheSpec:
     compression: str = DEFAULT_COMPRESSION
     encoding: str = DEFAULT_ENCODING
     pattern_kind: str = DEFAULT_PATTERN_KIND  # one of PATTERN_KINDS
+    heads: str = ALL  # which heads are stored: all, or layerwise:<f> (apmae.cache.heads)
+    head_seed: int = 0  # seeds the layerwise draw (recorded for sampled caches only)
 
     def attrs(self) -> dict[str, Any]:
-        """The file attributes this spec fixes (what :func:`identity_of` reads back, plus compression)."""
+        """The file attributes this spec fixes (what :func:`identity_of` reads back, plus compression).
+
+        Raises:
+            ValueError: ``heads`` is neither ``all`` nor ``layerwise:<fraction in (0, 1]>``.
+        """
         t = self.target
+        heads = canonical_sample(self.heads)
+        sample = {} if heads == ALL else {"heads": heads, "head_seed": int(self.head_seed)}
         return {"target": json.dumps(t), "seq_len": self.seq_len, "n_layers": t["n_layers"], "n_heads": t["n_heads"],
                 "scenario_fingerprint": self.scenario_fingerprint, "n_scenarios": self.n_scenarios,
                 "shard_rank": self.shard_rank, "shard_world_size": self.shard_world_size,
-                "encoding": self.encoding, "pattern_kind": self.pattern_kind, "compression": self.compression}
+                "encoding": self.encoding, "pattern_kind": self.pattern_kind, "compression": self.compression,
+                **sample}
 
     def identity(self) -> dict[str, Any]:
         return identity_of(self.attrs())
@@ -137,7 +154,9 @@ def identity_of(attrs: Mapping[str, Any]) -> dict[str, Any]:
             "shard_rank": int(attrs["shard_rank"]), "shard_world_size": int(attrs["shard_world_size"]),
             "encoding": str(attrs["encoding"]),
             # files written before the attribute hold attention
-            "pattern_kind": str(attrs.get("pattern_kind", DEFAULT_PATTERN_KIND))}
+            "pattern_kind": str(attrs.get("pattern_kind", DEFAULT_PATTERN_KIND)),
+            # only a sampled cache records its sample: a cache of every head keeps the identity it had
+            **({"heads": str(attrs["heads"]), "head_seed": int(attrs["head_seed"])} if "heads" in attrs else {})}
 
 
 def _run_identity(attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -156,7 +175,9 @@ FORMAT = StoreFormat(
         refusal="was written for a different run ({diffs}); it is never appended to or reused: delete it or "
                 "choose another cache_dir/name",
         resume="run the extraction again to resume it",
-        hints={"pattern_kind": "attention and contribution patterns never share a file"}))
+        hints={"pattern_kind": "attention and contribution patterns never share a file",
+               "heads": "a cache of sampled heads and one of every head never share a file",
+               "head_seed": "another draw of the sampled heads"}))
 
 
 def check_identity(found: Mapping[str, Any], expected: Mapping[str, Any], path: str | Path) -> None:
@@ -168,7 +189,8 @@ class CacheWriter(RowWriter):
     """Appends scenario rows of one shard in a fixed order; resumes after a kill.
 
     Use :meth:`open`; then :meth:`append` the results for :meth:`pending`
-    rows in order, a batch at a time.
+    rows in order, a batch at a time. A sampled cache is given every head too
+    and keeps each row's drawn ones (:mod:`apmae.cache.heads`).
     """
 
     _unit = "shard"
@@ -177,8 +199,9 @@ class CacheWriter(RowWriter):
     def __init__(self, path: Path, file: h5py.File, scenarios: Any, rows: np.ndarray) -> None:
         super().__init__(path, file, n_rows=len(rows))
         self._scenarios, self.rows = scenarios, rows
-        self.encoding = str(file.attrs["encoding"])
-        self.pattern_kind = identity_of(file.attrs)["pattern_kind"]
+        identity = identity_of(file.attrs)
+        self.encoding, self.pattern_kind = identity["encoding"], identity["pattern_kind"]
+        self.head_sample, self.head_seed = identity.get("heads", ALL), identity.get("head_seed")
         # HDF5 runs its filters in one thread; deflate in Python threads (zlib releases the GIL) scales
         self._pool = ThreadPoolExecutor(_compress_threads()) if file["patterns"].compression == "gzip" else None
 
@@ -188,10 +211,12 @@ class CacheWriter(RowWriter):
 
         Raises:
             CacheMismatchError: the existing file was written for another
-                model, S, scenario set, sharding, encoding or pattern kind (names every difference).
+                model, S, scenario set, sharding, encoding, pattern kind or head sample (names every difference).
             CacheError: the existing file is corrupt or truncated.
+            ValueError: an unknown compression, encoding, pattern kind or head sample.
         """
         path = Path(path)
+        canonical_sample(spec.heads)  # a bad head sample fails before any file
         if spec.compression not in COMPRESSIONS:
             raise ValueError(f"compression={spec.compression!r}; use one of {COMPRESSIONS}")
         if spec.encoding not in ENCODINGS:
@@ -211,7 +236,8 @@ class CacheWriter(RowWriter):
         return encode_stored(bits, self.encoding)
 
     def append(self, patterns: np.ndarray, prediction: Any, probability: Any, correct: Any, loss: Any) -> None:
-        """Write the next ``B`` rows: patterns as :meth:`encode` returns them, plus their outcomes.
+        """Write the next ``B`` rows: patterns (B, L, H, W) of every head as :meth:`encode` returns them, plus
+        their outcomes; a sampled cache keeps each row's drawn heads (its scenario index is ``rows[lo:hi]``).
 
         The rows are flushed before ``committed`` moves, so a kill in between
         leaves them uncommitted and the resumed run rewrites them
@@ -222,12 +248,19 @@ class CacheWriter(RowWriter):
         """
         lo, hi = self._reserve(len(patterns))
         ds = self._f["patterns"]
-        if patterns.shape[1:] != ds.shape[1:] or patterns.dtype != ds.dtype:
+        every_head = (ds.shape[1], int(self._f.attrs["n_heads"]), ds.shape[3])  # (L, H, W)
+        if patterns.shape[1:] != every_head or patterns.dtype != ds.dtype:
             raise ValueError(f"patterns of shape {patterns.shape[1:]} {patterns.dtype} do not fit this cache's "
-                             f"{ds.shape[1:]} {ds.dtype} ({self.encoding}); encode them with CacheWriter.encode")
+                             f"{every_head} {ds.dtype} ({self.encoding}); encode them with CacheWriter.encode")
         f, idx = self._f, self.rows[lo:hi]
+        heads = None
+        if self.head_sample != ALL:
+            heads = sampled_heads(self.head_seed, idx, ds.shape[1], every_head[1], ds.shape[2])  # (B, L, k)
+            patterns = np.take_along_axis(patterns, heads[..., None].astype(np.intp), axis=2)  # (B, L, k, W)
         with self._writing(lo, hi):
             _write_patterns(f["patterns"], lo, patterns, self._pool)
+            if heads is not None:
+                f["heads"][lo:hi] = heads
             f["scenario_index"][lo:hi] = idx
             for name in _SCENARIO_COLUMNS:
                 f[name][lo:hi] = getattr(self._scenarios, name)[idx]
@@ -281,12 +314,16 @@ def _shuffle_deflate(block: np.ndarray) -> bytes:
 
 def _lay_out(f: h5py.File, spec: CacheSpec, scenarios: Any, n_rows: int) -> None:
     """A new shard file's datasets, every one at its final size, and its attributes."""
-    n_layers, n_heads, s = spec.target["n_layers"], spec.target["n_heads"], spec.seq_len
+    n_layers, s = spec.target["n_layers"], spec.seq_len
+    fraction = layerwise_fraction(spec.heads)  # None: every head
+    stored = heads_per_layer(fraction, spec.target["n_heads"])  # k
     width, dtype = packed_width(triangle_size(s), spec.encoding), stored_dtype(spec.encoding)
-    f.create_dataset("patterns", shape=(n_rows, n_layers, n_heads, width), dtype=dtype,
-                     chunks=(1, 1, chunk_heads(n_heads, width * dtype.itemsize), width),
-                     maxshape=h5shards.empty_maxshape(n_rows, (n_layers, n_heads, width)),
+    f.create_dataset("patterns", shape=(n_rows, n_layers, stored, width), dtype=dtype,
+                     chunks=(1, 1, chunk_heads(stored, width * dtype.itemsize), width),
+                     maxshape=h5shards.empty_maxshape(n_rows, (n_layers, stored, width)),
                      **_compression_kwargs(spec.compression))
+    if fraction is not None:
+        f.create_dataset("heads", shape=(n_rows, n_layers, stored), dtype=np.int16, **checksummed(np.int16))
     f.create_dataset("scenario_index", shape=(n_rows,), dtype=np.int64, **checksummed(np.int64))
     for name in _SCENARIO_COLUMNS:
         col = getattr(scenarios, name)
@@ -319,6 +356,10 @@ class AttentionCache:
     ``pattern_kind`` (one of :data:`PATTERN_KINDS`), when given, is the kind
     the files must hold; ``None`` accepts either (see :attr:`pattern_kind`).
 
+    A sampled cache (:attr:`head_sample` is not ``all``) serves :meth:`pattern` for
+    the heads it stores of each row (:meth:`stored_heads`); reading every head
+    (:meth:`packed`, :meth:`scenario`, iteration) raises :class:`CacheError`.
+
     Raises:
         CacheMismatchError: shards of different caches (another model, kind, ...)
             or files of another ``pattern_kind``.
@@ -343,6 +384,20 @@ class AttentionCache:
         self._pid = os.getpid()
         if pattern_kind is not None:
             check_identity(self.identity, {"pattern_kind": pattern_kind}, self.paths[0])
+        self._heads = self._read_heads() if self.head_sample != ALL else None  # (N, L, k) int16
+
+    def _read_heads(self) -> np.ndarray:
+        """(N, L, k) the stored heads of every row of a sampled cache, in row order."""
+        parts = []
+        for shard in self._shards:
+            try:
+                with h5shards.open_checked(shard.path, "r", FORMAT) as f:
+                    parts.append(f["heads"][:shard.committed])
+            except (OSError, KeyError) as e:
+                raise CacheError(f"cannot read the stored heads of {shard.path} ({e}); the file is corrupt: "
+                                 "delete it to rebuild") from e
+        start = np.cumsum([0] + [shard.committed for shard in self._shards])[:-1]
+        return np.concatenate(parts)[start[self._shard_of] + self._local]
 
     def _file(self, shard: int) -> h5py.File:
         if self._pid != os.getpid():  # forked into a worker: never share the parent's HDF5 handles
@@ -386,6 +441,21 @@ class AttentionCache:
     def pattern_kind(self) -> str:
         """``attention`` or ``contribution``: what the stored patterns are."""
         return self.identity["pattern_kind"]
+
+    @property
+    def head_sample(self) -> str:
+        """Which heads the cache stores: ``all``, or ``layerwise:<f>`` (:mod:`apmae.cache.heads`)."""
+        return self.identity.get("heads", ALL)
+
+    @property
+    def head_seed(self) -> int | None:
+        """The seed of a sampled cache's layerwise draw; None for a cache of every head."""
+        return self.identity.get("head_seed")
+
+    @property
+    def heads_stored(self) -> int:
+        """k: heads stored of each layer (:attr:`n_heads` unless sampled)."""
+        return heads_per_layer(layerwise_fraction(self.head_sample), self.n_heads)
 
     @property
     def task_names(self) -> list[str]:
@@ -476,19 +546,67 @@ class AttentionCache:
     def _decode(self, stored: np.ndarray) -> np.ndarray:
         return decode_stored(stored, str(self.attrs["encoding"]), triangle_size(self.seq_len))
 
+    def stored_heads(self, i: int) -> np.ndarray:
+        """(L, k) int the heads row ``i`` stores of each layer, ascending (every head unless sampled)."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"row {i} is outside the cache's {len(self)} rows")
+        if self._heads is None:
+            return np.tile(np.arange(self.n_heads), (self.n_layers, 1))
+        return self._heads[i].astype(np.int64)
+
+    def require_every_head(self, reader: str) -> None:
+        """Raises :class:`CacheError` when the cache is sampled, saying that ``reader`` needs every head."""
+        if self._heads is not None:
+            raise CacheError(f"cache {self.paths[0]} holds {self.heads_stored} of {self.n_heads} heads per layer "
+                             f"(heads: {self.head_sample}), so {reader} cannot read every head: reading every "
+                             "head needs a cache extracted with extraction.heads: all")
+
     def packed(self, i: int) -> np.ndarray:
-        """(L, H, T) float32 lower triangles of row ``i``."""
+        """(L, H, T) float32 lower triangles of row ``i``.
+
+        Raises:
+            CacheError: a sampled cache (see :meth:`require_every_head`).
+        """
+        self.require_every_head("packed()")
         return self._decode(self._read(i, ()))
 
     def pattern(self, i: int, layer: int, head: int) -> np.ndarray:
-        """(S, S) float32 pattern of one head of row ``i``."""
-        return from_triangle(self._decode(self._read(i, (layer, head))), self.seq_len)
+        """(S, S) float32 pattern of one head of row ``i``.
+
+        Raises:
+            CacheError: a sampled cache does not store ``head`` of ``layer`` for row ``i`` (names those it stores).
+        """
+        return from_triangle(self._decode(self._read(i, (layer, self._slot(i, layer, head)))), self.seq_len)
+
+    def _slot(self, i: int, layer: int, head: int) -> int:
+        """Where ``head`` of ``layer`` is stored in row ``i``: the head itself unless the cache is sampled."""
+        if self._heads is None:
+            return head
+        stored = self.stored_heads(i)[layer]  # (k,)
+        slot = np.flatnonzero(stored == head)
+        if len(slot) == 0:
+            raise CacheError(f"cache {self.paths[0]} stores heads {stored.tolist()} of layer {layer} for row {i} "
+                             f"(heads: {self.head_sample}, head_seed: {self.head_seed}), not head {head}; select "
+                             f"heads with head_selection: {self.head_sample} and seed: {self.head_seed}, or "
+                             "extract with extraction.heads: all")
+        return int(slot[0])
 
     def scenario(self, i: int) -> np.ndarray:
-        """(L, H, S, S) float32 patterns of every head of row ``i``."""
-        return from_triangle(self.packed(i), self.seq_len)
+        """(L, H, S, S) float32 patterns of every head of row ``i``.
+
+        Raises:
+            CacheError: a sampled cache (see :meth:`require_every_head`).
+        """
+        self.require_every_head("scenario()")
+        return from_triangle(self._decode(self._read(i, ())), self.seq_len)
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        """Every row's :meth:`scenario`.
+
+        Raises:
+            CacheError: a sampled cache (see :meth:`require_every_head`), before any row is read.
+        """
+        self.require_every_head("iterating over the cache")
         for i in range(len(self)):
             yield self.scenario(i)
 

@@ -163,16 +163,31 @@ def shard_files(directory: str | Path, name: str) -> list[Path]:
 # ---------------------------------------------------------------- opening and identity
 
 
-def identity_diffs(found: Attrs, expected: Attrs, hints: Mapping[str, str]) -> list[str]:
-    """``key: file has X, this run Y (hint)`` for every key of ``expected`` on which ``found`` differs."""
-    return [f"{k}: file has {found[k]!r}, this run {expected[k]!r}" + (f" ({hints[k]})" if k in hints else "")
-            for k in expected if found[k] != expected[k]]
+_UNSET = object()  # an identity key one side lacks (a store may record some keys only for some files)
 
 
-def check_identity(found: Attrs, expected: Attrs, path: str | Path, fmt: StoreFormat) -> None:
-    """Raise ``fmt.mismatch_error`` naming every key of ``expected`` on which ``found`` differs."""
+def identity_diffs(found: Attrs, expected: Attrs, hints: Mapping[str, str], *, both_ways: bool = False) -> list[str]:
+    """``key: file has X, this run Y (hint)`` for every key of ``expected`` on which ``found`` differs.
+
+    ``both_ways`` (two whole identities) also compares the keys only ``found`` has; a key one side
+    lacks shows as ``unset``.
+    """
+    keys = dict.fromkeys([*expected, *(found if both_ways else ())])
+    pairs = {k: (found.get(k, _UNSET), expected.get(k, _UNSET)) for k in keys}
+    return [f"{k}: file has {_shown(a)}, this run {_shown(b)}" + (f" ({hints[k]})" if k in hints else "")
+            for k, (a, b) in pairs.items() if a != b]
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is _UNSET else repr(value)
+
+
+def check_identity(found: Attrs, expected: Attrs, path: str | Path, fmt: StoreFormat, *,
+                   both_ways: bool = False) -> None:
+    """Raise ``fmt.mismatch_error`` naming every key of ``expected`` (with ``both_ways``, of either) on which
+    ``found`` differs."""
     words = fmt.messages
-    diffs = identity_diffs(found, expected, words.hints)
+    diffs = identity_diffs(found, expected, words.hints, both_ways=both_ways)
     if diffs:
         raise fmt.mismatch_error(f"{words.noun} {path} " + words.refusal.format(diffs="; ".join(diffs)))
 
@@ -232,7 +247,7 @@ def open_or_create(path: str | Path, fmt: StoreFormat, identity: Attrs,
         _pad_after_refused_write(path)
         f = open_checked(path, "r+", fmt)
         try:
-            check_identity(fmt.identity(f.attrs), identity, path, fmt)
+            check_identity(fmt.identity(f.attrs), identity, path, fmt, both_ways=True)
         except StoreError:
             f.close()
             raise
@@ -433,7 +448,8 @@ def _read_shard(path: Path, fmt: StoreFormat, columns: Sequence[str],
 
 def _check_same_run(shard: Shard, first: Shard, fmt: StoreFormat) -> None:
     words = fmt.messages
-    diffs = identity_diffs(fmt.shard_identity(shard.attrs), fmt.shard_identity(first.attrs), words.hints)
+    diffs = identity_diffs(fmt.shard_identity(shard.attrs), fmt.shard_identity(first.attrs), words.hints,
+                           both_ways=True)
     if diffs:
         raise fmt.mismatch_error(f"{words.shards_noun} {shard.path} and {first.path} belong to different runs "
                                  f"({'; '.join(diffs)}); pass the shards of one run")

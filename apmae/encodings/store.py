@@ -558,7 +558,10 @@ def ensure_encodings(net: APMAE, cache: AttentionCache, path: str | Path, *, sca
     Raises:
         EncodingsMismatchError: ``path`` holds encodings of another encoder, scaler or cache,
             or the encoder's S differs from the cache's.
+        CacheError: ``cache`` stores sampled heads (every head is encoded); see
+            :meth:`AttentionCache.require_every_head`.
     """
+    cache.require_every_head("ensure_encodings (AP-MAE encodes every head of each scenario)")
     spec = encodings_spec(net, cache, scaler)
     if Path(path).exists():  # complete files are only read, never reopened for writing
         existing = EncodingSet(path, require_complete=False)

@@ -13,6 +13,7 @@ def test_defaults_are_the_documented_ones():
     x = ExtractionSettings()
     assert (x.batch_size, x.workers, x.dtype, x.device, x.progress) == (8, 2, "float32", "auto", True)
     assert (x.compression, x.encoding, x.pattern_kind) == ("none", "bfloat16-14bit", "attention")
+    assert (x.heads, x.head_seed) == ("all", 0)
     e = EncoderSettings(path="enc")
     assert (e.path, e.precision, e.batch_size) == ("enc", "32", None)
 
@@ -32,6 +33,9 @@ def test_settings_are_values():
     ({"encoding": "float16"}, "extraction.encoding='float16'; use one of ['bfloat16-14bit', 'bfloat16-bits']"),
     ({"pattern_kind": "value"}, "extraction.pattern_kind='value'; use one of ['attention', 'contribution']"),
     ({"device": "gpu"}, "extraction.device='gpu' is not a torch device; use auto, cpu, cuda or cuda:<index>"),
+    ({"heads": "layerwise:0"}, "extraction.heads='layerwise:0'; use 'all' or 'layerwise:<fraction in (0, 1]>' "
+                               "(e.g. layerwise:0.25)"),
+    ({"head_seed": -1}, "extraction.head_seed=-1; use an integer >= 0"),
 ])
 def test_bad_extraction_settings_name_the_key(kwargs, message):
     with pytest.raises(ValueError) as info:

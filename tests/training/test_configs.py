@@ -164,7 +164,8 @@ def test_nested_settings_merge_field_by_field_and_round_trip_through_the_cli(tmp
     # batch_size from encode.yaml, device from encode.yaml, dtype from the overlay, workers from the command line
     assert printed["extraction"] == {"batch_size": 8, "workers": 3, "dtype": "bfloat16", "device": "cpu",
                                      "compression": "none", "encoding": "bfloat16-14bit",
-                                     "pattern_kind": "attention", "progress": True}
+                                     "pattern_kind": "attention", "heads": "all", "head_seed": 0,
+                                     "progress": True}
     assert printed["encoder"] == {"path": "artifacts/demo/apmae", "precision": "bf16-mixed", "batch_size": None}
     again = tmp_path / "printed.yaml"
     again.write_text(yaml.safe_dump({"data": {"class_path": "apmae.datamodules.encodings.EncodingsDataModule",
