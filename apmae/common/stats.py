@@ -170,6 +170,29 @@ def mcnemar_exact(i2c: int, c2i: int) -> float:
     return float(stats.binomtest(int(i2c), int(i2c + c2i), 0.5).pvalue)
 
 
+def prediction_p_value(value: float, null: Sequence[float], *, alternative: str = "two-sided") -> float:
+    """p of ``value`` as one more draw of the distribution the ``null`` values come from: a t prediction
+    interval (mean and spread of ``null``, ``len(null) - 1`` degrees of freedom), ``greater`` (``value``
+    above the null) or ``two-sided``. NaN with fewer than two null values; a null without spread gives 0
+    or 1. Unlike :func:`rank_p_value`, it can go below ``1 / (len(null) + 1)``.
+
+    Raises:
+        ValueError: an unknown ``alternative``.
+    """
+    if alternative not in ("greater", "two-sided"):
+        raise ValueError(f"alternative={alternative!r}; use 'greater' or 'two-sided'")
+    null = np.asarray(null, dtype=np.float64)
+    m = len(null)
+    if m < 2:
+        return float("nan")
+    mean, sd = float(null.mean()), float(null.std(ddof=1))
+    if sd == 0.0:
+        beyond = value > mean if alternative == "greater" else value != mean
+        return 0.0 if beyond else 1.0
+    t = (value - mean) / (sd * np.sqrt(1 + 1 / m))
+    return float(stats.t.sf(t, df=m - 1) if alternative == "greater" else 2 * stats.t.sf(abs(t), df=m - 1))
+
+
 def rank_p_value(observed: float, null: Sequence[float]) -> float:
     """Two-sided p-value of ``observed`` among ``null`` draws: ``2 * min(share >=, share <=)`` with +1 smoothing.
 
@@ -249,4 +272,4 @@ def _weighted_auroc(score: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np
 
 __all__ = ["BootstrapResult", "CONFIDENCE", "Interval", "NAN_INTERVAL", "N_RESAMPLES", "benjamini_hochberg",
            "grouped_auroc_bootstrap", "holm", "mcnemar_exact", "paired_p_value", "percentile_interval",
-           "rank_p_value", "ratio_intervals", "stratified_bootstrap", "wilson_interval"]
+           "prediction_p_value", "rank_p_value", "ratio_intervals", "stratified_bootstrap", "wilson_interval"]

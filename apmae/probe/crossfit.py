@@ -15,6 +15,13 @@ whole cross-fit of the first repeat rerun inside, including the inner CV that pi
 the statistic is the pooled AUROC of that repeat's out-of-fold scores. It stops early
 (Besag & Clifford) once ``stop_after`` null AUROCs reached the observed one: p is then
 ``stop_after / permutations run``, clearly above alpha; otherwise ``(1 + hits) / (1 + B)``.
+
+With ``permutation_p="normal"`` (for thousands of scenarios, where each permutation costs seconds)
+the p-value is instead the upper tail of the observed AUROC under a normal whose mean and spread
+are the B null AUROCs' (a t prediction interval, B - 1 degrees of freedom): the null of an AUROC
+over thousands of scenarios is close to normal, and this p can go below ``1 / (1 + B)``, which a
+Holm family of several claims needs. The count-based p is kept beside it (``p_exact``); a test
+stopped early keeps the count-based p.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
 
+from apmae.common.stats import prediction_p_value
 from apmae.probe.features import ProbeData, blocks_of, parts_of
 from apmae.probe.folds import Fold, grouped_folds, strata_of
 from apmae.probe.metrics import auroc
@@ -45,9 +54,12 @@ class ProtocolSettings:
     bootstrap_resamples: int = 1000  # file bootstrap of every AUROC and paired difference
     permutations: int = 200  # B label permutations at most per permutation test
     stop_after: int = 10  # a permutation test stops once this many null AUROCs reach the observed
+    permutation_p: str = "exact"  # "exact": (1 + hits) / (1 + B); "normal": the t tail under the null's mean
+    # and spread (see the module docstring), for sizes where B in the hundreds costs too much
     alpha: float = 0.05  # family-wise level of the claims (Holm)
     min_per_class: int = 10  # a task is scored alone when both classes have at least this many scenarios
     workers: int = 2  # processes fitting folds at once
+    progress: bool = False  # progress bars: cross-fits done, and each permutation test's permutations
 
     def __post_init__(self) -> None:
         if self.n_splits < 2 or self.n_repeats < 1 or self.inner_splits < 2:
@@ -58,6 +70,11 @@ class ProtocolSettings:
                              f"stop_after={self.stop_after}: use >= 100 resamples and >= 1 of the others")
         if self.workers < 1:
             raise ValueError(f"workers={self.workers}: use at least 1")
+        if self.permutation_p not in ("exact", "normal"):
+            raise ValueError(f"permutation_p={self.permutation_p!r}: use 'exact' or 'normal'")
+        if self.permutation_p == "normal" and self.permutations < 10:
+            raise ValueError(f"permutation_p='normal' estimates the null's spread: use permutations >= 10, "
+                             f"got {self.permutations}")
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha={self.alpha}: use a level in (0, 1)")
 
@@ -100,6 +117,8 @@ class PermutationTest:
     p_value: float
     stopped_early: bool
     seconds: float
+    p_exact: float = float("nan")  # the count-based p, (1 + hits) / (1 + B) (or hits / B when stopped early)
+    method: str = "exact"  # how p_value was computed: "exact" or "normal" (ProtocolSettings.permutation_p)
 
 
 class Protocol:
@@ -115,6 +134,7 @@ class Protocol:
         self._prepared: dict[str, list[PreparedFold]] = {}
         self._parts: dict[str, list[FoldDesign]] = {}
         self._inner = [self._inner_folds(i, fold) for i, fold in enumerate(self.folds)]
+        self._bar: Any = None  # the cross-fits' progress bar, opened by the first one (with settings.progress)
 
     def prepared(self, spec: str) -> list[PreparedFold]:
         """Every fold's design of feature set ``spec`` and its reductions (each part's design computed once)."""
@@ -167,7 +187,17 @@ class Protocol:
         scores = self._map(lambda i: MODELS[model](prepared[i], self.y[self.folds[i].train],
                                                    seed=self.settings.seed + i), range(len(self.folds)),
                            processes=model != "neural")  # torch's thread pool does not survive a fork
+        self._fitted(f"{name or spec} [{model}]")
         return CrossFit(name=name or spec, feature_set=spec, model=model, folds=self.folds, fold_scores=scores)
+
+    def _fitted(self, what: str) -> None:
+        """Count one finished cross-fit on the progress bar (with ``settings.progress``)."""
+        if not self.settings.progress:
+            return
+        if self._bar is None:
+            self._bar = tqdm(desc="probe protocol: cross-fits", unit="fit")
+        self._bar.set_postfix_str(what, refresh=False)
+        self._bar.update()
 
     def select(self, fits: list[CrossFit], name: str) -> CrossFit:
         """Per fold, the candidate with the best inner-CV AUROC (validation folds only, never the scores reported)."""
@@ -194,8 +224,11 @@ class Protocol:
         labels = [_permuted(self.y, strata, rng) for _ in range(s.permutations)]
         null, hits, stopped = [], 0, False
         batch = 20 * s.workers  # permutations per fork of the workers (a stop wastes at most this many)
+        bar = tqdm(total=len(labels), desc=f"permutations of {fit.name}", unit="perm", disable=not s.progress,
+                   leave=False)
         for lo in range(0, len(labels), batch):
             values = self._map(lambda y: auroc(self._oof(fit, y, first), y), labels[lo:lo + batch])
+            bar.update(len(values))
             for value in values:
                 null.append(value)
                 hits += value >= observed
@@ -204,9 +237,13 @@ class Protocol:
                     break
             if stopped:
                 break
-        p = hits / len(null) if stopped else (1 + hits) / (1 + len(null))
+        bar.close()
+        exact = hits / len(null) if stopped else (1 + hits) / (1 + len(null))
+        method = "exact" if stopped or s.permutation_p == "exact" else "normal"
+        p = exact if method == "exact" else prediction_p_value(observed, null, alternative="greater")
         return PermutationTest(name=fit.name, within_task=within_task, observed=observed, null=np.asarray(null),
-                               p_value=float(p), stopped_early=stopped, seconds=time.perf_counter() - start)
+                               p_value=float(p), stopped_early=stopped, seconds=time.perf_counter() - start,
+                               p_exact=float(exact), method=method)
 
     def _oof(self, fit: CrossFit, y: np.ndarray, folds: list[int]) -> np.ndarray:
         """Out-of-fold probabilities under labels ``y`` on ``folds``, in this process (a selection reruns each

@@ -41,6 +41,8 @@ def _test_cell(row: Row) -> str:
     if row.permutation is not None:
         t = row.permutation
         early = f", stopped after {len(t.null)}" if t.stopped_early else f", {len(t.null)} permutations"
+        if t.method == "normal":
+            early += f", normal tail; count p {_p(t.p_exact)}"
         return f"perm p {_p(t.p_value)} (Holm {_p(row.p_holm)}{early})"
     if row.delta == row.delta:
         return (f"{row.delta:+.3f} {row.delta_interval} vs control, p {_p(row.delta_p)} (Holm {_p(row.p_holm)})"

@@ -173,3 +173,57 @@ def test_bad_settings_and_feature_sets_say_what_to_change():
         ProbePlan(rank_heads_by="task")
     with pytest.raises(ValueError, match="needs \(N, F\) values and \(F,\) head ids"):
         FeatureBlock(values=np.zeros((3, 4)), head=np.zeros(3, dtype=np.int64))
+
+
+def test_the_normal_tail_reaches_below_one_over_b_plus_one_and_keeps_the_count_p():
+    data = planted()
+    protocol = Protocol(data, ProtocolSettings(permutations=20, permutation_p="normal", **FAST))
+    test = protocol.permutation_test(protocol.run("row"))
+    assert test.method == "normal" and test.p_exact == pytest.approx(1 / 21)
+    assert test.p_value < 1e-4 < test.p_exact
+
+
+def test_the_normal_tail_rejects_shuffled_labels_no_more_often_than_chance():
+    """As the count-based test above: 20 seeds without signal, at most 3 rejections at alpha 0.05."""
+    rejections = 0
+    for seed in range(20):
+        data = planted(n=160, layers=2, heads=3, signal=0.0, seed=seed, files=30)
+        protocol = Protocol(data, ProtocolSettings(n_repeats=1, permutations=20, stop_after=5, workers=1,
+                                                   bootstrap_resamples=200, seed=seed, permutation_p="normal"))
+        rejections += protocol.permutation_test(protocol.run("row")).p_value < 0.05
+    assert rejections <= 3
+
+
+def test_the_normal_tail_by_hand():
+    from scipy import stats
+
+    from apmae.common.stats import prediction_p_value
+
+    def normal_tail(observed, null):
+        return prediction_p_value(observed, null, alternative="greater")
+
+    null = np.array([0.48, 0.50, 0.52, 0.50])
+    sd = np.std(null, ddof=1)
+    assert normal_tail(0.5 + 2 * sd * np.sqrt(1.25), null) == pytest.approx(stats.t.sf(2, 3))
+    assert normal_tail(0.4, np.full(5, 0.5)) == 1.0 and normal_tail(0.6, np.full(5, 0.5)) == 0.0
+    two_sided = prediction_p_value(0.5 - 2 * sd * np.sqrt(1.25), null)
+    assert two_sided == pytest.approx(2 * stats.t.sf(2, 3))
+    assert prediction_p_value(0.5, np.full(5, 0.5)) == 1.0 and prediction_p_value(0.4, np.full(5, 0.5)) == 0.0
+    assert np.isnan(prediction_p_value(0.5, [0.5]))
+    with pytest.raises(ValueError, match="permutation_p"):
+        ProtocolSettings(permutation_p="bogus")
+    with pytest.raises(ValueError, match="permutations >= 10"):
+        ProtocolSettings(permutation_p="normal", permutations=5)
+
+
+def test_progress_bars_count_the_cross_fits_and_the_permutations(capsys):
+    data = planted(n=160, layers=2, heads=3, files=30)
+    quiet = Protocol(data, ProtocolSettings(n_repeats=1, permutations=10, workers=1, bootstrap_resamples=200))
+    shown = Protocol(data, ProtocolSettings(n_repeats=1, permutations=10, workers=1, bootstrap_resamples=200,
+                                            progress=True))
+    assert capsys.readouterr().err == ""
+    fit = shown.run("row")
+    np.testing.assert_array_equal(fit.scores, quiet.run("row").scores)
+    assert shown.permutation_test(fit).p_value == quiet.permutation_test(quiet.run("row")).p_value
+    err = capsys.readouterr().err
+    assert "probe protocol: cross-fits" in err and "permutations of row" in err
