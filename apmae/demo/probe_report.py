@@ -25,6 +25,7 @@ from apmae.common.tracking import download_run_artifacts, log_to_run, run_locati
 from apmae.demo.overrides import input_overrides
 from apmae.patterns.cluster_probe import ClusterProbeConfig
 from apmae.patterns.run import run_recurring_patterns
+from apmae.patterns.settings import PatternSettings
 from apmae.probe.crossfit import ProtocolSettings
 from apmae.probe.features import ProbeData
 from apmae.probe.report import External, ProbePlan, ProbeReport, run_protocol
@@ -165,7 +166,7 @@ def _patterns(cli: Any, demo_dir: str, run_id: str | None, tracking_uri: str | N
     name = data.train_target_name
     # the cluster probe fits, stops and is scored on the very rows the neural probe used
     probe = ClusterProbeConfig(balance=data.balance, balance_seed=int(data.seed))
-    report = run_recurring_patterns(data.encodings[name], data.caches[name], Path(demo_dir) / "patterns",
-                                    reduction=reduction, workers=workers, probe=probe, run_id=run_id,
-                                    tracking_uri=tracking_uri)
+    settings = PatternSettings(reduction=reduction, workers=workers, probe=probe)
+    report = run_recurring_patterns(data.encodings[name], data.caches[name], Path(demo_dir) / "patterns", settings,
+                                    run_id=run_id, tracking_uri=tracking_uri)
     return report.lines(), report.probe.bootstrap_seconds if report.probe else 0.0

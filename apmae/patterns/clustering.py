@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from apmae.common.optional import require
 
@@ -273,8 +274,9 @@ def _one_thread() -> None:
 
 
 def cluster_heads(encodings: np.ndarray, *, task: np.ndarray, correct: np.ndarray,
-                  config: ClusteringConfig | None = None, workers: int = 1) -> PatternClusters:
-    """Cluster every head of (N, L, H, D) ``encodings``, ``workers`` heads at once in spawned processes.
+                  config: ClusteringConfig | None = None, workers: int = 1, progress: bool = False) -> PatternClusters:
+    """Cluster every head of (N, L, H, D) ``encodings``, ``workers`` heads at once in spawned processes
+    (``progress``: a bar over the heads).
 
     ``workers=1`` runs in this process (no start-up cost); more workers pay
     their own imports (and, for UMAP, their own numba compilation) once each.
@@ -289,12 +291,20 @@ def cluster_heads(encodings: np.ndarray, *, task: np.ndarray, correct: np.ndarra
     jobs = [_HeadJob(encodings[:, layer, head], layer, head, task, correct, config)
             for layer in range(n_layers) for head in range(n_heads)]
     start = time.perf_counter()
+    bar = tqdm(total=len(jobs), desc=f"pattern families ({config.reduction} + HDBSCAN)", unit="head",
+               disable=not progress, leave=False)
+    heads = []
     if workers == 1:
-        heads = [_run_job(job) for job in jobs]
+        for job in jobs:
+            heads.append(_run_job(job))
+            bar.update()
     else:
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_one_thread,
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
-            heads = list(pool.map(_run_job, jobs))
+            for head in pool.map(_run_job, jobs):
+                heads.append(head)
+                bar.update()
+    bar.close()
     return PatternClusters(heads=heads, n_layers=n_layers, n_heads=n_heads, config=config,
                            seconds=time.perf_counter() - start, workers=workers)
 

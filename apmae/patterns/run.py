@@ -37,8 +37,9 @@ import argparse
 import csv
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -50,13 +51,12 @@ from apmae.patterns.cluster_probe import (ClusterProbeConfig, ClusterProbeResult
                                           write_importance_csv, write_shap_csv)
 from apmae.patterns.clustering import REDUCTIONS, ClusteringConfig, HeadClusters, PatternClusters, cluster_heads
 from apmae.patterns.figures import families_heatmap, medoid_montage
+from apmae.patterns.settings import DEMO_REDUCTION, KINDS, RANKINGS, PatternSettings, moved_to_patterns
 from apmae.patterns.stability import family_stability
 
-DEMO_REDUCTION = "pca"
 SUMMARY = "cluster every head's encodings, draw the pattern families, fit the cluster-id probe"
 SUMMARY_COLUMNS = ("layer", "head", "n_clusters", "noise_fraction", "largest_cluster_share", "task_purity",
                    "correct_purity", "silhouette", "stability_ari")
-RANKINGS = ("mean", "mean_positive", "mean_negative", "mean_abs")
 
 
 @dataclass
@@ -231,64 +231,48 @@ def run_recurring_patterns(
     encodings: Any,
     cache: AttentionCache,
     out_dir: str | Path,
+    settings: PatternSettings | Mapping[str, Any] | None = None,
     *,
-    reduction: str = DEMO_REDUCTION,
-    kind: str = "cls",
-    min_samples: int = 20,
-    min_cluster_size: int = 25,
-    seed: int = 0,
-    workers: int = 1,
-    probe: ClusterProbeConfig | None = ClusterProbeConfig(),
-    ranking: str = "mean",
-    montage_heads: int = 3,
-    max_montage_clusters: int = 12,
     run_id: str | None = None,
     tracking_uri: str | None = None,
-    stability: bool = True,
+    **moved: Any,
 ) -> PatternsReport:
     """Cluster every head of an :class:`~apmae.encodings.EncodingSet`, draw, probe, write and log.
 
     Args:
         encodings: the AP-MAE encodings of ``cache`` (row i = cache row i).
-        cache: the :class:`~apmae.cache.AttentionCache` the medoid patterns are read from.
+        cache: the :class:`~apmae.cache.AttentionCache` the medoid patterns are read from (or any reader
+            of patterns by row, such as :class:`apmae.cache.live.LivePatterns`).
         out_dir: folder receiving ``clusters/`` and ``head_importance/``.
-        reduction: ``pca`` (the demo's), ``umap`` (the paper's) or ``none``.
-        kind: which encoding is clustered, ``cls`` (the paper's) or ``mean``.
-        min_samples, min_cluster_size: HDBSCAN's settings (the paper's 20 / 25 by default).
-        seed: fixes UMAP, PCA, jitter, the silhouette sample and CatBoost.
-        workers: heads clustered at once in separate processes.
-        probe: the cluster-id probe's settings; None skips the probe.
-        ranking: which per-head SHAP summary is the ``importance`` column (one of RANKINGS).
-        montage_heads: heads per montage criterion (most families; highest correctness purity).
-        max_montage_clusters: medoids shown per montage (the largest clusters).
+        settings: how to cluster, draw and probe (:class:`apmae.patterns.settings.PatternSettings`, a dict of
+            its fields, or None for its defaults).
         run_id, tracking_uri: MLflow run that receives the artifacts and metrics (None: files only).
-        stability: cluster again with ``seed + 1`` and report each head's adjusted Rand index
-            between the two (doubles the clustering time).
+
+    Raises:
+        TypeError: a setting passed on its own (``reduction=...``) rather than inside ``settings``.
+        ValueError: encodings not computed from ``cache``, or a bad setting (named).
     """
-    if ranking not in RANKINGS:
-        raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    moved_to_patterns("run_recurring_patterns", moved)
+    p = PatternSettings.of(settings)
     check_aligned(encodings, cache)
-    config = ClusteringConfig(reduction=reduction, min_samples=min_samples, min_cluster_size=min_cluster_size,
-                              seed=seed)
+    config = ClusteringConfig(reduction=p.reduction, min_samples=p.min_samples, min_cluster_size=p.min_cluster_size,
+                              seed=p.seed)
     out, start = Path(out_dir), time.perf_counter()
-    x = encodings.array(kind)
-    clusters = cluster_heads(x, task=encodings.task, correct=encodings.correct, config=config, workers=workers)
+    cluster = partial(cluster_heads, encodings.array(p.kind), task=encodings.task, correct=encodings.correct,
+                      workers=p.workers, progress=p.progress)
+    clusters = cluster(config=config)
     t_stability = time.perf_counter()
-    ari = family_stability(clusters, cluster_heads(x, task=encodings.task, correct=encodings.correct,
-                                                   config=replace(config, seed=seed + 1), workers=workers)) \
-        if stability else None
+    ari = family_stability(clusters, cluster(config=replace(config, seed=p.seed + 1))) if p.stability else None
     seconds = {"clustering": clusters.seconds, "stability": time.perf_counter() - t_stability}
     artifacts = {"clusters/summary.csv": write_summary(out / "clusters/summary.csv", clusters, ari),
                  "clusters/labels.npz": write_labels(out / "clusters/labels.npz", clusters,
                                                      encodings.columns["scenario_index"], encodings.task_names)}
     t_figures = time.perf_counter()
-    chosen = select_montage_heads(clusters, montage_heads)
+    chosen = select_montage_heads(clusters, p.montage_heads)
     artifacts.update(write_figures(out, clusters, cache, encodings.task_names, heads=chosen,
-                                   max_clusters=max_montage_clusters))
+                                   max_clusters=p.max_montage_clusters))
     t_probe = time.perf_counter()
-    result = _probe(clusters, encodings, probe, ranking, out, artifacts) if probe is not None else None
+    result = _probe(clusters, encodings, p.probe, p.ranking, out, artifacts) if p.probe is not None else None
     seconds |= {"figures": t_probe - t_figures, "probe": time.perf_counter() - t_probe,
                 "total": time.perf_counter() - start}
     names = list(encodings.task_names)
@@ -325,7 +309,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", required=True, nargs="+", help="attention cache file(s) or a quoted glob")
     p.add_argument("--out", required=True, help="output folder (clusters/, head_importance/)")
     p.add_argument("--reduction", choices=REDUCTIONS, default=DEMO_REDUCTION)
-    p.add_argument("--kind", choices=("cls", "mean"), default="cls")
+    p.add_argument("--kind", choices=KINDS, default="cls")
     p.add_argument("--min-samples", type=int, default=20)
     p.add_argument("--min-cluster-size", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
@@ -345,11 +329,12 @@ def main(argv: Sequence[str] | None = None) -> PatternsReport:
     """``apmae patterns [arguments]``: run the stage on the files named in ``argv`` and print its report."""
     args = parse_args(argv)
     cache = AttentionCache(args.cache[0] if len(args.cache) == 1 else args.cache)
-    report = run_recurring_patterns(
-        EncodingSet(args.encodings), cache, args.out, reduction=args.reduction, kind=args.kind,
-        min_samples=args.min_samples, min_cluster_size=args.min_cluster_size, seed=args.seed, workers=args.workers,
+    settings = PatternSettings(
+        reduction=args.reduction, kind=args.kind, min_samples=args.min_samples, min_cluster_size=args.min_cluster_size,
+        seed=args.seed, workers=args.workers, ranking=args.ranking, stability=not args.no_stability,
         probe=None if args.no_probe else ClusterProbeConfig(seed=args.seed, balance=args.balance,
-                                                            balance_seed=args.seed), ranking=args.ranking,
-        run_id=args.run_id, tracking_uri=args.tracking_uri, stability=not args.no_stability)
+                                                            balance_seed=args.seed))
+    report = run_recurring_patterns(EncodingSet(args.encodings), cache, args.out, settings, run_id=args.run_id,
+                                    tracking_uri=args.tracking_uri)
     print("\n".join(report.lines()))
     return report

@@ -147,3 +147,12 @@ def test_parallel_workers_give_the_serial_labels(family_data) -> None:
     parallel = cluster_heads(enc.array("cls"), task=enc.task, correct=enc.correct, config=config, workers=2)
     np.testing.assert_array_equal(serial.labels(), parallel.labels())
     assert [h.medoids.tolist() for h in serial.heads] == [h.medoids.tolist() for h in parallel.heads]
+
+
+def test_a_progress_bar_over_the_heads_changes_no_family(family_data, capsys) -> None:
+    _, enc, _ = family_data
+    config = ClusteringConfig(reduction="pca", min_samples=10, min_cluster_size=15)
+    quiet = cluster_heads(enc.array("cls"), task=enc.task, correct=enc.correct, config=config)
+    shown = cluster_heads(enc.array("cls"), task=enc.task, correct=enc.correct, config=config, progress=True)
+    assert [h.labels.tolist() for h in shown.heads] == [h.labels.tolist() for h in quiet.heads]
+    assert "pattern families (pca + HDBSCAN)" in capsys.readouterr().err

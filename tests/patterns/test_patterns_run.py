@@ -12,6 +12,7 @@ from apmae.common.head_tables import table_cell
 from apmae.cli import cli_main
 from apmae.patterns.cluster_probe import ClusterProbeConfig
 from apmae.patterns.run import SUMMARY_COLUMNS, log_to_mlflow, main, run_recurring_patterns
+from apmae.patterns.settings import PatternSettings
 from tests.patterns.families import random_encoder_encodings, write_family_cache
 
 
@@ -20,8 +21,8 @@ def stage(family_data, tmp_path_factory):
     """The stage run once on the planted families (PCA, a shorter CatBoost), and its output folder."""
     cache, enc, _ = family_data
     out = tmp_path_factory.mktemp("stage")
-    report = run_recurring_patterns(enc, cache, out, reduction="pca", probe=ClusterProbeConfig(iterations=200),
-                                    montage_heads=1)
+    report = run_recurring_patterns(enc, cache, out, PatternSettings(reduction="pca", montage_heads=1,
+                                                                     probe=ClusterProbeConfig(iterations=200)))
     return report, out
 
 
@@ -100,8 +101,8 @@ def _files(root) -> list[str]:
 def test_apmae_patterns_writes_what_the_stage_function_writes(family_data, tmp_path, capsys) -> None:
     cache, enc, _ = family_data
     function, command = tmp_path / "function", tmp_path / "command"
-    expected = run_recurring_patterns(enc, cache, function, reduction="pca", min_samples=10, min_cluster_size=15,
-                                      seed=3, probe=None, montage_heads=3)
+    expected = run_recurring_patterns(enc, cache, function, {"reduction": "pca", "min_samples": 10,
+                                                             "min_cluster_size": 15, "seed": 3, "probe": None})
     report = cli_main(["patterns", "--encodings", str(enc.path), "--cache", *map(str, cache.paths), "--out",
                        str(command), "--reduction", "pca", "--min-samples", "10", "--min-cluster-size", "15",
                        "--seed", "3", "--no-probe"])
@@ -133,3 +134,16 @@ def test_a_family_made_only_of_the_noise_control_is_not_counted_as_a_second_patt
     assert "not counting a family made only of the noise control: 2 of 4 heads" in "\n".join(pure.lines())
     assert pure.metrics()["clusters/multi_family_heads_beyond_control"] == 2.0
     assert report.clusters.head(0, 0).majority_task is not head.majority_task  # the fixture's report is untouched
+
+
+def test_the_stage_takes_its_settings_whole_and_refuses_them_one_by_one(family_data, tmp_path) -> None:
+    cache, enc, _ = family_data
+    with pytest.raises(TypeError, match=r"moved into the patterns settings: pass settings=PatternSettings\("
+                                        r"reduction='pca'\)"):
+        run_recurring_patterns(enc, cache, tmp_path / "out", reduction="pca")
+    with pytest.raises(ValueError, match="patterns.reduction='tsne'"):
+        PatternSettings(reduction="tsne")
+    with pytest.raises(ValueError, match="patterns.min_cluster_size=0"):
+        PatternSettings.of({"min_cluster_size": 0})
+    assert PatternSettings.of({"probe": {"iterations": 5}}).probe == ClusterProbeConfig(iterations=5)
+    assert PatternSettings.of(None) == PatternSettings() and PatternSettings().probe == ClusterProbeConfig()

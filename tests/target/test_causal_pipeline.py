@@ -78,6 +78,6 @@ def test_causal_llama_runs_every_stage(java_corpus, llama_dir, llama_tokenizer, 
     assert all(0.0 <= a <= 1.0 for a in accuracy.values())
     assert np.isfinite(torch.as_tensor(probe.head_importance).numpy()).all()
     report = run_recurring_patterns(probe_data.encodings[probe_data.train_target_name], cache, tmp_path / "patterns",
-                                    min_samples=2, min_cluster_size=3, probe=None, stability=False)
+                                    {"min_samples": 2, "min_cluster_size": 3, "probe": None, "stability": False})
     families = (tmp_path / "patterns" / "clusters" / "summary.csv").read_text().splitlines()
     assert len(families) == 1 + 2 * 4 and report is not None  # one row per head of the causal target
