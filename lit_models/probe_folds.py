@@ -20,6 +20,7 @@ The protocol passes these in as ``external`` fits, so the core protocol stays fr
 
 from __future__ import annotations
 
+import inspect
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -66,6 +67,9 @@ class FoldRowsDataModule(L.LightningDataModule):
                           shuffle=False, collate_fn=collate_encodings)
 
 
+_LITPROBE = inspect.signature(LitProbe.__init__).parameters
+
+
 @dataclass(frozen=True)
 class LitProbeFolds:
     """How LitProbe is trained in each fold (the demo's probe settings by default)."""
@@ -74,9 +78,9 @@ class LitProbeFolds:
     epochs: int = 5
     batch_size: int = 32
     lr: float = 3e-3
-    probe_features: str = "both"
-    probe_hidden: int = 64
-    probe_dropout: float = 0.1
+    probe_features: str = _LITPROBE["probe_features"].default  # LitProbe's own defaults, written once there
+    probe_hidden: int = _LITPROBE["probe_hidden"].default
+    probe_dropout: float = _LITPROBE["probe_dropout"].default
     num_threads: int | None = None
     repeats: int | None = None  # fit the folds of the first this many repeats only (None: every repeat)
 

@@ -72,6 +72,21 @@ class InterventionScenarios:
             task=self.task[index], task_names=list(self.task_names), scenario_index=self.scenario_index[index],
             source_id=self.source_id[index] if len(self.source_id) else self.source_id)
 
+    def first_tokens(self, m: int) -> "InterventionScenarios":
+        """The same scenarios scored on the first ``m`` tokens of each hole only: a sweep then generates at most
+        ``m`` tokens, and its exact match and token accuracy read those tokens (``m = 1``: the first token,
+        what a correctness probe predicts, for the cost of one forward pass per scenario).
+
+        Raises:
+            ValueError: ``m`` below 1.
+        """
+        if m < 1:
+            raise ValueError(f"first_tokens needs m >= 1, got {m}")
+        return InterventionScenarios(
+            input_ids=self.input_ids, label_ids=self.label_ids[:, :m], label_len=np.minimum(self.label_len, m),
+            task=self.task, task_names=list(self.task_names), scenario_index=self.scenario_index,
+            source_id=self.source_id)
+
     @classmethod
     def from_cache(cls, cache: AttentionCache, rows: np.ndarray, *, middle_pos: np.ndarray) -> "InterventionScenarios":
         """Rows of an :class:`apmae.cache.AttentionCache`; ``middle_pos`` (N,) of those rows, from the ScenarioSet.

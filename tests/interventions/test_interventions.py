@@ -158,3 +158,17 @@ def test_sdpa_attention_scores_like_eager_attention(micro_target_dir, micro_targ
         np.testing.assert_array_equal(eager.prediction, sdpa.prediction)
         np.testing.assert_array_equal(eager.generated, sdpa.generated)
         np.testing.assert_allclose(eager.loss, sdpa.loss, rtol=1e-5)
+
+
+def test_scoring_the_first_tokens_only_keeps_the_first_token_outcome(micro_target, scenarios, sweep):
+    first = scenarios.first_tokens(1)
+    assert first.label_ids.shape[1] == 1 and (first.label_len == 1).all()
+    assert np.array_equal(first.input_ids, scenarios.input_ids)
+    short = run_sweep(micro_target, first, [r.head_set for r in sweep.settings[:2]], batch_size=8)
+    assert np.array_equal(short.baseline.correct, sweep.baseline.correct)
+    assert np.array_equal(short.baseline.exact, short.baseline.correct)  # one token: exact match is the first token
+    assert short.baseline.generated.shape[1] == 1
+    for mine, full in zip(short.settings, sweep.settings[:2]):
+        assert np.array_equal(mine.outcome.correct, full.outcome.correct)
+    with pytest.raises(ValueError, match="m >= 1"):
+        scenarios.first_tokens(0)
