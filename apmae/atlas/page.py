@@ -45,11 +45,12 @@ def _b64(a: np.ndarray) -> str:
 
 
 def page_data(table: AtlasTable, thumbs: Thumbnails, *, title: str, colour: str, seq_len: int | None,
-              missing_patterns: str = "") -> dict[str, Any]:
-    """The JSON object the page's script reads."""
+              missing_patterns: str = "", links: dict[str, str] | None = None) -> dict[str, Any]:
+    """The JSON object the page's script reads (``links``: text -> address, shown under the title)."""
     families = {f"{l}.{h}": _b64(np.stack(pics)) for (l, h), pics in thumbs.families.items() if pics}
     return {
-        "title": title, "n_layers": table.n_layers, "n_heads": table.n_heads, "target": table.target,
+        "title": title, "links": dict(links or {}), "n_layers": table.n_layers, "n_heads": table.n_heads,
+        "target": table.target,
         "colour": colour, "columns": [_column(c) for c in table.columns.values()], "missing": table.missing,
         "thumbs": {"mean": None if thumbs.mean is None else _b64(thumbs.mean),
                    "mean_side": 0 if thumbs.mean is None else int(thumbs.mean.shape[-1]),
@@ -66,10 +67,13 @@ def write_page(path: str | Path, data: dict[str, Any]) -> Path:
     title = html.escape(data["title"])
     text = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
     missing = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in data["missing"].items())
+    links = "".join(f' <a href="{html.escape(href, quote=True)}">{html.escape(text)}</a>'
+                    for text, href in (data.get("links") or {}).items())
+    links = f'<div class="sub">see also:{links}</div>' if links else ""
     body = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <link rel="icon" href="data:,"><style>{CSS}</style></head>
-<body><h1>{title}</h1>
+<body><h1>{title}</h1>{links}
 <div class="sub">{data['n_layers']} layers x {data['n_heads']} heads = {data['n_layers'] * data['n_heads']} heads.
 Click a cell or a table row for the head's patterns and every metric next to the model's distribution.</div>
 <div id="top"><div id="left">

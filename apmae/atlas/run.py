@@ -109,10 +109,12 @@ def thumbnails(roots: Sequence[Path], cache: AttentionCache, *, n_rows: int, mea
 
 def build_atlas(roots: Sequence[str | Path], out_dir: str | Path, *, cache: AttentionCache | None = None,
                 target: str | None = None, colour: str | None = None, n_pattern_rows: int = 32,
-                title: str | None = None) -> AtlasReport:
+                title: str | None = None, links: dict[str, str] | None = None) -> AtlasReport:
     """Read the artifact folders ``roots`` and write ``<out_dir>/atlas/`` (see the module docstring).
 
-    ``cache`` is an :class:`apmae.cache.AttentionCache` of the run's target (None: no patterns).
+    ``cache`` is an :class:`apmae.cache.AttentionCache` of the run's target, or anything that reads patterns
+    as one does (:class:`apmae.cache.live.LivePatterns`); None: no patterns. ``links`` (text -> address)
+    are shown under the page's title, e.g. a report the atlas belongs to.
 
     Raises:
         ValueError: no per-head table under ``roots``, tables of different shapes, a cache of another
@@ -136,7 +138,8 @@ def build_atlas(roots: Sequence[str | Path], out_dir: str | Path, *, cache: Atte
     start = time.perf_counter()
     out = Path(out_dir) / "atlas"
     title = title or f"Head atlas{f' of {table.target}' if table.target else ''}"
-    data = page_data(table, thumbs, title=title, colour=colour, seq_len=None if cache is None else cache.seq_len)
+    data = page_data(table, thumbs, title=title, colour=colour, seq_len=None if cache is None else cache.seq_len,
+                     links=links)
     files = {"atlas/index.html": write_page(out / "index.html", data),
              "atlas/heads.csv": write_heads_csv(out / "heads.csv", table)}
     png, svg = grid_figure(table.columns[colour], out / "grid", title=f"{title}: {colour}")

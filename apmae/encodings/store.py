@@ -450,6 +450,55 @@ class EncodingSet:
         return merged[offsets[self._shard_of] + self._local]
 
 
+class EncodingSubset:
+    """Some rows of an :class:`EncodingSet`, read as a set of their own (row ``j`` is the set's row ``rows[j]``).
+
+    What a stage that works on a sample of the scenarios reads (e.g. the recurring-pattern
+    families of :mod:`apmae.patterns.run` on a seeded draw): the per-scenario columns and the
+    arrays of those rows only.
+    """
+
+    def __init__(self, encodings: EncodingSet, rows: Sequence[int] | np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(encodings)):
+            raise IndexError(f"rows run to {int(rows.max())}, past the {len(encodings)} rows of {encodings.path}")
+        self.parent, self.row_index = encodings, rows
+        self.path, self.paths, self.task_names, self.target = encodings.path, encodings.paths, \
+            encodings.task_names, encodings.target
+        self.identity = {**encodings.identity, "n_rows": len(rows)}
+        self.columns = {name: column[rows] for name, column in encodings.columns.items()}
+        self._memory: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.row_index)
+
+    n_layers, n_heads, dim, patch_size = EncodingSet.n_layers, EncodingSet.n_heads, EncodingSet.dim, \
+        EncodingSet.patch_size
+    task, correct, split, probability, scenario_index = EncodingSet.task, EncodingSet.correct, EncodingSet.split, \
+        EncodingSet.probability, EncodingSet.scenario_index
+
+    @property
+    def _patch_size(self) -> int:
+        return self.parent.patch_size
+
+    def array(self, name: str) -> np.ndarray:
+        """The (n, L, H, ...) array ``name`` of these rows."""
+        if name not in self._memory:
+            self._memory[name] = self.parent.rows(self.row_index, name)
+        return self._memory[name]
+
+    def rows(self, index: Sequence[int] | np.ndarray, name: str = "cls") -> np.ndarray:
+        return self.array(name)[np.asarray(index, dtype=np.int64)]
+
+    def head(self, layer: int, head: int, name: str = "cls") -> np.ndarray:
+        return self.array(name)[:, layer, head]
+
+    def load(self) -> "EncodingSubset":
+        for name in ARRAYS:
+            self.array(name)
+        return self
+
+
 @contextlib.contextmanager
 def _reading(path: Path) -> Iterator[h5py.File]:
     """``path`` open for reading; a damaged chunk (its checksum fails) or a file changed since it was
@@ -587,7 +636,7 @@ def ensure_encodings(net: APMAE, cache: AttentionCache, path: str | Path, *, sca
     return EncodingSet(path)
 
 
-__all__ = ["ARRAYS", "COLUMNS", "EncodedRows", "OUTCOMES", "WIDE", "EncodingSet", "EncodingsError",
+__all__ = ["ARRAYS", "COLUMNS", "EncodedRows", "OUTCOMES", "WIDE", "EncodingSet", "EncodingSubset", "EncodingsError",
            "EncodingsMismatchError", "EncodingsSpec", "EncodingsWriter", "STAT_NAMES", "cache_columns",
            "cache_fingerprint", "check_encoder_seq_len", "check_identity", "encode_patterns", "encoder_hash",
            "encodings_spec", "ensure_encodings", "pattern_stats", "placeholder_outcomes", "source_fingerprint"]

@@ -153,3 +153,12 @@ def test_bad_requests_say_what_to_change(tmp_path):
         cli_main(["atlas", "--artifacts", str(root), "--out", str(tmp_path / "out"), "--colour", "waad"])
     with pytest.raises(ValueError, match="give the cache of the run's own target"):
         build_atlas([root], tmp_path / "out", cache=SyntheticCache(n_layers=3, n_heads=2, seq_len=8, n_rows=2))
+
+
+def test_links_given_to_the_atlas_are_shown_under_its_title(tmp_path):
+    root = write_synthetic_run(tmp_path / "run", n_layers=2, n_heads=3, stages=("probe",))
+    report = build_atlas([root], tmp_path / "out", links={"claims <report>": "../report/claims.html"})
+    page = report.page.read_text()
+    assert 'see also: <a href="../report/claims.html">claims &lt;report&gt;</a>' in page
+    assert _page_data(report.page)["links"] == {"claims <report>": "../report/claims.html"}
+    assert "see also" not in build_atlas([root], tmp_path / "plain").page.read_text()
