@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-inputs demo-target-b demo-variants test test-fast ui bench clean-demo
+.PHONY: install demo demo-inputs demo-target-b demo-variants study test test-fast ui bench clean-demo
 
 $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -98,6 +98,18 @@ demo: $(VENV)/.installed demo-inputs
 # the demo's AP-MAE: needs a finished `make demo`; about 20 minutes a variant on 2 cores.
 demo-variants: $(VENV)/.installed
 	$(PY) -m apmae.demo.variants --demo-dir $(DEMO_DIR)
+
+# The study (python -m apmae.study.run): the paper's five claims on SmolLM2 and the JDK's own Java source,
+# with a claims report under $(STUDY_DIR)/report. Needs the demo's inputs (SmolLM2 and target-a); the
+# corpus is CORPUS=..., else $$JAVA_HOME/lib/src.zip, else the Debian openjdk-17-source package fetched
+# into $(STUDY_DIR). Every stage is recorded: a rerun (or a killed run started again) resumes.
+# STUDY_ARGS passes more arguments, e.g. StarCoder2-3B on a GPU box:
+#   make study CORPUS=/data/java STUDY_ARGS="--target bigcode/starcoder2-3b --trainer.accelerator gpu"
+STUDY_DIR ?= artifacts/study
+CORPUS ?=
+STUDY_ARGS ?=
+study: $(VENV)/.installed demo-inputs
+	$(PY) -m apmae.study.run --study-dir $(STUDY_DIR) $(if $(CORPUS),--corpus $(CORPUS),) $(STUDY_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

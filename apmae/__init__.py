@@ -3,8 +3,8 @@
 The core package is plain PyTorch: its stages never import Lightning or the Lightning glue
 (``apmae.datamodules``, ``apmae.lit_models``, ``apmae.callbacks``), so their pieces can be used from a
 notebook or another project, and no two stages import each other. The entry points are the exceptions:
-``apmae.cli`` (the LightningCLI) and ``apmae.demo`` (which runs it). ``tests/test_imports.py``
-checks both rules.
+``apmae.cli`` (the LightningCLI), and ``apmae.demo`` and ``apmae.study.run`` (which run it).
+``tests/test_imports.py`` checks both rules.
 
 The glue's source sits in the repository's top-level folders ``datamodules/``, ``lit_models/`` and
 ``callbacks/``; it is imported only under this package's name. A built wheel puts the three folders

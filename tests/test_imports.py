@@ -129,7 +129,7 @@ def test_an_import_inside_a_function_says_why():
     assert silent == []
 
 
-ENTRY_POINTS = ("apmae.cli", "apmae.__main__", "apmae.demo")  # they run the LightningCLI
+ENTRY_POINTS = ("apmae.cli", "apmae.__main__", "apmae.demo", "apmae.study.run")  # they run the LightningCLI
 GLUE = ("lightning", *(f"apmae.{folder}" for folder in GLUE_FOLDERS))
 
 

@@ -14,12 +14,13 @@ from apmae.lit_models.probe_module import LitProbe
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAPER_BASE = CONFIGS / "paper" / "base.yaml"
 # Overlays and the config each one is checked on top of: paper model files on the paper base (which every
-# one of them exercises), target-b's on target-a's, the probe, the AP-MAE variant and the data overlay
-# that serves encodings on the demo AP-MAE config; everything else stands alone.
+# one of them exercises), target-b's on target-a's, the probe, the AP-MAE variant, the data overlay
+# that serves encodings and the study's AP-MAE on the demo AP-MAE config; everything else stands alone.
 BASES = {CONFIGS / "demo" / "target_lm_b.yaml": CONFIGS / "demo" / "target_lm.yaml",
          CONFIGS / "demo" / "encode.yaml": CONFIGS / "demo" / "apmae.yaml",
          CONFIGS / "demo" / "probe.yaml": CONFIGS / "demo" / "apmae.yaml",
-         CONFIGS / "demo" / "apmae_row_emphasis.yaml": CONFIGS / "demo" / "apmae.yaml"}
+         CONFIGS / "demo" / "apmae_row_emphasis.yaml": CONFIGS / "demo" / "apmae.yaml",
+         CONFIGS / "study" / "apmae.yaml": CONFIGS / "demo" / "apmae.yaml"}
 # The paper probe stacks on the paper base and the StarCoder2-3B overlay, as its header says.
 PAPER_STACKS = {CONFIGS / "paper" / "probe_starcoder2_3b.yaml": [PAPER_BASE, CONFIGS / "paper" / "starcoder2_3b.yaml"]}
 
