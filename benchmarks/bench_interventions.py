@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from apmae.interventions.head_sets import read_importance_csv, sweep_head_sets, sweep_ks  # noqa: E402
 from apmae.interventions.report import key_numbers  # noqa: E402
-from apmae.interventions.sweep import InterventionScenarios, run_sweep  # noqa: E402
+from apmae.interventions.sweep import InterventionScenarios, evaluate, run_sweep  # noqa: E402
 from apmae.target.access import load_target  # noqa: E402
 from benchmarks.bench_extraction import DEMO, random_scenarios, random_target  # noqa: E402
 
@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--attn", default="sdpa", help="attention kernel (the callback's default: sdpa)")
+    p.add_argument("--first-tokens", action="store_true",
+                   help="score the first token only (the study's sweeps: head sets share the layers below them), "
+                        "and time the same sets run one at a time beside it")
     args = p.parse_args(argv)
 
     if args.target:
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         target = random_target(DEMO, dtype="float32", device="cpu" if args.device == "auto" else args.device)
         scenarios = synthetic_scenarios(args.n, 128, DEMO["vocab"])
+    if args.first_tokens:
+        scenarios = scenarios.first_tokens(1)
     target.model.set_attn_implementation(args.attn)
     L, H = target.n_layers, target.n_heads
     importance = (read_importance_csv(args.importance, n_layers=L, n_heads=H) if args.importance
@@ -92,6 +97,13 @@ def main(argv: list[str] | None = None) -> dict:
         "sweep_cpu_s": round(cpu, 2),
         "per_evaluation_s": round(seconds / unique, 3),
     }
+    if args.first_tokens:  # the same head sets, one at a time over every scenario (no shared layers)
+        start = time.perf_counter()
+        for heads in dict.fromkeys([(), *(s.heads for s in sets)]):
+            evaluate(target, scenarios, {layer: [h for l, h in heads if l == layer] for layer, _ in heads},
+                     batch_size=args.batch_size)
+        alone = time.perf_counter() - start
+        report |= {"one_set_at_a_time_s": round(alone, 2), "shared_speedup": round(alone / seconds, 2)}
     print(json.dumps(report, indent=2))
     print("\n".join(key_numbers(sweep).lines()))
     return report

@@ -19,11 +19,18 @@ Against the unmodified target (the baseline) a setting counts flips:
 
 Prompts must end with ``<fim_middle>`` (``middle_pos == S - 1``), as every
 scenario the miner writes does: generation continues right after the prompt.
+
+A sweep scored on first tokens only (every ``label_len`` 1, e.g.
+:meth:`InterventionScenarios.first_tokens`) shares work between head sets: a head set whose
+lowest zeroed layer is l leaves layers 0..l-1 as they were, so for each batch the baseline's
+outputs of those layers are kept and replayed instead of computed again. The outcome is the
+same, bit for bit; the first batch checks that on the model before the sweep relies on it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence, TYPE_CHECKING
 
@@ -32,13 +39,15 @@ import torch
 from tqdm.auto import tqdm
 
 from apmae.interventions.head_sets import HeadSet
-from apmae.target.access import accepts_argument, first_token_outcome, zero_heads
+from apmae.target.access import accepts_argument, first_token_outcome, validate_heads, zero_heads
+from apmae.target.layout import decoder_blocks
 
 if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers
     from apmae.cache.store import AttentionCache
     from apmae.target.access import Target
 
 BASELINE = HeadSet(strategy="none", k=0, seed=None, heads=())
+HeadKey = tuple[tuple[int, int], ...]  # a head set's sorted (layer, head) pairs
 
 
 @dataclass
@@ -208,12 +217,16 @@ def evaluate(target: Target, scenarios: InterventionScenarios, heads: Mapping[in
 
 
 def _evaluate_batch(target: Target, batch: InterventionScenarios) -> Outcome:
+    input_ids = torch.as_tensor(batch.input_ids, dtype=torch.long, device=target.device)  # (B, S)
+    logits, generated = greedy_generate(target.model, input_ids, int(batch.label_len.max()))  # (B, V), (B, n)
+    return _outcome(target, batch, logits, generated)
 
+
+def _outcome(target: Target, batch: InterventionScenarios, logits: torch.Tensor, generated: torch.Tensor) -> Outcome:
+    """One batch's outcome from the first token's logits (B, V) and the generated tokens (B, n)."""
     device = target.device
-    input_ids = torch.as_tensor(batch.input_ids, dtype=torch.long, device=device)  # (B, S)
     labels = torch.as_tensor(batch.label_ids, dtype=torch.long, device=device)  # (B, K)
     n_tokens = int(batch.label_len.max())
-    logits, generated = greedy_generate(target.model, input_ids, n_tokens)  # (B, V), (B, n_tokens)
     first = first_token_outcome(logits.float(), labels[:, 0])
     scored = torch.arange(n_tokens, device=device)[None, :] < torch.as_tensor(batch.label_len, device=device)[:, None]
     hits = (generated == labels[:, :n_tokens]) & scored  # (B, n_tokens)
@@ -267,17 +280,27 @@ def run_sweep(target: Target, scenarios: InterventionScenarios, head_sets: Seque
               scope: str = "all", progress: bool = False) -> SweepResult:
     """The baseline and every head set on ``scenarios``; identical head sets run once.
 
-    ``progress`` shows a bar over the distinct head sets (each one re-runs the target on every scenario).
+    ``progress`` shows a bar over the distinct head sets (each one re-runs the target on every scenario),
+    or, scored on first tokens only, over the scenarios (every set runs on a batch before the next batch).
 
     Raises:
         ValueError: no scenarios.
     """
     if not len(scenarios):
         raise ValueError("no scenarios to intervene on; choose a split and tasks that have some")
-    outcomes: dict[tuple[tuple[int, int], ...], Outcome] = {}
+    outcomes: dict[HeadKey, Outcome] = {}
     distinct = list(dict.fromkeys(h.heads for h in [BASELINE, *head_sets]))
-    bar = tqdm(total=len(distinct), desc=f"interventions [{scope}], {len(scenarios)} scenarios", unit="set",
-               disable=not progress, leave=False)
+    blocks = decoder_blocks(target.model) if int(scenarios.label_len.max()) == 1 else None
+    if blocks is not None and len(distinct) > 1:
+        sets: dict[HeadKey, HeadSet] = {}
+        for head_set in [BASELINE, *head_sets]:
+            sets.setdefault(head_set.heads, head_set)
+        for head_set in sets.values():  # every set checked before any forward pass, as evaluate does
+            validate_heads(target, head_set.as_mapping())
+        outcomes = _shared_first_tokens(target, blocks, scenarios, list(sets.values()), batch_size=batch_size,
+                                        progress=progress, scope=scope)
+    bar = tqdm(total=len(distinct) - len(outcomes), desc=f"interventions [{scope}], {len(scenarios)} scenarios",
+               unit="set", disable=not progress or len(outcomes) == len(distinct), leave=False)
     for head_set in [BASELINE, *head_sets]:
         if head_set.heads not in outcomes:
             outcomes[head_set.heads] = evaluate(target, scenarios, head_set, batch_size=batch_size)
@@ -288,3 +311,93 @@ def run_sweep(target: Target, scenarios: InterventionScenarios, head_sets: Seque
                 for h in head_sets]
     return SweepResult(scenarios=scenarios, baseline=baseline, settings=settings,
                        n_heads_total=target.n_layers * target.n_heads, scope=scope)
+
+
+# ---------------------------------------------------------------- first tokens: the layers below a head set shared
+
+
+def _shared_first_tokens(target: Target, blocks: list[torch.nn.Module], scenarios: InterventionScenarios,
+                         sets: list[HeadSet], *, batch_size: int, progress: bool, scope: str) -> dict[HeadKey, Outcome]:
+    """Every head set's first-token outcome, each batch's lower layers computed once (see the module docstring).
+
+    ``sets`` are distinct, the baseline among them. Batches are :func:`evaluate`'s, so each outcome
+    equals its one-set-at-a-time run. Returns an empty dict (the caller then runs each set on its own)
+    when the first batch's replay does not reproduce its baseline exactly: a model whose blocks do not
+    hand their output straight to the next block.
+    """
+    order = np.argsort(scenarios.label_len, kind="stable")
+    parts: dict[HeadKey, list[Outcome]] = {s.heads: [] for s in sets}
+    model = target.model
+    bar = tqdm(total=len(scenarios), desc=f"interventions [{scope}], {len(sets)} head sets sharing their lower "
+                                          "layers", unit="scenario", disable=not progress, leave=False)
+    with eval_mode(model), torch.inference_mode():
+        for lo in range(0, len(scenarios), batch_size):
+            batch = scenarios.subset(order[lo:lo + batch_size])
+            input_ids = torch.as_tensor(batch.input_ids, dtype=torch.long, device=target.device)
+            outputs, logits = _recorded_forward(model, blocks, input_ids)
+            if lo == 0 and not _replay_reproduces(model, blocks, input_ids, outputs, logits):
+                bar.close()
+                warnings.warn(f"{type(model).__name__}: replaying the baseline's lower layers does not reproduce "
+                              "its logits exactly, so every head set runs the whole model", stacklevel=3)
+                return {}
+            for head_set in sets:
+                if head_set.heads:
+                    lowest = min(layer for layer, _ in head_set.heads)
+                    with zero_heads(target, head_set.as_mapping()), _replayed(blocks, outputs, lowest):
+                        first = _first_logits(model, input_ids)
+                else:
+                    first = logits
+                parts[head_set.heads].append(_outcome(target, batch, first, first.argmax(dim=-1)[:, None]))
+            bar.update(len(batch))
+    bar.close()
+    width = scenarios.label_ids.shape[1]
+    return {heads: _concat(p, width=width).subset(np.argsort(order)) for heads, p in parts.items()}
+
+
+def _first_logits(model: Any, input_ids: torch.Tensor) -> torch.Tensor:
+    """The float32 logits (B, V) at the last prompt position: :func:`greedy_generate`'s first step, no KV cache."""
+    keep = {"logits_to_keep": 1} if accepts_argument(model, "logits_to_keep") else {}
+    return model(input_ids=input_ids, use_cache=False, **keep).logits[:, -1].float()
+
+
+def _recorded_forward(model: Any, blocks: list[torch.nn.Module], input_ids: torch.Tensor) -> tuple[list[Any], Any]:
+    """The baseline's first-token logits, and what each block returned on the way."""
+    outputs: list[Any] = [None] * len(blocks)
+
+    def keeper(i: int):
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            outputs[i] = output
+        return hook
+
+    handles = [block.register_forward_hook(keeper(i)) for i, block in enumerate(blocks)]
+    try:
+        logits = _first_logits(model, input_ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs, logits
+
+
+@contextlib.contextmanager
+def _replayed(blocks: list[torch.nn.Module], outputs: list[Any], below: int) -> Iterator[None]:
+    """Blocks ``0..below-1`` return their recorded ``outputs`` instead of computing (restored on exit)."""
+    patched = []  # (block, the forward its instance held, if any: e.g. an offloading wrapper)
+    try:
+        for i in range(below):
+            patched.append((blocks[i], blocks[i].__dict__.get("forward")))
+            blocks[i].forward = (lambda out: lambda *args, **kwargs: out)(outputs[i])
+        yield
+    finally:
+        for block, own in patched:
+            if own is None:
+                del block.forward  # the class's forward again
+            else:
+                block.forward = own
+
+
+def _replay_reproduces(model: Any, blocks: list[torch.nn.Module], input_ids: torch.Tensor, outputs: list[Any],
+                       logits: torch.Tensor) -> bool:
+    """Whether replaying the lower half of the blocks, no head zeroed, gives the baseline's logits bit for bit."""
+    with _replayed(blocks, outputs, max(1, len(blocks) // 2)):
+        again = _first_logits(model, input_ids)
+    return bool(torch.equal(again, logits))

@@ -77,6 +77,21 @@ def find_attention(model: torch.nn.Module) -> AttentionModules | None:
     return None
 
 
+def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module] | None:
+    """Each layer's whole block (the module holding its attention module: ``layers.<i>``, ``h.<i>``), in layer
+    order; None when the model has no layout of :data:`ATTENTION_LAYOUTS` or an attention module sits at the top.
+    """
+    found = find_attention(model)
+    if found is None:
+        return None
+    names = {id(module): name for name, module in model.named_modules()}
+    modules = dict(model.named_modules())
+    parents = [names[id(m)].rpartition(".")[0] for m in found.modules]
+    if "" in parents:
+        return None
+    return [modules[name] for name in parents]
+
+
 def output_projections(model: torch.nn.Module) -> list[torch.nn.Module]:
     """Each layer's attention output projection, in layer order (where head interventions act).
 

@@ -172,3 +172,41 @@ def test_scoring_the_first_tokens_only_keeps_the_first_token_outcome(micro_targe
         assert np.array_equal(mine.outcome.correct, full.outcome.correct)
     with pytest.raises(ValueError, match="m >= 1"):
         scenarios.first_tokens(0)
+
+
+def test_a_first_token_sweep_shares_the_layers_below_each_head_set_and_scores_as_one_set_at_a_time(
+        micro_target, scenarios, sweep):
+    from apmae.target.layout import decoder_blocks, find_attention
+
+    first = scenarios.first_tokens(1)
+    sets = [r.head_set for r in sweep.settings]
+    blocks = decoder_blocks(micro_target.model)
+    calls = []  # layer 0's attention runs only when block 0 computes (a replayed block returns its record)
+    handle = find_attention(micro_target.model).modules[0].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        shared = run_sweep(micro_target, first, sets, batch_size=5)
+    finally:
+        handle.remove()
+    for r in shared.settings:
+        alone = evaluate(micro_target, first, r.head_set, batch_size=5)
+        for name in ("prediction", "correct", "loss", "generated", "token_hits", "exact"):
+            np.testing.assert_array_equal(getattr(r.outcome, name), getattr(alone, name), err_msg=name)
+    np.testing.assert_array_equal(shared.baseline.loss, evaluate(micro_target, first, {}, batch_size=5).loss)
+    # block 0 computes once per batch for the baseline and once for each distinct set that zeroes a head of layer 0
+    distinct = {h.heads for h in sets if h.heads}
+    from_layer0 = sum(min(layer for layer, _ in heads) == 0 for heads in distinct)
+    batches = -(-len(first) // 5)
+    assert len(calls) == batches * (1 + from_layer0) < batches * (1 + len(distinct))
+    assert all("forward" not in block.__dict__ for block in blocks)  # every block computes again
+
+
+def test_a_model_whose_replay_differs_runs_every_set_whole(micro_target, scenarios, sweep, monkeypatch):
+    import apmae.interventions.sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "_replay_reproduces", lambda *args: False)
+    first = scenarios.first_tokens(1)
+    sets = [r.head_set for r in sweep.settings[:3]]
+    with pytest.warns(UserWarning, match="does not reproduce its logits exactly"):
+        whole = run_sweep(micro_target, first, sets, batch_size=5)
+    for r in whole.settings:
+        np.testing.assert_array_equal(r.outcome.loss, evaluate(micro_target, first, r.head_set, batch_size=5).loss)
