@@ -84,8 +84,8 @@ def run_cache_then_encode(target, scenarios: ScenarioSet, net: APMAE, out: Path,
 
 
 def run_stream(target, scenarios: ScenarioSet, net: APMAE, out: Path, batch_size: int) -> dict:
-    result = stream_encodings(target, scenarios, net, shard_path(out, "stream", 0), batch_size=batch_size,
-                              progress=False)
+    result = stream_encodings(target, scenarios, net, shard_path(out, "stream", 0),
+                              {"batch_size": batch_size, "progress": False})
     return {"seconds": result.seconds, "bytes": result.bytes, "encodings_bytes": result.bytes}
 
 

@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         ensure_encodings(net, AttentionCache(result.path), tmp / "cache.encodings.h5", progress=False)
         out["encode_s_per_scenario"] = round((time.perf_counter() - start) / n, 3)
-        streamed = stream_encodings(target, scenarios, net, tmp / "stream.h5", batch_size=args.batch_size,
-                                    progress=False)
+        streamed = stream_encodings(target, scenarios, net, tmp / "stream.h5",
+                                    {"batch_size": args.batch_size, "progress": False})
         out["stream_s_per_scenario"] = round(streamed.seconds / n, 3)
         out["stream_bytes_per_scenario"] = int(streamed.bytes / n)
     print(json.dumps(out, indent=2))

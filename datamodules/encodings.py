@@ -171,11 +171,9 @@ class EncodingsDataModule(PatternDataModule):
         return True
 
     def _stream(self, net: APMAE, scenarios: ScenarioSet, rank: int, world: int, device: torch.device) -> None:
-        x = self.extraction
-        target = load_target(self.target, dtype=x.dtype, device=str(device))
-        stream_encodings(target, scenarios, net, shard_path(self.encodings_dir, self.name, rank), rank=rank,
-                         world_size=world, batch_size=x.batch_size, scaler=self.scaler,
-                         autocast_dtype=self.autocast_dtype, workers=x.workers, progress=x.progress)
+        target = load_target(self.target, dtype=self.extraction.dtype, device=str(device))
+        stream_encodings(target, scenarios, net, shard_path(self.encodings_dir, self.name, rank), self.extraction,
+                         scaler=self.scaler, precision=self.encoder.precision, rank=rank, world_size=world)
 
     def _encode_cache(self, net: APMAE, scenarios: ScenarioSet, rank: int, world: int, device: torch.device) -> None:
         """Build (or reuse) the attention cache (every rank its shard, as extraction does), then encode it on rank 0."""

@@ -545,8 +545,11 @@ def iter_scenario_patterns(
             yield pending.result()
 
 
+CHUNK = 256  # head images per encoder call: the float32 copies the encoder needs never exceed one chunk
+
+
 def encode_patterns(net: APMAE, patterns: Any, *, scaler: str, input_ids: Any, query_pos: Any = None,
-                    chunk: int = 256, autocast_dtype: Any = None) -> EncodedRows:
+                    chunk: int = CHUNK, autocast_dtype: Any = None) -> EncodedRows:
     """Raw patterns (B, L, H, S, S) of prompts ``input_ids`` (B, S) scored at ``query_pos`` (B,) -> every array.
 
     ``query_pos`` None means S - 1 (mined scenarios). Runs on the net's device, ``chunk`` head
@@ -636,7 +639,7 @@ def ensure_encodings(net: APMAE, cache: AttentionCache, path: str | Path, *, sca
     return EncodingSet(path)
 
 
-__all__ = ["ARRAYS", "COLUMNS", "EncodedRows", "OUTCOMES", "WIDE", "EncodingSet", "EncodingSubset", "EncodingsError",
-           "EncodingsMismatchError", "EncodingsSpec", "EncodingsWriter", "STAT_NAMES", "cache_columns",
+__all__ = ["ARRAYS", "CHUNK", "COLUMNS", "EncodedRows", "OUTCOMES", "WIDE", "EncodingSet", "EncodingSubset",
+           "EncodingsError", "EncodingsMismatchError", "EncodingsSpec", "EncodingsWriter", "STAT_NAMES", "cache_columns",
            "cache_fingerprint", "check_encoder_seq_len", "check_identity", "encode_patterns", "encoder_hash",
            "encodings_spec", "ensure_encodings", "pattern_stats", "placeholder_outcomes", "source_fingerprint"]

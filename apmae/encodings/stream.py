@@ -16,7 +16,7 @@ encodings equal those that :func:`apmae.encodings.store.ensure_encodings` comput
 from a pattern cache of the same scenarios (to float16 precision), and the
 file carries the same identity.
 
-``workers`` batches are computed at once in threads (forward and encoder;
+``settings.workers`` batches are computed at once in threads (forward and encoder;
 torch releases the GIL) while the calling thread writes finished batches in
 order. On CPU the workers split torch's threads, so the target's forward pass
 of one batch and the encoder of another share the cores; on a GPU the threads
@@ -35,7 +35,7 @@ import contextlib
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, TYPE_CHECKING
+from typing import Any, Callable, Mapping, TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -43,11 +43,16 @@ from tqdm.auto import tqdm
 
 from apmae.cache.codec import round_to_bfloat16
 from apmae.cache.extract import ExtractionResult, check_scenarios, run_in_order, threads_per_worker
+from apmae.cache.heads import ALL
+from apmae.cache.settings import ExtractionSettings, moved_to_extraction
+from apmae.cache.store import DEFAULT_PATTERN_KIND
+from apmae.common.settings import check_choice
 from apmae.common.h5shards import shard_rows
-from apmae.encodings.store import (COLUMNS, OUTCOMES, EncodedRows, EncodingsSpec, EncodingsWriter,
+from apmae.encodings.store import (CHUNK, COLUMNS, OUTCOMES, EncodedRows, EncodingsSpec, EncodingsWriter,
                                    check_encoder_seq_len, encode_patterns, encoder_hash, placeholder_outcomes,
                                    source_fingerprint)
 from apmae.mining.scenario_set import ScenarioSet
+from apmae.model.loading import ENCODER_PRECISIONS
 from apmae.model.scaling import get_scaler
 from apmae.target.access import run_batch
 from apmae.target.context import check_context
@@ -91,52 +96,60 @@ def stream_encodings(
     scenarios: ScenarioSet,
     net: APMAE,
     path: str | Path,
+    settings: ExtractionSettings | Mapping[str, Any] | None = None,
     *,
+    scaler: str = "log_normalize",
+    precision: str = "32",
     rank: int = 0,
     world_size: int = 1,
-    batch_size: int = 8,
-    scaler: str = "log_normalize",
-    autocast_dtype: Any = None,
-    workers: int = 2,
-    chunk: int = 256,
-    progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
+    **moved: Any,
 ) -> ExtractionResult:
     """Stream (or resume) rank ``rank``'s shard of ``scenarios`` through ``target`` and ``net`` into ``path``.
 
     ``target`` is an :class:`apmae.target.Target`, ``net`` an :class:`apmae.model.APMAE`
-    on the target's device (evaluated in eval mode, restored afterwards). ``chunk`` head
-    images go through the encoder at once; ``autocast_dtype`` (e.g. ``torch.bfloat16``)
-    runs the encoder under autocast. ``on_batch(committed)`` is called after each batch
-    is committed. Only the encodings file is written, never the patterns.
+    on the target's device (evaluated in eval mode, restored afterwards). ``settings``
+    (:class:`~apmae.cache.settings.ExtractionSettings`, a dict of its fields, or None for its
+    defaults) gives the scenarios per forward pass (``batch_size``), the batches in flight
+    (``workers``) and the progress bar, as for a cache; its pattern kind must be ``attention`` and
+    its heads ``all``. ``precision`` (an :data:`~apmae.model.loading.ENCODER_PRECISIONS` name, as
+    ``encoder.precision``) runs the encoder under autocast. ``on_batch(committed)`` is called after
+    each batch is committed. Only the encodings file is written, never the patterns.
 
     Raises:
-        ValueError: bad batch size, workers or chunk, an empty or inconsistent scenario set,
-            an unknown scaler, or an encoder on another device than the target.
+        TypeError: a setting passed on its own (``batch_size=...``) rather than inside ``settings``.
+        ValueError: bad workers, an empty or inconsistent scenario set, an unknown scaler or
+            precision, settings that ask for another pattern kind or sampled heads, or an encoder on
+            another device than the target.
         EncodingsMismatchError: ``path`` belongs to another target, encoder, scaler, scenario
             set or sharding, or the encoder's S is not the scenarios' S.
     """
-    _check_args(target, net, batch_size=batch_size, workers=workers, chunk=chunk)
+    moved_to_extraction("stream_encodings", moved)
+    x = ExtractionSettings.of(settings)
+    _check_args(target, net, x, precision)
     get_scaler(scaler)
     check_scenarios(scenarios)
     check_context(target, scenarios.seq_len)
     spec = stream_spec(target, scenarios, net, scaler=scaler, rank=rank, world_size=world_size)
     rows = shard_rows(len(scenarios), rank, world_size)
-    encode = partial(encode_batch, target, net, scenarios, scaler=scaler, autocast_dtype=autocast_dtype, chunk=chunk)
+    encode = partial(encode_batch, target, net, scenarios, scaler=scaler,
+                     autocast_dtype=ENCODER_PRECISIONS[precision])
     start = time.perf_counter()
     with _eval_mode(net), EncodingsWriter.open(path, spec, stream_columns(scenarios, rows)) as writer, \
-            threads_per_worker(target.device, workers):
+            threads_per_worker(target.device, x.workers):
         before = writer.committed
-        _run(writer, rows, encode, batch_size, workers, progress, on_batch)
+        _run(writer, rows, encode, x.batch_size, x.workers, x.progress, on_batch)
         written = writer.committed - before
     return ExtractionResult(path=Path(path), rows=len(rows), written=written, seconds=time.perf_counter() - start,
                             bytes=Path(path).stat().st_size)
 
 
-def _check_args(target: Target, net: APMAE, *, batch_size: int, workers: int, chunk: int) -> None:
-    for name, value in (("batch_size", batch_size), ("workers", workers), ("chunk", chunk)):
-        if value < 1:
-            raise ValueError(f"{name}={value}; it must be at least 1")
+def _check_args(target: Target, net: APMAE, settings: ExtractionSettings, precision: str) -> None:
+    check_choice("precision", precision, tuple(ENCODER_PRECISIONS))
+    if settings.pattern_kind != DEFAULT_PATTERN_KIND or settings.heads != ALL:
+        raise ValueError(f"streaming encodes the attention of every head, but the settings ask for pattern_kind="
+                         f"{settings.pattern_kind!r} and heads={settings.heads!r}: set pattern_kind: "
+                         f"{DEFAULT_PATTERN_KIND} and heads: {ALL}")
     net_device = next(net.parameters()).device
     if net_device != target.device:
         raise ValueError(f"the AP-MAE encoder is on {net_device} but the target on {target.device}: the patterns "
@@ -164,7 +177,7 @@ def _run(writer: EncodingsWriter, rows: np.ndarray, encode: Callable, batch_size
 
 
 def encode_batch(target: Target, net: APMAE, scenarios: ScenarioSet, idx: np.ndarray, *, scaler: str,
-                 autocast_dtype: Any = None, chunk: int = 256) -> tuple:
+                 autocast_dtype: Any = None, chunk: int = CHUNK) -> tuple:
     """Scenario rows ``idx`` -> (their :class:`EncodedRows`, their outcome columns (B,)).
 
     The target's attentions are rounded as the cache stores them and encoded

@@ -42,7 +42,6 @@ import yaml
 from apmae.atlas.run import build_atlas
 from apmae.cache.extract import target_short_name
 from apmae.cache.live import LivePatterns
-from apmae.cache.settings import ExtractionSettings
 from apmae.common.head_tables import write_head_table
 from apmae.common.tracking import HEADLINE, artifact_location, log_to_run, tag_training_experiment, tracking_uri
 from apmae.demo.console import quiet_libraries
@@ -208,9 +207,8 @@ class Study:
         net = load_encoder(self.results["apmae"]["summary"]["export_dir"]).to(self.target().device)
         path = self.folder / "encodings" / f"{target_short_name(self.settings.target)}.{encoder_hash(net)}.encodings.h5"
         path.parent.mkdir(parents=True, exist_ok=True)
-        x = ExtractionSettings()  # the extraction's defaults: scenarios per forward pass, batches in flight
-        result = stream_encodings(self.target(), self.scenarios(), net, path, batch_size=x.batch_size,
-                                  scaler=self.results["apmae"]["scaler"], workers=x.workers, progress=x.progress)
+        # the extraction's defaults: scenarios per forward pass, batches in flight, a progress bar
+        result = stream_encodings(self.target(), self.scenarios(), net, path, scaler=self.results["apmae"]["scaler"])
         return {"path": str(path), "rows": result.rows, "bytes": result.bytes}
 
     # -- 5 protocol

@@ -27,8 +27,9 @@ from apmae.target.access import load_target
 
 target = load_target(sys.argv[1], device="cpu")
 rank, world, batch = (int(a) for a in sys.argv[5:8])
-stream_encodings(target, ScenarioSet.load(sys.argv[2]), APMAE.load(sys.argv[3]), sys.argv[4], rank=rank,
-                 world_size=world, batch_size=batch, progress=False, on_batch=lambda n: print(n, flush=True))
+stream_encodings(target, ScenarioSet.load(sys.argv[2]), APMAE.load(sys.argv[3]), sys.argv[4],
+                 {"batch_size": batch, "progress": False}, rank=rank, world_size=world,
+                 on_batch=lambda n: print(n, flush=True))
 """
 
 
@@ -50,9 +51,10 @@ def test_sigkill_mid_stream_then_resume(target, target_dir, scenarios, scenarios
     assert child.returncode == -signal.SIGKILL
     committed = EncodingSet(path, require_complete=False).committed
     assert 8 <= committed < len(scenarios) and committed % 2 == 0
-    resumed = stream_encodings(target, scenarios, net, path, batch_size=2, progress=False)
+    resumed = stream_encodings(target, scenarios, net, path, {"batch_size": 2, "progress": False})
     assert resumed.written == len(scenarios) - committed
-    full = stream_encodings(target, scenarios, net, shard_path(tmp_path, "full", 0), batch_size=2, progress=False)
+    full = stream_encodings(target, scenarios, net, shard_path(tmp_path, "full", 0),
+                            {"batch_size": 2, "progress": False})
     got, want = EncodingSet(path), EncodingSet(full.path)
     for name in COLUMNS:
         np.testing.assert_array_equal(got.columns[name], want.columns[name], err_msg=name)
@@ -68,8 +70,8 @@ def test_two_rank_processes_give_the_contents_of_one(target, scenarios, scenario
     for child in ranks:
         child.communicate()
         assert child.returncode == 0
-    single = stream_encodings(target, scenarios, net, shard_path(tmp_path / "one", "s", 0), batch_size=1,
-                              progress=False)
+    single = stream_encodings(target, scenarios, net, shard_path(tmp_path / "one", "s", 0),
+                              {"batch_size": 1, "progress": False})
     merged = EncodingSet(sorted((tmp_path / "two").glob("s.rank*.h5")))
     assert [len(EncodingSet(p, require_complete=False)) for p in merged.paths] == [15, 15]
     assert_same_encodings(merged, EncodingSet(single.path))

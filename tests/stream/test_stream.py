@@ -49,9 +49,9 @@ def _stop_after(batches: int):
     return on_batch
 
 
-def _stream(target, scenarios, net, path, **kwargs):
-    kwargs.setdefault("batch_size", 4)
-    return stream_encodings(target, scenarios, net, path, progress=False, **kwargs)
+def _stream(target, scenarios, net, path, batch_size=4, workers=2, **kwargs):
+    return stream_encodings(target, scenarios, net, path, {"batch_size": batch_size, "workers": workers,
+                                                           "progress": False}, **kwargs)
 
 
 def test_stream_equals_pattern_cache_then_encode(target, scenarios, net, tmp_path):
@@ -141,6 +141,14 @@ def test_bad_arguments_are_refused_with_what_to_change(target, scenarios, net, t
         _stream(target, scenarios, net, tmp_path / "c.h5", batch_size=0)
     with pytest.raises(ValueError, match="unknown scaler"):
         _stream(target, scenarios, net, tmp_path / "d.h5", scaler="loog")
+    with pytest.raises(ValueError, match=r"precision='fp8'; use one of \['32', 'bf16-mixed', '16-mixed'\]"):
+        _stream(target, scenarios, net, tmp_path / "e.h5", precision="fp8")
+    for setting in ({"heads": "layerwise:0.5"}, {"pattern_kind": "contribution"}):
+        with pytest.raises(ValueError, match="set pattern_kind: attention and heads: all"):
+            stream_encodings(target, scenarios, net, tmp_path / "f.h5", {**setting, "progress": False})
+    with pytest.raises(TypeError, match=r"\['batch_size'\] moved into the extraction settings: pass "
+                                        r"settings=ExtractionSettings\(batch_size=4\)"):
+        stream_encodings(target, scenarios, net, tmp_path / "g.h5", batch_size=4)
     assert not list(tmp_path.iterdir())
 
 

@@ -150,6 +150,6 @@ def test_streamed_encodings_of_causal_prompts_equal_cache_then_encode(layout, tm
     extract(target, scenarios, shard_path(tmp_path, "cache", 0), ExtractionSettings(batch_size=4, progress=False))
     from_cache = ensure_encodings(net, AttentionCache(shard_path(tmp_path, "cache", 0)), tmp_path / "enc.h5",
                                   batch_size=4, progress=False)
-    streamed = stream_encodings(target, scenarios, net, shard_path(tmp_path, "stream", 0), batch_size=4,
-                                workers=1, progress=False)
+    streamed = stream_encodings(target, scenarios, net, shard_path(tmp_path, "stream", 0),
+                                ExtractionSettings(batch_size=4, workers=1, progress=False))
     assert_same_encodings(EncodingSet(streamed.path), from_cache)
