@@ -36,7 +36,7 @@ def cached_scenarios(cache_dir: str, name: str, scenarios_path: str, *, n: int, 
     """A seeded choice of ``n`` validation rows of cache ``name`` (noise excluded)."""
     from apmae.cache.store import AttentionCache, cache_files
     from apmae.mining.scenario_set import ScenarioSet
-    from apmae.datamodules.rows import select_rows
+    from apmae.encodings.rows import select_rows
 
     cache = AttentionCache(cache_files(cache_dir, name))
     rows = select_rows(cache, "val", tasks=[t for t in cache.task_names if t != "noise"])

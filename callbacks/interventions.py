@@ -62,7 +62,7 @@ from apmae.interventions.settings import InterventionSettings, moved_to_settings
 from apmae.interventions.significance import SettingKey, SettingTest, setting_tests, significance_metric_values
 from apmae.interventions.sweep import InterventionScenarios, run_sweep
 from apmae.target.access import load_target
-from apmae.datamodules.rows import select_rows
+from apmae.encodings.rows import select_rows
 from apmae.lit_models.interfaces import RanksHeads, implements, require
 
 if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers

@@ -12,9 +12,9 @@ rank extracts its own shard in ``setup`` and the reader merges the shards. Batch
 - ``mode="scenarios"``: ``images`` (B, L*H, 1, S, S) scaled, ``stats`` (B, L, H, F)
   raw-pattern statistics (:func:`apmae.encodings.store.pattern_stats`), and ``scenario``,
   ``row``, ``task``, ``correct``, ``probability`` (B,);
-- ``mode="scenarios"`` with an ``encoder`` (:class:`~apmae.datamodules.settings.EncoderSettings`):
+- ``mode="scenarios"`` with an ``encoder`` (:class:`~apmae.encodings.settings.EncoderSettings`):
   no images; ``cls`` and ``mean`` (B, L, H, D) AP-MAE encodings of every head
-  (:mod:`apmae.datamodules.rows`), computed once per cache and encoder into
+  (:mod:`apmae.encodings.rows`), computed once per cache and encoder into
   ``<encodings_dir>/<cache name>.<encoder hash>.encodings.h5`` and read back by
   later runs (:mod:`apmae.encodings.store`), with the same ``stats`` and columns.
 
@@ -53,9 +53,10 @@ from apmae.model.loading import ENCODER_PRECISIONS, load_encoder
 from apmae.model.scaling import get_scaler
 from apmae.target.access import load_target_tokenizer
 from apmae.datamodules.java_scenarios import JavaScenarioDataModule
-from apmae.datamodules.rows import EncodingRows, row_columns, select_rows
+from apmae.encodings.rows import EncodingRows, row_columns, select_rows
 from apmae.datamodules.patterns_base import PatternDataModule
-from apmae.datamodules.settings import EncoderSettings, ExtractionSettings, as_settings
+from apmae.cache.settings import ExtractionSettings
+from apmae.encodings.settings import EncoderSettings
 
 MODES = ("heads", "scenarios")
 ENCODER_BATCH_SIZE = 4  # scenarios per encoder step over a cache when encoder.batch_size is null
@@ -245,9 +246,9 @@ class AttentionCacheDataModule(PatternDataModule):
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"batch_size={batch_size} must be >= 1 and num_workers={num_workers} >= 0")
         get_scaler(scaler)  # fail at construction on a misspelt scaler
-        extraction = as_settings("extraction", extraction, ExtractionSettings)
+        extraction = ExtractionSettings.of(extraction)
         if encoder is not None:
-            encoder = as_settings("encoder", encoder, EncoderSettings)
+            encoder = EncoderSettings.of(encoder)
         if encoder is not None and mode != "scenarios":
             raise ValueError("encoder applies to mode='scenarios' (per-scenario encodings); set mode: scenarios")
         check_sampled_cache(extraction, mode=mode, head_selection=head_selection, seed=seed, encoder=encoder)

@@ -42,9 +42,10 @@ from apmae.model.loading import ENCODER_PRECISIONS, load_encoder
 from apmae.model.scaling import get_scaler
 from apmae.target.access import load_target
 from apmae.datamodules.java_scenarios import JavaScenarioDataModule
-from apmae.datamodules.rows import EncodingRows, select_rows
+from apmae.encodings.rows import EncodingRows, select_rows
 from apmae.datamodules.patterns_base import PatternDataModule
-from apmae.datamodules.settings import EncoderSettings, ExtractionSettings, as_settings
+from apmae.cache.settings import ExtractionSettings
+from apmae.encodings.settings import EncoderSettings
 
 if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers
     from apmae.model.net import APMAE
@@ -98,8 +99,8 @@ class EncodingsDataModule(PatternDataModule):
         if encoder is None:
             raise ValueError("EncodingsDataModule needs an encoder: set encoder: {path: <exported AP-MAE or "
                              "LitAPMAE checkpoint>}")
-        encoder = as_settings("encoder", encoder, EncoderSettings)
-        extraction = as_settings("extraction", extraction, ExtractionSettings)
+        encoder = EncoderSettings.of(encoder)
+        extraction = ExtractionSettings.of(extraction)
         if extraction.pattern_kind != DEFAULT_PATTERN_KIND:
             raise ValueError(f"extraction.pattern_kind={extraction.pattern_kind!r}: EncodingsDataModule encodes "
                              f"attention patterns only; set it to {DEFAULT_PATTERN_KIND!r}, or encode "

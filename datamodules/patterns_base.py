@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from apmae.mining.scenario_set import ScenarioSet, load_source, source_seq_len
 from apmae.model.scaling import scale
-from apmae.datamodules.rows import EncodingRows, collate_encodings
+from apmae.encodings.rows import EncodingRows, collate_encodings
 from apmae.datamodules.sampling import evaluation_sampler
 
 

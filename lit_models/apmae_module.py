@@ -50,7 +50,8 @@ from apmae.model.loading import NET_CONFIG_KEY
 from apmae.model.net import APMAE, APMAEConfig, masked_error, num_visible
 from apmae.model.row_emphasis import RowEmphasis
 from apmae.common.tracking import HEADLINE, log_to_runs
-from apmae.lit_models.training import OptimizerFactory, RecipeModule, SchedulerFactory, TrainingRecipe, every_rank
+from apmae.common.ranks import every_rank
+from apmae.lit_models.training import OptimizerFactory, RecipeModule, SchedulerFactory, TrainingRecipe
 
 IMAGE_KEYS = ("scenario", "layer", "head")  # what names a head image in a batch (its masking noise follows it)
 

@@ -36,7 +36,7 @@ from apmae.model.loading import load_encoder
 from apmae.probe.crossfit import CrossFit, Protocol
 from apmae.probe.linear import balanced_weights
 from apmae.probe.models import FoldScore
-from apmae.datamodules.rows import EncodingRows, collate_encodings
+from apmae.encodings.rows import EncodingRows, collate_encodings
 from apmae.lit_models.probe_module import LitProbe
 from apmae.lit_models.training import TrainingRecipe
 

@@ -4,7 +4,7 @@ Glossary: B scenarios, L layers, H query heads, S pattern side, D encoder width.
 
 The encoder is a trained AP-MAE (an export directory or a checkpoint, read by
 :func:`apmae.model.loading.load_encoder`), frozen unless ``finetune_encoder``. The
-predictors and their baselines are :class:`apmae.lit_models.probe_stage.ProbeStage`; this
+predictors and their baselines are :class:`apmae.probe.stage.ProbeStage`; this
 module trains them with the shared optimiser recipe (:mod:`apmae.lit_models.training`),
 scores them per task (:mod:`apmae.probe.metrics`) and computes the head importance.
 
@@ -40,8 +40,8 @@ from apmae.model.net import APMAE
 from apmae.probe.metrics import best_threshold, metric_dict, per_task_scores
 from apmae.probe.uncertainty import BootstrapSettings, ProbeScores, score_uncertainty, uncertainty_metric_dict
 from apmae.common.tracking import log_to_runs
-from apmae.lit_models.probe_export import write_probe_files
-from apmae.lit_models.probe_stage import FEATURES, MAX_TASKS, Collected, ProbeStage
+from apmae.probe.export import write_probe_files
+from apmae.probe.stage import FEATURES, MAX_TASKS, Collected, ProbeStage
 from apmae.lit_models.training import RecipeModule, TrainingRecipe
 
 # State of the former probe stage of LitAPMAE that the probe never read: dropped when such a checkpoint loads.

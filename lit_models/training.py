@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Optional
 
 import torch
-import torch.distributed as dist
 from lightning.pytorch import LightningModule
 
 from apmae.common.cores import torch_threads
@@ -63,19 +62,6 @@ class TrainingRecipe:
 
 
 RECIPE_FIELDS = field_names(TrainingRecipe)
-
-
-def every_rank(local: Any) -> list[Any]:
-    """``local`` of every process, in rank order (``[local]`` outside DDP); each rank must call it.
-
-    Under DDP each rank evaluates its own share of the scenarios (the evaluation sampler neither
-    repeats nor pads them): what is computed on the union equals a single process's result.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [local]
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, local)
-    return parts
 
 
 class RecipeModule(LightningModule):

@@ -181,3 +181,24 @@ def test_the_core_stage_packages_import_one_way():
     assert graph["cache"] >= {"target", "mining"} and "cache" not in graph["target"]  # the graph was read
     graph = {k: {t for t in v if t in graph} for k, v in graph.items()}
     assert _cycles(graph) == []
+
+
+# Glue modules that import no Lightning, and why they are glue all the same.
+GLUE_WITHOUT_LIGHTNING = {
+    "apmae.lit_models.interfaces": "the members the callbacks read from a LightningModule, declared once",
+}
+
+
+def test_the_glue_holds_only_what_needs_lightning():
+    """A glue module imports Lightning, torchmetrics (what the modules log with) or another glue module;
+    code that needs none of them belongs in the core, where a notebook can import it without Lightning."""
+    free = []
+    for name, path in _project_modules().items():
+        if not _is_glue(name) or name == "apmae" or name.endswith(GLUE_FOLDERS):
+            continue  # the core, and the glue packages' own __init__ files
+        names = [n for node in _imports(path) for n in
+                 ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""])]
+        if not any(_is_glue(n) or n.split(".")[0] == "torchmetrics" for n in names):
+            free.append(name)
+    assert len([n for n in _project_modules() if _is_glue(n)]) > 15  # the glue was read
+    assert sorted(free) == sorted(GLUE_WITHOUT_LIGHTNING)

@@ -2,6 +2,8 @@
 
 - :mod:`apmae.probe.net`: the probe network and its exact head importance;
 - :mod:`apmae.probe.metrics`: scores per task and pooled, for the probe and every baseline;
+- :mod:`apmae.probe.stage` and :mod:`apmae.probe.export`: what LitProbe trains beside the probe (its baselines,
+  head importance) and the files a probe run writes, in plain PyTorch;
 - the cross-fitted protocol (``apmae crossfit``): :mod:`~apmae.probe.folds` (grouped, stratified,
   repeated folds), :mod:`~apmae.probe.features` (registered feature sets), :mod:`~apmae.probe.preprocess`
   (what is fitted inside a fold), :mod:`~apmae.probe.linear` and :mod:`~apmae.probe.models` (the models),

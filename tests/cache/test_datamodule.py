@@ -11,7 +11,7 @@ from apmae.cache.store import cache_files
 from apmae.model.scaling import scale
 from apmae.mining.scenario_set import SPLITS
 from apmae.datamodules.attention_cache import AttentionCacheDataModule, HeadSelection, target_short_name
-from apmae.datamodules.settings import ExtractionSettings
+from apmae.cache.settings import ExtractionSettings
 
 CPU = ExtractionSettings(device="cpu", progress=False)
 

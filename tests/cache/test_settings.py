@@ -6,7 +6,8 @@ import pytest
 
 from apmae.cache.extract import ensure_cache, extract
 from apmae.datamodules.attention_cache import AttentionCacheDataModule
-from apmae.datamodules.settings import EncoderSettings, ExtractionSettings
+from apmae.cache.settings import ExtractionSettings
+from apmae.encodings.settings import EncoderSettings
 
 
 def test_defaults_are_the_documented_ones():

@@ -12,7 +12,7 @@ from tests.training.conftest import tracking_uri  # noqa: F401
 def cache_dir(tmp_path_factory, target_dir, target_b_dir, scenarios_path):  # noqa: F811
     """Caches of both micro targets over the same scenarios."""
     from apmae.datamodules.attention_cache import AttentionCacheDataModule
-    from apmae.datamodules.settings import ExtractionSettings
+    from apmae.cache.settings import ExtractionSettings
 
     out = tmp_path_factory.mktemp("caches")
     AttentionCacheDataModule(target=str(target_dir), scenarios=str(scenarios_path), cache_dir=str(out),

@@ -15,7 +15,7 @@ from apmae.head_metrics.distance import waad
 from apmae.mining.scenario_set import SPLITS
 from apmae.callbacks.head_metrics import HeadMetrics, NoValidationRows, validation_rows
 from apmae.datamodules.attention_cache import AttentionCacheDataModule
-from apmae.datamodules.settings import ExtractionSettings
+from apmae.cache.settings import ExtractionSettings
 from apmae.lit_models.apmae_module import LitAPMAE
 from tests.training.conftest import MICRO_NET
 

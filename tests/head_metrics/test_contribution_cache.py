@@ -14,7 +14,7 @@ from apmae.encodings.store import cache_fingerprint, source_fingerprint
 from apmae.cache.extract import ensure_cache, extract, target_short_name
 from apmae.target.contribution import run_contributions
 from apmae.datamodules.attention_cache import AttentionCacheDataModule
-from apmae.datamodules.settings import ExtractionSettings
+from apmae.cache.settings import ExtractionSettings
 
 
 @pytest.fixture(scope="module")

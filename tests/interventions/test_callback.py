@@ -17,7 +17,7 @@ from apmae.target.access import run_batch, zero_heads
 from apmae.interventions.settings import InterventionSettings
 from apmae.callbacks.interventions import Interventions
 from apmae.datamodules.attention_cache import AttentionCacheDataModule
-from apmae.datamodules.settings import ExtractionSettings
+from apmae.cache.settings import ExtractionSettings
 from apmae.lit_models.apmae_module import LitAPMAE
 from tests.interventions.conftest import HEADS, LAYERS
 from tests.training.conftest import MICRO_NET

@@ -90,7 +90,7 @@ def test_missing_catboost_names_the_extra(monkeypatch) -> None:
 
 def test_balanced_rows_are_the_probe_datamodules_rows(tmp_path) -> None:
     from apmae.cache.store import AttentionCache
-    from apmae.datamodules.rows import select_rows
+    from apmae.encodings.rows import select_rows
     from tests.probe.synthetic_cache import write_planted_cache
 
     paths = write_planted_cache(tmp_path, n=200)

@@ -17,7 +17,8 @@ from apmae.lit_models.training import TrainingRecipe
 from apmae.model.net import APMAE
 from apmae.callbacks.resumable_rng import ResumableRNG
 from apmae.datamodules.attention_cache import AttentionCacheDataModule
-from apmae.datamodules.settings import EncoderSettings, ExtractionSettings
+from apmae.cache.settings import ExtractionSettings
+from apmae.encodings.settings import EncoderSettings
 from apmae.lit_models.probe_module import LitProbe
 from tests.probe.synthetic_cache import write_planted_cache
 

@@ -15,7 +15,8 @@ from apmae.encodings.store import encoder_hash
 from apmae.model.net import APMAE
 from apmae.probe.net import mean_replacement_importance
 from apmae.datamodules.attention_cache import AttentionCacheDataModule
-from apmae.datamodules.settings import EncoderSettings, ExtractionSettings
+from apmae.cache.settings import ExtractionSettings
+from apmae.encodings.settings import EncoderSettings
 from apmae.lit_models.probe_module import LitProbe
 from tests.probe.synthetic_cache import write_planted_cache
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from apmae.lit_models.probe_stage import ProbeStage
+from apmae.probe.stage import ProbeStage
 
 
 def _stats(correct: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -12,7 +12,8 @@ from apmae.lit_models.training import TrainingRecipe
 from apmae.encodings.store import EncodingSet, EncodingsMismatchError
 from apmae.datamodules.attention_cache import target_short_name
 from apmae.datamodules.encodings import EncodingsDataModule
-from apmae.datamodules.settings import EncoderSettings, ExtractionSettings
+from apmae.cache.settings import ExtractionSettings
+from apmae.encodings.settings import EncoderSettings
 from tests.stream.test_stream import _other_scenarios, assert_same_encodings
 
 

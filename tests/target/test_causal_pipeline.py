@@ -17,7 +17,8 @@ from apmae.callbacks.head_metrics import HeadMetrics
 from apmae.callbacks.interventions import Interventions
 from apmae.datamodules.attention_cache import AttentionCacheDataModule
 from apmae.datamodules.java_scenarios import JavaScenarioDataModule
-from apmae.datamodules.settings import EncoderSettings, ExtractionSettings
+from apmae.cache.settings import ExtractionSettings
+from apmae.encodings.settings import EncoderSettings
 from apmae.lit_models.apmae_module import LitAPMAE
 from apmae.lit_models.probe_module import LitProbe
 from tests.training.conftest import MICRO_NET

@@ -154,7 +154,8 @@ def test_nested_settings_merge_field_by_field_and_round_trip_through_the_cli(tmp
     """Overlays and command-line keys set single fields of ``extraction`` / ``encoder``; the rest is kept."""
     import yaml
 
-    from apmae.datamodules.settings import EncoderSettings, ExtractionSettings
+    from apmae.cache.settings import ExtractionSettings
+    from apmae.encodings.settings import EncoderSettings
 
     monkeypatch.setattr("sys.argv", ["python -m apmae"])
     overlay = tmp_path / "overlay.yaml"

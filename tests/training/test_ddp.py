@@ -42,7 +42,7 @@ def test_fit_with_two_cpu_processes(smoke_args, smoke_paths, tmp_path, tracking_
     from apmae.datamodules.attention_cache import AttentionCacheDataModule
     from apmae.mining.settings import MiningConfig
     from apmae.datamodules.java_scenarios import JavaScenarioDataModule
-    from apmae.datamodules.settings import ExtractionSettings
+    from apmae.cache.settings import ExtractionSettings
 
     ckpt = torch.load(next((tmp_path / "runs").rglob("last.ckpt")), map_location="cpu", weights_only=False)
     p = smoke_paths

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from apmae.probe.net import HeadProbe, integrated_gradients_importance, mean_replacement_importance
-from apmae.lit_models.training import every_rank
+from apmae.common.ranks import every_rank
 
 FEATURES = ("cls", "mean", "both")
 TRAINED = ("probe", "stats_probe", "probe_confidence")

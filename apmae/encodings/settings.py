@@ -1,28 +1,22 @@
-"""Typed settings the attention-pattern DataModules share: how a target is run, which encoder encodes.
+"""Which trained AP-MAE encodes every head's pattern, and how: :class:`EncoderSettings`.
 
-:class:`ExtractionSettings` (:mod:`apmae.cache.settings`, re-exported here) says how patterns
-are extracted from a target model (device, dtype, batches, the cache's storage form);
-:class:`EncoderSettings` says which trained AP-MAE encodes them and how. Both
-:class:`~apmae.datamodules.attention_cache.AttentionCacheDataModule` and
-:class:`~apmae.datamodules.encodings.EncodingsDataModule` take them as nested init args,
-so one YAML mapping means the same in either and overlays that switch between the
-two DataModules keep it::
+The attention-pattern DataModules take it as their nested ``encoder`` init argument (one YAML
+mapping means the same in either), beside the extraction settings of :mod:`apmae.cache.settings`::
 
     data:
       init_args:
         extraction: {batch_size: 16, dtype: bfloat16}
         encoder: {path: artifacts/paper/apmae, precision: bf16-mixed}
 
-Every field is checked at construction, with a message naming the key to change; in Python
-either takes the object or a dict of its fields.
+Every field is checked at construction, with a message naming the key to change; in Python it
+takes the object or a dict of its fields.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
-from apmae.cache.settings import ExtractionSettings
 from apmae.common.settings import check_choice, settings_of
 from apmae.model.loading import ENCODER_PRECISIONS
 
@@ -46,15 +40,14 @@ class EncoderSettings:
             raise ValueError(f"encoder.batch_size={self.batch_size}; it must be at least 1 (or null for the "
                              "DataModule's default)")
 
+    @classmethod
+    def of(cls, value: "EncoderSettings | Mapping[str, Any]") -> "EncoderSettings":
+        """``value`` as EncoderSettings: itself, or one built from a mapping of its fields.
+
+        Raises:
+            TypeError: anything else (a bare path, say), or a mapping with keys that are not fields.
+        """
+        return settings_of(cls, value, "encoder")
 
 
-def as_settings(key: str, value: object, cls: type) -> Any:
-    """A DataModule's ``key`` argument as a ``cls``: itself, or one built from a dict of its fields.
-
-    Raises:
-        TypeError: anything else (a bare path, say), or a dict with keys that are not ``cls`` fields.
-    """
-    return settings_of(cls, value, key)
-
-
-__all__ = ["EncoderSettings", "ExtractionSettings", "as_settings"]
+__all__ = ["EncoderSettings"]

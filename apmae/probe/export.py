@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from apmae.common.head_tables import head_heatmap, write_head_table
 from apmae.probe.uncertainty import ProbeScores, ScoreUncertainty
-from apmae.lit_models.probe_stage import ProbeStage
+from apmae.probe.stage import ProbeStage
 
 
 def write_probe_files(directory: str | Path, probe: ProbeStage, scores: Optional[ProbeScores]) -> list[Path]:
