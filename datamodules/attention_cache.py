@@ -46,10 +46,11 @@ from torch.utils.data import Dataset
 from apmae.cache.extract import cache_name, ensure_cache, extraction_device, target_short_name
 from apmae.cache.heads import ALL, heads_per_layer, layerwise_fraction, layerwise_heads
 from apmae.cache.store import AttentionCache, CacheMismatchError, cache_files
+from apmae.encodings.encode import encode_cache
 from apmae.encodings.store import encoder_hash, ensure_encodings, pattern_stats
 from apmae.mining.prompts import tokenizer_fingerprint
 from apmae.mining.scenario_set import SPLITS, ScenarioSet
-from apmae.model.loading import ENCODER_PRECISIONS, load_encoder
+from apmae.model.loading import load_encoder
 from apmae.model.scaling import get_scaler
 from apmae.target.access import load_target_tokenizer
 from apmae.datamodules.java_scenarios import JavaScenarioDataModule
@@ -59,7 +60,6 @@ from apmae.cache.settings import ExtractionSettings
 from apmae.encodings.settings import EncoderSettings
 
 MODES = ("heads", "scenarios")
-ENCODER_BATCH_SIZE = 4  # scenarios per encoder step over a cache when encoder.batch_size is null
 
 
 # ---------------------------------------------------------------- head selection
@@ -349,9 +349,7 @@ class AttentionCacheDataModule(PatternDataModule):
         for name, cache in self.caches.items():
             path = self.encodings_dir / f"{self.cache_names[name]}.{self.encoder_hash}.encodings.h5"
             if rank == 0:
-                ensure_encodings(net, cache, path, scaler=self.scaler, batch_size=self.encoder.batch_size or ENCODER_BATCH_SIZE,
-                                 autocast_dtype=ENCODER_PRECISIONS[self.encoder.precision],
-                                 progress=self.extraction.progress)
+                encode_cache(net, cache, path, self.encoder, self.extraction, scaler=self.scaler)
             if world > 1:
                 self.trainer.strategy.barrier("encodings")
             self.encodings[name] = ensure_encodings(net, cache, path, scaler=self.scaler, progress=False).load()

@@ -35,10 +35,11 @@ from torch.utils.data import Dataset
 from apmae.cache.extract import ensure_cache, extraction_device, target_short_name
 from apmae.cache.heads import ALL
 from apmae.cache.store import DEFAULT_PATTERN_KIND, AttentionCache, cache_files, shard_path
-from apmae.encodings.store import EncodingSet, EncodingsError, EncodingsMismatchError, encoder_hash, ensure_encodings
+from apmae.encodings.encode import encode_cache
+from apmae.encodings.store import EncodingSet, EncodingsError, EncodingsMismatchError, encoder_hash
 from apmae.encodings.stream import stream_encodings
 from apmae.mining.scenario_set import ScenarioSet
-from apmae.model.loading import ENCODER_PRECISIONS, load_encoder
+from apmae.model.loading import load_encoder
 from apmae.model.scaling import get_scaler
 from apmae.target.access import load_target
 from apmae.datamodules.java_scenarios import JavaScenarioDataModule
@@ -114,7 +115,6 @@ class EncodingsDataModule(PatternDataModule):
         self.encodings_dir, self.stream, self.cache_dir = Path(encodings_dir), bool(stream), Path(cache_dir)
         self.scaler, self.balance, self.correct_only, self.tasks = scaler, balance, correct_only, tasks
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-        self.autocast_dtype = ENCODER_PRECISIONS[encoder.precision]
         self.train_target_name = target_short_name(self.target)
         self.val_target_names = [self.train_target_name]
         self.test_target_names = [self.train_target_name]
@@ -184,12 +184,9 @@ class EncodingsDataModule(PatternDataModule):
             self.trainer.strategy.barrier("attention-cache")
         if rank == 0:
             cache = AttentionCache(cache_files(self.cache_dir, build.name), pattern_kind=self.extraction.pattern_kind)
-            # by default in the stream's steps, so both settings give the same encodings
-            batch_size = self.encoder.batch_size or self.extraction.batch_size
-            try:
-                ensure_encodings(net, cache, shard_path(self.encodings_dir, self.name, 0), scaler=self.scaler,
-                                 batch_size=batch_size, autocast_dtype=self.autocast_dtype,
-                                 progress=self.extraction.progress)
+            try:  # by default in the stream's steps, so both settings give the same encodings
+                encode_cache(net, cache, shard_path(self.encodings_dir, self.name, 0), self.encoder, self.extraction,
+                             scaler=self.scaler)
             finally:
                 cache.close()
 

@@ -28,8 +28,7 @@ class EncoderSettings:
     path: str  # an exported AP-MAE (APMAE.save directory, e.g. a run's apmae_net/) or a LitAPMAE checkpoint
     precision: str = "32"  # 32, or bf16-mixed / 16-mixed to run the encoder under autocast
     batch_size: int | None = None  # scenarios per encoder step over an attention cache; None = the
-    # DataModule's own: 4 for AttentionCacheDataModule, the extraction batch for EncodingsDataModule (whose
-    # stream: false then encodes in the very steps of its stream)
+    # extraction's batch_size, the steps a stream of the same scenarios takes (apmae.encodings.encode)
 
     def __post_init__(self) -> None:
         """Raises ``ValueError`` naming the ``encoder.<field>`` to change."""

@@ -137,7 +137,7 @@ def test_the_encoder_is_required_and_only_attention_is_encoded(target_dir, scena
 @pytest.mark.parametrize("encoder, steps", [({}, 8), ({"batch_size": 3}, 3)])
 def test_a_cache_is_encoded_in_the_stream_s_steps_unless_the_encoder_says_otherwise(
         encoder, steps, target_dir, scenarios_path, encoder_dir, tmp_path, monkeypatch):
-    import apmae.datamodules.encodings as module
+    import apmae.encodings.encode as module
 
     seen = []
 
