@@ -39,13 +39,13 @@ import time
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from apmae.cache.store import AttentionCache
 from apmae.common.tracking import log_to_run
-from apmae.encodings.store import EncodingSet
+from apmae.encodings.store import EncodingSet, EncodingSubset
 from apmae.mining.tasks import CONTROL_TASK
 from apmae.patterns.cluster_probe import (ClusterProbeConfig, ClusterProbeResult, fit_cluster_probe,
                                           write_importance_csv, write_shap_csv)
@@ -53,6 +53,9 @@ from apmae.patterns.clustering import REDUCTIONS, ClusteringConfig, HeadClusters
 from apmae.patterns.figures import families_heatmap, medoid_montage
 from apmae.patterns.settings import DEMO_REDUCTION, KINDS, RANKINGS, PatternSettings, moved_to_patterns
 from apmae.patterns.stability import family_stability
+
+if TYPE_CHECKING:  # annotations only: the live reader imports torch
+    from apmae.cache.live import LivePatterns
 
 SUMMARY = "cluster every head's encodings, draw the pattern families, fit the cluster-id probe"
 SUMMARY_COLUMNS = ("layer", "head", "n_clusters", "noise_fraction", "largest_cluster_share", "task_purity",
@@ -182,7 +185,8 @@ def select_montage_heads(clusters: PatternClusters, n: int) -> list[tuple[int, i
     return chosen
 
 
-def head_montage(head: HeadClusters, cache: AttentionCache, task_names: Sequence[str], *, max_clusters: int) -> Any:
+def head_montage(head: HeadClusters, cache: AttentionCache | LivePatterns, task_names: Sequence[str], *,
+                 max_clusters: int) -> Any:
     """Montage of the medoid raw patterns of ``head``'s largest ``max_clusters`` clusters."""
     order = np.argsort(-head.sizes, kind="stable")[:max_clusters]
     patterns = [cache.pattern(int(head.medoids[k]), head.layer, head.head) for k in order]
@@ -193,8 +197,8 @@ def head_montage(head: HeadClusters, cache: AttentionCache, task_names: Sequence
     return medoid_montage(patterns, titles, title=title)
 
 
-def write_figures(out: Path, clusters: PatternClusters, cache: AttentionCache, task_names: Sequence[str], *,
-                  heads: list[tuple[int, int]], max_clusters: int) -> dict[str, Path]:
+def write_figures(out: Path, clusters: PatternClusters, cache: AttentionCache | LivePatterns,
+                  task_names: Sequence[str], *, heads: list[tuple[int, int]], max_clusters: int) -> dict[str, Path]:
     """The families heatmap and one montage per chosen head, as PNGs under ``out/clusters``."""
     # pyplot only after apmae.patterns.figures chose its non-interactive backend
     import matplotlib.pyplot as plt
@@ -217,7 +221,7 @@ def write_figures(out: Path, clusters: PatternClusters, cache: AttentionCache, t
 # ---------------------------------------------------------------- the stage
 
 
-def check_aligned(encodings: Any, cache: AttentionCache) -> None:
+def check_aligned(encodings: EncodingSet | EncodingSubset, cache: AttentionCache | LivePatterns) -> None:
     """Raise ValueError unless row i of ``encodings`` is row i of ``cache`` (same scenarios, same heads)."""
     same_rows = len(encodings) == len(cache) and np.array_equal(
         encodings.columns["scenario_index"], cache.columns["scenario_index"])
@@ -228,8 +232,8 @@ def check_aligned(encodings: Any, cache: AttentionCache) -> None:
 
 
 def run_recurring_patterns(
-    encodings: Any,
-    cache: AttentionCache,
+    encodings: EncodingSet | EncodingSubset,
+    cache: AttentionCache | LivePatterns,
     out_dir: str | Path,
     settings: PatternSettings | Mapping[str, Any] | None = None,
     *,
@@ -284,8 +288,8 @@ def run_recurring_patterns(
     return report
 
 
-def _probe(clusters: PatternClusters, encodings: Any, config: ClusterProbeConfig, ranking: str, out: Path,
-           artifacts: dict[str, Path]) -> ClusterProbeResult:
+def _probe(clusters: PatternClusters, encodings: EncodingSet | EncodingSubset, config: ClusterProbeConfig,
+           ranking: str, out: Path, artifacts: dict[str, Path]) -> ClusterProbeResult:
     result = fit_cluster_probe(clusters.labels(), correct=encodings.correct, split=encodings.split,
                                task=encodings.task, task_names=encodings.task_names, config=config)
     for name, write, value in (("cluster_probe_importance.csv", write_importance_csv, getattr(result.shap, ranking)),
