@@ -194,8 +194,6 @@ class RecipeModule(LightningModule):
         return Path(self.trainer.default_root_dir) / self.EXPORT_NAME
 
 
-
-
 def hold_threads(module: Any, threads: int | None) -> None:
     """Set torch's thread count to ``threads`` from a module's ``setup`` until :func:`release_threads`
     (its ``teardown``) restores it (:func:`apmae.common.cores.torch_threads`); None leaves it."""
