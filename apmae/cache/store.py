@@ -372,7 +372,8 @@ class AttentionCache:
         if pattern_kind is not None:
             check_pattern_kind(pattern_kind)
         self.paths = _expand(paths)
-        merged = h5shards.read_shards(self.paths, FORMAT, _COLUMNS, require_complete=require_complete)
+        merged = h5shards.read_shards(self.paths, FORMAT, _COLUMNS, require_complete=require_complete,
+                                      optional=("heads",))
         self._shards = merged.shards
         self.attrs: dict[str, Any] = dict(self._shards[0].attrs)
         self.attrs.pop("committed")
@@ -384,20 +385,10 @@ class AttentionCache:
         self._pid = os.getpid()
         if pattern_kind is not None:
             check_identity(self.identity, {"pattern_kind": pattern_kind}, self.paths[0])
-        self._heads = self._read_heads() if self.head_sample != ALL else None  # (N, L, k) int16
-
-    def _read_heads(self) -> np.ndarray:
-        """(N, L, k) the stored heads of every row of a sampled cache, in row order."""
-        parts = []
-        for shard in self._shards:
-            try:
-                with h5shards.open_checked(shard.path, "r", FORMAT) as f:
-                    parts.append(f["heads"][:shard.committed])
-            except (OSError, KeyError) as e:
-                raise CacheError(f"cannot read the stored heads of {shard.path} ({e}); the file is corrupt: "
-                                 "delete it to rebuild") from e
-        start = np.cumsum([0] + [shard.committed for shard in self._shards])[:-1]
-        return np.concatenate(parts)[start[self._shard_of] + self._local]
+        self._heads: np.ndarray | None = self.columns.pop("heads", None)  # (N, L, k) int16, sampled caches only
+        if (self._heads is None) != (self.head_sample == ALL):
+            raise CacheError(f"cache {self.paths[0]} is corrupt: its heads ({self.head_sample}) and its stored-heads "
+                             "dataset disagree; delete it to rebuild")
 
     def _file(self, shard: int) -> h5py.File:
         if self._pid != os.getpid():  # forked into a worker: never share the parent's HDF5 handles

@@ -398,27 +398,38 @@ class MergedRows:
 
 
 def read_shards(paths: Sequence[Path], fmt: StoreFormat, columns: Sequence[str], *,
-                require_complete: bool = True) -> MergedRows:
+                require_complete: bool = True, optional: Sequence[str] = ()) -> MergedRows:
     """The committed rows of one run's shard files, merged in ``scenario_index`` order (step 4).
 
-    ``columns`` are read into memory (``scenario_index`` always is).
+    ``columns`` are read into memory (``scenario_index`` always is); so are the ``optional`` ones a
+    run's files hold (a column of some files of a run but not of all is a damaged file).
 
     Raises:
         fmt.mismatch_error: a shard belongs to another run (names every difference).
         fmt.error: a shard is unreadable or incomplete, ranks repeat, ranks are missing
-            (``require_complete``), or a scenario appears in two rows.
+            (``require_complete``), a scenario appears in two rows, or an optional column is missing
+            from some shards only.
     """
     columns = tuple(dict.fromkeys(("scenario_index", *columns)))
     shards: list[Shard] = []
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in columns}
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in (*columns, *optional)}
+    lacking: dict[str, list[Path]] = {name: [] for name in optional}  # the shards without an optional column
     for path in paths:
-        shard, data = _read_shard(path, fmt, columns, require_complete)
+        shard, data = _read_shard(path, fmt, columns, require_complete, optional)
         if shards:  # before the rank checks: a file of another run is named as such
             _check_same_run(shard, shards[0], fmt)
         shards.append(shard)
-        for name in columns:
+        for name in data:
             parts[name].append(data[name])
+        for name in optional:
+            if name not in data:
+                lacking[name].append(shard.path)
     _check_ranks(shards, fmt, require_complete)
+    for name, without in lacking.items():
+        if 0 < len(without) < len(shards):
+            raise fmt.error(f"{fmt.messages.noun} {without[0]} is corrupt (it lacks {name!r}, which the other "
+                            f"shards of its run hold); {fmt.messages.remedy}")
+    columns = (*columns, *(name for name in optional if parts[name] and not lacking[name]))
     index = np.concatenate(parts["scenario_index"])
     order = np.argsort(index, kind="stable")
     _check_unique(index[order], shards, fmt)
@@ -429,9 +440,9 @@ def read_shards(paths: Sequence[Path], fmt: StoreFormat, columns: Sequence[str],
         columns={name: np.concatenate(parts.pop(name))[order] for name in columns})
 
 
-def _read_shard(path: Path, fmt: StoreFormat, columns: Sequence[str],
-                require_complete: bool) -> tuple[Shard, dict[str, np.ndarray]]:
-    """One file's attributes and the committed rows of ``columns``."""
+def _read_shard(path: Path, fmt: StoreFormat, columns: Sequence[str], require_complete: bool,
+                optional: Sequence[str] = ()) -> tuple[Shard, dict[str, np.ndarray]]:
+    """One file's attributes and the committed rows of ``columns`` and of the ``optional`` ones it holds."""
     words = fmt.messages
     with open_checked(path, "r", fmt) as f:
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
@@ -440,7 +451,7 @@ def _read_shard(path: Path, fmt: StoreFormat, columns: Sequence[str],
             raise fmt.error(f"{words.short_noun} {path} is incomplete ({committed} of {n_rows} rows); "
                             f"{words.resume}")
         try:
-            data = {name: f[name][:committed] for name in columns}
+            data = {name: f[name][:committed] for name in (*columns, *(n for n in optional if n in f))}
         except (KeyError, OSError) as e:
             raise fmt.error(f"{words.noun} {path} is corrupt ({e}); {words.remedy}") from e
     return Shard(path, attrs, committed), data

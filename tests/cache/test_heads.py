@@ -181,6 +181,21 @@ def test_sampled_rank_shards_merge_into_the_single_process_cache(target, scenari
             np.testing.assert_array_equal(merged.pattern(i, layer, head), single.pattern(i, layer, head))
 
 
+def test_a_sampled_cache_without_its_stored_heads_is_named_corrupt(target, scenarios, tmp_path):
+    """A lost ``heads`` dataset would serve the wrong head from every slot: the file is refused instead."""
+    few = scenarios.subset(np.arange(3))
+    for rank in range(2):
+        extract(target, few, shard_path(tmp_path, "s", rank), SAMPLED, rank=rank, world_size=2)
+    with h5py.File(shard_path(tmp_path, "s", 1), "r+") as f:
+        del f["heads"]
+    with pytest.raises(CacheError, match=r"s\.rank1\.h5 is corrupt \(it lacks 'heads', which the other shards of "
+                                         r"its run hold\); delete it"):
+        AttentionCache(str(tmp_path / "s.rank*.h5"))
+    with pytest.raises(CacheError, match=r"s\.rank1\.h5 is corrupt: its heads \(layerwise:0\.25\) and its "
+                                         r"stored-heads dataset disagree"):
+        AttentionCache(shard_path(tmp_path, "s", 1), require_complete=False)
+
+
 # ---------------------------------------------------------------- reading
 
 
