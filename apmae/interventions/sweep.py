@@ -44,6 +44,7 @@ from apmae.target.layout import decoder_blocks
 
 if TYPE_CHECKING:  # annotations only: the classes' modules import torch or transformers
     from apmae.cache.store import AttentionCache
+    from apmae.mining.scenario_set import ScenarioSet
     from apmae.target.access import Target
 
 BASELINE = HeadSet(strategy="none", k=0, seed=None, heads=())
@@ -105,9 +106,26 @@ class InterventionScenarios:
         """
         rows = np.asarray(rows, dtype=np.int64)
         check_prompts_end_at_middle(np.asarray(middle_pos), int(cache.seq_len))
-        return cls(input_ids=cache.input_ids[rows], label_ids=cache.label_ids[rows], label_len=cache.label_len[rows],
-                   task=cache.task[rows], task_names=list(cache.task_names), scenario_index=cache.scenario_index[rows],
-                   source_id=cache.source_id[rows])
+        return cls._rows_of(cache, rows, scenario_index=cache.scenario_index[rows])
+
+    @classmethod
+    def from_scenario_set(cls, scenarios: ScenarioSet, rows: np.ndarray | None = None) -> "InterventionScenarios":
+        """Rows of a :class:`apmae.mining.scenario_set.ScenarioSet` (every row by default); a row is its
+        scenario index.
+
+        Raises:
+            ValueError: a prompt whose ``<fim_middle>`` is not its last token.
+        """
+        rows = np.arange(len(scenarios)) if rows is None else np.asarray(rows, dtype=np.int64)
+        check_prompts_end_at_middle(scenarios.middle_pos[rows], scenarios.seq_len)
+        return cls._rows_of(scenarios, rows, scenario_index=rows)
+
+    @classmethod
+    def _rows_of(cls, source: AttentionCache | ScenarioSet, rows: np.ndarray, *,
+                 scenario_index: np.ndarray) -> "InterventionScenarios":
+        return cls(input_ids=source.input_ids[rows], label_ids=source.label_ids[rows],
+                   label_len=source.label_len[rows], task=source.task[rows], task_names=list(source.task_names),
+                   scenario_index=scenario_index, source_id=source.source_id[rows])
 
 
 def check_prompts_end_at_middle(middle_pos: np.ndarray, seq_len: int) -> None:

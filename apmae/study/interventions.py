@@ -24,8 +24,7 @@ from apmae.interventions.head_sets import read_importance_csv, sweep_head_sets, 
 from apmae.interventions.report import (RESULT_FIELDS, SCENARIO_FIELDS, TASK_FIELDS, curve_figure, key_numbers,
                                         result_rows, scenario_rows, task_rows, write_csv)
 from apmae.interventions.significance import RANDOM, setting_tests
-from apmae.interventions.sweep import (InterventionScenarios, SettingResult, SweepResult, check_prompts_end_at_middle,
-                                       run_sweep, score)
+from apmae.interventions.sweep import InterventionScenarios, SettingResult, SweepResult, run_sweep, score
 from apmae.mining.scenario_set import SPLITS
 from apmae.mining.tasks import CONTROL_TASK
 
@@ -44,14 +43,6 @@ def choose_test_scenarios(scenarios: Any, n: int, seed: int) -> np.ndarray:
                          "splits or mine more scenarios")
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(rows, size=min(n, len(rows)), replace=False))
-
-
-def as_intervention_scenarios(scenarios: Any, rows: np.ndarray) -> InterventionScenarios:
-    check_prompts_end_at_middle(scenarios.middle_pos[rows], int(scenarios.seq_len))
-    return InterventionScenarios(input_ids=scenarios.input_ids[rows], label_ids=scenarios.label_ids[rows],
-                                 label_len=scenarios.label_len[rows], task=scenarios.task[rows],
-                                 task_names=list(scenarios.task_names), scenario_index=rows,
-                                 source_id=scenarios.source_id[rows])
 
 
 def task_sweep(sweep: SweepResult, task: str) -> SweepResult:
@@ -94,7 +85,7 @@ def run_study_interventions(study: Any) -> dict[str, Any]:
     scenarios = study.scenarios()
     target = study.target()
     rows = choose_test_scenarios(scenarios, s.interventions, s.seed)
-    chosen = as_intervention_scenarios(scenarios, rows)
+    chosen = InterventionScenarios.from_scenario_set(scenarios, rows)
     if s.intervention_tokens is not None:
         chosen = chosen.first_tokens(s.intervention_tokens)
     importance = read_importance_csv(study.results["protocol"]["ranking_csv"], n_layers=target.n_layers,

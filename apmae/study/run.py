@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 import yaml
 
 from apmae.atlas.run import build_atlas
@@ -48,7 +47,7 @@ from apmae.demo.console import quiet_libraries
 from apmae.demo.run import summarize, tree_bytes
 from apmae.encodings.store import EncodingSet, EncodingSubset, encoder_hash
 from apmae.encodings.stream import stream_encodings
-from apmae.interventions.sweep import eval_mode, greedy_generate
+from apmae.interventions.sweep import InterventionScenarios, evaluate
 from apmae.mining.miner import mine_scenarios
 from apmae.mining.scenario_set import SPLITS, ScenarioSet
 from apmae.mining.settings import MiningConfig
@@ -67,7 +66,7 @@ from apmae.study.corpus import Corpus, CorpusError, resolve_corpus
 from apmae.study.interventions import run_study_interventions
 from apmae.study.plan import PILOT_SEED_OFFSET, StudySettings, allocate_counts, pilot_rates
 from apmae.study.stages import StageBook, stage_key
-from apmae.target.access import Target, first_token_outcome, load_target
+from apmae.target.access import Target, load_target
 
 DEFAULT_CONFIGS = ("configs/demo/apmae.yaml", "configs/study/apmae.yaml")
 PROTOCOL_FOLDER = "probe-protocol"
@@ -296,15 +295,12 @@ class Study:
 # ---------------------------------------------------------------- helpers
 
 def first_token_correct(target: Target, scenarios: ScenarioSet, *, batch_size: int = 8) -> np.ndarray:
-    """(N,) whether ``target``'s greedy first token is each scenario's first label token (one forward pass each)."""
-    out = []
-    with eval_mode(target.model), torch.inference_mode():
-        for lo in range(0, len(scenarios), batch_size):
-            ids = torch.as_tensor(scenarios.input_ids[lo:lo + batch_size].astype(np.int64), device=target.device)
-            label = torch.as_tensor(scenarios.label_ids[lo:lo + batch_size, 0].astype(np.int64), device=target.device)
-            logits, _ = greedy_generate(target.model, ids, 1)
-            out.append(first_token_outcome(logits, label).correct.cpu().numpy())
-    return np.concatenate(out).astype(bool) if out else np.zeros(0, dtype=bool)
+    """(N,) whether ``target``'s greedy first token is each scenario's first label token (one forward pass each):
+    the interventions' baseline, scored on first tokens."""
+    if not len(scenarios):
+        return np.zeros(0, dtype=bool)
+    first = InterventionScenarios.from_scenario_set(scenarios).first_tokens(1)
+    return evaluate(target, first, {}, batch_size=batch_size).correct.astype(bool)
 
 
 class StudyError(ValueError):
