@@ -23,4 +23,9 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
-__all__ = ["quiet_libraries"]
+def clock(seconds: float) -> str:
+    """A stage's time as its line prints it: ``9m43.2s``."""
+    return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
+
+
+__all__ = ["clock", "quiet_libraries"]

@@ -26,7 +26,7 @@ from typing import Any
 
 from apmae.common.atomic import atomic_write_text
 from apmae.common.tracking import run_location
-from apmae.demo.console import quiet_libraries
+from apmae.demo.console import clock, quiet_libraries
 from apmae.demo.overrides import input_overrides
 from apmae.demo.probe_report import run_probe_stage
 
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(probe.lines()))
     seconds.update(probe.seconds)
     bootstraps.update(probe.bootstrap_seconds)
-    print("Stage times: " + " | ".join(f"{k} {_minutes(v)}" for k, v in seconds.items()))
+    print("Stage times: " + " | ".join(f"{k} {clock(v)}" for k, v in seconds.items()))
     print(bootstrap_line(bootstraps))
     print(disk_line(args.demo_dir))
     return 0
@@ -234,10 +234,6 @@ def disk_line(demo_dir: str | Path, largest: int = 4) -> str:
 
 def _gigabytes(n_bytes: int) -> str:
     return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 1e8 else f"{n_bytes / 1e6:.1f} MB"
-
-
-def _minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
 
 
 if __name__ == "__main__":

@@ -467,6 +467,7 @@ class EncodingSubset:
             encodings.task_names, encodings.target
         self.identity = {**encodings.identity, "n_rows": len(rows)}
         self.columns = {name: column[rows] for name, column in encodings.columns.items()}
+        self._patch_size = encodings.patch_size  # what EncodingSet.patch_size reads
         self._memory: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -476,10 +477,6 @@ class EncodingSubset:
         EncodingSet.patch_size
     task, correct, split, probability, scenario_index = EncodingSet.task, EncodingSet.correct, EncodingSet.split, \
         EncodingSet.probability, EncodingSet.scenario_index
-
-    @property
-    def _patch_size(self) -> int:
-        return self.parent.patch_size
 
     def array(self, name: str) -> np.ndarray:
         """The (n, L, H, ...) array ``name`` of these rows."""

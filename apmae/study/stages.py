@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from apmae.common.atomic import atomic_write_text
+from apmae.demo.console import clock
 
 HEARTBEAT = 5.0  # seconds between two writes of a running stage's time
 
@@ -50,11 +51,7 @@ class StageBook:
 
     def finished(self, name: str, key: str) -> dict[str, Any] | None:
         """The record of ``name`` when it finished under ``key`` (else None: run it)."""
-        try:
-            record = json.loads(self.path(name).read_text())
-        except (OSError, ValueError):
-            return None
-        return record if isinstance(record, dict) and record.get("key") == key else None
+        return _record(self.path(name), key)
 
     def run(self, name: str, inputs: Any, stage: Callable[[], dict[str, Any]], *, announce: bool = True
             ) -> dict[str, Any]:
@@ -66,11 +63,11 @@ class StageBook:
             self.seconds[name] = float(record["seconds"])
             self.reused.append(name)
             if announce:
-                print(f"[study] {name}: finished before ({_clock(record['seconds'])}), reused", flush=True)
+                print(f"[study] {name}: finished before ({clock(record['seconds'])}), reused", flush=True)
             return record["result"]
         before, attempts = self._killed_attempts(name, key)
         if announce:
-            again = (f" (again: {attempts} attempt{'s' * (attempts > 1)} stopped after {_clock(before)})"
+            again = (f" (again: {attempts} attempt{'s' * (attempts > 1)} stopped after {clock(before)})"
                      if attempts else "")
             print(f"[study] {name} ...{again}", flush=True)
         self.path(name).parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +95,7 @@ class StageBook:
         self.key = key
         self.seconds[name] = seconds
         if announce:
-            print(f"[study] {name}: {_clock(seconds)}", flush=True)
+            print(f"[study] {name}: {clock(seconds)}", flush=True)
         return result
 
     def _running(self, name: str) -> Path:
@@ -109,17 +106,23 @@ class StageBook:
 
     def _killed_attempts(self, name: str, key: str) -> tuple[float, int]:
         """Seconds spent on attempts of this stage (same key) that were killed, and how many there were."""
-        try:
-            running = json.loads(self._running(name).read_text())
-        except (OSError, ValueError):
-            return 0.0, 0
-        if not isinstance(running, dict) or running.get("key") != key:
+        running = _record(self._running(name), key)
+        if running is None:
             return 0.0, 0
         return float(running.get("seconds", 0.0)), int(running.get("attempts", 0))
 
     def times_line(self) -> str:
-        parts = [f"{name} {_clock(s)}{' (before)' if name in self.reused else ''}" for name, s in self.seconds.items()]
-        return f"Stage times: {' | '.join(parts)} | total {_clock(sum(self.seconds.values()))}"
+        parts = [f"{name} {clock(s)}{' (before)' if name in self.reused else ''}" for name, s in self.seconds.items()]
+        return f"Stage times: {' | '.join(parts)} | total {clock(sum(self.seconds.values()))}"
+
+
+def _record(path: Path, key: str) -> dict[str, Any] | None:
+    """The JSON object in ``path`` when it is one written under ``key``; None when missing, damaged or another key's."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("key") == key else None
 
 
 def _plain(value: Any) -> Any:
@@ -130,6 +133,3 @@ def _plain(value: Any) -> Any:
         return str(value) if isinstance(value, Path) else list(value)
     raise TypeError(f"{type(value).__name__} is not JSON-able")
 
-
-def _clock(seconds: float) -> str:
-    return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
