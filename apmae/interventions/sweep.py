@@ -225,13 +225,21 @@ def evaluate(target: Target, scenarios: InterventionScenarios, heads: Mapping[in
     if batch_size < 1 or not len(scenarios):
         raise ValueError(f"need batch_size >= 1 (got {batch_size}) and at least one scenario (got {len(scenarios)})")
     mapping = heads.as_mapping() if isinstance(heads, HeadSet) else heads
-    # Batches of similar hole lengths: each batch generates only as many tokens as its longest hole.
-    order = np.argsort(scenarios.label_len, kind="stable")
-    parts = []
+    batches, restore = _length_batches(scenarios, batch_size)
     with zero_heads(target, mapping), eval_mode(target.model), torch.inference_mode():
-        for lo in range(0, len(scenarios), batch_size):
-            parts.append(_evaluate_batch(target, scenarios.subset(order[lo:lo + batch_size])))
-    return _concat(parts, width=scenarios.label_ids.shape[1]).subset(np.argsort(order))
+        parts = [_evaluate_batch(target, batch) for batch in batches]
+    return _concat(parts, width=scenarios.label_ids.shape[1]).subset(restore)
+
+
+def _length_batches(scenarios: InterventionScenarios,
+                    batch_size: int) -> tuple[list[InterventionScenarios], np.ndarray]:
+    """The batches every sweep runs, and the index that puts their concatenated rows back in scenario order.
+
+    Batches of similar hole lengths: each batch generates only as many tokens as its longest hole.
+    """
+    order = np.argsort(scenarios.label_len, kind="stable")
+    batches = [scenarios.subset(order[lo:lo + batch_size]) for lo in range(0, len(scenarios), batch_size)]
+    return batches, np.argsort(order)
 
 
 def _evaluate_batch(target: Target, batch: InterventionScenarios) -> Outcome:
@@ -343,17 +351,16 @@ def _shared_first_tokens(target: Target, blocks: list[torch.nn.Module], scenario
     when the first batch's replay does not reproduce its baseline exactly: a model whose blocks do not
     hand their output straight to the next block.
     """
-    order = np.argsort(scenarios.label_len, kind="stable")
+    batches, restore = _length_batches(scenarios, batch_size)
     parts: dict[HeadKey, list[Outcome]] = {s.heads: [] for s in sets}
     model = target.model
     bar = tqdm(total=len(scenarios), desc=f"interventions [{scope}], {len(sets)} head sets sharing their lower "
                                           "layers", unit="scenario", disable=not progress, leave=False)
     with eval_mode(model), torch.inference_mode():
-        for lo in range(0, len(scenarios), batch_size):
-            batch = scenarios.subset(order[lo:lo + batch_size])
+        for b, batch in enumerate(batches):
             input_ids = torch.as_tensor(batch.input_ids, dtype=torch.long, device=target.device)
             outputs, logits = _recorded_forward(model, blocks, input_ids)
-            if lo == 0 and not _replay_reproduces(model, blocks, input_ids, outputs, logits):
+            if b == 0 and not _replay_reproduces(model, blocks, input_ids, outputs, logits):
                 bar.close()
                 warnings.warn(f"{type(model).__name__}: replaying the baseline's lower layers does not reproduce "
                               "its logits exactly, so every head set runs the whole model", stacklevel=3)
@@ -369,7 +376,7 @@ def _shared_first_tokens(target: Target, blocks: list[torch.nn.Module], scenario
             bar.update(len(batch))
     bar.close()
     width = scenarios.label_ids.shape[1]
-    return {heads: _concat(p, width=width).subset(np.argsort(order)) for heads, p in parts.items()}
+    return {heads: _concat(p, width=width).subset(restore) for heads, p in parts.items()}
 
 
 def _first_logits(model: Any, input_ids: torch.Tensor) -> torch.Tensor:
