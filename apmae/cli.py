@@ -262,7 +262,12 @@ INTERVENTION_FIELDS = field_names(InterventionSettings)
 # settings a class once took one by one and now takes as one nested block: class name -> (fields, block)
 MOVED_SETTINGS = {"JavaScenarioDataModule": (MINING_FIELDS, "mining"),
                   "Interventions": (INTERVENTION_FIELDS, "settings"),
-                  "LitAPMAE": (RECIPE_FIELDS, "recipe"), "LitProbe": (RECIPE_FIELDS, "recipe")}
+                  "LitAPMAE": (RECIPE_FIELDS, "recipe"), "LitProbe": (RECIPE_FIELDS, "recipe"),
+                  "TargetLM": (RECIPE_FIELDS, "recipe")}
+# settings a class once took and now reads elsewhere: class name -> {old key: where it went}
+REPLACED_SETTINGS = {"TargetLM": {"warmup_steps": "recipe.warmup_fraction (a share of the trainer's steps)",
+                                  "total_steps": "trainer.max_steps (the schedule runs over the trainer's steps)"}}
+RECIPE_OWNERS = tuple(owner for owner, (_, block) in MOVED_SETTINGS.items() if block == "recipe")
 
 
 def _reject_moved_settings_keys(parser: LightningArgumentParser, line: CommandLine) -> None:
@@ -270,12 +275,14 @@ def _reject_moved_settings_keys(parser: LightningArgumentParser, line: CommandLi
 
     ``JavaScenarioDataModule`` takes its mining settings as one ``mining:`` block
     (:class:`apmae.mining.settings.MiningConfig`), the ``Interventions`` callback its sweep's as one
-    ``settings:`` block (:class:`apmae.interventions.settings.InterventionSettings`), LitAPMAE and
-    LitProbe their training recipe as one ``recipe:`` block (:class:`apmae.lit_models.training.TrainingRecipe`);
+    ``settings:`` block (:class:`apmae.interventions.settings.InterventionSettings`), LitAPMAE, LitProbe
+    and TargetLM their training recipe as one ``recipe:`` block (:class:`apmae.lit_models.training.TrainingRecipe`);
     jsonargparse would refuse a flat ``seq_len:`` without saying where it went.
     """
     interventions_appended = any("Interventions" in arg for arg in line.argv)
-    own_model = not any(str(_model_class(tree)).endswith("TargetLM") for tree in line.trees.values())
+    models = [str(_model_class(tree)).rpartition(".")[2] for tree in line.trees.values() if _model_class(tree)]
+    model = models[-1] if models else None  # the last config that names a model class decides
+    replaced = REPLACED_SETTINGS.get(model or "", {})
     found = []
     for arg in line.argv:
         key = arg.split("=", 1)[0]
@@ -284,16 +291,19 @@ def _reject_moved_settings_keys(parser: LightningArgumentParser, line: CommandLi
             found.append(f"command line `{key}` -> `{prefix}.mining.{name}`")
         if interventions_appended and name in INTERVENTION_FIELDS and prefix.endswith("callbacks"):
             found.append(f"command line `{key}` -> `{prefix}.settings.{name}`")
-        if own_model and name in RECIPE_FIELDS and prefix in ("--model.init_args", "--model"):
-            found.append(f"command line `{key}` -> `{prefix}.recipe.{name}`")
+        if prefix in ("--model.init_args", "--model"):
+            if (model is None or model in RECIPE_OWNERS) and name in RECIPE_FIELDS:
+                found.append(f"command line `{key}` -> `{prefix}.recipe.{name}`")
+            elif name in replaced:
+                found.append(f"command line `{key}` -> `{replaced[name]}`")
     for path in line.config_files:
-        found += [f"config file {path}: `{where}.{name}` -> `{where}.{block}.{name}`"
-                  for where, name, block in _flat_settings_keys(line.tree(path), "")]
+        found += [f"config file {path}: `{where}.{name}` -> `{moved}`"
+                  for where, name, moved in _flat_settings_keys(line.tree(path), "")]
     if found:
         parser.error("settings moved into nested blocks (JavaScenarioDataModule's `mining:`, "
                      "apmae.mining.settings.MiningConfig; Interventions' `settings:`, "
-                     "apmae.interventions.settings.InterventionSettings; LitAPMAE's and LitProbe's `recipe:`, "
-                     "apmae.lit_models.training.TrainingRecipe): " + "; ".join(found))
+                     "apmae.interventions.settings.InterventionSettings; LitAPMAE's, LitProbe's and TargetLM's "
+                     "`recipe:`, apmae.lit_models.training.TrainingRecipe): " + "; ".join(found))
 
 
 def _reject_old_class_paths(parser: LightningArgumentParser, line: CommandLine) -> None:
@@ -345,7 +355,7 @@ def _former_glue_path(path: str) -> bool:
 
 
 def _flat_settings_keys(tree: Any, where: str) -> list[tuple[str, str, str]]:
-    """(path of an init_args block, key, its block) of every moved setting given flat to its class."""
+    """(path of an init_args block, key, where it went) of every moved setting given flat to its class."""
     found = []
     if isinstance(tree, dict):
         init_args = tree.get("init_args")
@@ -354,7 +364,10 @@ def _flat_settings_keys(tree: Any, where: str) -> list[tuple[str, str, str]]:
             owner = "JavaScenarioDataModule"  # an overlay's `scenarios:` block names no class
         if owner in MOVED_SETTINGS and isinstance(init_args, dict):
             fields, block = MOVED_SETTINGS[owner]
-            found += [(f"{where}.init_args".lstrip("."), k, block) for k in init_args if k in fields]
+            args = f"{where}.init_args".lstrip(".")
+            replaced = REPLACED_SETTINGS.get(owner, {})
+            found += [(args, k, f"{args}.{block}.{k}" if k in fields else replaced[k])
+                      for k in init_args if k in fields or k in replaced]
         for key, value in tree.items():
             found += _flat_settings_keys(value, f"{where}.{key}")
     elif isinstance(tree, list):

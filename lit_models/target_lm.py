@@ -19,16 +19,16 @@ first token of the hole, the scenarios' correctness criterion).
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any, Optional
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_only
 
 from apmae.common.atomic import atomic_dir
 from apmae.model.optim import weight_decay_groups
-from apmae.model.schedules import warmup_cosine
-from apmae.lit_models.training import hold_threads, release_threads
+from apmae.lit_models.training import RecipeModule, TrainingRecipe
 
 EXPORT_ATTN = "eager"
 
@@ -67,8 +67,10 @@ def export_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
     return Path(out_dir)
 
 
-class TargetLM(LightningModule):
+class TargetLM(RecipeModule):
     """Trains a tiny ``Starcoder2ForCausalLM`` on FIM / left-to-right batches of ``JavaLMDataModule``."""
+
+    EXPORT_NAME = "target_lm"
 
     def __init__(
         self,
@@ -81,15 +83,9 @@ class TargetLM(LightningModule):
         num_kv_heads: int = 2,
         intermediate_size: int = 768,
         rope_theta: float = 10000.0,
-        lr: float = 3e-3,
-        min_lr_ratio: float = 0.1,
-        weight_decay: float = 0.1,
-        warmup_steps: int = 50,
         middle_loss_weight: float = 1.0,
         suffix_aux_weight: float = 0.0,
-        total_steps: int = 1000,
-        export_dir: str | None = None,
-        num_threads: int | None = None,
+        recipe: Optional[TrainingRecipe] = None,
         seed: int = 0,
     ) -> None:
         """
@@ -104,10 +100,6 @@ class TargetLM(LightningModule):
             intermediate_size: MLP width.
             rope_theta: RoPE base; a larger base leaves more slowly rotating dimensions, which
                 match keys by content (e.g. ``<fim_suffix>``) at any distance.
-            lr: peak AdamW learning rate.
-            min_lr_ratio: final learning rate as a fraction of ``lr`` (cosine decay).
-            weight_decay: AdamW weight decay on matrices (not on biases, norms).
-            warmup_steps: linear warm-up steps.
             middle_loss_weight: weight of the hole's first token (predicted at ``<fim_middle>``, the
                 scenarios' criterion) relative to every other token; > 1 spends more of a short
                 training on the infilling skill itself.
@@ -115,21 +107,22 @@ class TargetLM(LightningModule):
                 first after the prefix) also predicts the hole's first token. It makes the prefix's
                 continuation readable at one special token, so ``<fim_middle>`` can learn to copy it
                 with one attention hop instead of two; 0 trains plain PSM FIM.
-            total_steps: steps of the cosine schedule (set it to the trainer's ``max_steps``).
-            export_dir: where ``on_fit_end`` saves model + tokenizer; None skips the export.
-            num_threads: CPU threads of torch during fit (None keeps torch's default). On a
-                busy machine 1 thread can beat 2: spinning thread pools lose to preemption.
+            recipe: the optimiser, schedule and process settings (:class:`apmae.lit_models.training.TrainingRecipe`:
+                AdamW on matrices' weight decay, not on norms; ``lr`` is the absolute peak rate, else
+                ``base_lr`` is scaled by the batch; linear warm-up over ``warmup_fraction`` of the
+                trainer's steps, then cosine down to ``min_lr_ratio``). ``export_dir`` is where
+                ``on_fit_end`` saves model + tokenizer (default ``target_lm/`` next to the checkpoints).
             seed: seed of the weight initialisation.
         """
-        super().__init__()
+        settings = TrainingRecipe.of(recipe)
+        super().__init__(recipe=settings)
         if seq_len < 8:
             raise ValueError(f"seq_len={seq_len} is too short for FIM rows; use at least 8")
         if suffix_aux_weight < 0:
             raise ValueError(f"suffix_aux_weight={suffix_aux_weight} must be >= 0")
         if middle_loss_weight <= 0:
             raise ValueError(f"middle_loss_weight={middle_loss_weight} must be positive")
-        if total_steps <= warmup_steps:
-            raise ValueError(f"total_steps={total_steps} must exceed warmup_steps={warmup_steps}")
+        recipe = asdict(settings)  # the checkpoint keeps plain values (a weights_only load refuses dataclasses)
         self.save_hyperparameters()
         from transformers import AutoTokenizer, Starcoder2ForCausalLM  # import cost, as above
 
@@ -146,12 +139,10 @@ class TargetLM(LightningModule):
             torch.manual_seed(seed)
             self.model = Starcoder2ForCausalLM(config)
 
-    def setup(self, stage: str) -> None:
-        hold_threads(self, self.hparams.num_threads or None)
-
-    def teardown(self, stage: str) -> None:
-        """Give the process back the thread count it had before ``setup``."""
-        release_threads(self)
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Weight decay on matrices, none on norms."""
+        return weight_decay_groups(self.model.named_parameters(), self.recipe.weight_decay,
+                                   no_decay=lambda n: "norm" in n)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, S, V)."""
@@ -197,22 +188,8 @@ class TargetLM(LightningModule):
             correct = (predicted == batch["input_ids"][rows, pos + 1]).float().mean()
             self.log("val/first_token_acc", correct, prog_bar=True, batch_size=len(rows))
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        groups = weight_decay_groups(self.model.named_parameters(), hp.weight_decay, no_decay=lambda n: "norm" in n)
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.95))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _lr_factor(self, step: int) -> float:
-        """Linear warm-up, then cosine from 1 down to ``min_lr_ratio``."""
-        hp = self.hparams
-        return warmup_cosine(step, warmup_steps=hp.warmup_steps, total_steps=hp.total_steps,
-                             min_ratio=hp.min_lr_ratio)
-
     def on_fit_end(self) -> None:
-        if self.hparams.export_dir:
-            self.export(self.hparams.export_dir)
+        self.export(self.export_path())
 
     @rank_zero_only
     def export(self, out_dir: str | Path) -> Path:

@@ -1,6 +1,6 @@
-"""The optimiser recipe every trained LightningModule of the project shares (AP-MAE and the probe).
+"""The optimiser recipe every trained LightningModule of the project shares (AP-MAE, the probe, the demo's target).
 
-- AdamW with the paper's betas and weight decay, one fused kernel where torch has one;
+- AdamW with the paper's betas and weight decay, one fused kernel where torch has one (unless ``fused: false``);
 - the learning rate scaled by the effective batch (batch x devices x accumulation), unless fixed;
 - linear warmup then cosine decay, stepped every optimiser step;
 - gradient clipping that also works for a fused optimizer under bf16-mixed;
@@ -45,6 +45,9 @@ class TrainingRecipe:
     min_lr_ratio: float = 0.0  # the cosine ends at min_lr_ratio * lr
     export_dir: Optional[str] = None  # None: <EXPORT_NAME>/ next to the checkpoint directory
     num_threads: Optional[int] = None  # torch CPU threads, set at setup (None: torch's default)
+    # AdamW's kernel: None (or True) takes torch's fused one where the device has it; False the per-tensor
+    # loop, whose steps differ from the fused kernel's in the last bits (the demo's targets train with it)
+    fused: Optional[bool] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -121,7 +124,8 @@ class RecipeModule(LightningModule):
         else:
             # One fused kernel over all parameters instead of a loop over tensors: for the paper
             # preset's 127 M parameters 0.14 s instead of 0.79 s per step on one CPU core.
-            fused = all(p.device.type in FUSED_ADAMW_DEVICES for group in groups for p in group["params"])
+            fused = self.recipe.fused is not False and all(
+                p.device.type in FUSED_ADAMW_DEVICES for group in groups for p in group["params"])
             # With a loss scaler (16-mixed) the fused kernel unscales the gradients inside its step, so
             # they are still scaled when clipped: such runs use the foreach kernel instead.
             fused = fused and not (self._clip_value() and self._loss_scaler() is not None)

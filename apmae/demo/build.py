@@ -82,7 +82,7 @@ def build_target(config: str | Sequence[str], *, corpus_dir: str | Path, tokeniz
         export = tmp / "model"
         cli_main(["fit", *(a for c in configs for a in ("--config", str(c))),
                   f"--data.init_args.corpus_dir={corpus_dir}", f"--data.init_args.tokenizer_dir={tokenizer_dir}",
-                  f"--model.init_args.tokenizer_dir={tokenizer_dir}", f"--model.init_args.export_dir={export}",
+                  f"--model.init_args.tokenizer_dir={tokenizer_dir}", f"--model.init_args.recipe.export_dir={export}",
                   *extra_args])
         if not is_complete("target", export):
             raise RuntimeError(f"training ended without an export in {export}; see the log above")

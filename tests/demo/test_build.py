@@ -53,7 +53,7 @@ def _resolved(capsys, *configs: Path) -> dict:
     return yaml.safe_load(capsys.readouterr().out)
 
 
-def test_demo_configs_differ_in_size_and_seed(capsys, monkeypatch, tmp_path):
+def test_demo_configs_differ_in_size_and_seed(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["python -m apmae"])
     a = _resolved(capsys, CONFIGS / "target_lm.yaml")
     b = _resolved(capsys, CONFIGS / "target_lm.yaml", CONFIGS / "target_lm_b.yaml")  # b is an overlay on a
@@ -61,12 +61,10 @@ def test_demo_configs_differ_in_size_and_seed(capsys, monkeypatch, tmp_path):
     size = ("hidden_size", "num_layers", "num_heads")
     assert [a["model"]["init_args"][k] for k in size] != [b["model"]["init_args"][k] for k in size]
     assert a["model"]["init_args"]["seed"] != b["model"]["init_args"]["seed"]
-    # the cosine schedule follows the stack's own step count (interpolated after stacking)
-    longer = tmp_path / "longer.yaml"
-    longer.write_text("trainer:\n  max_steps: 700\n")
-    c = _resolved(capsys, CONFIGS / "target_lm.yaml", longer)
-    assert [x["model"]["init_args"]["total_steps"] for x in (a, b, c)] == [x["trainer"]["max_steps"] for x in (a, b, c)]
-    assert c["model"]["init_args"]["total_steps"] == 700 != a["trainer"]["max_steps"]
+    # one recipe for both (b overlays only size and seed): 30 warm-up steps of 600, then cosine
+    assert a["model"]["init_args"]["recipe"] == b["model"]["init_args"]["recipe"]
+    assert [x["trainer"]["max_steps"] for x in (a, b)] == [600, 600]
+    assert int(a["model"]["init_args"]["recipe"]["warmup_fraction"] * a["trainer"]["max_steps"]) == 30
     apmae = _resolved(capsys, CONFIGS / "apmae.yaml")
     scenario_len = apmae["data"]["init_args"]["scenarios"]["init_args"]["mining"]["seq_len"]
     # both targets are trained for exactly the FIM prompt length the demo's scenarios have
@@ -83,7 +81,7 @@ def test_target_step_trains_through_the_cli_and_exports(tmp_path, corpus_dir, to
     overrides = ["--trainer.max_steps=4", "--trainer.val_check_interval=4", "--trainer.limit_val_batches=1",
                  "--model.init_args.hidden_size=32", "--model.init_args.num_layers=2",
                  "--model.init_args.num_heads=4", "--model.init_args.intermediate_size=64",
-                 "--model.init_args.warmup_steps=1", "--data.init_args.seq_len=160",
+                 "--model.init_args.recipe.warmup_fraction=0.25", "--data.init_args.seq_len=160",
                  "--data.init_args.context_len=128", "--data.init_args.batch_size=2"]
     args = ["target", "--config", str(CONFIGS / "target_lm.yaml"), "--corpus", str(corpus_dir),
             "--tokenizer", str(tokenizer_dir), "--out", str(out), *overrides]

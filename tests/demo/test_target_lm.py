@@ -14,7 +14,10 @@ from tests.demo.conftest import MICRO
 def micro(tokenizer_dir):
     from apmae.lit_models.target_lm import TargetLM
 
-    return TargetLM(tokenizer_dir=str(tokenizer_dir), seq_len=160, lr=1e-2, warmup_steps=2, total_steps=20, **MICRO)
+    from apmae.lit_models.training import TrainingRecipe
+
+    recipe = TrainingRecipe(lr=1e-2, weight_decay=0.1, warmup_fraction=0.1, min_lr_ratio=0.1, fused=False)
+    return TargetLM(tokenizer_dir=str(tokenizer_dir), seq_len=160, recipe=recipe, **MICRO)
 
 
 @pytest.fixture()
@@ -28,7 +31,7 @@ def batch(corpus_dir, tokenizer_dir):
 
 
 def test_a_few_steps_lower_the_loss(micro, batch):
-    optimizer = micro.configure_optimizers()["optimizer"]
+    optimizer = torch.optim.AdamW(micro.parameter_groups(), lr=micro.learning_rate())
     rows = {k: v[:4] for k, v in batch.items()}
     losses = []
     for _ in range(10):
@@ -72,12 +75,39 @@ def test_suffix_aux_loss_adds_the_first_hole_token_at_fim_suffix(micro, batch):
     assert aux and with_aux.item() == pytest.approx(expected, rel=1e-4)
 
 
-def test_lr_schedule_warms_up_then_decays_to_the_floor(micro):
-    factors = [micro._lr_factor(s) for s in range(0, 25)]
-    assert factors[0] == pytest.approx(0.5) and factors[1] == pytest.approx(1.0)
-    assert factors[2] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[2:], factors[3:]))
-    assert factors[20] == pytest.approx(0.1) and factors[24] == pytest.approx(0.1)
+def test_fit_follows_the_recipe_and_exports(micro, corpus_dir, tokenizer_dir, tmp_path):
+    """A fit through Lightning: AdamW as the recipe says (per-tensor kernel, decay on matrices only), the LR
+    warmed up over 10 % of the trainer's 20 steps then cosine down to the floor, the export at fit's end."""
+    from dataclasses import replace
+
+    from lightning.pytorch import Callback, Trainer
+
+    from apmae.datamodules.java_lm import JavaLMDataModule
+    from apmae.model.schedules import warmup_cosine
+
+    class Rates(Callback):
+        def __init__(self) -> None:
+            self.rates: list[float] = []
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    micro.recipe = replace(micro.recipe, export_dir=str(tmp_path / "export"))
+    rates = Rates()
+    dm = JavaLMDataModule(corpus_dir=str(corpus_dir), tokenizer_dir=str(tokenizer_dir), seq_len=160,
+                          context_len=128, batch_size=2, train_samples=40, val_samples=2)
+    trainer = Trainer(max_steps=20, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[rates])
+    trainer.fit(micro, datamodule=dm)
+    optimizer = trainer.optimizers[0]
+    assert not optimizer.defaults["fused"]
+    decays = sorted(group["weight_decay"] for group in optimizer.param_groups)
+    assert decays == [0.0, 0.1]
+    expected = [1e-2 * warmup_cosine(s, warmup_steps=2, total_steps=20, min_ratio=0.1) for s in range(20)]
+    assert rates.rates == pytest.approx(expected)
+    assert rates.rates[0] == pytest.approx(5e-3) and rates.rates[1] == pytest.approx(1e-2)
+    assert all(a >= b for a, b in zip(rates.rates[1:], rates.rates[2:])) and rates.rates[-1] < 1.1e-3
+    assert (tmp_path / "export" / "config.json").is_file()
 
 
 def test_export_reloads_offline_with_identical_logits_and_eager_attentions(micro, batch, tmp_path):
@@ -112,8 +142,8 @@ def test_bad_model_shapes_raise(tokenizer_dir):
         TargetLM(tokenizer_dir=str(tokenizer_dir), hidden_size=32, num_heads=4, num_kv_heads=3)
     with pytest.raises(ValueError, match="suffix_aux_weight"):
         TargetLM(tokenizer_dir=str(tokenizer_dir), suffix_aux_weight=-1.0)
-    with pytest.raises(ValueError, match="warmup_steps"):
-        TargetLM(tokenizer_dir=str(tokenizer_dir), warmup_steps=10, total_steps=5)
+    with pytest.raises(TypeError, match="warmup_steps"):  # the recipe's warmup_fraction took its place
+        TargetLM(tokenizer_dir=str(tokenizer_dir), warmup_steps=10)
 
 
 def test_rope_theta_reaches_the_exported_config(tokenizer_dir, tmp_path):

@@ -200,6 +200,22 @@ def test_a_flat_recipe_key_names_the_recipe_block(synth_config, tmp_path, capsys
         assert named in _config_error(capsys, ["fit", "--config", str(synth_config), *given])
 
 
+def test_the_targets_flat_schedule_keys_name_where_they_went(tmp_path, capsys):
+    """TargetLM takes its optimiser as a ``recipe:`` block; its step counts went to the recipe and the trainer."""
+    target = Path(__file__).resolve().parents[2] / "configs" / "demo" / "target_lm.yaml"
+    flat = tmp_path / "flat_target.yaml"
+    flat.write_text("model:\n  class_path: apmae.lit_models.target_lm.TargetLM\n  init_args:\n"
+                    "    lr: 1.0e-3\n    warmup_steps: 30\n    total_steps: 600\n")
+    err = _config_error(capsys, ["fit", "--config", str(target), "--config", str(flat)])
+    assert f"config file {flat}: `model.init_args.lr` -> `model.init_args.recipe.lr`" in err
+    assert "`model.init_args.warmup_steps` -> `recipe.warmup_fraction (a share of the trainer's steps)`" in err
+    assert "`model.init_args.total_steps` -> `trainer.max_steps" in err
+    err = _config_error(capsys, ["fit", "--config", str(target), "--model.init_args.num_threads=1",
+                                 "--model.init_args.warmup_steps=3"])
+    assert "command line `--model.init_args.num_threads` -> `--model.init_args.recipe.num_threads`" in err
+    assert "command line `--model.init_args.warmup_steps` -> `recipe.warmup_fraction" in err
+
+
 def test_a_former_top_level_class_path_names_its_apmae_path(synth_config, tmp_path, capsys):
     """The glue is apmae.datamodules / apmae.lit_models / apmae.callbacks: an old path gets the new one."""
     overlay = tmp_path / "old_paths.yaml"
