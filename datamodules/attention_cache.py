@@ -15,7 +15,7 @@ rank extracts its own shard in ``setup`` and the reader merges the shards. Batch
 - ``mode="scenarios"`` with an ``encoder`` (:class:`~apmae.encodings.settings.EncoderSettings`):
   no images; ``cls`` and ``mean`` (B, L, H, D) AP-MAE encodings of every head
   (:mod:`apmae.encodings.rows`), computed once per cache and encoder into
-  ``<encodings_dir>/<cache name>.<encoder hash>.encodings.h5`` and read back by
+  ``<encodings_dir>/<cache name>.<encoder hash>.rank0.h5`` and read back by
   later runs (:mod:`apmae.encodings.store`), with the same ``stats`` and columns.
 
 ``extraction.heads="layerwise:<f>"`` caches only the heads that ``head_selection="layerwise:<f>"``
@@ -47,7 +47,7 @@ from apmae.cache.extract import cache_name, ensure_cache, extraction_device, tar
 from apmae.cache.heads import ALL, heads_per_layer, layerwise_fraction, layerwise_heads
 from apmae.cache.store import AttentionCache, CacheMismatchError, cache_files
 from apmae.encodings.encode import encode_cache
-from apmae.encodings.store import encoder_hash, ensure_encodings, pattern_stats
+from apmae.encodings.store import encoder_hash, encodings_path, ensure_encodings, pattern_stats
 from apmae.mining.prompts import tokenizer_fingerprint
 from apmae.mining.scenario_set import SPLITS, ScenarioSet
 from apmae.model.loading import load_encoder
@@ -347,7 +347,7 @@ class AttentionCacheDataModule(PatternDataModule):
         self.encoder_hash = encoder_hash(net)
         rank, world, _ = self._world()
         for name, cache in self.caches.items():
-            path = self.encodings_dir / f"{self.cache_names[name]}.{self.encoder_hash}.encodings.h5"
+            path = encodings_path(self.encodings_dir, self.cache_names[name], self.encoder_hash)
             if rank == 0:
                 encode_cache(net, cache, path, self.encoder, self.extraction, scaler=self.scaler)
             if world > 1:

@@ -34,9 +34,10 @@ from torch.utils.data import Dataset
 
 from apmae.cache.extract import ensure_cache, extraction_device, target_short_name
 from apmae.cache.heads import ALL
-from apmae.cache.store import DEFAULT_PATTERN_KIND, AttentionCache, cache_files, shard_path
+from apmae.cache.store import DEFAULT_PATTERN_KIND, AttentionCache, cache_files
 from apmae.encodings.encode import encode_cache
-from apmae.encodings.store import EncodingSet, EncodingsError, EncodingsMismatchError, encoder_hash
+from apmae.encodings.store import (EncodingSet, EncodingsError, EncodingsMismatchError, encoder_hash, encodings_files,
+                                   encodings_name, encodings_path)
 from apmae.encodings.stream import stream_encodings
 from apmae.mining.scenario_set import ScenarioSet
 from apmae.model.loading import load_encoder
@@ -80,7 +81,9 @@ class EncodingsDataModule(PatternDataModule):
             encoder: the trained AP-MAE that encodes every head, and its precision; required (typed
                 optional as in ``AttentionCacheDataModule`` so that config overlays switching between the
                 two DataModules carry it over).
-            encodings_dir: directory of the encodings files ``<target>.<encoder hash>.rank<k>.h5``.
+            encodings_dir: directory of the encodings files ``<target>.<encoder hash>.rank<k>.h5``
+                (:func:`apmae.encodings.store.encodings_path`: the name ``AttentionCacheDataModule`` gives a
+                cache's encodings too, so either DataModule reuses the other's).
             stream: True: run target -> encoder directly, no patterns on disk; False: build the
                 attention cache in ``cache_dir`` first and encode it.
             cache_dir: directory of the attention cache (``stream=False`` only).
@@ -121,6 +124,7 @@ class EncodingsDataModule(PatternDataModule):
         self.seq_len = self._scenario_seq_len()
         self.encodings: EncodingSet | None = None
         self.name: str | None = None  # <target>.<encoder hash>, known once the encoder is loaded
+        self._encoder_id: str | None = None
         self._built = False
 
     serves_encodings = True  # its batches always carry the stored encodings
@@ -142,7 +146,8 @@ class EncodingsDataModule(PatternDataModule):
     def _build(self, rank: int, world: int, local_rank: int) -> None:
         device = self._device(local_rank)
         net = load_encoder(self.encoder.path).to(device)
-        self.name = f"{self.train_target_name}.{encoder_hash(net)}"
+        self._encoder_id = encoder_hash(net)  # names the files; encoder_hash is what the opened set says
+        self.name = encodings_name(self.train_target_name, self._encoder_id)
         scenarios = self.scenario_set()
         if not self._complete(scenarios):
             (self._stream if self.stream else self._encode_cache)(net, scenarios, rank, world, device)
@@ -151,9 +156,13 @@ class EncodingsDataModule(PatternDataModule):
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def _stem(self) -> tuple[str, str]:
+        """(target short name, encoder hash): the name of the encodings files (known once ``_build`` ran)."""
+        return self.train_target_name, str(self._encoder_id)
+
     def _complete(self, scenarios: ScenarioSet) -> bool:
         """True when the complete encodings of this target, scenario set and encoder exist (any world size)."""
-        files = cache_files(self.encodings_dir, self.name)
+        files = encodings_files(self.encodings_dir, *self._stem())
         if not files:
             return False
         try:
@@ -173,7 +182,8 @@ class EncodingsDataModule(PatternDataModule):
 
     def _stream(self, net: APMAE, scenarios: ScenarioSet, rank: int, world: int, device: torch.device) -> None:
         target = load_target(self.target, dtype=self.extraction.dtype, device=str(device))
-        stream_encodings(target, scenarios, net, shard_path(self.encodings_dir, self.name, rank), self.extraction,
+        path = encodings_path(self.encodings_dir, *self._stem(), rank)
+        stream_encodings(target, scenarios, net, path, self.extraction,
                          scaler=self.scaler, precision=self.encoder.precision, rank=rank, world_size=world)
 
     def _encode_cache(self, net: APMAE, scenarios: ScenarioSet, rank: int, world: int, device: torch.device) -> None:
@@ -185,8 +195,8 @@ class EncodingsDataModule(PatternDataModule):
         if rank == 0:
             cache = AttentionCache(cache_files(self.cache_dir, build.name), pattern_kind=self.extraction.pattern_kind)
             try:  # by default in the stream's steps, so both settings give the same encodings
-                encode_cache(net, cache, shard_path(self.encodings_dir, self.name, 0), self.encoder, self.extraction,
-                             scaler=self.scaler)
+                path = encodings_path(self.encodings_dir, *self._stem())
+                encode_cache(net, cache, path, self.encoder, self.extraction, scaler=self.scaler)
             finally:
                 cache.close()
 
@@ -200,7 +210,7 @@ class EncodingsDataModule(PatternDataModule):
         elif not self._built:
             self._build(0, 1, 0)
         if self.encodings is None:
-            self.encodings = EncodingSet(cache_files(self.encodings_dir, self.name))
+            self.encodings = EncodingSet(encodings_files(self.encodings_dir, *self._stem()))
             self.encoder_hash = str(self.encodings.identity["encoder_hash"])
         if self.encodings.identity["seq_len"] != self.seq_len:
             raise EncodingsMismatchError(f"encodings {self.name!r} have S={self.encodings.identity['seq_len']}, "

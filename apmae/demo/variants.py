@@ -34,7 +34,7 @@ from apmae.demo.console import quiet_libraries
 from apmae.demo.probe_report import DEMO_PLAN, DEMO_PROTOCOL, PROTOCOL_FOLDER
 from apmae.demo.run import DEFAULT_CONFIG, FIT_RECORD, DemoSummary, demo_overrides, finished_fit, fit_key, \
     save_finished_fit, summarize
-from apmae.encodings.store import EncodingSet, encoder_hash, ensure_encodings
+from apmae.encodings.store import EncodingSet, encoder_hash, encodings_path, ensure_encodings
 from apmae.model.loading import load_encoder
 from apmae.probe.features import ProbeData
 from apmae.probe.report import run_protocol
@@ -81,7 +81,7 @@ def encode(export_dir: str | Path, demo_dir: Path, out: Path) -> EncodingSet:
     if not files:
         raise SystemExit(f"no {TRAIN_TARGET} cache in {demo_dir / 'cache'}: build the demo first (make demo)")
     net = load_encoder(str(export_dir))
-    path = out / f"{TRAIN_TARGET}.{encoder_hash(net)}.encodings.h5"
+    path = encodings_path(out, TRAIN_TARGET, encoder_hash(net))
     return ensure_encodings(net, AttentionCache(files), path, scaler="log_normalize")
 
 

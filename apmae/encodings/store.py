@@ -31,6 +31,10 @@ identity differs is refused, never used. Rows are appended in order and
 resumes where it stopped (the row-store protocol of :mod:`apmae.common.h5shards`,
 shared with the attention cache).
 
+Names: the encodings of a cache (or of a target's scenarios, streamed) under one encoder are the
+files ``<cache name>.<encoder hash>.rank<k>.h5`` (:func:`encodings_path`), whichever DataModule, demo
+or study step computes them: a cache encoded in one process is rank 0's file alone.
+
 Shards: encodings streamed from a target under DDP (:mod:`apmae.encodings.stream`) are
 one file per rank, ``<name>.rank<k>.h5``, each holding the rows
 ``apmae.common.h5shards.shard_rows(N, k, world)``. ``group_fingerprint`` is the
@@ -104,6 +108,33 @@ def encoder_hash(net: APMAE) -> str:
         h.update(name.encode())
         h.update(value.detach().cpu().float().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def encodings_name(cache_name: str, encoder: str) -> str:
+    """``<cache name>.<encoder hash>``: the shard name of a cache's encodings under one encoder."""
+    return f"{cache_name}.{encoder}"
+
+
+def encodings_path(folder: str | Path, cache_name: str, encoder: str, rank: int = 0) -> Path:
+    """``<folder>/<cache name>.<encoder hash>.rank<k>.h5``: the file rank ``k`` writes of a cache's encodings.
+
+    Rank 0's file of an encoding written before the one name, ``<cache name>.<encoder hash>.encodings.h5``,
+    is read where it is (its identity is checked as any file's) until a file of the new name exists.
+    """
+    path = h5shards.shard_path(folder, encodings_name(cache_name, encoder), rank)
+    former = _former_path(folder, cache_name, encoder)
+    return former if rank == 0 and former.is_file() and not path.exists() else path
+
+
+def encodings_files(folder: str | Path, cache_name: str, encoder: str) -> list[Path]:
+    """Every file of a cache's encodings under one encoder, in rank order ([] when none is written yet)."""
+    files = h5shards.shard_files(folder, encodings_name(cache_name, encoder))
+    former = _former_path(folder, cache_name, encoder)
+    return files or ([former] if former.is_file() else [])
+
+
+def _former_path(folder: str | Path, cache_name: str, encoder: str) -> Path:
+    return Path(folder) / f"{encodings_name(cache_name, encoder)}.encodings.h5"
 
 
 def source_fingerprint(target: dict[str, Any], scenario_fingerprint: str, seq_len: int,
@@ -639,5 +670,5 @@ def ensure_encodings(net: APMAE, cache: AttentionCache, path: str | Path, *, sca
 __all__ = ["ARRAYS", "CHUNK", "COLUMNS", "EncodedRows", "OUTCOMES", "WIDE", "EncodingSet", "EncodingSubset",
            "EncodingsError", "EncodingsMismatchError", "EncodingsSpec", "EncodingsWriter", "STAT_NAMES",
            "cache_columns", "cache_fingerprint", "check_encoder_seq_len", "check_identity", "encode_patterns",
-           "encoder_hash", "encodings_spec", "ensure_encodings", "pattern_stats", "placeholder_outcomes",
+           "encoder_hash", "encodings_files", "encodings_name", "encodings_path", "encodings_spec", "ensure_encodings", "pattern_stats", "placeholder_outcomes",
            "source_fingerprint"]

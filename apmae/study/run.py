@@ -45,7 +45,7 @@ from apmae.common.head_tables import write_head_table
 from apmae.common.tracking import HEADLINE, artifact_location, log_to_run, tag_training_experiment, tracking_uri
 from apmae.demo.console import quiet_libraries
 from apmae.demo.run import summarize, tree_bytes
-from apmae.encodings.store import EncodingSet, EncodingSubset, encoder_hash
+from apmae.encodings.store import EncodingSet, EncodingSubset, encoder_hash, encodings_path
 from apmae.encodings.stream import stream_encodings
 from apmae.interventions.sweep import InterventionScenarios, evaluate
 from apmae.mining.miner import mine_scenarios
@@ -204,7 +204,7 @@ class Study:
     # -- 4 encodings
     def stream(self) -> dict[str, Any]:
         net = load_encoder(self.results["apmae"]["summary"]["export_dir"]).to(self.target().device)
-        path = self.folder / "encodings" / f"{target_short_name(self.settings.target)}.{encoder_hash(net)}.encodings.h5"
+        path = encodings_path(self.folder / "encodings", target_short_name(self.settings.target), encoder_hash(net))
         path.parent.mkdir(parents=True, exist_ok=True)
         # the extraction's defaults: scenarios per forward pass, batches in flight, a progress bar
         result = stream_encodings(self.target(), self.scenarios(), net, path, scaler=self.results["apmae"]["scaler"])

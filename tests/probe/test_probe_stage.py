@@ -90,7 +90,7 @@ def test_encodings_are_stored_once_and_reused(planted) -> None:
     data = probe_data(planted)
     data.prepare_data()
     data.setup("fit")
-    files = sorted(planted["cache"].glob("synth.*.encodings.h5"))
+    files = sorted(planted["cache"].glob("synth.*.rank0.h5"))  # <cache>.<encoder hash>.rank0.h5, beside the cache
     assert len(files) == 1
     stamp = files[0].stat().st_mtime_ns
     again = probe_data(planted)

@@ -104,6 +104,41 @@ def test_stream_false_builds_the_cache_and_gives_the_same_encodings(streamed, ta
     assert again.encodings.path == dm.encodings.path and again.encodings.path.stat().st_mtime_ns == mtime
 
 
+def test_both_datamodules_name_a_caches_encodings_alike_and_reuse_them(streamed, target_dir, scenarios_path,
+                                                                        encoder_dir, tmp_path):
+    """One file name for a cache's encodings under an encoder, whichever DataModule wrote it; a file of the
+    former attention-cache name is read where it is."""
+    from apmae.datamodules.attention_cache import AttentionCacheDataModule
+    from apmae.encodings.store import encoder_hash
+    from apmae.model.net import APMAE
+
+    name = f"{target_short_name(str(target_dir))}.{encoder_hash(APMAE.load(encoder_dir))}"
+    cache = AttentionCacheDataModule(target=str(target_dir), scenarios=str(scenarios_path), cache_dir=str(tmp_path),
+                                     mode="scenarios", encoder=EncoderSettings(path=str(encoder_dir)),
+                                     extraction=ExtractionSettings(device="cpu", progress=False))
+    cache.prepare_data()
+    cache.setup("fit")
+    written = tmp_path / f"{name}.rank0.h5"
+    assert written.is_file() and cache.encoder_hash == name.split(".")[-1]
+    mtimes = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.h5")}
+    dm = _dm(target_dir, scenarios_path, encoder_dir, tmp_path, stream=False, cache_dir=str(tmp_path))
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.encodings.paths == [written] and {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.h5")} == mtimes
+    assert_same_encodings(dm.encodings, EncodingSet(sorted((streamed / "encodings").glob("*.h5"))))
+    former = tmp_path / f"{name}.encodings.h5"
+    written.rename(former)
+    for reader in (_dm(target_dir, scenarios_path, encoder_dir, tmp_path, stream=False, cache_dir=str(tmp_path)),
+                   AttentionCacheDataModule(target=str(target_dir), scenarios=str(scenarios_path),
+                                            cache_dir=str(tmp_path), mode="scenarios",
+                                            encoder=EncoderSettings(path=str(encoder_dir)),
+                                            extraction=ExtractionSettings(device="cpu", progress=False))):
+        reader.prepare_data()
+        reader.setup("fit")
+        assert former.stat().st_mtime_ns == mtimes[written.name] and not written.exists()
+    assert reader.encodings[reader.train_target_name].paths == [former]
+
+
 def test_encodings_of_other_scenarios_are_refused(streamed, target_dir, scenarios, encoder_dir, tmp_path):
     other = _other_scenarios(scenarios).save(tmp_path / "other.npz")
     dm = _dm(target_dir, other, encoder_dir, streamed / "encodings")

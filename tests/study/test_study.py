@@ -87,8 +87,9 @@ def test_the_study_reports_five_claims_each_with_a_verdict_by_rule(tiny_study):
         record = json.loads((tiny_study / "study" / "stages" / f"{stage}.json").read_text())
         assert record["seconds"] >= 0 and record["result"]
     assert not (tiny_study / "study" / "cache").exists()  # the sampled training cache is removed once exported
-    encodings = list((tiny_study / "study" / "encodings").glob("*.encodings.h5"))
-    assert len(encodings) == 1 and not list((tiny_study / "study").rglob("*.rank0.h5"))  # no pattern cache left
+    encodings = list((tiny_study / "study" / "encodings").glob("*.rank0.h5"))  # <target>.<encoder hash>.rank0.h5
+    assert len(encodings) == 1 and len(encodings[0].name.split(".")) == 4
+    assert [p for p in (tiny_study / "study").rglob("*.h5")] == encodings  # no pattern cache left
 
 
 @pytest.mark.slow
