@@ -4,7 +4,8 @@ Glossary: B batch, S tokens per row, V vocabulary, F FIM rows of a batch.
 
 The network is a plain ``transformers.Starcoder2ForCausalLM`` (same
 architecture family as ``bigcode/starcoder2-3b``, GQA, RoPE); this module adds
-the optimiser, metrics and the export at the end of fit: model and tokenizer
+the FIM loss, metrics and the export at the end of fit (the optimiser, schedule and
+thread count are the shared recipe's, :class:`apmae.lit_models.training.RecipeModule`): model and tokenizer
 saved with ``save_pretrained`` into one directory, with
 ``"attn_implementation": "eager"`` written into ``config.json`` so that
 ``AutoModelForCausalLM.from_pretrained(dir)`` loads a model whose attentions
