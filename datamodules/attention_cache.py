@@ -348,11 +348,13 @@ class AttentionCacheDataModule(PatternDataModule):
         rank, world, _ = self._world()
         for name, cache in self.caches.items():
             path = encodings_path(self.encodings_dir, self.cache_names[name], self.encoder_hash)
-            if rank == 0:
-                encode_cache(net, cache, path, self.encoder, self.extraction, scaler=self.scaler)
+            encoded = encode_cache(net, cache, path, self.encoder, self.extraction, scaler=self.scaler) \
+                if rank == 0 else None
             if world > 1:
                 self.trainer.strategy.barrier("encodings")
-            self.encodings[name] = ensure_encodings(net, cache, path, scaler=self.scaler, progress=False).load()
+            if encoded is None:  # rank 0 wrote them: this rank reads and checks them
+                encoded = ensure_encodings(net, cache, path, scaler=self.scaler, progress=False)
+            self.encodings[name] = encoded.load()
 
     @property
     def serves_encodings(self) -> bool:

@@ -123,8 +123,7 @@ class EncodingsDataModule(PatternDataModule):
         self.test_target_names = [self.train_target_name]
         self.seq_len = self._scenario_seq_len()
         self.encodings: EncodingSet | None = None
-        self.name: str | None = None  # <target>.<encoder hash>, known once the encoder is loaded
-        self._encoder_id: str | None = None
+        self._encoder_id: str | None = None  # the loaded encoder's hash: names the files (see `name`)
         self._built = False
 
     serves_encodings = True  # its batches always carry the stored encodings
@@ -147,7 +146,6 @@ class EncodingsDataModule(PatternDataModule):
         device = self._device(local_rank)
         net = load_encoder(self.encoder.path).to(device)
         self._encoder_id = encoder_hash(net)  # names the files; encoder_hash is what the opened set says
-        self.name = encodings_name(self.train_target_name, self._encoder_id)
         scenarios = self.scenario_set()
         if not self._complete(scenarios):
             (self._stream if self.stream else self._encode_cache)(net, scenarios, rank, world, device)
@@ -155,6 +153,11 @@ class EncodingsDataModule(PatternDataModule):
         del net
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+    @property
+    def name(self) -> str | None:
+        """``<target>.<encoder hash>``, the encodings files' name (None until the encoder is loaded)."""
+        return None if self._encoder_id is None else encodings_name(self.train_target_name, self._encoder_id)
 
     def _stem(self) -> tuple[str, str]:
         """(target short name, encoder hash): the name of the encodings files (known once ``_build`` ran)."""
