@@ -670,5 +670,5 @@ def ensure_encodings(net: APMAE, cache: AttentionCache, path: str | Path, *, sca
 __all__ = ["ARRAYS", "CHUNK", "COLUMNS", "EncodedRows", "OUTCOMES", "WIDE", "EncodingSet", "EncodingSubset",
            "EncodingsError", "EncodingsMismatchError", "EncodingsSpec", "EncodingsWriter", "STAT_NAMES",
            "cache_columns", "cache_fingerprint", "check_encoder_seq_len", "check_identity", "encode_patterns",
-           "encoder_hash", "encodings_files", "encodings_name", "encodings_path", "encodings_spec", "ensure_encodings", "pattern_stats", "placeholder_outcomes",
-           "source_fingerprint"]
+           "encoder_hash", "encodings_files", "encodings_name", "encodings_path", "encodings_spec",
+           "ensure_encodings", "pattern_stats", "placeholder_outcomes", "source_fingerprint"]
