@@ -315,21 +315,20 @@ def run_sweep(target: Target, scenarios: InterventionScenarios, head_sets: Seque
     if not len(scenarios):
         raise ValueError("no scenarios to intervene on; choose a split and tasks that have some")
     outcomes: dict[HeadKey, Outcome] = {}
-    distinct = list(dict.fromkeys(h.heads for h in [BASELINE, *head_sets]))
+    distinct: dict[HeadKey, HeadSet] = {}  # the first head set of each distinct heads, the baseline first
+    for head_set in [BASELINE, *head_sets]:
+        distinct.setdefault(head_set.heads, head_set)
     blocks = decoder_blocks(target.model) if int(scenarios.label_len.max()) == 1 else None
     if blocks is not None and len(distinct) > 1:
-        sets: dict[HeadKey, HeadSet] = {}
-        for head_set in [BASELINE, *head_sets]:
-            sets.setdefault(head_set.heads, head_set)
-        for head_set in sets.values():  # every set checked before any forward pass, as evaluate does
+        for head_set in distinct.values():  # every set checked before any forward pass, as evaluate does
             validate_heads(target, head_set.as_mapping())
-        outcomes = _shared_first_tokens(target, blocks, scenarios, list(sets.values()), batch_size=batch_size,
+        outcomes = _shared_first_tokens(target, blocks, scenarios, list(distinct.values()), batch_size=batch_size,
                                         progress=progress, scope=scope)
     bar = tqdm(total=len(distinct) - len(outcomes), desc=f"interventions [{scope}], {len(scenarios)} scenarios",
                unit="set", disable=not progress or len(outcomes) == len(distinct), leave=False)
-    for head_set in [BASELINE, *head_sets]:
-        if head_set.heads not in outcomes:
-            outcomes[head_set.heads] = evaluate(target, scenarios, head_set, batch_size=batch_size)
+    for heads, head_set in distinct.items():
+        if heads not in outcomes:
+            outcomes[heads] = evaluate(target, scenarios, head_set, batch_size=batch_size)
             bar.update()
     bar.close()
     baseline = outcomes[()]
